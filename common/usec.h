@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdint.h>
+#include <time.h>
+
+/* Time in microseconds. The daemon times leases on CLOCK_MONOTONIC, which keeps running
+ * across daemon restarts on one boot, so a stored monotonic deadline stays valid until
+ * the next reboot; CLOCK_REALTIME is only for display. Convert to libev's double only at
+ * the watcher. */
+typedef uint64_t usec_t;
+
+#define USEC_INFINITY ((usec_t) UINT64_MAX)
+#define USEC_PER_SEC ((usec_t) 1000000ULL)
+#define USEC_PER_MSEC ((usec_t) 1000ULL)
+#define NSEC_PER_USEC ((uint64_t) 1000ULL)
+
+static inline usec_t usec_from_timespec(const struct timespec *ts) {
+        return (usec_t) ts->tv_sec * USEC_PER_SEC + (usec_t) ts->tv_nsec / NSEC_PER_USEC;
+}
+
+static inline usec_t usec_now(clockid_t clock) {
+        struct timespec ts;
+        clock_gettime(clock, &ts);
+        return usec_from_timespec(&ts);
+}
+
+static inline double usec_to_sec(usec_t u) {
+        return (double) u / (double) USEC_PER_SEC;
+}
+
+/* Seconds (a JSON number) to usec_t; negative, NaN or overflowing input is -ERANGE. */
+int usec_from_sec(double sec, usec_t *ret);

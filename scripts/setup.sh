@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages agend needs to build, test and benchmark.
+# Idempotent: packages already present are left alone. Needs root (apt-get).
+set -euo pipefail
+
+packages=(
+        build-essential meson ninja-build pkg-config
+        libev-dev libsqlite3-dev libsystemd-dev libjson-c-dev libcmocka-dev
+        sqlite3 scdoc valgrind util-linux procps
+)
+# The systemd integration tests boot a real systemd in a container.
+packages+=(systemd-container debootstrap)
+
+missing=()
+for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+        if [[ $(id -u) -ne 0 ]]; then
+                sudo=sudo
+        else
+                sudo=
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

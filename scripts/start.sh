@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds, and starts agend.
+#  - On a machine whose PID 1 is systemd, and as root: installs the build, enables
+#    agend.socket and starts agend.service (then `systemctl start agend` works).
+#  - Otherwise: runs agend in the foreground with its built-in default configuration
+#    (socket and state directory as the daemon prints them at start). Ctrl-C stops it.
+# Extra arguments are passed to agend in the foreground case (e.g. --grace 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+if [[ -d build ]]; then
+        meson setup build --reconfigure >/dev/null
+else
+        meson setup build -Dbuildtype=release
+fi
+ninja -C build
+
+if [[ -d /run/systemd/system && $(id -u) -eq 0 && -z ${AGEND_FOREGROUND:-} ]]; then
+        meson install -C build --quiet
+        systemctl daemon-reload
+        systemd-sysusers agend.conf 2>/dev/null || true
+        systemd-tmpfiles --create agend.conf 2>/dev/null || true
+        systemctl enable --now agend.socket
+        systemctl start agend.service
+        systemctl --no-pager status agend.service || true
+        exit 0
+fi
+
+exec ./build/daemon/agend "$@"

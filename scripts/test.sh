@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, then builds twice (a plain build, and an
+# ASan+UBSan build with -Werror) and runs every test suite on each. The unit suite also
+# runs under valgrind in the plain build. Exits non-zero on any failure; under CI=true a
+# skipped test is a failure too, because CI machines must have everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+jobs=$(nproc)
+passed=0
+failed=0
+skipped=0
+
+count() {       # count BUILD_DIR: adds the results of the last `meson test` run
+        local log=$1/meson-logs/testlog.json
+        [[ -f $log ]] || return 0
+        local p f s
+        p=$(grep -c '"result": "OK"' "$log" || true)
+        f=$(grep -cE '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$log" || true)
+        s=$(grep -c '"result": "SKIP"' "$log" || true)
+        passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
+run() {         # run BUILD_DIR [meson test args...]
+        local dir=$1; shift
+        local rc=0
+        meson test -C "$dir" --print-errorlogs --num-processes "$jobs" "$@" || rc=$?
+        count "$dir"
+        return $rc
+}
+
+status=0
+meson setup build-test --reconfigure -Dbuildtype=debug >/dev/null 2>&1 || \
+        meson setup build-test -Dbuildtype=debug
+ninja -C build-test
+run build-test --no-suite slow || status=1
+
+meson setup build-asan --reconfigure -Dbuildtype=debug -Dwerror=true \
+        -Db_sanitize=address,undefined -Db_lundef=false >/dev/null 2>&1 || \
+        meson setup build-asan -Dbuildtype=debug -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+ninja -C build-asan
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run build-asan --no-suite slow --no-suite systemd || status=1
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+if meson test -C build-test --list 2>/dev/null | grep -q 'unit'; then
+        run build-test --suite unit \
+                --wrap='valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-fds=no' \
+                --timeout-multiplier 10 || status=1
+fi
+
+if [[ ${CI:-} == true && $skipped -gt 0 ]]; then
+        echo "CI: $skipped test(s) skipped; CI machines must run everything" >&2
+        status=1
+fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+exit $status
