@@ -1,0 +1,634 @@
+/* SPDX-License-Identifier: MIT */
+/* The lease generator. Each one has its own connection (BRIEF §3a): Acquire with "more"
+ * waits on it (QUEUED replies, then the grant), then Watch(lease) runs on it until the
+ * lease ends. Calls that do not wait, Renew and Release, go on the client's control
+ * connection, because the lease connection is held by its Watch.
+ *
+ * The daemon's messages arrive whether or not a step is waiting, so they become events on
+ * a small queue; a step takes the oldest (QUEUED ones collapse into the latest position).
+ * An ending event (LOST, REVOKED, EXPIRED) is the last; the step after it returns.
+ *
+ * Cleanup is the release round trip: Release(id, secret) on the control connection, its
+ * reply, then the lease connection is closed. Abandoned (no loop to wait on), closing the
+ * lease connection is the release of a bound lease: the daemon treats EOF as release. */
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "client-internal.h"
+
+#define RECONNECT_FIRST 0.05   /* s, doubled on each failure */
+#define RECONNECT_MAX 1.0      /* s between attempts */
+#define RECONNECT_WINDOW 60.0  /* s: give up (LOST) after this long without the daemon */
+#define ABANDON_RELEASE_TIMEOUT 0.2
+
+typedef struct LeaseEvent LeaseEvent;
+struct LeaseEvent {
+        agen_lease_event_type type;
+        unsigned position;
+        char *reason;
+        LeaseEvent *next;
+};
+
+typedef enum LeasePhase {
+        LEASE_INIT,         /* nothing sent */
+        LEASE_WAITING,      /* Acquire in flight */
+        LEASE_HELD,         /* granted; Watch (or Reclaim) in flight */
+        LEASE_RECONNECTING, /* the lease connection was lost; retrying */
+        LEASE_ENDED,        /* ended, or could not be had */
+        LEASE_RELEASING,    /* cleanup: Release in flight */
+        LEASE_CLOSED,
+} LeasePhase;
+
+typedef struct Lease {
+        agen_client *client; /* held via client_lease_attach() */
+        struct ev_loop *loop;
+        char *resource;
+        char *description;
+        agen_lease_opts opts;
+
+        LeasePhase phase;
+        bool granted;       /* was granted once: reconnecting means reclaiming */
+        bool finished;      /* no more events will come */
+        int end_error;      /* the step after the events fails with it (0: returns) */
+        char *end_message;
+
+        Conn *conn;         /* the lease connection */
+        ConnCall *call;     /* Acquire, Reclaim or Watch in flight on it */
+        Conn *control;      /* referenced while control_call is in flight */
+        ConnCall *control_call; /* Renew or Release */
+
+        char *id;
+        char *secret;
+        uint64_t token;
+        double ttl;
+
+        LeaseEvent *events, **events_tail;
+        agen_co *step;      /* a step waiting for an event */
+        agen_co *closing;   /* the close in progress */
+        agen_lease_event current;
+        char *current_reason;
+
+        ev_timer renew_timer;
+        ev_timer retry_timer;
+        double backoff;
+        ev_tstamp reconnect_deadline;
+} Lease;
+
+static void lease_send_acquire(Lease *l);
+static void lease_send_watch(Lease *l);
+static void lease_conn_end(Conn *c, int error, void *userdata);
+
+static const char *const event_type_table[_AGEN_LEASE_EVENT_TYPE_MAX] = {
+        [AGEN_LEASE_QUEUED] = "queued",
+        [AGEN_LEASE_GRANTED] = "granted",
+        [AGEN_LEASE_RENEWED] = "renewed",
+        [AGEN_LEASE_RECLAIMED] = "reclaimed",
+        [AGEN_LEASE_LOST] = "lost",
+        [AGEN_LEASE_REVOKED] = "revoked",
+        [AGEN_LEASE_EXPIRED] = "expired",
+};
+
+_public_ const char *agen_lease_event_type_to_string(agen_lease_event_type type) {
+        if ((unsigned) type >= ELEMENTSOF(event_type_table))
+                return NULL;
+        return event_type_table[type];
+}
+
+static void lease_stop_timers(Lease *l) {
+        if (ev_is_active(&l->renew_timer) || ev_is_pending(&l->renew_timer))
+                ev_timer_stop(l->loop, &l->renew_timer);
+        if (ev_is_active(&l->retry_timer) || ev_is_pending(&l->retry_timer))
+                ev_timer_stop(l->loop, &l->retry_timer);
+}
+
+static void lease_cancel_control(Lease *l) {
+        if (l->control_call && conn_is_open(l->control))
+                conn_call_cancel(l->control_call);
+        l->control_call = NULL;
+        l->control = conn_unref(l->control);
+}
+
+/* Closes the lease connection: for a bound lease that is held, a release. */
+static void lease_drop_conn(Lease *l) {
+        l->call = NULL; /* dropped with the connection */
+        conn_close(l->conn);
+        l->conn = conn_unref(l->conn);
+}
+
+/* Hands the oldest event, or the end, to a waiting step. */
+static void lease_deliver(Lease *l) {
+        if (!l->step)
+                return;
+        agen_co *co = TAKE_PTR(l->step);
+
+        LeaseEvent *e = l->events;
+        if (e) {
+                l->events = e->next;
+                if (!l->events)
+                        l->events_tail = &l->events;
+                free(l->current_reason);
+                l->current_reason = e->reason;
+                l->current = (agen_lease_event) {
+                        .type = e->type,
+                        .id = l->id,
+                        .token = l->token,
+                        .position = e->position,
+                        .reason = l->current_reason,
+                };
+                free(e);
+                (void) agen_co_yield(co, &l->current);
+        } else if (l->finished) {
+                if (l->end_error < 0)
+                        (void) agen_co_fail(co, l->end_error, l->end_message);
+                else
+                        (void) agen_co_return(co);
+        } else
+                l->step = co; /* keep waiting */
+}
+
+static void lease_emit(Lease *l, agen_lease_event_type type, unsigned position, const char *reason) {
+        if (IN_SET(type, AGEN_LEASE_QUEUED, AGEN_LEASE_RENEWED)) {
+                /* Only the latest position matters, and renewals nobody has read yet are
+                 * one renewal: a lease nobody steps does not pile up events. */
+                for (LeaseEvent *e = l->events; e; e = e->next)
+                        if (!e->next && e->type == type) {
+                                e->position = position;
+                                return;
+                        }
+        }
+        LeaseEvent *e = calloc(1, sizeof(*e));
+        if (!e)
+                return; /* out of memory: the event is lost, the state is not */
+        *e = (LeaseEvent) { .type = type, .position = position, .reason = reason ? strdup(reason) : NULL };
+        *l->events_tail = e;
+        l->events_tail = &e->next;
+        lease_deliver(l);
+}
+
+/* No more events: close the connection, and let the step after the queued events end
+ * (with error, or with AGEN_STOP). */
+static void lease_finish(Lease *l, int error, const char *message) {
+        if (l->finished)
+                return;
+        l->finished = true;
+        l->phase = LEASE_ENDED;
+        l->end_error = error;
+        free(l->end_message);
+        l->end_message = message ? strdup(message) : NULL;
+        lease_stop_timers(l);
+        lease_cancel_control(l);
+        lease_drop_conn(l);
+        lease_deliver(l);
+}
+
+static void lease_end_with(Lease *l, agen_lease_event_type type, const char *reason) {
+        lease_emit(l, type, 0, reason);
+        lease_finish(l, 0, NULL);
+}
+
+static int lease_connect(Lease *l) {
+        Conn *c;
+        int r = conn_connect(l->loop, agen_client_get_address(l->client), &c);
+        if (r < 0)
+                return r;
+        conn_set_end_handler(c, lease_conn_end, l);
+        l->conn = c;
+        return 0;
+}
+
+/* ---- reconnecting after the daemon went away ---- */
+
+static void lease_retry_later(Lease *l) {
+        ev_timer_set(&l->retry_timer, l->backoff, 0.);
+        ev_timer_start(l->loop, &l->retry_timer);
+        l->backoff = MIN(l->backoff * 2, RECONNECT_MAX);
+}
+
+static void lease_start_reconnect(Lease *l) {
+        if (l->phase != LEASE_RECONNECTING) {
+                l->phase = LEASE_RECONNECTING;
+                l->backoff = RECONNECT_FIRST;
+                l->reconnect_deadline = ev_now(l->loop) + RECONNECT_WINDOW;
+        }
+        lease_drop_conn(l);
+        lease_retry_later(l);
+}
+
+static void reclaim_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                          void *userdata) {
+        Lease *l = userdata;
+        l->call = NULL;
+        if (status < 0 && !error_name)
+                return; /* the connection ended: lease_conn_end() retries */
+        if (status < 0) {
+                char reason[256];
+                snprintf(reason, sizeof(reason), "not reclaimed after a daemon restart: %s", error_name);
+                return lease_end_with(l, AGEN_LEASE_LOST, reason);
+        }
+        l->phase = LEASE_HELD;
+        lease_emit(l, AGEN_LEASE_RECLAIMED, 0, NULL);
+        lease_send_watch(l);
+}
+
+static void lease_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Lease *l = container_of(w, Lease, retry_timer);
+
+        int r = lease_connect(l);
+        if (r < 0) {
+                if (ev_now(loop) < l->reconnect_deadline)
+                        return lease_retry_later(l);
+                if (l->granted)
+                        return lease_end_with(l, AGEN_LEASE_LOST, "agend unreachable");
+                return lease_finish(l, r, "agend unreachable");
+        }
+
+        if (!l->granted) {
+                lease_send_acquire(l);
+                return;
+        }
+        if (l->opts.detached) {
+                /* A detached lease is not bound to a connection: watching it again is all. */
+                l->phase = LEASE_HELD;
+                lease_send_watch(l);
+                return;
+        }
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "id", json_object_new_string(l->id));
+        json_object_object_add(p, "token", json_object_new_int64((int64_t) l->token));
+        json_object_object_add(p, "secret", json_object_new_string(l->secret));
+        r = conn_call(l->conn, "io.agend.Lease.Reclaim", p, 0, reclaim_reply, l, &l->call);
+        json_object_put(p);
+        if (r < 0)
+                lease_start_reconnect(l);
+}
+
+static void lease_conn_end(Conn *c, int error, void *userdata) {
+        Lease *l = userdata;
+
+        switch (l->phase) {
+        case LEASE_WAITING:
+        case LEASE_HELD:
+        case LEASE_RECONNECTING:
+                lease_start_reconnect(l);
+                break;
+        default:
+                break;
+        }
+}
+
+/* ---- renewing ---- */
+
+static void renew_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                        void *userdata) {
+        Lease *l = userdata;
+        l->control_call = NULL;
+        l->control = conn_unref(l->control);
+        /* Failures are left to the Watch (expired, released) or to the next tick. */
+        if (status >= 0 && l->phase == LEASE_HELD)
+                lease_emit(l, AGEN_LEASE_RENEWED, 0, NULL);
+}
+
+static void lease_renew_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Lease *l = container_of(w, Lease, renew_timer);
+
+        if (l->phase != LEASE_HELD || l->control_call)
+                return;
+        Conn *c;
+        if (client_control(l->client, &c) < 0)
+                return;
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "id", json_object_new_string(l->id));
+        json_object_object_add(p, "secret", json_object_new_string(l->secret));
+        if (conn_call(c, "io.agend.Lease.Renew", p, 0, renew_reply, l, &l->control_call) >= 0)
+                l->control = conn_ref(c);
+        json_object_put(p);
+}
+
+/* ---- watching the held lease ---- */
+
+static void watch_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                        void *userdata) {
+        Lease *l = userdata;
+        if (!continues)
+                l->call = NULL;
+        if (status < 0 && !error_name)
+                return; /* the connection ended: lease_conn_end() */
+        if (l->phase != LEASE_HELD)
+                return; /* releasing: its own "released" is no news */
+        if (status < 0)
+                return lease_end_with(l, AGEN_LEASE_LOST, error_name);
+
+        json_object *ev, *v;
+        if (json_object_object_get_ex(params, "event", &ev) && json_object_is_type(ev, json_type_object) &&
+            json_object_object_get_ex(ev, "type", &v)) {
+                const char *type = json_object_get_string(v);
+                const char *reason = NULL;
+                if (json_object_object_get_ex(ev, "reason", &v) && json_object_is_type(v, json_type_string))
+                        reason = json_object_get_string(v);
+
+                if (streq(type, "expired"))
+                        return lease_end_with(l, AGEN_LEASE_EXPIRED, reason ?: "ttl");
+                if (streq(type, "revoked"))
+                        return lease_end_with(l, AGEN_LEASE_REVOKED, reason ?: "revoked");
+                if (streq(type, "released") || streq(type, "voided")) {
+                        char buf[256];
+                        snprintf(buf, sizeof(buf), "%s%s%s", type, reason ? ": " : "", strempty(reason));
+                        return lease_end_with(l, AGEN_LEASE_LOST, buf);
+                }
+        }
+        if (!continues)
+                /* The Watch of a lease ends with the lease; an end without its event is
+                 * still an end. */
+                lease_end_with(l, AGEN_LEASE_LOST, "watch ended");
+}
+
+static void lease_send_watch(Lease *l) {
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "lease", json_object_new_string(l->id));
+        int r = conn_call(l->conn, "io.agend.Lease.Watch", p, CONN_CALL_MORE, watch_reply, l, &l->call);
+        json_object_put(p);
+        if (r < 0)
+                lease_start_reconnect(l);
+}
+
+/* ---- acquiring ---- */
+
+static int lease_parse_grant(Lease *l, json_object *params) {
+        json_object *lease, *v;
+        if (!json_object_object_get_ex(params, "lease", &lease) || !json_object_is_type(lease, json_type_object))
+                return -EBADMSG;
+        if (!json_object_object_get_ex(lease, "id", &v) || !json_object_is_type(v, json_type_string))
+                return -EBADMSG;
+        char *id = strdup(json_object_get_string(v));
+        char *secret = NULL;
+        if (json_object_object_get_ex(params, "secret", &v) && json_object_is_type(v, json_type_string))
+                secret = strdup(json_object_get_string(v));
+        if (!id || !secret) {
+                free(id);
+                free(secret);
+                return -EBADMSG;
+        }
+        free(l->id);
+        free(l->secret);
+        l->id = id;
+        l->secret = secret;
+        l->token = json_object_object_get_ex(lease, "token", &v) ? (uint64_t) json_object_get_int64(v) : 0;
+        l->ttl = json_object_object_get_ex(lease, "ttl", &v) && !json_object_is_type(v, json_type_null)
+                         ? json_object_get_double(v)
+                         : 0;
+        return 0;
+}
+
+static void acquire_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                          void *userdata) {
+        Lease *l = userdata;
+        if (!continues)
+                l->call = NULL;
+        if (status < 0 && !error_name)
+                return; /* the connection ended: lease_conn_end() */
+        if (status < 0) {
+                char msg[256];
+                snprintf(msg, sizeof(msg), "acquiring \"%s\": %s", l->resource, error_name);
+                return lease_finish(l, status, msg);
+        }
+
+        json_object *v;
+        const char *state = json_object_object_get_ex(params, "state", &v) ? json_object_get_string(v) : NULL;
+        if (streq_ptr(state, "queued")) {
+                unsigned position = 0;
+                if (json_object_object_get_ex(params, "position", &v))
+                        position = (unsigned) json_object_get_int(v);
+                lease_emit(l, AGEN_LEASE_QUEUED, position, NULL);
+                return;
+        }
+        if (!streq_ptr(state, "granted") || lease_parse_grant(l, params) < 0)
+                return lease_finish(l, -EBADMSG, "unexpected Acquire reply");
+
+        l->granted = true;
+        l->phase = LEASE_HELD;
+        lease_emit(l, AGEN_LEASE_GRANTED, 0, NULL);
+        if (l->ttl > 0) {
+                double every = l->ttl / 3;
+                ev_timer_set(&l->renew_timer, every, every);
+                ev_timer_start(l->loop, &l->renew_timer);
+        }
+        /* "more" replies end with the grant; a Watch can follow on the same connection. */
+        lease_send_watch(l);
+}
+
+static void lease_send_acquire(Lease *l) {
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "resource", json_object_new_string(l->resource));
+        if (l->opts.units > 1)
+                json_object_object_add(p, "units", json_object_new_int64(l->opts.units));
+        if (l->opts.exclusive)
+                json_object_object_add(p, "exclusive", json_object_new_boolean(1));
+        if (l->opts.try_once)
+                json_object_object_add(p, "timeout", json_object_new_double(0));
+        else if (l->opts.timeout > 0)
+                json_object_object_add(p, "timeout", json_object_new_double(l->opts.timeout));
+        if (l->opts.ttl > 0)
+                json_object_object_add(p, "ttl", json_object_new_double(l->opts.ttl));
+        if (l->opts.detached)
+                json_object_object_add(p, "detached", json_object_new_boolean(1));
+        if (l->description)
+                json_object_object_add(p, "description", json_object_new_string(l->description));
+        l->phase = LEASE_WAITING;
+        int r = conn_call(l->conn, "io.agend.Lease.Acquire", p, CONN_CALL_MORE, acquire_reply, l, &l->call);
+        json_object_put(p);
+        if (r < 0)
+                lease_start_reconnect(l);
+}
+
+/* ---- generator ops ---- */
+
+static void lease_step(agen_gen *gen, agen_co *co, void *userdata) {
+        Lease *l = userdata;
+
+        assert(!l->step);
+        l->step = co;
+        if (l->phase == LEASE_INIT) {
+                int r = lease_connect(l);
+                if (r < 0)
+                        return lease_finish(l, r, "cannot connect to agend");
+                lease_send_acquire(l);
+                return;
+        }
+        lease_deliver(l);
+}
+
+static void release_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                          void *userdata) {
+        Lease *l = userdata;
+        agen_co *co = TAKE_PTR(l->closing);
+
+        l->control_call = NULL;
+        l->control = conn_unref(l->control);
+        lease_drop_conn(l);
+        l->phase = LEASE_CLOSED;
+        /* NoSuchLease: it ended meanwhile, which is what we asked for. */
+        if (status >= 0 || status == -ENOENT) {
+                (void) agen_co_return(co);
+                return;
+        }
+        char msg[256];
+        snprintf(msg, sizeof(msg), "releasing lease %s: %s", l->id,
+                 error_name ?: "connection to agend lost, the daemon releases it after its grace period");
+        (void) agen_co_fail(co, status, msg);
+}
+
+static void lease_close(agen_gen *gen, agen_co *co, void *userdata) {
+        Lease *l = userdata;
+
+        lease_stop_timers(l);
+        if (!l->granted || l->finished) {
+                /* Not held (waiting, or over): closing the connection cancels a wait. */
+                lease_cancel_control(l);
+                lease_drop_conn(l);
+                l->phase = LEASE_CLOSED;
+                (void) agen_co_return(co);
+                return;
+        }
+
+        /* A Renew in flight is answered before the Release (one connection, in order). */
+        lease_cancel_control(l);
+        l->closing = co;
+        l->phase = LEASE_RELEASING;
+        Conn *c;
+        int r = client_control(l->client, &c);
+        if (r >= 0) {
+                json_object *p = json_object_new_object();
+                json_object_object_add(p, "id", json_object_new_string(l->id));
+                json_object_object_add(p, "secret", json_object_new_string(l->secret));
+                r = conn_call(c, "io.agend.Lease.Release", p, 0, release_reply, l, &l->control_call);
+                json_object_put(p);
+                if (r >= 0) {
+                        l->control = conn_ref(c);
+                        return;
+                }
+        }
+        /* No control connection: closing ours releases a bound lease (EOF), unconfirmed. */
+        l->closing = NULL;
+        lease_drop_conn(l);
+        l->phase = LEASE_CLOSED;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "releasing lease %s: %s", l->id, strerror(-r));
+        (void) agen_co_fail(co, r, msg);
+}
+
+static void lease_abandon(agen_gen *gen, void *userdata) {
+        Lease *l = userdata;
+        bool held = l->granted && !l->finished && l->phase != LEASE_CLOSED;
+
+        lease_stop_timers(l);
+        lease_cancel_control(l);
+        if (held && l->opts.detached) {
+                /* Not bound to our connection, so EOF would not end it: a one-way Release on
+                 * a connection of its own, written without waiting for the loop. */
+                Conn *c;
+                if (conn_connect(l->loop, agen_client_get_address(l->client), &c) >= 0) {
+                        json_object *p = json_object_new_object();
+                        json_object_object_add(p, "id", json_object_new_string(l->id));
+                        json_object_object_add(p, "secret", json_object_new_string(l->secret));
+                        if (conn_call(c, "io.agend.Lease.Release", p, CONN_CALL_ONEWAY, NULL, NULL, NULL) >= 0)
+                                (void) conn_flush_blocking(c, ABANDON_RELEASE_TIMEOUT);
+                        json_object_put(p);
+                        conn_close(c);
+                        conn_unref(c);
+                }
+        }
+        /* EOF on the lease connection: the daemon releases a bound lease. */
+        lease_drop_conn(l);
+        l->closing = NULL;
+        l->step = NULL;
+        l->phase = LEASE_CLOSED;
+}
+
+static void lease_destroy(void *userdata) {
+        Lease *l = userdata;
+
+        lease_stop_timers(l);
+        lease_cancel_control(l);
+        lease_drop_conn(l);
+        while (l->events) {
+                LeaseEvent *e = l->events;
+                l->events = e->next;
+                free(e->reason);
+                free(e);
+        }
+        if (l->secret)
+                explicit_bzero(l->secret, strlen(l->secret));
+        free(l->secret);
+        free(l->id);
+        free(l->current_reason);
+        free(l->end_message);
+        free(l->resource);
+        free(l->description);
+        client_lease_detach(l->client);
+        free(l);
+}
+
+static const agen_gen_ops lease_ops = {
+        .step = lease_step,
+        .close = lease_close,
+        .abandon = lease_abandon,
+        .destroy = lease_destroy,
+};
+
+_public_ int agen_lease_new(agen_client *client, const char *resource, const agen_lease_opts *opts,
+                            agen_gen **ret) {
+        assert_return(client, -EINVAL);
+        assert_return(resource && *resource, -EINVAL);
+        assert_return(ret, -EINVAL);
+        if (opts) {
+                assert_return(isfinite(opts->timeout) && opts->timeout >= 0, -EINVAL);
+                assert_return(isfinite(opts->ttl) && opts->ttl >= 0, -EINVAL);
+        }
+
+        Lease *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        *l = (Lease) {
+                .client = client,
+                .loop = agen_client_get_loop(client),
+                .resource = strdup(resource),
+                .opts = opts ? *opts : (agen_lease_opts) {},
+        };
+        l->events_tail = &l->events;
+        l->opts.description = NULL;
+        if (opts && opts->description)
+                l->description = strdup(opts->description);
+        if (!l->resource || (opts && opts->description && !l->description)) {
+                free(l->resource);
+                free(l->description);
+                free(l);
+                return -ENOMEM;
+        }
+        ev_timer_init(&l->renew_timer, lease_renew_cb, 0., 0.);
+        ev_timer_init(&l->retry_timer, lease_retry_cb, 0., 0.);
+
+        agen_gen *g;
+        int r = agen_gen_new(l->loop, &lease_ops, l, &g);
+        if (r < 0) {
+                free(l->resource);
+                free(l->description);
+                free(l);
+                return r;
+        }
+        /* From here on lease_destroy() frees l, and detaches from the client. */
+        client_lease_attach(client);
+        *ret = g;
+        return 0;
+}
+
+_public_ agen_gen *agen_lease(agen_client *client, const char *resource, const agen_lease_opts *opts) {
+        agen_gen *g = NULL;
+        int r = agen_lease_new(client, resource, opts, &g);
+        if (r < 0) {
+                errno = -r;
+                return NULL;
+        }
+        return g;
+}
