@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #define _public_ __attribute__((__visibility__("default")))
@@ -101,3 +102,9 @@ static inline const char *strempty(const char *s) {
 static inline const char *strna(const char *s) {
         return s ? s : "n/a";
 }
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "json-util.h"
+#include "macro.h"
+
+#define JSON_MAX_DEPTH 64
+
+int json_parse_buffer(const char *text, size_t len, json_object **ret) {
+        assert(text || len == 0);
+        assert(ret);
+
+        if (len > INT_MAX)
+                return -EBADMSG;
+        json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
+        if (!tok)
+                return -ENOMEM;
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+        json_object *o = json_tokener_parse_ex(tok, text, (int) len);
+        enum json_tokener_error e = json_tokener_get_error(tok);
+        /* In strict mode json-c stops right after a complete value; anything left (other
+         * than whitespace) is trailing garbage. A number at the very end is only known to
+         * be complete once the input ends, which json_tokener_continue reports. */
+        size_t used = json_tokener_get_parse_end(tok);
+        if (e == json_tokener_continue && !o) {
+                /* A top-level number is complete only when input ends: say so with a NUL. */
+                o = json_tokener_parse_ex(tok, "", 1);
+                e = json_tokener_get_error(tok);
+                if (!o || e != json_tokener_success) {
+                        json_object_put(o);
+                        json_tokener_free(tok);
+                        return -EBADMSG;
+                }
+                used = len;
+        }
+        json_tokener_free(tok);
+        if (e != json_tokener_success && e != json_tokener_continue) {
+                json_object_put(o);
+                return -EBADMSG;
+        }
+        for (size_t i = used; i < len; i++)
+                if (!strchr(" \t\r\n", text[i])) {
+                        json_object_put(o);
+                        return -EBADMSG;
+                }
+        if (!o) {
+                /* A bare JSON null is valid but carries nothing we ever want. */
+                return -EBADMSG;
+        }
+        *ret = o;
+        return 0;
+}
+
+/* 0 absent/null (and not required), 1 present, -EINVAL required but absent. */
+static int lookup(json_object *o, const char *key, unsigned flags, json_object **ret) {
+        json_object *v = NULL;
+        if (!o || !json_object_is_type(o, json_type_object))
+                return -EINVAL;
+        if (!json_object_object_get_ex(o, key, &v) || !v)
+                return (flags & JSON_REQUIRED) ? -EINVAL : 0;
+        *ret = v;
+        return 1;
+}
+
+int json_get_string(json_object *o, const char *key, unsigned flags, const char **ret) {
+        json_object *v;
+        int r = lookup(o, key, flags, &v);
+        if (r <= 0)
+                return r;
+        if (!json_object_is_type(v, json_type_string))
+                return -EINVAL;
+        const char *s = json_object_get_string(v);
+        size_t n = (size_t) json_object_get_string_len(v);
+        if (strlen(s) != n)
+                return -EINVAL;
+        if ((flags & JSON_NONEMPTY) && n == 0)
+                return -EINVAL;
+        *ret = s;
+        return 1;
+}
+
+int json_get_int64(json_object *o, const char *key, unsigned flags, int64_t min, int64_t max, int64_t *ret) {
+        json_object *v;
+        int64_t i;
+        int r = lookup(o, key, flags, &v);
+        if (r <= 0)
+                return r;
+        if (json_object_is_type(v, json_type_int)) {
+                /* json-c saturates at INT64_MIN/MAX; values that large are out of any range
+                 * we accept, so the clamp cannot turn a bad value into a good one. */
+                errno = 0;
+                i = json_object_get_int64(v);
+        } else if (json_object_is_type(v, json_type_double)) {
+                /* 3.0 is an integer to most JSON producers (JavaScript, python's float). */
+                double d = json_object_get_double(v);
+                if (!isfinite(d) || d != floor(d) || d < -9.2e18 || d > 9.2e18)
+                        return -EINVAL;
+                i = (int64_t) d;
+        } else
+                return -EINVAL;
+        if (i < min || i > max)
+                return -EINVAL;
+        *ret = i;
+        return 1;
+}
+
+int json_get_uint(json_object *o, const char *key, unsigned flags, unsigned min, unsigned max, unsigned *ret) {
+        int64_t i;
+        int r = json_get_int64(o, key, flags, min, max, &i);
+        if (r <= 0)
+                return r;
+        *ret = (unsigned) i;
+        return 1;
+}
+
+int json_get_bool(json_object *o, const char *key, unsigned flags, bool *ret) {
+        json_object *v;
+        int r = lookup(o, key, flags, &v);
+        if (r <= 0)
+                return r;
+        if (!json_object_is_type(v, json_type_boolean))
+                return -EINVAL;
+        *ret = json_object_get_boolean(v);
+        return 1;
+}
+
+int json_get_seconds(json_object *o, const char *key, unsigned flags, usec_t *ret) {
+        json_object *v;
+        usec_t u;
+        int r = lookup(o, key, flags, &v);
+        if (r <= 0)
+                return r;
+        if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
+                return -EINVAL;
+        double d = json_object_get_double(v);
+        /* More than ~31 years is a mistake, not a timeout; refusing it keeps deadlines far
+         * away from overflow. */
+        if (!isfinite(d) || d < 0 || d > 1e9)
+                return -EINVAL;
+        if (usec_from_sec(d, &u) < 0)
+                return -EINVAL;
+        *ret = u;
+        return 1;
+}
+
+int json_check_keys(json_object *o, const char *const *allowed, const char **ret_key) {
+        assert(allowed);
+        if (!o || !json_object_is_type(o, json_type_object))
+                return -EINVAL;
+        json_object_object_foreach(o, k, v) {
+                (void) v;
+                bool ok = false;
+                for (const char *const *a = allowed; *a; a++)
+                        if (strcmp(*a, k) == 0) {
+                                ok = true;
+                                break;
+                        }
+                if (!ok) {
+                        if (ret_key)
+                                *ret_key = k;
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+int json_add(json_object *o, const char *key, json_object *value) {
+        assert(o);
+        if (!value)
+                return -ENOMEM;
+        if (json_object_object_add(o, key, value) < 0) {
+                json_object_put(value);
+                return -ENOMEM;
+        }
+        return 0;
+}

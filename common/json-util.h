@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Typed access to json-c objects, for the parameters of varlink calls and replies.
+ *
+ * Getters look up key in an object and return 1 with *ret set when the member is present
+ * and valid, 0 when it is absent or JSON null and not JSON_REQUIRED (*ret untouched, so it
+ * keeps the caller's default), and -EINVAL when it has the wrong type, is out of range,
+ * is a string with an embedded NUL, or is required and absent. The caller turns -EINVAL
+ * into org.varlink.service.InvalidParameter naming the key. */
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "usec.h"
+
+typedef enum JsonFlags {
+        JSON_REQUIRED = 1 << 0,
+        JSON_NONEMPTY = 1 << 1, /* strings: "" is invalid */
+} JsonFlags;
+
+/* Parses exactly len bytes as one strict JSON value (RFC 8259: no trailing commas, no
+ * single quotes, no comments, nothing after the value, nesting at most 64 deep).
+ * -EBADMSG if invalid, -ENOMEM. *ret owns a reference. */
+int json_parse_buffer(const char *text, size_t len, json_object **ret);
+
+/* The string is borrowed from o. Strings with an embedded NUL (\u0000) are refused: json-c
+ * keeps their full length, and C code would silently see a shorter name. */
+int json_get_string(json_object *o, const char *key, unsigned flags, const char **ret);
+int json_get_int64(json_object *o, const char *key, unsigned flags, int64_t min, int64_t max, int64_t *ret);
+int json_get_uint(json_object *o, const char *key, unsigned flags, unsigned min, unsigned max, unsigned *ret);
+int json_get_bool(json_object *o, const char *key, unsigned flags, bool *ret);
+/* A duration in seconds (integer or fraction, >= 0, finite, not absurdly large). */
+int json_get_seconds(json_object *o, const char *key, unsigned flags, usec_t *ret);
+
+/* Checks that o has no member other than those listed (NULL-terminated); on failure
+ * returns -EINVAL and the first unknown key in *ret_key (borrowed from o). */
+int json_check_keys(json_object *o, const char *const *allowed, const char **ret_key);
+
+/* Adds key: value to o, consuming value also on failure (value NULL = OOM, -ENOMEM). */
+int json_add(json_object *o, const char *key, json_object *value);

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The daemon's configuration: /etc/agend/agend.conf and /etc/agend/resources.d/ *.conf files,
+ * or one file given with --config. systemd-style INI:
+ *
+ *   [Daemon]
+ *   ReclaimGraceSec=10          Sync=normal|full       HistorySize=10000
+ *   MaxMessageSize=1048576      MaxUnansweredInput=4194304
+ *   MaxConnectionsPerUser=1024  MaxLeasesPerUser=100000  MaxWaitersPerUser=10000
+ *   AllowUndeclared=yes         RevokeUsers=alice 1001   RevokeGroups=wheel
+ *
+ *   [Resource]                  (one section per resource)
+ *   Name=gpu  Capacity=2  AllowUsers=...  AllowGroups=...
+ *
+ * Errors name the file and line. With no file at all, the built-in defaults apply. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "engine.h"
+#include "store.h"
+#include "usec.h"
+
+typedef struct Config {
+        usec_t reclaim_grace;
+        StoreSync sync;
+        unsigned history_size;
+        size_t max_message_size;
+        size_t max_unanswered_input;
+        unsigned max_connections_per_user;
+        unsigned max_leases_per_user;
+        unsigned max_waiters_per_user;
+        bool allow_undeclared;
+        uid_t *revoke_uids;
+        size_t n_revoke_uids;
+        gid_t *revoke_gids;
+        size_t n_revoke_gids;
+
+        ResourceDecl *resources;        /* names and allow lists owned by the Config */
+        size_t n_resources;
+} Config;
+
+#define CONFIG_DIR_DEFAULT "/etc/agend"
+
+void config_init_defaults(Config *c);
+void config_done(Config *c);
+
+/* Loads path (a file) if not NULL, else dir/agend.conf and dir/resources.d/ *.conf (missing
+ * files are fine). On a syntax error returns -EINVAL with "FILE:LINE: what" in
+ * *ret_error (malloc'ed); c is then unchanged. */
+int config_load(Config *c, const char *path, const char *dir, char **ret_error);
+
+bool config_may_revoke(const Config *c, uid_t uid, gid_t gid);

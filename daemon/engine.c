@@ -1,0 +1,732 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "engine.h"
+#include "macro.h"
+#include "store.h"
+
+struct Engine {
+        EngineClock clock;
+        Store *store;
+        EngineCallbacks cb;
+        void *userdata;
+
+        Hashmap resources;      /* name → Resource */
+        Hashmap leases;         /* id → Lease */
+        Prioq timers;           /* lease expiries, waiter timeouts, the grace period */
+        EngineTimer grace;
+
+        unsigned n_leases;
+        unsigned n_waiters;
+        unsigned n_reclaimable;
+        uint64_t last_token;
+        bool allow_undeclared;
+};
+
+static const char *const event_type_table[_EVENT_TYPE_MAX] = {
+        [EVENT_QUEUED] = "queued",       [EVENT_GRANTED] = "granted",     [EVENT_RENEWED] = "renewed",
+        [EVENT_RELEASED] = "released",   [EVENT_EXPIRED] = "expired",     [EVENT_REVOKED] = "revoked",
+        [EVENT_RECLAIMED] = "reclaimed", [EVENT_VOIDED] = "voided",
+};
+
+const char *event_type_to_string(EventType t) {
+        return t >= 0 && t < _EVENT_TYPE_MAX ? event_type_table[t] : NULL;
+}
+
+EventType event_type_from_string(const char *s) {
+        for (int i = 0; s && i < _EVENT_TYPE_MAX; i++)
+                if (strcmp(event_type_table[i], s) == 0)
+                        return (EventType) i;
+        return _EVENT_TYPE_INVALID;
+}
+
+int owner_copy(Owner *dst, const Owner *src) {
+        Owner o = *src;
+        o.comm = src->comm ? strdup(src->comm) : NULL;
+        o.unit = src->unit ? strdup(src->unit) : NULL;
+        if ((src->comm && !o.comm) || (src->unit && !o.unit)) {
+                owner_done(&o);
+                return -ENOMEM;
+        }
+        *dst = o;
+        return 0;
+}
+
+void owner_done(Owner *o) {
+        free(o->comm);
+        free(o->unit);
+        o->comm = o->unit = NULL;
+}
+
+static usec_t sys_monotonic(void *u) {
+        return usec_now(CLOCK_MONOTONIC);
+}
+static usec_t sys_realtime(void *u) {
+        return usec_now(CLOCK_REALTIME);
+}
+
+static usec_t now_mono(Engine *e) {
+        return e->clock.monotonic(e->clock.userdata);
+}
+static usec_t now_real(Engine *e) {
+        return e->clock.realtime(e->clock.userdata);
+}
+
+static usec_t usec_add(usec_t a, usec_t b) {
+        return a > USEC_INFINITY - b ? USEC_INFINITY : a + b;
+}
+
+static int random_hex(char *buf, size_t n_hex) {
+        uint8_t bytes[32];
+        size_t n = n_hex / 2;
+        assert(n <= sizeof(bytes));
+        if (getrandom(bytes, n, 0) != (ssize_t) n)
+                return -errno ?: -EIO;
+        for (size_t i = 0; i < n; i++)
+                sprintf(buf + 2 * i, "%02x", bytes[i]);
+        buf[n_hex] = 0;
+        return 0;
+}
+
+int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb, void *userdata,
+               Engine **ret) {
+        Engine *e = calloc(1, sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        e->clock = clock ? *clock : (EngineClock) { .monotonic = sys_monotonic, .realtime = sys_realtime };
+        e->store = store;
+        e->cb = *cb;
+        e->userdata = userdata;
+        e->allow_undeclared = true;
+        hashmap_init(&e->resources);
+        hashmap_init(&e->leases);
+        prioq_item_init(&e->grace.pq);
+        e->grace.kind = TIMER_GRACE;
+        *ret = e;
+        return 0;
+}
+
+static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
+                 const char *reason) {
+        Event ev = {
+                .type = type,
+                .time = now_real(e),
+                .resource = r->name,
+                .lease = l ? l->id : NULL,
+                .token = l ? l->token : 0,
+                .owner = owner,
+                .units = units,
+                .reason = reason,
+        };
+        if (e->store)
+                (void) e->store->ops->event_append(e->store, &ev);
+        if (e->cb.event)
+                e->cb.event(e, &ev, l, e->userdata);
+}
+
+static void resource_free(Resource *r) {
+        if (!r)
+                return;
+        free(r->name);
+        free(r->allow_uids);
+        free(r->allow_gids);
+        free(r);
+}
+
+/* Undeclared resources exist only while used, so a client cannot grow the daemon's
+ * memory with names alone. */
+static void resource_maybe_drop(Engine *e, Resource *r) {
+        if (r->declared || r->n_leases > 0 || r->n_waiters > 0)
+                return;
+        hashmap_remove(&e->resources, r->name);
+        resource_free(r);
+}
+
+static int resource_get(Engine *e, const char *name, bool create, Resource **ret) {
+        Resource *r = hashmap_get(&e->resources, name);
+        if (r) {
+                *ret = r;
+                return 0;
+        }
+        if (!create)
+                return -ENXIO;
+        r = calloc(1, sizeof(*r));
+        if (!r)
+                return -ENOMEM;
+        r->name = strdup(name);
+        r->capacity = 1;
+        if (!r->name || hashmap_put(&e->resources, r->name, r) < 0) {
+                resource_free(r);
+                return -ENOMEM;
+        }
+        *ret = r;
+        return 0;
+}
+
+static void timer_set(Engine *e, EngineTimer *t, usec_t when) {
+        if (when == USEC_INFINITY) {
+                prioq_remove(&e->timers, &t->pq);
+                t->pq.when = USEC_INFINITY;
+                return;
+        }
+        t->pq.when = when;
+        if (prioq_item_queued(&t->pq))
+                prioq_reshuffle(&e->timers, &t->pq);
+        else if (prioq_put(&e->timers, &t->pq) < 0)
+                /* Out of memory: the deadline is kept on the object and checked again by
+                 * the next renew; rather than fail the grant, the lease lives longer. */
+                t->pq.when = USEC_INFINITY;
+}
+
+static void holder_link(Lease *l, Holder *h) {
+        l->holder = h;
+        if (!h)
+                return;
+        l->holder_prev = NULL;
+        l->holder_next = h->leases;
+        if (h->leases)
+                h->leases->holder_prev = l;
+        h->leases = l;
+        h->n_leases++;
+}
+
+static void holder_unlink(Lease *l) {
+        Holder *h = l->holder;
+        if (!h)
+                return;
+        if (l->holder_prev)
+                l->holder_prev->holder_next = l->holder_next;
+        else
+                h->leases = l->holder_next;
+        if (l->holder_next)
+                l->holder_next->holder_prev = l->holder_prev;
+        l->holder_prev = l->holder_next = NULL;
+        l->holder = NULL;
+        h->n_leases--;
+}
+
+static void lease_free(Engine *e, Lease *l) {
+        Resource *r = l->resource;
+        holder_unlink(l);
+        if (l->res_prev)
+                l->res_prev->res_next = l->res_next;
+        else
+                r->leases = l->res_next;
+        if (l->res_next)
+                l->res_next->res_prev = l->res_prev;
+        r->n_leases--;
+        r->used -= l->units;
+        if (l->state == LEASE_RECLAIMABLE)
+                e->n_reclaimable--;
+        prioq_remove(&e->timers, &l->expiry.pq);
+        hashmap_remove(&e->leases, l->id);
+        e->n_leases--;
+        owner_done(&l->owner);
+        free(l->description);
+        free(l);
+}
+
+/* Links a lease built by the caller into its resource and the maps. */
+static int lease_attach(Engine *e, Lease *l, Resource *r) {
+        l->resource = r;
+        prioq_item_init(&l->expiry.pq);
+        l->expiry.kind = TIMER_LEASE_EXPIRY;
+        if (hashmap_put(&e->leases, l->id, l) < 0)
+                return -ENOMEM;
+        l->res_next = r->leases;
+        if (r->leases)
+                r->leases->res_prev = l;
+        r->leases = l;
+        r->n_leases++;
+        r->used += l->units;
+        e->n_leases++;
+        if (l->deadline != USEC_INFINITY)
+                timer_set(e, &l->expiry, l->deadline);
+        return 0;
+}
+
+static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, bool detached, usec_t ttl,
+                        const Owner *owner, const char *description, Holder *holder, Lease **ret) {
+        Lease *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        int k = random_hex(l->id, LEASE_ID_LEN);
+        if (k >= 0)
+                k = random_hex(l->secret, LEASE_SECRET_LEN);
+        if (k < 0) {
+                free(l);
+                return k;
+        }
+        if (hashmap_get(&e->leases, l->id)) {   /* 64 random bits: practically never */
+                free(l);
+                return -EAGAIN;
+        }
+        l->description = strdup(strempty(description));
+        if (!l->description || owner_copy(&l->owner, owner) < 0) {
+                free(l->description);
+                free(l);
+                return -ENOMEM;
+        }
+        l->units = units;
+        l->exclusive = exclusive;
+        l->detached = detached;
+        l->state = LEASE_HELD;
+        l->token = ++e->last_token;
+        l->created = now_real(e);
+        l->ttl = ttl;
+        l->deadline = ttl > 0 ? usec_add(now_mono(e), ttl) : USEC_INFINITY;
+        if (lease_attach(e, l, r) < 0) {
+                owner_done(&l->owner);
+                free(l->description);
+                free(l);
+                return -ENOMEM;
+        }
+        holder_link(l, holder);
+        if (e->store) {
+                (void) e->store->ops->token_save(e->store, e->last_token);
+                (void) e->store->ops->lease_save(e->store, l);
+        }
+        emit(e, EVENT_GRANTED, r, l, &l->owner, l->units, NULL);
+        *ret = l;
+        return 0;
+}
+
+static unsigned waiter_need(const Waiter *w) {
+        return w->exclusive ? w->resource->capacity : w->units;
+}
+
+static bool fits(const Resource *r, unsigned need) {
+        return need <= r->capacity && r->used + need <= r->capacity;
+}
+
+static void waiter_unlink(Engine *e, Waiter *w) {
+        Resource *r = w->resource;
+        if (w->prev)
+                w->prev->next = w->next;
+        else
+                r->wait_head = w->next;
+        if (w->next)
+                w->next->prev = w->prev;
+        else
+                r->wait_tail = w->prev;
+        w->prev = w->next = NULL;
+        r->n_waiters--;
+        e->n_waiters--;
+        prioq_remove(&e->timers, &w->timeout.pq);
+}
+
+static void waiter_free(Waiter *w) {
+        owner_done(&w->owner);
+        free(w->description);
+        free(w);
+}
+
+static void renumber(Engine *e, Resource *r) {
+        unsigned pos = 1;
+        for (Waiter *w = r->wait_head; w; w = w->next, pos++)
+                if (w->position != pos) {
+                        w->position = pos;
+                        if (e->cb.moved)
+                                e->cb.moved(e, w, e->userdata);
+                }
+}
+
+/* Grants from the head of the queue while the head fits. The head is never overtaken:
+ * a large request waits at the front until enough units are free, and smaller later
+ * ones wait behind it (no starvation). */
+static void dispatch(Engine *e, Resource *r) {
+        bool moved = false;
+        while (r->wait_head && fits(r, waiter_need(r->wait_head))) {
+                Waiter *w = r->wait_head;
+                Lease *l;
+                if (lease_create(e, r, waiter_need(w), w->exclusive, w->detached, w->ttl, &w->owner,
+                                 w->description, w->holder, &l) < 0)
+                        break;  /* retried at the next release */
+                waiter_unlink(e, w);
+                moved = true;
+                if (e->cb.granted)
+                        e->cb.granted(e, w, l, e->userdata);
+                waiter_free(w);
+        }
+        if (moved)
+                renumber(e, r);
+}
+
+int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool allow_undeclared) {
+        e->allow_undeclared = allow_undeclared;
+
+        /* Forget old declarations first, then apply the new ones. */
+        HashmapIter i = {};
+        Resource *r;
+        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+                r->declared = false;
+                r->restricted = false;
+                free(r->allow_uids);
+                free(r->allow_gids);
+                r->allow_uids = NULL;
+                r->allow_gids = NULL;
+                r->n_allow_uids = r->n_allow_gids = 0;
+        }
+        for (size_t k = 0; k < n_decls; k++) {
+                const ResourceDecl *d = &decls[k];
+                int q = resource_get(e, d->name, true, &r);
+                if (q < 0)
+                        return q;
+                r->declared = true;
+                r->capacity = MAX(d->capacity, 1u);
+                r->restricted = d->restricted;
+                if (d->n_allow_uids > 0) {
+                        r->allow_uids = malloc(d->n_allow_uids * sizeof(uid_t));
+                        if (!r->allow_uids)
+                                return -ENOMEM;
+                        memcpy(r->allow_uids, d->allow_uids, d->n_allow_uids * sizeof(uid_t));
+                        r->n_allow_uids = d->n_allow_uids;
+                }
+                if (d->n_allow_gids > 0) {
+                        r->allow_gids = malloc(d->n_allow_gids * sizeof(gid_t));
+                        if (!r->allow_gids)
+                                return -ENOMEM;
+                        memcpy(r->allow_gids, d->allow_gids, d->n_allow_gids * sizeof(gid_t));
+                        r->n_allow_gids = d->n_allow_gids;
+                }
+        }
+        /* Capacities may have grown; names no longer declared and unused go away. */
+        i = (HashmapIter) {};
+        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+                if (!r->declared)
+                        r->capacity = MAX(r->capacity, 1u);
+                dispatch(e, r);
+                resource_maybe_drop(e, r);
+        }
+        return 0;
+}
+
+int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *userdata, Lease **ret_lease,
+                   Waiter **ret_waiter) {
+        Resource *r;
+        int k = resource_get(e, p->resource, e->allow_undeclared, &r);
+        if (k < 0)
+                return k;
+
+        unsigned units = p->exclusive ? r->capacity : MAX(p->units, 1u);
+        if (units > r->capacity) {
+                resource_maybe_drop(e, r);
+                return -EINVAL;
+        }
+
+        if (!r->wait_head && fits(r, units)) {
+                Lease *l;
+                k = lease_create(e, r, units, p->exclusive, p->detached, p->ttl, p->owner, p->description,
+                                 holder, &l);
+                if (k < 0) {
+                        resource_maybe_drop(e, r);
+                        return k;
+                }
+                *ret_lease = l;
+                return 0;
+        }
+        if (p->try_once) {
+                resource_maybe_drop(e, r);
+                return -ETIMEDOUT;
+        }
+
+        Waiter *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->description = strdup(strempty(p->description));
+        if (!w->description || owner_copy(&w->owner, p->owner) < 0) {
+                free(w->description);
+                free(w);
+                resource_maybe_drop(e, r);
+                return -ENOMEM;
+        }
+        w->resource = r;
+        w->units = units;
+        w->exclusive = p->exclusive;
+        w->detached = p->detached;
+        w->ttl = p->ttl;
+        w->since = now_real(e);
+        w->holder = holder;
+        w->userdata = userdata;
+        prioq_item_init(&w->timeout.pq);
+        w->timeout.kind = TIMER_WAITER_TIMEOUT;
+        w->prev = r->wait_tail;
+        if (r->wait_tail)
+                r->wait_tail->next = w;
+        else
+                r->wait_head = w;
+        r->wait_tail = w;
+        r->n_waiters++;
+        e->n_waiters++;
+        w->position = r->n_waiters;
+        if (p->timeout != USEC_INFINITY)
+                timer_set(e, &w->timeout, usec_add(now_mono(e), p->timeout));
+        emit(e, EVENT_QUEUED, r, NULL, &w->owner, units, NULL);
+        *ret_waiter = w;
+        return 1;
+}
+
+void engine_waiter_cancel(Engine *e, Waiter *w) {
+        Resource *r = w->resource;
+        waiter_unlink(e, w);
+        waiter_free(w);
+        /* The head may have been a large request that held smaller ones back. */
+        dispatch(e, r);
+        renumber(e, r);
+        resource_maybe_drop(e, r);
+}
+
+int engine_lease_end(Engine *e, Lease *l, EventType type, const char *reason) {
+        Resource *r = l->resource;
+        emit(e, type, r, l, &l->owner, l->units, reason);
+        if (e->store)
+                (void) e->store->ops->lease_delete(e->store, l);
+        lease_free(e, l);
+        if (e->n_reclaimable == 0)
+                timer_set(e, &e->grace, USEC_INFINITY);
+        dispatch(e, r);
+        resource_maybe_drop(e, r);
+        return 0;
+}
+
+int engine_lease_renew(Engine *e, Lease *l, usec_t ttl) {
+        if (ttl == 0 && l->ttl == 0)
+                return -EINVAL;
+        if (ttl > 0)
+                l->ttl = ttl;
+        l->deadline = usec_add(now_mono(e), l->ttl);
+        timer_set(e, &l->expiry, l->deadline);
+        if (e->store)
+                (void) e->store->ops->lease_save(e->store, l);
+        emit(e, EVENT_RENEWED, l->resource, l, &l->owner, l->units, NULL);
+        return 0;
+}
+
+int engine_lease_reclaim(Engine *e, Lease *l, Holder *holder) {
+        if (l->state == LEASE_HELD) {
+                if (l->holder == holder)
+                        return 0;
+                if (!l->detached || l->holder)
+                        return -EPERM;  /* bound to another live connection */
+                holder_link(l, holder);
+                return 0;
+        }
+        l->state = LEASE_HELD;
+        e->n_reclaimable--;
+        holder_link(l, holder);
+        if (e->n_reclaimable == 0)
+                timer_set(e, &e->grace, USEC_INFINITY);
+        emit(e, EVENT_RECLAIMED, l->resource, l, &l->owner, l->units, NULL);
+        return 0;
+}
+
+void engine_holder_gone(Engine *e, Holder *h) {
+        while (h->leases) {
+                Lease *l = h->leases;
+                if (l->detached)
+                        holder_unlink(l);
+                else
+                        engine_lease_end(e, l, EVENT_RELEASED, "connection closed");
+        }
+}
+
+Lease *engine_lease_get(Engine *e, const char *id) {
+        return hashmap_get(&e->leases, id);
+}
+
+Resource *engine_resource_get(Engine *e, const char *name) {
+        return hashmap_get(&e->resources, name);
+}
+
+const Hashmap *engine_resources(Engine *e) {
+        return &e->resources;
+}
+
+unsigned engine_n_leases(Engine *e) {
+        return e->n_leases;
+}
+
+unsigned engine_n_waiters(Engine *e) {
+        return e->n_waiters;
+}
+
+uint64_t engine_last_token(Engine *e) {
+        return e->last_token;
+}
+
+bool engine_in_grace(Engine *e) {
+        return e->n_reclaimable > 0;
+}
+
+usec_t engine_next_deadline(Engine *e) {
+        PrioqItem *i = prioq_peek(&e->timers);
+        return i ? i->when : USEC_INFINITY;
+}
+
+/* Ends every lease matching state (all of them if all), collected first because ending
+ * one changes the map. */
+static void end_leases(Engine *e, bool all, EventType type, const char *reason) {
+        size_t n = 0, k = 0;
+        Lease **v = malloc(MAX(e->n_leases, 1u) * sizeof(Lease *));
+        if (!v)
+                return;
+        HashmapIter i = {};
+        Lease *l;
+        while (hashmap_iterate(&e->leases, &i, (void **) &l))
+                if (all || l->state == LEASE_RECLAIMABLE)
+                        v[n++] = l;
+        for (k = 0; k < n; k++)
+                engine_lease_end(e, v[k], type, reason);
+        free(v);
+}
+
+static void end_unreclaimed(Engine *e) {
+        end_leases(e, false, EVENT_RELEASED, "not reclaimed within the grace period");
+}
+
+void engine_run_timers(Engine *e) {
+        usec_t now = now_mono(e);
+        PrioqItem *top;
+        while ((top = prioq_peek(&e->timers)) && top->when <= now) {
+                EngineTimer *t = container_of(top, EngineTimer, pq);
+                prioq_remove(&e->timers, top);
+                switch (t->kind) {
+                case TIMER_LEASE_EXPIRY: {
+                        Lease *l = container_of(t, Lease, expiry);
+                        engine_lease_end(e, l, EVENT_EXPIRED, "TTL passed without renewal");
+                        break;
+                }
+                case TIMER_WAITER_TIMEOUT: {
+                        Waiter *w = container_of(t, Waiter, timeout);
+                        Resource *r = w->resource;
+                        waiter_unlink(e, w);
+                        if (e->cb.timed_out)
+                                e->cb.timed_out(e, w, e->userdata);
+                        waiter_free(w);
+                        dispatch(e, r);
+                        renumber(e, r);
+                        resource_maybe_drop(e, r);
+                        break;
+                }
+                case TIMER_GRACE:
+                        end_unreclaimed(e);
+                        break;
+                }
+        }
+}
+
+typedef struct RestoreState {
+        Engine *engine;
+        bool same_boot;
+        int error;
+        unsigned n;
+} RestoreState;
+
+static int restore_one(const LeaseRecord *rec, void *userdata) {
+        RestoreState *s = userdata;
+        Engine *e = s->engine;
+        Resource *r;
+        int k = resource_get(e, rec->resource, true, &r);
+        if (k < 0)
+                return k;
+        Lease *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        snprintf(l->id, sizeof(l->id), "%s", rec->id);
+        snprintf(l->secret, sizeof(l->secret), "%s", rec->secret);
+        l->description = strdup(strempty(rec->description));
+        if (!l->description || owner_copy(&l->owner, &rec->owner) < 0) {
+                free(l->description);
+                free(l);
+                return -ENOMEM;
+        }
+        l->units = rec->units;
+        l->exclusive = rec->exclusive;
+        l->detached = rec->detached;
+        l->token = rec->token;
+        l->created = rec->created;
+        l->ttl = rec->ttl;
+        /* A monotonic deadline means nothing on another boot; those leases are voided. */
+        l->deadline = s->same_boot ? rec->deadline : USEC_INFINITY;
+        l->state = rec->detached ? LEASE_HELD : LEASE_RECLAIMABLE;
+        if (l->state == LEASE_RECLAIMABLE)
+                e->n_reclaimable++;
+        e->last_token = MAX(e->last_token, l->token);
+        k = lease_attach(e, l, r);
+        if (k < 0) {
+                if (l->state == LEASE_RECLAIMABLE)
+                        e->n_reclaimable--;
+                owner_done(&l->owner);
+                free(l->description);
+                free(l);
+                return k;
+        }
+        s->n++;
+        return 0;
+}
+
+int engine_restore(Engine *e, const char *boot_id, usec_t grace) {
+        if (!e->store)
+                return 0;
+
+        _cleanup_free_ char *old_boot = NULL, *token = NULL;
+        int k = e->store->ops->meta_get(e->store, "boot_id", &old_boot);
+        if (k < 0)
+                return k;
+        k = e->store->ops->meta_get(e->store, "last_token", &token);
+        if (k < 0)
+                return k;
+        if (token)
+                e->last_token = MAX(e->last_token, strtoull(token, NULL, 10));
+
+        RestoreState s = {
+                .engine = e,
+                .same_boot = !old_boot || !boot_id || strcmp(old_boot, boot_id) == 0,
+        };
+        k = e->store->ops->load(e->store, restore_one, &s);
+        if (k < 0)
+                return k;
+
+        if (!s.same_boot) {
+                end_leases(e, true, EVENT_VOIDED, "the system rebooted since the lease was granted");
+        } else if (e->n_reclaimable > 0) {
+                if (grace == 0)
+                        end_unreclaimed(e);
+                else
+                        timer_set(e, &e->grace, usec_add(now_mono(e), grace));
+        }
+        if (boot_id)
+                (void) e->store->ops->meta_set(e->store, "boot_id", boot_id);
+        return (int) s.n;
+}
+
+Engine *engine_free(Engine *e) {
+        if (!e)
+                return NULL;
+        Lease *l;
+        Resource *r;
+        HashmapIter i = {};
+        while (hashmap_iterate(&e->leases, &i, (void **) &l)) {
+                owner_done(&l->owner);
+                free(l->description);
+                free(l);
+        }
+        i = (HashmapIter) {};
+        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+                for (Waiter *w = r->wait_head, *n; w; w = n) {
+                        n = w->next;
+                        waiter_free(w);
+                }
+                resource_free(r);
+        }
+        hashmap_done(&e->leases);
+        hashmap_done(&e->resources);
+        prioq_done(&e->timers);
+        free(e);
+        return NULL;
+}

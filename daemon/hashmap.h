@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* A string-keyed hash map of borrowed keys and values: the key must live as long as its
+ * entry (the daemon keys resources and leases by a name stored in the object itself).
+ * Chained buckets, grown at load 1; lookups stay O(1) at a million leases. */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct HashmapEntry HashmapEntry;
+typedef struct Hashmap {
+        HashmapEntry **buckets; /* private */
+        size_t n_buckets;       /* private */
+        size_t size;            /* ro */
+} Hashmap;
+
+void hashmap_init(Hashmap *h);
+/* Frees the map's memory, not the keys or values. */
+void hashmap_done(Hashmap *h);
+/* 0, -EEXIST, -ENOMEM. */
+int hashmap_put(Hashmap *h, const char *key, void *value);
+void *hashmap_get(const Hashmap *h, const char *key);
+/* Returns the removed value or NULL. */
+void *hashmap_remove(Hashmap *h, const char *key);
+
+/* Iteration: i starts at 0 and is updated; returns false at the end. The map must not
+ * change during iteration, except for removing the entry just returned. */
+typedef struct HashmapIter {
+        size_t bucket;
+        HashmapEntry *next;
+        bool started;
+} HashmapIter;
+bool hashmap_iterate(const Hashmap *h, HashmapIter *i, void **ret_value);

@@ -1,0 +1,414 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "build-config.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "server.h"
+
+#if HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+/* At most this many rounds of process → commit → flush → close per prepare; each round
+ * only follows from closes in the round before, so the loop ends quickly. */
+#define PREPARE_ROUNDS 8
+
+static void notify(Manager *m, const char *state) {
+#if HAVE_LIBSYSTEMD
+        (void) sd_notify(false, state);
+#endif
+}
+
+UserStat *manager_user(Manager *m, uint32_t uid, bool create) {
+        char key[16];
+        snprintf(key, sizeof(key), "%" PRIu32, uid);
+        UserStat *u = hashmap_get(&m->users, key);
+        if (u || !create)
+                return u;
+        u = calloc(1, sizeof(*u));
+        if (!u)
+                return NULL;
+        memcpy(u->key, key, sizeof(key));
+        u->uid = uid;
+        if (hashmap_put(&m->users, u->key, u) < 0) {
+                free(u);
+                return NULL;
+        }
+        return u;
+}
+
+void manager_user_maybe_free(Manager *m, UserStat *u) {
+        if (!u || u->connections || u->leases || u->waiters)
+                return;
+        hashmap_remove(&m->users, u->key);
+        free(u);
+}
+
+void manager_mark_dirty(Manager *m, Conn *c) {
+        if (c->is_dirty)
+                return;
+        c->is_dirty = true;
+        c->dirty_next = m->dirty;
+        m->dirty = c;
+}
+
+void manager_mark_pending(Manager *m, Conn *c) {
+        if (c->is_pending)
+                return;
+        c->is_pending = true;
+        c->pending_next = m->pending;
+        m->pending = c;
+}
+
+static void arm_timer(Manager *m) {
+        usec_t next = engine_next_deadline(m->engine);
+        ev_timer_stop(m->loop, &m->timer);
+        if (next == USEC_INFINITY)
+                return;
+        usec_t now = usec_now(CLOCK_MONOTONIC);
+        double after = next > now ? usec_to_sec(next - now) : 0.0;
+        ev_timer_set(&m->timer, after, 0.0);
+        ev_timer_start(m->loop, &m->timer);
+}
+
+static void send_status(Manager *m) {
+#if HAVE_LIBSYSTEMD
+        uint64_t sig = ((uint64_t) engine_n_leases(m->engine) << 40) ^ ((uint64_t) engine_n_waiters(m->engine) << 20) ^
+                       m->n_conns;
+        usec_t now = usec_now(CLOCK_MONOTONIC);
+        if (sig == m->status_sent || now - m->status_time < USEC_PER_SEC)
+                return;
+        m->status_sent = sig;
+        m->status_time = now;
+        (void) sd_notifyf(false, "STATUS=%u leases, %u waiters, %u connections%s", engine_n_leases(m->engine),
+                          engine_n_waiters(m->engine), m->n_conns,
+                          engine_in_grace(m->engine) ? " (waiting for holders to reclaim)" : "");
+#endif
+}
+
+/* The group commit. Everything the iteration changed is committed in one transaction,
+ * and only then are replies written, so no reply reports a change that is not durable.
+ * Like redis's beforeSleep(): the loop sleeps only after the commit and the writes. */
+static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+        Manager *m = w->data;
+
+        for (int round = 0; round < PREPARE_ROUNDS; round++) {
+                /* Calls queued behind a call that just ended. */
+                while (m->pending) {
+                        Conn *c = m->pending;
+                        m->pending = c->pending_next;
+                        c->is_pending = false;
+                        c->pending_next = NULL;
+                        conn_process(c);
+                }
+
+                int k = m->store->ops->commit(m->store);
+                if (k < 0) {
+                        /* Answering now would report changes that are not durable. Stop; the
+                         * next start restores from what was committed. */
+                        log_error_errno(k, "cannot commit to the database: %m; stopping without answering");
+                        m->store_failed = true;
+                        m->exit_code = EXIT_FAILURE;
+                        ev_break(loop, EVBREAK_ALL);
+                        return;
+                }
+                if (k > 0)
+                        m->commits++;
+
+                Conn *gone = NULL;
+                while (m->dirty) {
+                        Conn *c = m->dirty;
+                        m->dirty = c->dirty_next;
+                        c->is_dirty = false;
+                        c->dirty_next = NULL;
+                        if (conn_flush(c) < 0) {
+                                c->dirty_next = gone;
+                                gone = c;
+                        }
+                }
+                if (!gone)
+                        break;
+                /* Closing releases leases and may grant others: another round commits
+                 * and answers that. */
+                while (gone) {
+                        Conn *c = gone;
+                        gone = c->dirty_next;
+                        c->dirty_next = NULL;
+                        conn_free(c, true);
+                }
+        }
+        arm_timer(m);
+        send_status(m);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Manager *m = w->data;
+        engine_run_timers(m->engine);
+}
+
+static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        /* Sent from the loop itself: a loop that hangs stops the pings and systemd
+         * restarts it. */
+        notify(w->data, "WATCHDOG=1");
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
+        Manager *m = w->data;
+        for (int i = 0; i < 64; i++) {
+                int fd = accept4(m->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
+                                return;
+                        log_warning_errno(-errno, "cannot accept a connection: %m");
+                        return;
+                }
+                Conn *c;
+                int k = conn_new(m, fd, &c);
+                if (k < 0) {
+                        log_warning_errno(k, "cannot set up a connection: %m");
+                        safe_close(fd);
+                        continue;
+                }
+                c->user = manager_user(m, c->peer.uid, true);
+                if (!c->user) {
+                        conn_free(c, true);
+                        continue;
+                }
+                c->user->connections++;
+                if (c->peer.uid != 0 && c->user->connections > m->config.max_connections_per_user) {
+                        conn_error_reason(c, "io.agend.Lease.LimitExceeded", "too many connections for this user",
+                                          "limit", "connections");
+                        c->closing = true;
+                        ev_io_stop(loop, &c->io);
+                }
+        }
+}
+
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+        Manager *m = w->data;
+        log_info("received %s, stopping", strsignal(w->signum));
+        m->exit_code = EXIT_SUCCESS;
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+        (void) manager_reload(w->data);
+}
+
+static void apply_limits(Manager *m) {
+        for (Conn *c = m->conns; c; c = c->next)
+                c->in.max_message = m->config.max_message_size;
+}
+
+int manager_reload(Manager *m) {
+        _cleanup_free_ char *error = NULL;
+        Config n;
+        config_init_defaults(&n);
+        int k = config_load(&n, m->opts.config_path, m->opts.config_dir, &error);
+        if (k < 0) {
+                config_done(&n);
+                return log_warning_errno(k, "configuration not reloaded, keeping the old one: %s", strna(error));
+        }
+        /* Command-line settings stay in force across reloads. */
+        if (m->opts.sync >= 0)
+                n.sync = (StoreSync) m->opts.sync;
+        if (m->opts.grace >= 0)
+                n.reclaim_grace = (usec_t) m->opts.grace;
+        if (n.sync != m->config.sync)
+                log_warning("Sync= changed in the configuration; it takes effect at the next start");
+        n.sync = m->config.sync;
+        k = engine_configure(m->engine, n.resources, n.n_resources, n.allow_undeclared);
+        if (k < 0) {
+                config_done(&n);
+                return log_warning_errno(k, "cannot apply the configuration: %m");
+        }
+        config_done(&m->config);
+        m->config = n;
+        apply_limits(m);
+        log_info("configuration reloaded: %zu declared resources", m->config.n_resources);
+        return 0;
+}
+
+static int read_boot_id(char *buf, size_t n) {
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        if (!f)
+                return -errno;
+        if (!fgets(buf, (int) n, f)) {
+                fclose(f);
+                return -EIO;
+        }
+        fclose(f);
+        buf[strcspn(buf, "\n")] = 0;
+        return 0;
+}
+
+int manager_new(const ManagerOptions *opts, Manager **ret) {
+        Manager *m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->opts = *opts;
+        m->listen_fd = -EBADF;
+        m->exit_code = EXIT_SUCCESS;
+        hashmap_init(&m->users);
+        config_init_defaults(&m->config);
+        *ret = m;
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        while (m->conns)
+                conn_free(m->conns, false);
+        engine_free(m->engine);
+        store_free(m->store);
+        if (m->loop) {
+                ev_prepare_stop(m->loop, &m->prepare);
+                ev_timer_stop(m->loop, &m->timer);
+                ev_timer_stop(m->loop, &m->watchdog);
+                ev_io_stop(m->loop, &m->listen_io);
+                ev_signal_stop(m->loop, &m->sigterm);
+                ev_signal_stop(m->loop, &m->sigint);
+                ev_signal_stop(m->loop, &m->sighup);
+        }
+        safe_close(m->listen_fd);
+        HashmapIter i = {};
+        UserStat *u;
+        while (hashmap_iterate(&m->users, &i, (void **) &u))
+                free(u);
+        hashmap_done(&m->users);
+        config_done(&m->config);
+        if (m->loop)
+                ev_loop_destroy(m->loop);
+        free(m);
+        return NULL;
+}
+
+int manager_run(Manager *m) {
+        _cleanup_free_ char *error = NULL;
+        int k = config_load(&m->config, m->opts.config_path, m->opts.config_dir, &error);
+        if (k < 0) {
+                log_error("%s", error ? error : "cannot load the configuration");
+                return EXIT_FAILURE;
+        }
+        if (m->opts.sync >= 0)
+                m->config.sync = (StoreSync) m->opts.sync;
+        if (m->opts.grace >= 0)
+                m->config.reclaim_grace = (usec_t) m->opts.grace;
+
+        if (read_boot_id(m->boot_id, sizeof(m->boot_id)) < 0)
+                log_warning("cannot read the boot id; leases restored after a restart cannot be told from "
+                            "leases of an earlier boot");
+
+        free(error);
+        error = NULL;
+        k = store_sqlite_open(m->opts.state_dir, m->config.sync, m->config.history_size, &m->store, &error);
+        if (k < 0) {
+                log_error("%s", error ? error : "cannot open the database");
+                return EXIT_FAILURE;
+        }
+
+        m->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+        if (!m->loop) {
+                log_error("cannot create the event loop");
+                return EXIT_FAILURE;
+        }
+        k = engine_new(NULL, m->store, &methods_engine_callbacks, m, &m->engine);
+        if (k < 0)
+                return log_error_errno(k, "cannot create the lease engine: %m"), EXIT_FAILURE;
+        k = engine_configure(m->engine, m->config.resources, m->config.n_resources, m->config.allow_undeclared);
+        if (k < 0)
+                return log_error_errno(k, "cannot apply the configuration: %m"), EXIT_FAILURE;
+
+        /* Listen before restoring, so clients can connect meanwhile; nothing is read from
+         * them (the listening watcher starts below) until the leases are back. */
+        k = server_listen(m->opts.socket_path, &m->listen_fd, &m->socket_activated);
+        if (k < 0)
+                return EXIT_FAILURE;
+
+        usec_t t0 = usec_now(CLOCK_MONOTONIC);
+        k = engine_restore(m->engine, m->boot_id[0] ? m->boot_id : NULL, m->config.reclaim_grace);
+        if (k < 0) {
+                log_error_errno(k, "cannot restore leases from %s/agend.db: %m; refusing to start", m->opts.state_dir);
+                return EXIT_FAILURE;
+        }
+        int c = m->store->ops->commit(m->store);
+        if (c < 0) {
+                log_error_errno(c, "cannot write to %s/agend.db: %m", m->opts.state_dir);
+                return EXIT_FAILURE;
+        }
+        /* Per-uid lease counts of the restored leases. */
+        HashmapIter hi = {};
+        Resource *r;
+        while (hashmap_iterate(engine_resources(m->engine), &hi, (void **) &r))
+                for (Lease *l = r->leases; l; l = l->res_next) {
+                        UserStat *u = manager_user(m, l->owner.uid, true);
+                        if (u)
+                                u->leases++;
+                }
+
+        log_info("agend %s serving %s (state in %s, sync=%s): %d leases restored in %.1f ms%s", AGEND_VERSION,
+                 m->socket_activated ? "the socket from systemd" : m->opts.socket_path, m->opts.state_dir,
+                 m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
+                 usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
+                 engine_in_grace(m->engine) ? ", waiting for their holders to reclaim them" : "");
+
+        m->started = usec_now(CLOCK_MONOTONIC);
+
+        ev_prepare_init(&m->prepare, prepare_cb);
+        m->prepare.data = m;
+        ev_prepare_start(m->loop, &m->prepare);
+        ev_init(&m->timer, timer_cb);
+        m->timer.data = m;
+        ev_io_init(&m->listen_io, accept_cb, m->listen_fd, EV_READ);
+        m->listen_io.data = m;
+        ev_io_start(m->loop, &m->listen_io);
+        ev_signal_init(&m->sigterm, stop_cb, SIGTERM);
+        ev_signal_init(&m->sigint, stop_cb, SIGINT);
+        ev_signal_init(&m->sighup, hup_cb, SIGHUP);
+        m->sigterm.data = m->sigint.data = m->sighup.data = m;
+        ev_signal_start(m->loop, &m->sigterm);
+        ev_signal_start(m->loop, &m->sigint);
+        ev_signal_start(m->loop, &m->sighup);
+
+#if HAVE_LIBSYSTEMD
+        uint64_t wd;
+        if (sd_watchdog_enabled(false, &wd) > 0 && wd > 0) {
+                ev_timer_init(&m->watchdog, watchdog_cb, usec_to_sec(wd) / 2, usec_to_sec(wd) / 2);
+                m->watchdog.data = m;
+                ev_timer_start(m->loop, &m->watchdog);
+        }
+#endif
+        notify(m, "READY=1");
+        m->status_time = 0;
+        send_status(m);
+
+        ev_run(m->loop, 0);
+
+        notify(m, "STOPPING=1");
+        /* Stop accepting; commit what the last iteration changed; close. Bound leases stay
+         * in the store for the next start (which gives their holders the grace period). */
+        ev_io_stop(m->loop, &m->listen_io);
+        if (!m->store_failed) {
+                k = m->store->ops->commit(m->store);
+                if (k < 0) {
+                        log_error_errno(k, "cannot commit at shutdown: %m");
+                        m->exit_code = EXIT_FAILURE;
+                }
+        }
+        if (!m->socket_activated)
+                (void) unlink(m->opts.socket_path);
+        return m->exit_code;
+}

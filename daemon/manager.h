@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The daemon's top object: the libev loop, the engine and store, the listening socket,
+ * the connections, and the group commit. One iteration of the loop reads and decides
+ * (connections, timers); then, in one ev_prepare watcher, the store commits everything
+ * the iteration changed and only after that are the replies written. */
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "engine.h"
+#include "hashmap.h"
+#include "store.h"
+#include "usec.h"
+
+typedef struct Conn Conn;
+
+/* Per-uid usage, for the limits. */
+typedef struct UserStat {
+        char key[16];           /* the uid in decimal: the hashmap key */
+        uint32_t uid;
+        unsigned connections;
+        unsigned leases;
+        unsigned waiters;
+} UserStat;
+
+typedef struct ManagerOptions {
+        const char *config_path;        /* NULL: the config directory */
+        const char *config_dir;
+        const char *socket_path;
+        const char *state_dir;
+        int sync;                       /* -1 = from the config */
+        int64_t grace;                  /* usec; -1 = from the config */
+} ManagerOptions;
+
+typedef struct Manager {
+        struct ev_loop *loop;
+        ManagerOptions opts;
+        Config config;
+        Store *store;
+        Engine *engine;
+
+        int listen_fd;
+        bool socket_activated;
+        ev_io listen_io;
+        ev_prepare prepare;
+        ev_timer timer;                 /* the engine's next deadline */
+        ev_timer watchdog;
+        ev_signal sigterm, sigint, sighup;
+
+        Conn *conns;                    /* all connections */
+        unsigned n_conns;
+        Conn *dirty;                    /* connections with output to flush after the commit */
+        Conn *pending;                  /* connections whose queued input must be processed */
+        Conn *watchers;                 /* connections with a Watch in progress */
+        Hashmap users;                  /* uid → UserStat */
+
+        char boot_id[64];
+        usec_t started;                 /* CLOCK_MONOTONIC */
+        uint64_t commits;
+        uint64_t status_sent;           /* last counts sent with STATUS= */
+        usec_t status_time;
+        bool store_failed;
+        int exit_code;
+} Manager;
+
+int manager_new(const ManagerOptions *opts, Manager **ret);
+Manager *manager_free(Manager *m);
+/* Restores leases, opens the socket, serves until SIGTERM/SIGINT. Returns the exit code. */
+int manager_run(Manager *m);
+/* Re-reads the configuration (SIGHUP); keeps the old one on error. */
+int manager_reload(Manager *m);
+
+UserStat *manager_user(Manager *m, uint32_t uid, bool create);
+void manager_user_maybe_free(Manager *m, UserStat *u);
+
+void manager_mark_dirty(Manager *m, Conn *c);
+void manager_mark_pending(Manager *m, Conn *c);

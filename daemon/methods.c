@@ -1,0 +1,724 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "build-config.h"
+#include "config.h"
+#include "conn.h"
+#include "errmap.h"
+#include "interface.h"
+#include "json-util.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+
+#define RESOURCE_NAME_MAX 255
+#define DESCRIPTION_MAX 1024
+#define HISTORY_LIMIT_DEFAULT 100
+#define HISTORY_LIMIT_MAX 100000
+
+#define ERR_INVALID "org.varlink.service.InvalidParameter"
+
+static void add_string(struct json_object *o, const char *key, const char *value) {
+        json_object_object_add(o, key, value ? json_object_new_string(value) : NULL);
+}
+
+static void add_int(struct json_object *o, const char *key, int64_t value) {
+        json_object_object_add(o, key, json_object_new_int64(value));
+}
+
+static void add_bool(struct json_object *o, const char *key, bool value) {
+        json_object_object_add(o, key, json_object_new_boolean(value));
+}
+
+static void add_double(struct json_object *o, const char *key, double value) {
+        json_object_object_add(o, key, json_object_new_double(value));
+}
+
+/* A string member of at most max bytes (get_string() already refuses embedded NULs). */
+static int get_string(struct json_object *p, const char *key, bool required, size_t max, const char **ret) {
+        const char *s = NULL;
+        int k = json_get_string(p, key, required ? JSON_REQUIRED : 0, &s);
+        if (k <= 0)
+                return k;
+        if (strlen(s) > max)
+                return -EINVAL;
+        *ret = s;
+        return k;
+}
+
+static void invalid(Conn *c, const char *parameter, const char *reason) {
+        conn_error_reason(c, ERR_INVALID, reason, "parameter", parameter);
+}
+
+static void error_errno(Conn *c, int error, const char *reason, const char *key, const char *value) {
+        const char *name = errmap_to_name(error);
+        conn_error_reason(c, name ? name : "io.agend.Lease.ProtocolError", reason, key, value);
+}
+
+static struct json_object *owner_to_json(const Owner *o) {
+        struct json_object *j = json_object_new_object();
+        if (!j)
+                return NULL;
+        add_int(j, "uid", o->uid);
+        add_int(j, "gid", o->gid);
+        add_int(j, "pid", o->pid);
+        add_string(j, "comm", strempty(o->comm));
+        if (o->unit)
+                add_string(j, "unit", o->unit);
+        return j;
+}
+
+/* Monotonic deadlines are shown as wall-clock times: now_real + (deadline - now_mono). */
+static int64_t deadline_to_real(usec_t deadline) {
+        usec_t mono = usec_now(CLOCK_MONOTONIC), real = usec_now(CLOCK_REALTIME);
+        if (deadline >= mono)
+                return (int64_t) (real + (deadline - mono));
+        return (int64_t) (real - MIN(real, mono - deadline));
+}
+
+struct json_object *lease_to_json(const Lease *l) {
+        struct json_object *j = json_object_new_object();
+        if (!j)
+                return NULL;
+        add_string(j, "id", l->id);
+        add_string(j, "resource", l->resource->name);
+        add_int(j, "units", l->units);
+        add_bool(j, "exclusive", l->exclusive);
+        add_int(j, "token", (int64_t) l->token);
+        json_object_object_add(j, "owner", owner_to_json(&l->owner));
+        add_string(j, "description", l->description);
+        add_int(j, "created", (int64_t) l->created);
+        if (l->ttl > 0)
+                add_double(j, "ttl", usec_to_sec(l->ttl));
+        if (l->deadline != USEC_INFINITY)
+                add_int(j, "deadline", deadline_to_real(l->deadline));
+        add_bool(j, "detached", l->detached);
+        add_string(j, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
+        return j;
+}
+
+static struct json_object *waiter_to_json(const Waiter *w) {
+        struct json_object *j = json_object_new_object();
+        if (!j)
+                return NULL;
+        add_string(j, "resource", w->resource->name);
+        add_int(j, "units", w->units);
+        add_bool(j, "exclusive", w->exclusive);
+        add_int(j, "position", w->position);
+        json_object_object_add(j, "owner", owner_to_json(&w->owner));
+        add_string(j, "description", w->description);
+        add_int(j, "since", (int64_t) w->since);
+        return j;
+}
+
+struct json_object *event_to_json(const Event *e) {
+        struct json_object *j = json_object_new_object();
+        if (!j)
+                return NULL;
+        add_string(j, "type", event_type_to_string(e->type));
+        add_int(j, "time", (int64_t) e->time);
+        add_string(j, "resource", e->resource);
+        if (e->lease)
+                add_string(j, "lease", e->lease);
+        if (e->token)
+                add_int(j, "token", (int64_t) e->token);
+        if (e->owner)
+                json_object_object_add(j, "owner", owner_to_json(e->owner));
+        add_int(j, "units", e->units);
+        if (e->reason)
+                add_string(j, "reason", e->reason);
+        return j;
+}
+
+static bool name_ok(const char *s) {
+        if (!*s)
+                return false;
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        return false;
+        return true;
+}
+
+/* Constant time, so the secret cannot be guessed byte by byte from reply timing. */
+static bool secret_eq(const char *a, const char *b) {
+        size_t n = strlen(a);
+        if (strlen(b) != n)
+                return false;
+        unsigned char d = 0;
+        for (size_t i = 0; i < n; i++)
+                d |= (unsigned char) a[i] ^ (unsigned char) b[i];
+        return d == 0;
+}
+
+static bool may_use(const Resource *r, const Owner *o) {
+        if (!r || !r->restricted || o->uid == 0)
+                return true;
+        for (size_t i = 0; i < r->n_allow_uids; i++)
+                if (r->allow_uids[i] == o->uid)
+                        return true;
+        for (size_t i = 0; i < r->n_allow_gids; i++)
+                if (r->allow_gids[i] == o->gid)
+                        return true;
+        return false;
+}
+
+static bool check_members(Conn *c, struct json_object *p, const char *const *allowed) {
+        const char *unknown;
+        if (json_check_keys(p, allowed, &unknown) < 0) {
+                invalid(c, unknown, "unknown parameter");
+                return false;
+        }
+        return true;
+}
+
+static void reply_granted(Conn *c, const Lease *l, bool continues) {
+        struct json_object *p = json_object_new_object();
+        if (p) {
+                add_string(p, "state", "granted");
+                json_object_object_add(p, "lease", lease_to_json(l));
+                add_string(p, "secret", l->secret);
+        }
+        conn_reply(c, p, continues);
+}
+
+static void reply_queued(Conn *c, unsigned position) {
+        struct json_object *p = json_object_new_object();
+        if (p) {
+                add_string(p, "state", "queued");
+                add_int(p, "position", position);
+        }
+        conn_reply(c, p, true);
+}
+
+static void method_acquire(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "resource", "units",    "exclusive",   "timeout",
+                                               "ttl",      "detached", "description", NULL };
+        Manager *m = c->manager;
+        const char *resource = NULL, *description = NULL;
+        int64_t units = 1;
+        bool exclusive = false, detached = false;
+        usec_t timeout_u = USEC_INFINITY, ttl_u = 0;
+
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "resource", true, RESOURCE_NAME_MAX, &resource) < 0 || !name_ok(resource))
+                return invalid(c, "resource", "a resource name: 1..255 bytes, no control characters");
+        if (json_get_int64(p, "units", 0, 1, 1000000, &units) < 0)
+                return invalid(c, "units", "an integer in 1..1000000");
+        if (json_get_bool(p, "exclusive", 0, &exclusive) < 0)
+                return invalid(c, "exclusive", "a boolean");
+        if (json_get_seconds(p, "timeout", 0, &timeout_u) < 0)
+                return invalid(c, "timeout", "seconds, a number >= 0 (0 = try once)");
+        if (json_get_seconds(p, "ttl", 0, &ttl_u) < 0)
+                return invalid(c, "ttl", "seconds, a number >= 0 (0 = no TTL)");
+        if (json_get_bool(p, "detached", 0, &detached) < 0)
+                return invalid(c, "detached", "a boolean");
+        if (get_string(p, "description", false, DESCRIPTION_MAX, &description) < 0)
+                return invalid(c, "description", "a string of at most 1024 bytes without NUL");
+
+        if (!may_use(engine_resource_get(m->engine, resource), &c->peer))
+                return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
+                                         "the configuration does not allow this user to use the resource",
+                                         "resource", resource);
+
+
+        UserStat *u = c->user;
+        if (c->peer.uid != 0 && u && u->leases >= m->config.max_leases_per_user)
+                return conn_error_reason(c, "io.agend.Lease.LimitExceeded", "too many leases for this user",
+                                         "limit", "leases");
+
+        AcquireParams ap = {
+                .resource = resource,
+                .units = (unsigned) units,
+                .exclusive = exclusive,
+                .try_once = timeout_u == 0,
+                .timeout = timeout_u,
+                .ttl = ttl_u,
+                .detached = detached,
+                .description = description,
+                .owner = &c->peer,
+        };
+        /* The waiter limit is checked only when the request would wait. */
+        if (c->peer.uid != 0 && u && u->waiters >= m->config.max_waiters_per_user)
+                ap.try_once = true;
+
+        Lease *l = NULL;
+        Waiter *w = NULL;
+        int k = engine_acquire(m->engine, &ap, &c->holder, c, &l, &w);
+        if (k == 0)
+                return reply_granted(c, l, false);
+        if (k == 1) {
+                c->busy = CONN_ACQUIRE;
+                c->waiter = w;
+                if (u)
+                        u->waiters++;
+                if (c->more)
+                        reply_queued(c, w->position);
+                return;
+        }
+        if (k == -ETIMEDOUT && ap.try_once && timeout_u != 0)
+                return conn_error_reason(c, "io.agend.Lease.LimitExceeded", "too many waiters for this user",
+                                         "limit", "waiters");
+        if (k == -ETIMEDOUT)
+                return conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource",
+                                         resource);
+        if (k == -EINVAL)
+                return invalid(c, "units", "more units than the resource's capacity");
+        if (k == -ENXIO)
+                return conn_error_reason(c, "io.agend.Lease.NoSuchResource",
+                                         "the resource is not declared and the configuration allows only declared ones",
+                                         "resource", resource);
+        error_errno(c, k, "cannot acquire", "resource", resource);
+}
+
+/* Finds the lease named by "id" and checks that the caller may act on it: its own
+ * connection, the secret, or root. */
+static Lease *lease_for_caller(Conn *c, struct json_object *p, bool allow_secret) {
+        const char *id = NULL, *secret = NULL;
+        if (get_string(p, "id", true, 64, &id) < 0) {
+                invalid(c, "id", "a lease id string");
+                return NULL;
+        }
+        if (get_string(p, "secret", false, 64, &secret) < 0) {
+                invalid(c, "secret", "a string");
+                return NULL;
+        }
+        Lease *l = engine_lease_get(c->manager->engine, id);
+        if (!l) {
+                conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", id);
+                return NULL;
+        }
+        if (l->holder == &c->holder || c->peer.uid == 0 || (allow_secret && secret && secret_eq(secret, l->secret)))
+                return l;
+        conn_error_reason(c, "io.agend.Lease.PermissionDenied",
+                          secret ? "the secret does not match" : "not the holder: give the lease's secret", "id", id);
+        return NULL;
+}
+
+static void method_release(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "id", "secret", NULL };
+        if (!check_members(c, p, allowed))
+                return;
+        Lease *l = lease_for_caller(c, p, true);
+        if (!l)
+                return;
+        const char *reason = l->holder == &c->holder ? "released by the holder"
+                             : c->peer.uid == 0 && l->holder != &c->holder ? "released by root"
+                                                                            : "released with the secret";
+        engine_lease_end(c->manager->engine, l, EVENT_RELEASED, reason);
+        conn_reply(c, NULL, false);
+}
+
+static void method_renew(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "id", "ttl", "secret", NULL };
+        usec_t t = 0;
+        if (!check_members(c, p, allowed))
+                return;
+        if (json_get_seconds(p, "ttl", 0, &t) < 0)
+                return invalid(c, "ttl", "seconds, a number > 0");
+        Lease *l = lease_for_caller(c, p, true);
+        if (!l)
+                return;
+        if (engine_lease_renew(c->manager->engine, l, t) < 0)
+                return invalid(c, "ttl", "the lease has no TTL: give one");
+        struct json_object *r = json_object_new_object();
+        if (r)
+                json_object_object_add(r, "lease", lease_to_json(l));
+        conn_reply(c, r, false);
+}
+
+static void method_reclaim(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "id", "token", "secret", NULL };
+        const char *id = NULL, *secret = NULL;
+        int64_t token = 0;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "id", true, 64, &id) < 0)
+                return invalid(c, "id", "a lease id string");
+        if (json_get_int64(p, "token", JSON_REQUIRED, 1, INT64_MAX, &token) < 0)
+                return invalid(c, "token", "the lease's fencing token");
+        if (get_string(p, "secret", true, 64, &secret) < 0)
+                return invalid(c, "secret", "the lease's secret");
+        Lease *l = engine_lease_get(c->manager->engine, id);
+        if (!l)
+                return conn_error_reason(c, "io.agend.Lease.NoSuchLease",
+                                         "no lease with this id (not restored, or not reclaimed in time)", "id", id);
+        if ((uint64_t) token != l->token || !secret_eq(secret, l->secret))
+                return conn_error_reason(c, "io.agend.Lease.PermissionDenied", "token or secret does not match",
+                                         "id", id);
+        int k = engine_lease_reclaim(c->manager->engine, l, &c->holder);
+        if (k < 0)
+                return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
+                                         "the lease is held by another live connection", "id", id);
+        struct json_object *r = json_object_new_object();
+        if (r)
+                json_object_object_add(r, "lease", lease_to_json(l));
+        conn_reply(c, r, false);
+}
+
+static void method_revoke(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "id", "reason", NULL };
+        const char *id = NULL, *reason = NULL;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "id", true, 64, &id) < 0)
+                return invalid(c, "id", "a lease id string");
+        if (get_string(p, "reason", false, DESCRIPTION_MAX, &reason) < 0)
+                return invalid(c, "reason", "a string of at most 1024 bytes without NUL");
+        if (!config_may_revoke(&c->manager->config, c->peer.uid, c->peer.gid))
+                return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
+                                         "revoking needs root or RevokeUsers=/RevokeGroups= in agend.conf", "id", id);
+        Lease *l = engine_lease_get(c->manager->engine, id);
+        if (!l)
+                return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", id);
+        char buf[64];
+        if (!reason) {
+                snprintf(buf, sizeof(buf), "revoked by uid %u", c->peer.uid);
+                reason = buf;
+        }
+        log_notice("uid %u pid %d revokes lease %s on \"%s\": \"%s\"", c->peer.uid, c->peer.pid, l->id,
+                   l->resource->name, reason);
+        engine_lease_end(c->manager->engine, l, EVENT_REVOKED, reason);
+        conn_reply(c, NULL, false);
+}
+
+static int list_resource(Resource *r, struct json_object *leases, struct json_object *waiters) {
+        for (Lease *l = r->leases; l; l = l->res_next)
+                if (json_object_array_add(leases, lease_to_json(l)) < 0)
+                        return -ENOMEM;
+        for (Waiter *w = r->wait_head; w; w = w->next)
+                if (json_object_array_add(waiters, waiter_to_json(w)) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
+static void method_list(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "resource", NULL };
+        const char *resource = NULL;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
+                return invalid(c, "resource", "a resource name");
+        struct json_object *r = json_object_new_object(), *leases = json_object_new_array(),
+                           *waiters = json_object_new_array();
+        if (!r || !leases || !waiters) {
+                json_object_put(r);
+                json_object_put(leases);
+                json_object_put(waiters);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        json_object_object_add(r, "leases", leases);
+        json_object_object_add(r, "waiters", waiters);
+        if (resource) {
+                Resource *res = engine_resource_get(c->manager->engine, resource);
+                if (res)
+                        (void) list_resource(res, leases, waiters);
+        } else {
+                HashmapIter i = {};
+                Resource *res;
+                while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
+                        (void) list_resource(res, leases, waiters);
+        }
+        conn_reply(c, r, false);
+}
+
+static void method_resources(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { NULL };
+        if (!check_members(c, p, allowed))
+                return;
+        struct json_object *r = json_object_new_object(), *a = json_object_new_array();
+        if (!r || !a) {
+                json_object_put(r);
+                json_object_put(a);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        HashmapIter i = {};
+        Resource *res;
+        while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res)) {
+                struct json_object *j = json_object_new_object();
+                if (!j)
+                        continue;
+                add_string(j, "name", res->name);
+                add_int(j, "capacity", res->capacity);
+                add_int(j, "used", res->used);
+                add_int(j, "leases", res->n_leases);
+                add_int(j, "waiters", res->n_waiters);
+                add_bool(j, "declared", res->declared);
+                json_object_array_add(a, j);
+        }
+        json_object_object_add(r, "resources", a);
+        conn_reply(c, r, false);
+}
+
+static void method_status(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { NULL };
+        Manager *m = c->manager;
+        if (!check_members(c, p, allowed))
+                return;
+        struct json_object *r = json_object_new_object();
+        if (!r)
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        add_string(r, "version", AGEND_VERSION);
+        add_double(r, "uptime", usec_to_sec(usec_now(CLOCK_MONOTONIC) - m->started));
+        add_string(r, "boot_id", m->boot_id);
+        add_int(r, "leases", engine_n_leases(m->engine));
+        add_int(r, "waiters", engine_n_waiters(m->engine));
+        add_int(r, "connections", m->n_conns);
+        add_int(r, "commits", (int64_t) m->commits);
+        add_int(r, "database_size", m->store->ops->size(m->store));
+        add_string(r, "sync", m->config.sync == STORE_SYNC_FULL ? "full" : "normal");
+        conn_reply(c, r, false);
+}
+
+static void watcher_add(Conn *c) {
+        Manager *m = c->manager;
+        c->watch_prev = NULL;
+        c->watch_next = m->watchers;
+        if (m->watchers)
+                m->watchers->watch_prev = c;
+        m->watchers = c;
+        c->is_watcher = true;
+}
+
+static void method_watch(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "resource", "lease", NULL };
+        const char *resource = NULL, *lease = NULL;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
+                return invalid(c, "resource", "a resource name");
+        if (get_string(p, "lease", false, 64, &lease) < 0)
+                return invalid(c, "lease", "a lease id");
+        if (lease && !engine_lease_get(c->manager->engine, lease))
+                return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", lease);
+        if (!c->more)
+                return conn_error_reason(c, "org.varlink.service.ExpectedMore", "Watch streams: call it with \"more\"",
+                                         NULL, NULL);
+        c->watch_resource = resource ? strdup(resource) : NULL;
+        c->watch_lease = lease ? strdup(lease) : NULL;
+        if ((resource && !c->watch_resource) || (lease && !c->watch_lease))
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        c->busy = CONN_WATCH;
+        watcher_add(c);
+        struct json_object *r = json_object_new_object();
+        if (r)
+                json_object_object_add(r, "event", NULL);
+        conn_reply(c, r, true);
+}
+
+typedef struct HistoryState {
+        struct json_object *events;
+} HistoryState;
+
+static int history_one(const Event *e, void *userdata) {
+        HistoryState *s = userdata;
+        return json_object_array_add(s->events, event_to_json(e)) < 0 ? -ENOMEM : 0;
+}
+
+static void method_history(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "resource", "limit", NULL };
+        const char *resource = NULL;
+        int64_t limit = HISTORY_LIMIT_DEFAULT;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
+                return invalid(c, "resource", "a resource name");
+        if (json_get_int64(p, "limit", 0, 1, HISTORY_LIMIT_MAX, &limit) < 0)
+                return invalid(c, "limit", "an integer in 1..100000");
+        HistoryState s = { .events = json_object_new_array() };
+        if (!s.events)
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        Store *st = c->manager->store;
+        int k = st->ops->history(st, resource, (unsigned) limit, history_one, &s);
+        if (k < 0) {
+                json_object_put(s.events);
+                return error_errno(c, k, "cannot read the history", NULL, NULL);
+        }
+        struct json_object *r = json_object_new_object();
+        if (!r) {
+                json_object_put(s.events);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        json_object_object_add(r, "events", s.events);
+        conn_reply(c, r, false);
+}
+
+static void method_get_info(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { NULL };
+        if (!check_members(c, p, allowed))
+                return;
+        struct json_object *r = json_object_new_object(), *ifaces = json_object_new_array();
+        if (!r || !ifaces) {
+                json_object_put(r);
+                json_object_put(ifaces);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        add_string(r, "vendor", "agend");
+        add_string(r, "product", "agend");
+        add_string(r, "version", AGEND_VERSION);
+        add_string(r, "url", "man:agend(8)");
+        json_object_array_add(ifaces, json_object_new_string("org.varlink.service"));
+        json_object_array_add(ifaces, json_object_new_string("io.agend.Lease"));
+        json_object_object_add(r, "interfaces", ifaces);
+        conn_reply(c, r, false);
+}
+
+static const char org_varlink_service_description[] =
+        "# The Varlink Service Interface is provided by every varlink service.\n"
+        "interface org.varlink.service\n\n"
+        "method GetInfo() -> (\n  vendor: string,\n  product: string,\n  version: string,\n"
+        "  url: string,\n  interfaces: []string\n)\n\n"
+        "method GetInterfaceDescription(interface: string) -> (description: string)\n\n"
+        "error InterfaceNotFound (interface: string)\n"
+        "error MethodNotFound (method: string)\n"
+        "error MethodNotImplemented (method: string)\n"
+        "error InvalidParameter (parameter: string)\n"
+        "error PermissionDenied ()\n"
+        "error ExpectedMore ()\n";
+
+static void method_get_interface_description(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "interface", NULL };
+        const char *iface = NULL;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "interface", true, 256, &iface) < 0)
+                return invalid(c, "interface", "an interface name");
+        const char *text = NULL;
+        if (strcmp(iface, "io.agend.Lease") == 0)
+                text = interface_io_agend_lease;
+        else if (strcmp(iface, "org.varlink.service") == 0)
+                text = org_varlink_service_description;
+        else
+                return conn_error_reason(c, "org.varlink.service.InterfaceNotFound", "no such interface",
+                                         "interface", iface);
+        struct json_object *r = json_object_new_object();
+        if (r)
+                add_string(r, "description", text);
+        conn_reply(c, r, false);
+}
+
+static const struct {
+        const char *name;
+        void (*func)(Conn *c, struct json_object *p);
+} methods[] = {
+        { "io.agend.Lease.Acquire", method_acquire },
+        { "io.agend.Lease.Release", method_release },
+        { "io.agend.Lease.Renew", method_renew },
+        { "io.agend.Lease.Reclaim", method_reclaim },
+        { "io.agend.Lease.Revoke", method_revoke },
+        { "io.agend.Lease.List", method_list },
+        { "io.agend.Lease.Resources", method_resources },
+        { "io.agend.Lease.Status", method_status },
+        { "io.agend.Lease.Watch", method_watch },
+        { "io.agend.Lease.History", method_history },
+        { "org.varlink.service.GetInfo", method_get_info },
+        { "org.varlink.service.GetInterfaceDescription", method_get_interface_description },
+};
+
+void methods_dispatch(Conn *c, const VlCall *call) {
+        for (size_t i = 0; i < ELEMENTSOF(methods); i++)
+                if (strcmp(methods[i].name, call->method) == 0)
+                        return methods[i].func(c, call->parameters);
+
+        const char *dot = strrchr(call->method, '.');
+        size_t n = (size_t) (dot - call->method);
+        if ((n == strlen("io.agend.Lease") && strncmp(call->method, "io.agend.Lease", n) == 0) ||
+            (n == strlen("org.varlink.service") && strncmp(call->method, "org.varlink.service", n) == 0))
+                conn_error_reason(c, "org.varlink.service.MethodNotFound", "no such method", "method", call->method);
+        else {
+                char iface[256];
+                snprintf(iface, sizeof(iface), "%.*s", (int) MIN(n, sizeof(iface) - 1), call->method);
+                conn_error_reason(c, "org.varlink.service.InterfaceNotFound", "no such interface", "interface",
+                                  iface);
+        }
+}
+
+/* ---- Engine callbacks ---------------------------------------------------------------- */
+
+static void cb_granted(Engine *e, Waiter *w, Lease *l, void *userdata) {
+        Conn *c = w->userdata;
+        c->waiter = NULL;
+        if (c->user && c->user->waiters > 0)
+                c->user->waiters--;
+        reply_granted(c, l, false);
+        conn_call_done(c);
+}
+
+static void cb_timed_out(Engine *e, Waiter *w, void *userdata) {
+        Conn *c = w->userdata;
+        c->waiter = NULL;
+        if (c->user && c->user->waiters > 0)
+                c->user->waiters--;
+        conn_error_reason(c, "io.agend.Lease.Timeout", "the timeout passed before the resource was free",
+                          "resource", w->resource->name);
+        conn_call_done(c);
+}
+
+static void cb_moved(Engine *e, Waiter *w, void *userdata) {
+        Conn *c = w->userdata;
+        if (c->more)
+                reply_queued(c, w->position);
+}
+
+static bool event_ends_lease(EventType t) {
+        return t == EVENT_RELEASED || t == EVENT_EXPIRED || t == EVENT_REVOKED || t == EVENT_VOIDED;
+}
+
+static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
+        Manager *m = userdata;
+
+        log_lease_event(ev);
+
+        if (ev->owner && ev->type != EVENT_QUEUED && ev->type != EVENT_RENEWED && ev->type != EVENT_RECLAIMED) {
+                UserStat *u = manager_user(m, ev->owner->uid, ev->type == EVENT_GRANTED);
+                if (u) {
+                        if (ev->type == EVENT_GRANTED)
+                                u->leases++;
+                        else if (event_ends_lease(ev->type) && u->leases > 0)
+                                u->leases--;
+                        manager_user_maybe_free(m, u);
+                }
+        }
+
+        if (!m->watchers)
+                return;
+        for (Conn *c = m->watchers, *next; c; c = next) {
+                next = c->watch_next;
+                if (c->watch_lease) {
+                        if (!ev->lease || strcmp(c->watch_lease, ev->lease) != 0)
+                                continue;
+                } else if (c->watch_resource && strcmp(c->watch_resource, ev->resource) != 0)
+                        continue;
+                struct json_object *r = json_object_new_object();
+                if (r)
+                        json_object_object_add(r, "event", event_to_json(ev));
+                bool ends = c->watch_lease && event_ends_lease(ev->type);
+                conn_reply(c, r, !ends);
+                if (ends) {
+                        /* unlink from watchers; conn_call_done schedules the queued calls */
+                        if (c->watch_prev)
+                                c->watch_prev->watch_next = c->watch_next;
+                        else
+                                m->watchers = c->watch_next;
+                        if (c->watch_next)
+                                c->watch_next->watch_prev = c->watch_prev;
+                        c->watch_prev = c->watch_next = NULL;
+                        c->is_watcher = false;
+                        free(c->watch_lease);
+                        c->watch_lease = NULL;
+                        conn_call_done(c);
+                }
+        }
+}
+
+const EngineCallbacks methods_engine_callbacks = {
+        .granted = cb_granted,
+        .timed_out = cb_timed_out,
+        .moved = cb_moved,
+        .event = cb_event,
+};
