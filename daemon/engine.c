@@ -711,6 +711,8 @@ Engine *engine_free(Engine *e) {
         Lease *l;
         Resource *r;
         HashmapIter i = {};
+        /* The heap points into leases and waiters: empty it before they go. */
+        prioq_done(&e->timers);
         while (hashmap_iterate(&e->leases, &i, (void **) &l)) {
                 owner_done(&l->owner);
                 free(l->description);
@@ -726,7 +728,6 @@ Engine *engine_free(Engine *e) {
         }
         hashmap_done(&e->leases);
         hashmap_done(&e->resources);
-        prioq_done(&e->timers);
         free(e);
         return NULL;
 }

@@ -1,0 +1,426 @@
+/* SPDX-License-Identifier: MIT */
+/* The lease engine on its own: grant order, units, exclusivity, tokens, deadlines on a
+ * clock the test moves, restore from a real sqlite store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "macro.h"
+#include "store.h"
+
+typedef struct Fixture {
+        usec_t mono, real;
+        Engine *engine;
+        Holder holders[8];
+        /* what the callbacks saw */
+        Waiter *granted_waiters[32];
+        char granted_ids[32][LEASE_ID_LEN + 1];
+        void *granted_userdata[32];
+        unsigned n_granted;
+        unsigned n_timed_out;
+        void *timed_out_userdata[8];
+        unsigned n_moved;
+        unsigned n_events[_EVENT_TYPE_MAX];
+        char last_reason[128];
+} Fixture;
+
+static usec_t clock_mono(void *u) {
+        return ((Fixture *) u)->mono;
+}
+static usec_t clock_real(void *u) {
+        return ((Fixture *) u)->real;
+}
+
+static void cb_granted(Engine *e, Waiter *w, Lease *l, void *u) {
+        Fixture *f = u;
+        assert_true(f->n_granted < ELEMENTSOF(f->granted_ids));
+        snprintf(f->granted_ids[f->n_granted], sizeof(f->granted_ids[0]), "%s", l->id);
+        f->granted_userdata[f->n_granted] = w->userdata;
+        f->n_granted++;
+}
+static void cb_timed_out(Engine *e, Waiter *w, void *u) {
+        Fixture *f = u;
+        f->timed_out_userdata[f->n_timed_out++ % 8] = w->userdata;
+}
+static void cb_moved(Engine *e, Waiter *w, void *u) {
+        ((Fixture *) u)->n_moved++;
+}
+static void cb_event(Engine *e, const Event *ev, Lease *l, void *u) {
+        Fixture *f = u;
+        f->n_events[ev->type]++;
+        snprintf(f->last_reason, sizeof(f->last_reason), "%s", strempty(ev->reason));
+}
+
+static const EngineCallbacks callbacks = {
+        .granted = cb_granted,
+        .timed_out = cb_timed_out,
+        .moved = cb_moved,
+        .event = cb_event,
+};
+
+static const Owner owner = { .uid = 1000, .gid = 1000, .pid = 4242, .comm = (char *) "test" };
+
+static int setup(void **state) {
+        Fixture *f = calloc(1, sizeof(*f));
+        f->mono = 1000 * USEC_PER_SEC;
+        f->real = 1700000000 * USEC_PER_SEC;
+        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
+        assert_int_equal(engine_new(&clock, NULL, &callbacks, f, &f->engine), 0);
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        engine_free(f->engine);
+        free(f);
+        return 0;
+}
+
+static int acquire(Fixture *f, const char *res, unsigned units, bool exclusive, usec_t timeout, usec_t ttl,
+                   unsigned holder, void *userdata, Lease **ret_l, Waiter **ret_w) {
+        AcquireParams p = {
+                .resource = res,
+                .units = units,
+                .exclusive = exclusive,
+                .try_once = timeout == 0,
+                .timeout = timeout,
+                .ttl = ttl,
+                .owner = &owner,
+        };
+        Lease *l = NULL;
+        Waiter *w = NULL;
+        int k = engine_acquire(f->engine, &p, &f->holders[holder], userdata, &l, &w);
+        if (ret_l)
+                *ret_l = l;
+        if (ret_w)
+                *ret_w = w;
+        return k;
+}
+
+static void declare(Fixture *f, const char *name, unsigned capacity) {
+        ResourceDecl d = { .name = name, .capacity = capacity };
+        assert_int_equal(engine_configure(f->engine, &d, 1, true), 0);
+}
+
+static void test_mutex_fifo(void **state) {
+        Fixture *f = *state;
+        Lease *l;
+        Waiter *w;
+        int tags[3];
+
+        assert_int_equal(acquire(f, "m", 1, false, USEC_INFINITY, 0, 0, NULL, &l, NULL), 0);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(acquire(f, "m", 1, false, USEC_INFINITY, 0, i + 1, &tags[i], NULL, &w), 1);
+                assert_int_equal(w->position, (unsigned) i + 1);
+        }
+        assert_int_equal(engine_n_waiters(f->engine), 3);
+
+        /* Each release hands the mutex to the longest waiter, and only to it. */
+        for (int i = 0; i < 3; i++) {
+                Lease *held = f->holders[i].leases;
+                assert_non_null(held);
+                assert_int_equal(engine_lease_end(f->engine, held, EVENT_RELEASED, "done"), 0);
+                assert_int_equal(f->n_granted, (unsigned) i + 1);
+                assert_ptr_equal(f->granted_userdata[i], &tags[i]);
+                assert_int_equal(engine_n_leases(f->engine), 1);
+        }
+        assert_int_equal(engine_n_waiters(f->engine), 0);
+        /* Positions moved 2→1 and 3→2, then 2→1 again. */
+        assert_int_equal(f->n_moved, 3);
+}
+
+static void test_try_once_busy(void **state) {
+        Fixture *f = *state;
+        assert_int_equal(acquire(f, "t", 1, false, 0, 0, 0, NULL, NULL, NULL), 0);
+        assert_int_equal(acquire(f, "t", 1, false, 0, 0, 1, NULL, NULL, NULL), -ETIMEDOUT);
+        assert_int_equal(engine_n_waiters(f->engine), 0);
+}
+
+static void test_units_and_no_overtaking(void **state) {
+        Fixture *f = *state;
+        Lease *a, *b;
+        Waiter *big, *small;
+        int tag_big, tag_small;
+        declare(f, "gpu", 4);
+
+        assert_int_equal(acquire(f, "gpu", 2, false, USEC_INFINITY, 0, 0, NULL, &a, NULL), 0);
+        assert_int_equal(acquire(f, "gpu", 1, false, USEC_INFINITY, 0, 1, NULL, &b, NULL), 0);
+        assert_int_equal(engine_resource_get(f->engine, "gpu")->used, 3);
+        /* 3 units are not free: the big request waits at the head ... */
+        assert_int_equal(acquire(f, "gpu", 3, false, USEC_INFINITY, 0, 2, &tag_big, NULL, &big), 1);
+        /* ... and a small one that would fit must not overtake it. */
+        assert_int_equal(acquire(f, "gpu", 1, false, USEC_INFINITY, 0, 3, &tag_small, NULL, &small), 1);
+        assert_int_equal(small->position, 2);
+        assert_int_equal(f->n_granted, 0);
+
+        engine_lease_end(f->engine, a, EVENT_RELEASED, NULL);    /* 1 used: 3 free */
+        assert_int_equal(f->n_granted, 1);
+        assert_ptr_equal(f->granted_userdata[0], &tag_big);
+        engine_lease_end(f->engine, b, EVENT_RELEASED, NULL);    /* 3 used: 1 free */
+        assert_int_equal(f->n_granted, 2);
+        assert_ptr_equal(f->granted_userdata[1], &tag_small);
+        assert_int_equal(engine_resource_get(f->engine, "gpu")->used, 4);
+
+        /* More units than the capacity is refused, not queued forever. */
+        assert_int_equal(acquire(f, "gpu", 5, false, USEC_INFINITY, 0, 4, NULL, NULL, NULL), -EINVAL);
+}
+
+static void test_exclusive(void **state) {
+        Fixture *f = *state;
+        Lease *a, *x;
+        Waiter *w;
+        int tag;
+        declare(f, "slots", 3);
+
+        assert_int_equal(acquire(f, "slots", 1, false, USEC_INFINITY, 0, 0, NULL, &a, NULL), 0);
+        assert_int_equal(acquire(f, "slots", 0, true, USEC_INFINITY, 0, 1, &tag, NULL, &w), 1);
+        assert_int_equal(w->units, 3);
+        engine_lease_end(f->engine, a, EVENT_RELEASED, NULL);
+        assert_int_equal(f->n_granted, 1);
+        x = f->holders[1].leases;
+        assert_non_null(x);
+        assert_true(x->exclusive);
+        assert_int_equal(x->units, 3);
+        assert_int_equal(acquire(f, "slots", 1, false, 0, 0, 2, NULL, NULL, NULL), -ETIMEDOUT);
+}
+
+static void test_tokens_increase(void **state) {
+        Fixture *f = *state;
+        uint64_t last = 0;
+        for (int i = 0; i < 50; i++) {
+                Lease *l;
+                char name[16];
+                snprintf(name, sizeof(name), "r%d", i % 7);
+                assert_int_equal(acquire(f, name, 1, false, USEC_INFINITY, 0, 0, NULL, &l, NULL), 0);
+                assert_true(l->token > last);
+                last = l->token;
+                engine_lease_end(f->engine, l, EVENT_RELEASED, NULL);
+        }
+        assert_int_equal(engine_last_token(f->engine), last);
+}
+
+static void test_ttl_expiry_on_clock(void **state) {
+        Fixture *f = *state;
+        Lease *l;
+        Waiter *w;
+        int tag;
+        assert_int_equal(acquire(f, "ttl", 1, false, USEC_INFINITY, 5 * USEC_PER_SEC, 0, NULL, &l, NULL), 0);
+        assert_int_equal(acquire(f, "ttl", 1, false, USEC_INFINITY, 0, 1, &tag, NULL, &w), 1);
+        assert_int_equal(engine_next_deadline(f->engine), f->mono + 5 * USEC_PER_SEC);
+
+        f->mono += 4 * USEC_PER_SEC;
+        engine_run_timers(f->engine);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 0);
+
+        /* Renewing pushes the deadline to now + TTL. */
+        assert_int_equal(engine_lease_renew(f->engine, l, 0), 0);
+        assert_int_equal(engine_next_deadline(f->engine), f->mono + 5 * USEC_PER_SEC);
+        f->mono += 4 * USEC_PER_SEC;
+        engine_run_timers(f->engine);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 0);
+
+        /* A wall-clock jump changes nothing. */
+        f->real += 3600 * USEC_PER_SEC;
+        engine_run_timers(f->engine);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 0);
+
+        f->mono += 1 * USEC_PER_SEC;
+        engine_run_timers(f->engine);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 1);
+        assert_int_equal(f->n_granted, 1);
+        assert_ptr_equal(f->granted_userdata[0], &tag);
+
+        /* A lease without TTL cannot be renewed without one. */
+        Lease *g = f->holders[1].leases;
+        assert_int_equal(engine_lease_renew(f->engine, g, 0), -EINVAL);
+}
+
+static void test_waiter_timeout_unblocks_smaller(void **state) {
+        Fixture *f = *state;
+        Lease *a;
+        int tag_big, tag_small;
+        declare(f, "cap2", 2);
+        assert_int_equal(acquire(f, "cap2", 1, false, USEC_INFINITY, 0, 0, NULL, &a, NULL), 0);
+        assert_int_equal(acquire(f, "cap2", 2, false, 2 * USEC_PER_SEC, 0, 1, &tag_big, NULL, NULL), 1);
+        assert_int_equal(acquire(f, "cap2", 1, false, USEC_INFINITY, 0, 2, &tag_small, NULL, NULL), 1);
+        f->mono += 2 * USEC_PER_SEC;
+        engine_run_timers(f->engine);
+        assert_int_equal(f->n_timed_out, 1);
+        assert_ptr_equal(f->timed_out_userdata[0], &tag_big);
+        /* With the big head gone, the small one fits at once. */
+        assert_int_equal(f->n_granted, 1);
+        assert_ptr_equal(f->granted_userdata[0], &tag_small);
+}
+
+static void test_holder_gone(void **state) {
+        Fixture *f = *state;
+        Lease *bound, *detached;
+        AcquireParams p = { .resource = "d", .owner = &owner, .timeout = USEC_INFINITY, .detached = true,
+                            .ttl = 60 * USEC_PER_SEC };
+        Waiter *w = NULL;
+        assert_int_equal(engine_acquire(f->engine, &p, &f->holders[0], NULL, &detached, &w), 0);
+        assert_int_equal(acquire(f, "b", 1, false, USEC_INFINITY, 0, 0, NULL, &bound, NULL), 0);
+        assert_int_equal(f->holders[0].n_leases, 2);
+        engine_holder_gone(f->engine, &f->holders[0]);
+        assert_int_equal(f->holders[0].n_leases, 0);
+        assert_int_equal(engine_n_leases(f->engine), 1);
+        assert_non_null(engine_lease_get(f->engine, detached->id));
+        assert_null(detached->holder);
+        assert_string_equal(f->last_reason, "connection closed");
+        /* Undeclared resources vanish once unused. */
+        assert_null(engine_resource_get(f->engine, "b"));
+        assert_non_null(engine_resource_get(f->engine, "d"));
+}
+
+static void test_undeclared_forbidden(void **state) {
+        Fixture *f = *state;
+        ResourceDecl d = { .name = "only", .capacity = 1 };
+        assert_int_equal(engine_configure(f->engine, &d, 1, false), 0);
+        assert_int_equal(acquire(f, "other", 1, false, USEC_INFINITY, 0, 0, NULL, NULL, NULL), -ENXIO);
+        assert_int_equal(acquire(f, "only", 1, false, USEC_INFINITY, 0, 0, NULL, NULL, NULL), 0);
+}
+
+/* With the real sqlite store: leases, tokens and grace survive an engine restart. */
+static void test_restore_with_store(void **state) {
+        Fixture *f = *state;
+        char dir[] = "/tmp/agend-test-engine-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        Store *s = NULL;
+        char *err = NULL;
+        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
+
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        Engine *e = NULL;
+        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
+        assert_int_equal(engine_restore(e, "boot-a", 10 * USEC_PER_SEC), 0);
+        AcquireParams bound = { .resource = "r", .owner = &owner, .timeout = USEC_INFINITY };
+        AcquireParams det = { .resource = "q", .owner = &owner, .timeout = USEC_INFINITY, .detached = true,
+                              .ttl = 30 * USEC_PER_SEC };
+        Lease *lb, *ld;
+        Waiter *w;
+        assert_int_equal(engine_acquire(e, &bound, &f->holders[0], NULL, &lb, &w), 0);
+        assert_int_equal(engine_acquire(e, &det, &f->holders[0], NULL, &ld, &w), 0);
+        char id_b[LEASE_ID_LEN + 1], secret_b[LEASE_SECRET_LEN + 1];
+        strcpy(id_b, lb->id);
+        strcpy(secret_b, lb->secret);
+        uint64_t tok_b = lb->token, tok_d = ld->token;
+        assert_int_equal(s->ops->commit(s), 1);
+        /* A crash: nothing is released, the process just goes away. */
+        f->holders[0] = (Holder) {};
+        engine_free(e);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
+        assert_int_equal(engine_restore(e, "boot-a", 10 * USEC_PER_SEC), 2);
+        Lease *rb = engine_lease_get(e, id_b);
+        assert_non_null(rb);
+        assert_int_equal(rb->state, LEASE_RECLAIMABLE);
+        assert_int_equal(rb->token, tok_b);
+        assert_string_equal(rb->secret, secret_b);
+        assert_true(engine_in_grace(e));
+        /* No grant collides with the unreclaimed lease. */
+        Lease *n;
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "r", .owner = &owner, .try_once = true },
+                                        &f->holders[1], NULL, &n, &w),
+                         -ETIMEDOUT);
+        assert_int_equal(engine_lease_reclaim(e, rb, &f->holders[1]), 0);
+        assert_false(engine_in_grace(e));
+        /* New tokens stay above every old one. */
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "z", .owner = &owner }, &f->holders[1],
+                                        NULL, &n, &w),
+                         0);
+        assert_true(n->token > MAX(tok_b, tok_d));
+        assert_int_equal(s->ops->commit(s), 1);
+        f->holders[1] = (Holder) {};
+        engine_free(e);
+        store_free(s);
+
+        /* Another boot voids everything, and tokens still go up. */
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
+        unsigned voided = f->n_events[EVENT_VOIDED];
+        assert_int_equal(engine_restore(e, "boot-b", 10 * USEC_PER_SEC), 3);
+        assert_int_equal(f->n_events[EVENT_VOIDED] - voided, 3);
+        assert_int_equal(engine_n_leases(e), 0);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "r", .owner = &owner }, &f->holders[2], NULL,
+                                        &n, &w),
+                         0);
+        assert_true(n->token > MAX(tok_b, tok_d) + 1);
+        f->holders[2] = (Holder) {};
+        engine_free(e);
+        store_free(s);
+
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        assert_int_equal(system(cmd), 0);
+}
+
+static void test_grace_expiry_releases(void **state) {
+        Fixture *f = *state;
+        char dir[] = "/tmp/agend-test-engine-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        Store *s = NULL;
+        char *err = NULL;
+        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
+        Engine *e = NULL;
+        Lease *l;
+        Waiter *w;
+
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
+        assert_int_equal(engine_restore(e, "boot", 1 * USEC_PER_SEC), 0);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "g", .owner = &owner }, &f->holders[0],
+                                        NULL, &l, &w),
+                         0);
+        assert_int_equal(s->ops->commit(s), 1);
+        f->holders[0] = (Holder) {};
+        engine_free(e);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
+        assert_int_equal(engine_restore(e, "boot", 1 * USEC_PER_SEC), 1);
+        int tag;
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "g", .owner = &owner, .timeout = USEC_INFINITY },
+                                        &f->holders[1], &tag, &l, &w),
+                         1);
+        f->mono += 1 * USEC_PER_SEC;
+        engine_run_timers(e);
+        assert_string_equal(f->last_reason, "");        /* the last event is the grant */
+        assert_int_equal(f->n_granted, 1);
+        assert_ptr_equal(f->granted_userdata[0], &tag);
+        assert_int_equal(engine_n_leases(e), 1);
+        f->holders[1] = (Holder) {};
+        engine_free(e);
+        store_free(s);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_mutex_fifo, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_try_once_busy, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_units_and_no_overtaking, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_exclusive, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_tokens_increase, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ttl_expiry_on_clock, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiter_timeout_unblocks_smaller, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_holder_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_undeclared_forbidden, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_restore_with_store, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grace_expiry_releases, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
