@@ -82,6 +82,8 @@ ssize_t vl_reader_read(VlReader *r, int fd) {
         k = vl_reader_get_space(r, MIN(VL_READ_CHUNK, r->max_message + 1), &p, &n);
         if (k < 0)
                 return k;
+        size_t held = r->end - r->start;
+        n = MIN(n, held < r->max_message ? r->max_message + 1 - held : (size_t) 1);
         for (;;) {
                 ssize_t l = read(fd, p, n);
                 if (l < 0) {

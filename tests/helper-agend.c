@@ -672,6 +672,11 @@ json_object *reply_params(json_object *reply) {
         return json_object_is_type(p, json_type_object) ? p : NULL;
 }
 
+const char *reply_state(json_object *reply) {
+        const char *s = reply_error(reply) ? NULL : jstr(reply_params(reply), "state");
+        return s ? s : "";
+}
+
 bool reply_continues(json_object *reply) {
         json_object *v = jget(reply, "continues");
         return json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);

@@ -108,6 +108,8 @@ int vconn_wait_closed(VConn *c, double timeout);
 const char *reply_error(json_object *reply);            /* the error name, or NULL */
 json_object *reply_params(json_object *reply);          /* "parameters", or NULL */
 bool reply_continues(json_object *reply);
+/* "state" of an Acquire reply ("queued", "granted"), or "" for anything else. */
+const char *reply_state(json_object *reply);
 /* Walks a dotted path ("lease.owner.pid"); NULL for a missing key and for a JSON null;
  * jhas() tells those two apart (a present null is true). */
 json_object *jget(json_object *o, const char *path);
@@ -151,6 +153,7 @@ void helper_sleep(double sec);
 void helper_cleanup(void);
 
 /* For test bodies (cmocka). */
+#define LEASE_IF "io.agend.Lease."
 #define CALL(c, method, ...)                                                            \
         ({                                                                              \
                 json_object *_reply = NULL;                                             \
@@ -179,6 +182,9 @@ void helper_cleanup(void);
                         fail_msg("%s: expected %s, got %s", (method), (error), jtext(_rep)); \
                 reply_params(_rep);                                                     \
         })
+/* An Acquire (no "more") that must be granted: the grant's parameters, or its lease. */
+#define GRANT(c, ...) assert_granted(CALL((c), LEASE_IF "Acquire", __VA_ARGS__))
+#define GRANT_LEASE(c, ...) jget(GRANT(c, __VA_ARGS__), "lease")
 /* Reads one message that must arrive within timeout. */
 #define RECV(c, timeout)                                                                \
         ({                                                                              \
@@ -204,7 +210,6 @@ void helper_cleanup(void);
 #include <string.h>
 #include <sys/wait.h>
 
-#define LEASE_IF "io.agend.Lease."
 
 /* setup: a fresh agend, started, in *state. */
 static inline int helper_setup(void **state) {
@@ -236,7 +241,8 @@ static inline int helper_teardown(void **state) {
                 return -1;
         }
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-                fprintf(stderr, "teardown: agend ended with wait status 0x%x on SIGTERM, expected exit 0\n", st);
+                fprintf(stderr, "teardown: agend ended with wait status 0x%x on SIGTERM, not exit 0\n",
+                        st);
                 return -1;
         }
         return 0;

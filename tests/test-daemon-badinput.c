@@ -21,7 +21,7 @@
 /* A well-behaved client still gets a lease and gives it back. */
 static void assert_serves(const Agend *a) {
         VConn *c = OPEN(a);
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"well-behaved\"}")), "lease");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"well-behaved\"}");
         CALL_OK(c, LEASE_IF "Release", "{\"id\":\"%s\"}", jstr(l, "id"));
         vconn_close(c);
 }
@@ -38,7 +38,8 @@ static void assert_protocol_error(const Agend *a, const char *bytes, size_t n) {
         assert_error(m, LEASE_IF "ProtocolError");
         assert_non_null(jstr(reply_params(m), "reason"));
         if (vconn_wait_closed(c, HELPER_REPLY_TIMEOUT) < 0)
-                fail_msg("connection not closed after ProtocolError for %.*s", (int) MIN(n, (size_t) 60), bytes);
+                fail_msg("connection not closed after ProtocolError for %.*s", (int) MIN(n, (size_t) 60),
+                         bytes);
         vconn_close(c);
 }
 
@@ -139,7 +140,8 @@ static void test_invalid_parameters(void **state) {
                 json_object *m = CALL(c, method, "%s", cases[i].params);
                 const char *e = reply_error(m);
                 if (!e || strcmp(e, "org.varlink.service.InvalidParameter") != 0)
-                        fail_msg("%s %s: expected InvalidParameter, got %s", cases[i].method, cases[i].params, jtext(m));
+                        fail_msg("%s %s: expected InvalidParameter, got %s", cases[i].method, cases[i].params,
+                                 jtext(m));
                 const char *p = jstr(reply_params(m), "parameter");
                 if (!p || strcmp(p, cases[i].parameter) != 0)
                         fail_msg("%s %s: InvalidParameter names \"%s\", expected \"%s\"", cases[i].method,
@@ -149,7 +151,7 @@ static void test_invalid_parameters(void **state) {
         json_object *s = CALL_OK(c, LEASE_IF "Status", "{}");
         assert_int_equal(jint(s, "leases"), 0);
         assert_int_equal(jint(s, "waiters"), 0);
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"r\",\"timeout\":0}"));
+        GRANT(c, "{\"resource\":\"r\",\"timeout\":0}");
 }
 
 /* A NUL escaped inside a JSON string: valid JSON, but no C string can carry it. */
@@ -171,9 +173,7 @@ static void test_nul_in_string(void **state) {
                 assert_true(!n || strncmp(n, "gp", 2) != 0);
         }
         /* And the escapes that are fine still work. */
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire",
-                                                  "{\"resource\":\"caf\\u00e9\",\"description\":\"tab\\there\"}")),
-                              "lease");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"caf\\u00e9\",\"description\":\"tab\\there\"}");
         assert_string_equal(jstr(l, "resource"), "caf\xc3\xa9");
         assert_string_equal(jstr(l, "description"), "tab\there");
 }
@@ -236,7 +236,8 @@ static void test_size_limit_edges(void **state) {
         char *msg = malloc(limit + 128);
         assert_non_null(msg);
         /* A valid call of ~1.5 MiB (a long description). */
-        int n = snprintf(msg, 128, "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":{\"resource\":\"big\",\"description\":\"");
+        int n = snprintf(msg, 128, "{\"method\":\"io.agend.Lease.Acquire\","
+                                   "\"parameters\":{\"resource\":\"big\",\"description\":\"");
         size_t len = (size_t) n;
         memset(msg + len, 'd', limit - len - 16);
         len = limit - 16;
@@ -324,7 +325,8 @@ static void test_thousand_garbage_connections(void **state) {
 static void test_split_at_every_byte(void **state) {
         Agend *a = *state;
         VConn *c = OPEN(a);
-        static const char call[] = "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":{\"resource\":\"slow\"}}";
+        static const char call[] =
+                "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":{\"resource\":\"slow\"}}";
         for (size_t i = 0; i < sizeof(call); i++) {
                 assert_int_equal(vconn_send_raw(c, call + i, 1), 0);
                 if (i % 16 == 0)
@@ -350,7 +352,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_nul_in_string, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_huge_message, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_size_limit_edges, helper_setup, helper_teardown),
-                cmocka_unit_test_setup_teardown(test_thousand_garbage_connections, helper_setup, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_thousand_garbage_connections, helper_setup,
+                                                helper_teardown),
                 cmocka_unit_test_setup_teardown(test_split_at_every_byte, helper_setup, helper_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

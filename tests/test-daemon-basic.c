@@ -104,7 +104,7 @@ static void test_acquire_release(void **state) {
         assert_string_equal(jstr(e, "id"), id);
 
         /* The resource is free again, and the next grant has a greater token. */
-        json_object *p2 = assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"gpu\"}"));
+        json_object *p2 = GRANT(c, "{\"resource\":\"gpu\"}");
         assert_true(jint(p2, "lease.token") > token1);
         assert_string_not_equal(jstr(p2, "lease.id"), id);
         /* description defaults to a string (possibly empty), never absent. */
@@ -133,7 +133,7 @@ static void test_owner_from_kernel(void **state) {
                 assert_string_equal(jstr(l, "owner.comm"), comm);
         }
 
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"mine\"}")), "lease");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"mine\"}");
         assert_int_equal(jint(l, "owner.pid"), getpid());
         assert_int_equal(jint(l, "owner.uid"), getuid());
         assert_int_equal(jint(l, "owner.gid"), getgid());
@@ -216,7 +216,8 @@ static void test_varlink_service(void **state) {
                 unsigned n = 0;
                 for (char *line = strtok(file, "\n"); line; line = strtok(NULL, "\n")) {
                         line += strspn(line, " \t");
-                        if (strncmp(line, "method ", 7) && strncmp(line, "error ", 6) && strncmp(line, "type ", 5))
+                        if (strncmp(line, "method ", 7) && strncmp(line, "error ", 6) &&
+                            strncmp(line, "type ", 5))
                                 continue;
                         char decl[128];
                         size_t k = strcspn(line, "( ");
@@ -230,7 +231,8 @@ static void test_varlink_service(void **state) {
         }
 
         json_object *e = CALL_ERR(c, "org.varlink.service.InterfaceNotFound",
-                                  "org.varlink.service.GetInterfaceDescription", "{\"interface\":\"com.example.Nope\"}");
+                                  "org.varlink.service.GetInterfaceDescription",
+                                  "{\"interface\":\"com.example.Nope\"}");
         assert_string_equal(jstr(e, "interface"), "com.example.Nope");
 
         /* The connection still serves calls after an error. */
@@ -273,8 +275,8 @@ static void test_status(void **state) {
         int64_t commits = jint(s, "commits");
 
         /* Two leases and a waiter, counted; each grant was committed. */
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"s1\"}"));
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"s2\"}"));
+        GRANT(c, "{\"resource\":\"s1\"}");
+        GRANT(c, "{\"resource\":\"s2\"}");
         assert_int_equal(vconn_send(w, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"s1\"}"), 0);
         assert_queued(RECV(w, HELPER_REPLY_TIMEOUT), 1);
         helper_sleep(0.05);
@@ -296,7 +298,7 @@ static void test_status_sync_full(void **state) {
         VConn *c = OPEN(a);
         assert_string_equal(jstr(CALL_OK(c, LEASE_IF "Status", "{}"), "sync"), "full");
         /* And it grants as usual. */
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"durable\"}"));
+        GRANT(c, "{\"resource\":\"durable\"}");
 }
 
 /* Reads Watch events until one of the type for the lease arrives (skipping others the
@@ -315,7 +317,8 @@ static json_object *watch_until(VConn *w, const char *type, const char *lease, c
                 assert_true(jis(ev, "time", json_type_int));
                 if (only_resource && (!jstr(ev, "resource") || strcmp(jstr(ev, "resource"), only_resource)))
                         fail_msg("Watch(%s) sent an event of another resource: %s", only_resource, jtext(m));
-                if (strcmp(jstr(ev, "type"), type) == 0 && jstr(ev, "lease") && strcmp(jstr(ev, "lease"), lease) == 0)
+                if (strcmp(jstr(ev, "type"), type) == 0 && jstr(ev, "lease") &&
+                    strcmp(jstr(ev, "lease"), lease) == 0)
                         return ev;
         }
 }
@@ -336,8 +339,8 @@ static void test_watch(void **state) {
         assert_true(jis(reply_params(first), "event", json_type_null));
 
         /* A grant and a release elsewhere: both watchers see them, in order. */
-        json_object *other = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"unwatched\"}")), "lease");
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"watched\"}")), "lease");
+        json_object *other = GRANT_LEASE(c, "{\"resource\":\"unwatched\"}");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"watched\"}");
         const char *id = jstr(l, "id");
         json_object *ev = watch_until(w, "granted", id, NULL);
         assert_string_equal(jstr(ev, "resource"), "watched");
@@ -358,7 +361,7 @@ static void test_watch(void **state) {
 static void test_watch_lease(void **state) {
         Agend *a = *state;
         VConn *w = OPEN(a), *c = OPEN(a);
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"one\"}")), "lease");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"one\"}");
         const char *id = jstr(l, "id");
 
         /* First reply: null, or the lease's current state. */
@@ -393,7 +396,7 @@ static void test_history(void **state) {
         char ids[3][128];
         int64_t tokens[3];
         for (int i = 0; i < 3; i++) {
-                json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"h\"}")), "lease");
+                json_object *l = GRANT_LEASE(c, "{\"resource\":\"h\"}");
                 snprintf(ids[i], sizeof(ids[i]), "%s", jstr(l, "id"));
                 tokens[i] = jint(l, "token");
                 CALL_OK(c, LEASE_IF "Acquire", "{\"resource\":\"noise%d\"}", i);
@@ -442,7 +445,7 @@ static void test_history(void **state) {
 static void test_revoke(void **state) {
         Agend *a = *state;
         VConn *c = OPEN(a), *admin = OPEN(a), *w = OPEN(a);
-        json_object *l = jget(assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"rv\"}")), "lease");
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"rv\"}");
         const char *id = jstr(l, "id");
         if (geteuid() != 0) {
                 /* Not root and no config allows it: not for us to revoke. */

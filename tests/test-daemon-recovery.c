@@ -68,11 +68,17 @@ typedef struct Held {
 } Held;
 
 static void hold(VConn *c, const char *params, Held *ret) {
-        json_object *p = assert_granted(CALL(c, LEASE_IF "Acquire", "%s", params));
+        json_object *p = GRANT(c, "%s", params);
         snprintf(ret->id, sizeof(ret->id), "%s", jstr(p, "lease.id"));
         snprintf(ret->secret, sizeof(ret->secret), "%s", jstr(p, "secret"));
         snprintf(ret->resource, sizeof(ret->resource), "%s", jstr(p, "lease.resource"));
         ret->token = jint(p, "lease.token");
+}
+
+/* Reclaim(held's id, token, secret): the whole reply, error or not. */
+static json_object *reclaim(VConn *c, const Held *held, int64_t token, const char *secret) {
+        return CALL(c, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}", held->id,
+                    (long long) token, secret);
 }
 
 static void test_kill9_restart_reclaim(void **state) {
@@ -123,28 +129,26 @@ static void test_kill9_restart_reclaim(void **state) {
 
         /* A Reclaim needs the secret and the token. */
         VConn *x2 = OPEN(a);
-        assert_non_null(reply_error(CALL(x2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"wrong\"}",
-                                         B.id, (long long) B.token)));
-        assert_non_null(reply_error(CALL(x2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}",
-                                         A.id, (long long) A.token + 1, A.secret)));
+        assert_non_null(reply_error(reclaim(x2, &B, B.token, "wrong")));
+        assert_non_null(reply_error(reclaim(x2, &A, A.token + 1, A.secret)));
 
         /* The holder, on a new connection, reclaims: same id, same token, held again. */
-        json_object *r = jget(CALL_OK(x2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}",
-                                      A.id, (long long) A.token, A.secret),
-                              "lease");
+        json_object *rep = reclaim(x2, &A, A.token, A.secret);
+        if (reply_error(rep))
+                fail_msg("Reclaim by the holder failed: %s", jtext(rep));
+        json_object *r = jget(reply_params(rep), "lease");
         assert_lease_shape(r);
         assert_string_equal(jstr(r, "id"), A.id);
         assert_int_equal(jint(r, "token"), A.token);
         assert_string_equal(jstr(r, "state"), "held");
         /* Reclaimed once only. */
-        assert_non_null(reply_error(CALL(obs, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}",
-                                         A.id, (long long) A.token, A.secret)));
+        assert_non_null(reply_error(reclaim(obs, &A, A.token, A.secret)));
 
         /* A waiter on B's resource is granted only when the grace has passed. */
         VConn *w = OPEN(a);
         assert_int_equal(vconn_send(w, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"rb\"}"), 0);
         json_object *m = RECV(w, GRACE + HELPER_REPLY_TIMEOUT);
-        if (!reply_error(m) && jstr(reply_params(m), "state") && strcmp(jstr(reply_params(m), "state"), "queued") == 0) {
+        if (strcmp(reply_state(m), "queued") == 0) {
                 assert_queued(m, 1);
                 m = RECV(w, GRACE + HELPER_REPLY_TIMEOUT);
         }
@@ -188,8 +192,7 @@ static void test_kill9_restart_reclaim(void **state) {
                 helper_sleep(0.01);
         }
         /* After the grace, Reclaim of a lease that was not reclaimed is refused. */
-        assert_non_null(reply_error(CALL(obs, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}",
-                                         B.id, (long long) B.token, B.secret)));
+        assert_non_null(reply_error(reclaim(obs, &B, B.token, B.secret)));
 }
 
 /* Several kill -9/restart rounds with --grace 0: unreclaimed leases go at once, and tokens
@@ -230,7 +233,7 @@ static void test_tokens_across_restarts(void **state) {
                                          jtext(l));
                         helper_sleep(0.01);
                 }
-                assert_granted(CALL(o, LEASE_IF "Acquire", "{\"resource\":\"tok0\",\"timeout\":0}"));
+                GRANT(o, "{\"resource\":\"tok0\",\"timeout\":0}");
                 vconn_close(o);
         }
 }
@@ -312,7 +315,7 @@ static void assert_refuses_to_start(Agend *a) {
 static void test_corrupt_database(void **state) {
         Agend *a = *state;
         VConn *c = OPEN(a);
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"x\",\"detached\":true}"));
+        GRANT(c, "{\"resource\":\"x\",\"detached\":true}");
         int st = -1;
         assert_int_equal(agend_stop(a, &st), 0);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -389,7 +392,7 @@ static void test_second_instance_refuses(void **state) {
                 fail_msg("a second agend started on a socket in use");
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
         VConn *c = OPEN(a);
-        assert_granted(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"still\"}"));
+        GRANT(c, "{\"resource\":\"still\"}");
         agend_free(b);
 }
 
