@@ -14,6 +14,7 @@
 #include "agen/agen.h"
 #include "client-internal.h"
 #include "conn.h"
+#include "json-util.h"
 
 #define DEFAULT_SYSTEM_ADDRESS "/run/agend/io.agend.Lease"
 #define OWN_LOOP_SHUTDOWN_TIMEOUT 5.0
@@ -176,20 +177,19 @@ static void call_reply(Conn *conn, int status, const char *error_name, json_obje
         }
 }
 
+/* The caller's parameters: one JSON object, strictly parsed (common/json-util.h), so that
+ * what agend would refuse as a ProtocolError is refused here as -EINVAL first. */
 static int parse_params(const char *parameters_json, json_object **ret) {
+        json_object *o = NULL;
+
         if (!parameters_json) {
                 *ret = NULL;
                 return 0;
         }
-        json_tokener *tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        size_t len = strlen(parameters_json);
-        json_object *o = json_tokener_parse_ex(tok, parameters_json, (int) len);
-        bool ok = o && json_tokener_get_error(tok) == json_tokener_success &&
-                  (size_t) json_tokener_get_parse_end(tok) == len && json_object_is_type(o, json_type_object);
-        json_tokener_free(tok);
-        if (!ok) {
+        int r = json_parse_buffer(parameters_json, strlen(parameters_json), &o);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0 || !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
                 return -EINVAL;
         }
@@ -214,8 +214,7 @@ _public_ int agen_client_call(agen_client *client, const char *method, const cha
                 json_object_put(params);
                 return r;
         }
-        unsigned cflags = (flags & AGEN_CALL_MORE ? CONN_CALL_MORE : 0) |
-                          (flags & AGEN_CALL_ONEWAY ? CONN_CALL_ONEWAY : 0);
+        unsigned cflags = (flags & AGEN_CALL_MORE ? VL_CALL_MORE : 0) | (flags & AGEN_CALL_ONEWAY ? VL_CALL_ONEWAY : 0);
         CallCtx *ctx = NULL;
         if (!(flags & AGEN_CALL_ONEWAY)) {
                 ctx = malloc(sizeof(*ctx));
@@ -225,8 +224,7 @@ _public_ int agen_client_call(agen_client *client, const char *method, const cha
                 }
                 *ctx = (CallCtx) { .client = agen_client_ref(client), .cb = cb, .userdata = userdata };
         }
-        r = conn_call(conn, method, params, cflags, call_reply, ctx, NULL);
-        json_object_put(params);
+        r = conn_call(conn, method, TAKE_PTR(params), cflags, call_reply, ctx, NULL);
         if (r < 0 && ctx) {
                 agen_client_unref(ctx->client);
                 free(ctx);
@@ -290,8 +288,8 @@ _public_ int agen_call_sync(const char *address, const char *method, const char 
         SyncReply s = {};
         r = conn_connect(loop, address, &conn);
         if (r >= 0)
-                r = conn_call(conn, method, params, flags & AGEN_CALL_ONEWAY ? CONN_CALL_ONEWAY : 0, sync_reply, &s,
-                              NULL);
+                r = conn_call(conn, method, TAKE_PTR(params), flags & AGEN_CALL_ONEWAY ? VL_CALL_ONEWAY : 0,
+                              sync_reply, &s, NULL);
         json_object_put(params);
         if (r >= 0 && (flags & AGEN_CALL_ONEWAY))
                 r = conn_flush_blocking(conn, timeout < 0 ? 3600. : timeout);

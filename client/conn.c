@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* A varlink connection on a libev loop. Replies come in call order, so the pending calls
  * are a FIFO: each reply goes to the head, which stays there while replies say
- * "continues". Writes are buffered and flushed as soon as the socket takes them; a call
- * never waits for the reply of the one before it (pipelining). */
+ * "continues". Writes are queued in a VlWriter and flushed as soon as the socket takes
+ * them; a call never waits for the reply of the one before it (pipelining). */
 
 #include <fcntl.h>
 #include <poll.h>
@@ -12,13 +12,14 @@
 #include <time.h>
 
 #include "conn.h"
+#include "errmap.h"
 #include "gen-internal.h"
 
-#define CONN_MAX_MESSAGE (16u * 1024u * 1024u)
-#define CONN_READ_CHUNK 65536u
+/* Reads per I/O callback before the loop gets a turn: a daemon streaming replies faster
+ * than we take them does not starve the program's other watchers. */
+#define CONN_READS_PER_CALLBACK 8
 
 struct ConnCall {
-        Conn *conn;
         conn_reply_fn cb; /* NULL once cancelled */
         void *userdata;
         ConnCall *next;
@@ -33,10 +34,8 @@ struct Conn {
         bool io_weak; /* ev_unref()'d while idle */
         unsigned io_events;
 
-        char *in;
-        size_t in_size, in_alloc;
-        char *out;
-        size_t out_size, out_alloc, out_done;
+        VlReader in;
+        VlWriter out;
 
         ConnCall *calls_head, *calls_tail;
         conn_end_fn end_fn;
@@ -64,7 +63,7 @@ static void conn_update_io(Conn *c) {
         bool weak = false;
         if (c->fd >= 0) {
                 events = EV_READ;
-                if (c->out_size > c->out_done)
+                if (vl_writer_pending(&c->out) > 0)
                         events |= EV_WRITE;
                 weak = !c->calls_head && !(events & EV_WRITE);
         }
@@ -126,6 +125,8 @@ int conn_connect(struct ev_loop *loop, const char *address, Conn **ret) {
                 .loop = loop,
                 .fd = TAKE_FD(fd),
         };
+        vl_reader_init(&c->in, CONN_MAX_MESSAGE);
+        vl_writer_init(&c->out);
         ev_io_init(&c->io, conn_io_cb, c->fd, EV_READ);
         conn_update_io(c);
         *ret = c;
@@ -150,24 +151,16 @@ void conn_close(Conn *c) {
         conn_drop_calls(c);
 }
 
+/* The buffers are freed only here, not in conn_close(): a reply callback may close the
+ * connection whose reader holds the message being dispatched. */
 static void conn_free(Conn *c) {
         conn_close(c);
-        free(c->in);
-        free(c->out);
+        vl_reader_done(&c->in);
+        vl_writer_done(&c->out);
         free(c);
 }
 
-Conn *conn_ref(Conn *c) {
-        if (c)
-                c->n_ref++;
-        return c;
-}
-
-Conn *conn_unref(Conn *c) {
-        if (c && --c->n_ref == 0)
-                conn_free(c);
-        return NULL;
-}
+DEFINE_TRIVIAL_REF_UNREF_FUNC(Conn, conn, conn_free, )
 
 void conn_set_end_handler(Conn *c, conn_end_fn fn, void *userdata) {
         c->end_fn = fn;
@@ -204,76 +197,40 @@ static void conn_end(Conn *c, int error) {
         conn_unref(c);
 }
 
-static int buf_reserve(char **buf, size_t *alloc, size_t need) {
-        if (need <= *alloc)
-                return 0;
-        size_t n = MAX(*alloc * 2, MAX(need, (size_t) 4096));
-        char *p = realloc(*buf, n);
-        if (!p)
-                return -ENOMEM;
-        *buf = p;
-        *alloc = n;
-        return 0;
-}
-
+/* 0 when all is written or the socket is full; < 0 when the connection is broken. */
 static int conn_flush(Conn *c) {
-        while (c->out_done < c->out_size) {
-                ssize_t n = send(c->fd, c->out + c->out_done, c->out_size - c->out_done,
-                                 MSG_NOSIGNAL | MSG_DONTWAIT);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                break;
-                        return -errno;
-                }
-                c->out_done += (size_t) n;
-        }
-        if (c->out_done == c->out_size)
-                c->out_done = c->out_size = 0;
-        return 0;
+        int r = vl_writer_flush(&c->out, c->fd);
+        return r == -EAGAIN ? 0 : r;
 }
 
 int conn_call(Conn *c, const char *method, json_object *parameters, unsigned flags, conn_reply_fn cb,
               void *userdata, ConnCall **ret_call) {
         assert(c && method);
-        if (c->ended)
+        assert(!(flags & ~(unsigned) (VL_CALL_MORE | VL_CALL_ONEWAY)));
+        if (c->ended) {
+                json_object_put(parameters);
                 return -ENOTCONN;
+        }
+        if (!parameters)
+                parameters = json_object_new_object();
+        if (!parameters)
+                return -ENOMEM;
 
-        json_object *m = json_object_new_object();
+        _cleanup_(json_object_putp) json_object *m = vl_call_new(method, parameters, flags);
         if (!m)
                 return -ENOMEM;
-        json_object_object_add(m, "method", json_object_new_string(method));
-        json_object_object_add(m, "parameters",
-                               parameters ? json_object_get(parameters) : json_object_new_object());
-        if (flags & CONN_CALL_ONEWAY)
-                json_object_object_add(m, "oneway", json_object_new_boolean(1));
-        else if (flags & CONN_CALL_MORE)
-                json_object_object_add(m, "more", json_object_new_boolean(1));
-
-        size_t len;
-        const char *s = json_object_to_json_string_length(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-        ConnCall *k = NULL;
-        int r = 0;
-        if (!(flags & CONN_CALL_ONEWAY)) {
-                k = calloc(1, sizeof(*k));
+        _cleanup_free_ ConnCall *k = NULL;
+        if (!(flags & VL_CALL_ONEWAY)) {
+                k = malloc(sizeof(*k));
                 if (!k)
-                        r = -ENOMEM;
+                        return -ENOMEM;
+                *k = (ConnCall) { .cb = cb, .userdata = userdata };
         }
-        if (r >= 0)
-                r = buf_reserve(&c->out, &c->out_alloc, c->out_size + len + 1);
-        if (r < 0) {
-                free(k);
-                json_object_put(m);
+        int r = vl_writer_append_json(&c->out, m);
+        if (r < 0)
                 return r;
-        }
-        memcpy(c->out + c->out_size, s, len);
-        c->out[c->out_size + len] = 0;
-        c->out_size += len + 1;
-        json_object_put(m);
 
         if (k) {
-                *k = (ConnCall) { .conn = c, .cb = cb, .userdata = userdata };
                 if (c->calls_tail)
                         c->calls_tail->next = k;
                 else
@@ -282,8 +239,10 @@ int conn_call(Conn *c, const char *method, json_object *parameters, unsigned fla
         }
         if (ret_call)
                 *ret_call = k;
+        TAKE_PTR(k);
 
-        /* Write now if the socket takes it; a failure shows up as EOF on the next read. */
+        /* Write now if the socket takes it; a broken socket shows up as EOF on the next
+         * read, or as an error on the write watcher. */
         (void) conn_flush(c);
         conn_update_io(c);
         return 0;
@@ -294,148 +253,80 @@ void conn_call_cancel(ConnCall *call) {
                 call->cb = NULL;
 }
 
+static double now_sec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
 int conn_flush_blocking(Conn *c, double timeout) {
-        struct timespec start;
-        clock_gettime(CLOCK_MONOTONIC, &start);
-        while (!c->ended && c->out_done < c->out_size) {
-                int r = conn_flush(c);
-                if (r < 0)
+        double deadline = now_sec() + timeout;
+        for (;;) {
+                if (c->ended)
+                        return -ENOTCONN;
+                int r = vl_writer_flush(&c->out, c->fd);
+                if (r != -EAGAIN)
                         return r;
-                if (c->out_done == c->out_size)
-                        break;
-                struct timespec now;
-                clock_gettime(CLOCK_MONOTONIC, &now);
-                double left = timeout - ((double) (now.tv_sec - start.tv_sec) +
-                                         (double) (now.tv_nsec - start.tv_nsec) / 1e9);
+                double left = deadline - now_sec();
                 if (left <= 0)
                         return -ETIMEDOUT;
                 struct pollfd p = { .fd = c->fd, .events = POLLOUT };
                 if (poll(&p, 1, (int) (left * 1000) + 1) < 0 && errno != EINTR)
                         return -errno;
         }
-        return 0;
 }
 
-typedef struct ErrorName {
-        const char *name;
-        int error;
-} ErrorName;
-
-/* Kept in step with common/errmap (the daemon's table); unknown names are -EPROTO. */
-static const ErrorName error_names[] = {
-        { "io.agend.Lease.NoSuchLease", -ENOENT },
-        { "io.agend.Lease.NoSuchResource", -ENXIO },
-        { "io.agend.Lease.Timeout", -ETIMEDOUT },
-        { "io.agend.Lease.PermissionDenied", -EPERM },
-        { "io.agend.Lease.LimitExceeded", -EUSERS },
-        { "io.agend.Lease.ProtocolError", -EPROTO },
-        { "org.varlink.service.InterfaceNotFound", -EOPNOTSUPP },
-        { "org.varlink.service.MethodNotFound", -EOPNOTSUPP },
-        { "org.varlink.service.MethodNotImplemented", -EOPNOTSUPP },
-        { "org.varlink.service.InvalidParameter", -EINVAL },
-        { "org.varlink.service.PermissionDenied", -EPERM },
-        { "org.varlink.service.ExpectedMore", -EBADMSG },
-};
-
-int conn_error_to_errno(const char *error_name) {
-        if (!error_name)
-                return 0;
-        for (size_t i = 0; i < ELEMENTSOF(error_names); i++)
-                if (strcmp(error_names[i].name, error_name) == 0)
-                        return error_names[i].error;
-        return -EPROTO;
-}
-
-/* Returns < 0 when the connection must end. */
+/* One message from the daemon. Returns < 0 when the connection must end: not a varlink
+ * reply (-EBADMSG, -EPROTO), or a reply nobody asked for (-EBADMSG). */
 static int conn_dispatch(Conn *c, const char *msg, size_t len) {
-        json_tokener *tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        json_object *m = json_tokener_parse_ex(tok, msg, (int) len);
-        bool ok = m && json_tokener_get_error(tok) == json_tokener_success &&
-                  json_object_is_type(m, json_type_object);
-        json_tokener_free(tok);
-        if (!ok) {
-                json_object_put(m);
-                return -EBADMSG;
-        }
+        VlReply reply;
+        int r = vl_reply_parse(msg, len, &reply);
+        if (r < 0)
+                return r;
 
         ConnCall *k = c->calls_head;
         if (!k) {
-                /* A reply nobody asked for. */
-                json_object_put(m);
+                vl_reply_done(&reply);
                 return -EBADMSG;
         }
-
-        json_object *v;
-        const char *error = NULL;
-        if (json_object_object_get_ex(m, "error", &v) && json_object_is_type(v, json_type_string))
-                error = json_object_get_string(v);
-        bool continues = json_object_object_get_ex(m, "continues", &v) && json_object_get_boolean(v);
-        if (error)
-                continues = false;
-        json_object *params = NULL;
-        if (!json_object_object_get_ex(m, "parameters", &params) || !json_object_is_type(params, json_type_object))
-                params = NULL;
-
+        /* An error ends the call, whatever else it says. */
+        bool continues = reply.continues && !reply.error;
         if (!continues) {
                 c->calls_head = k->next;
                 if (!c->calls_head)
                         c->calls_tail = NULL;
         }
-        if (k->cb) {
-                int status = error ? conn_error_to_errno(error) : 0;
-                json_object *empty = NULL;
-                if (!params)
-                        params = empty = json_object_new_object();
-                k->cb(c, status, error, params, continues, k->userdata);
-                json_object_put(empty);
-        }
+        if (k->cb)
+                k->cb(c, reply.error ? errmap_from_name(reply.error) : 0, reply.error, reply.parameters, continues,
+                      k->userdata);
         if (!continues)
                 free(k);
-        json_object_put(m);
+        vl_reply_done(&reply);
         return 0;
 }
 
 static void conn_read(Conn *c) {
-        for (;;) {
-                int r = buf_reserve(&c->in, &c->in_alloc, c->in_size + CONN_READ_CHUNK);
-                if (r < 0)
-                        return conn_end(c, r);
-                ssize_t n = recv(c->fd, c->in + c->in_size, c->in_alloc - c->in_size, MSG_DONTWAIT);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return;
-                        return conn_end(c, -errno);
-                }
+        for (unsigned i = 0; i < CONN_READS_PER_CALLBACK; i++) {
+                ssize_t n = vl_reader_read(&c->in, c->fd);
+                if (n == -EAGAIN)
+                        return;
+                if (n < 0)
+                        return conn_end(c, (int) n);
                 if (n == 0)
                         return conn_end(c, -ECONNRESET);
 
-                size_t scanned = c->in_size;
-                c->in_size += (size_t) n;
-                size_t start = 0;
-                for (;;) {
-                        char *z = memchr(c->in + scanned, 0, c->in_size - scanned);
-                        if (!z)
-                                break;
-                        size_t end = (size_t) (z - c->in);
-                        r = conn_dispatch(c, c->in + start, end - start);
+                char *msg;
+                size_t len;
+                int r;
+                while ((r = vl_reader_next(&c->in, &msg, &len)) > 0) {
+                        r = conn_dispatch(c, msg, len);
                         if (r < 0)
                                 return conn_end(c, r);
                         if (c->ended)
                                 return;
-                        start = scanned = end + 1;
                 }
-                if (start > 0) {
-                        memmove(c->in, c->in + start, c->in_size - start);
-                        c->in_size -= start;
-                }
-                if (c->in_size > CONN_MAX_MESSAGE)
-                        return conn_end(c, -EMSGSIZE);
-                if ((size_t) n < CONN_READ_CHUNK)
-                        return;
+                if (r < 0) /* -EMSGSIZE */
+                        return conn_end(c, r);
         }
 }
 

@@ -12,11 +12,13 @@
  * reply, then the lease connection is closed. Abandoned (no loop to wait on), closing the
  * lease connection is the release of a bound lease: the daemon treats EOF as release. */
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "client-internal.h"
+#include "json-util.h"
 
 #define RECONNECT_FIRST 0.05   /* s, doubled on each failure */
 #define RECONNECT_MAX 1.0      /* s between attempts */
@@ -198,6 +200,26 @@ static int lease_connect(Lease *l) {
         return 0;
 }
 
+/* {"id", "secret"} (and "token" for Reclaim): how the lease is named from a connection
+ * that does not hold it. NULL on OOM. */
+static json_object *lease_id_params(Lease *l, bool with_token) {
+        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
+        if (!p || json_add(p, "id", json_object_new_string(l->id)) < 0 ||
+            json_add(p, "secret", json_object_new_string(l->secret)) < 0 ||
+            (with_token && json_add(p, "token", json_object_new_int64((int64_t) l->token)) < 0))
+                return NULL;
+        return TAKE_PTR(p);
+}
+
+/* Sends a call whose parameters were built by the caller; p NULL means building them ran
+ * out of memory. */
+static int lease_call(Conn *c, const char *method, json_object *p, unsigned flags, conn_reply_fn cb, Lease *l,
+                      ConnCall **ret_call) {
+        if (!p)
+                return -ENOMEM;
+        return conn_call(c, method, p, flags, cb, l, ret_call);
+}
+
 /* ---- reconnecting after the daemon went away ---- */
 
 static void lease_retry_later(Lease *l) {
@@ -254,12 +276,7 @@ static void lease_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
                 lease_send_watch(l);
                 return;
         }
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "id", json_object_new_string(l->id));
-        json_object_object_add(p, "token", json_object_new_int64((int64_t) l->token));
-        json_object_object_add(p, "secret", json_object_new_string(l->secret));
-        r = conn_call(l->conn, "io.agend.Lease.Reclaim", p, 0, reclaim_reply, l, &l->call);
-        json_object_put(p);
+        r = lease_call(l->conn, "io.agend.Lease.Reclaim", lease_id_params(l, true), 0, reclaim_reply, l, &l->call);
         if (r < 0)
                 lease_start_reconnect(l);
 }
@@ -298,12 +315,8 @@ static void lease_renew_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Conn *c;
         if (client_control(l->client, &c) < 0)
                 return;
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "id", json_object_new_string(l->id));
-        json_object_object_add(p, "secret", json_object_new_string(l->secret));
-        if (conn_call(c, "io.agend.Lease.Renew", p, 0, renew_reply, l, &l->control_call) >= 0)
+        if (lease_call(c, "io.agend.Lease.Renew", lease_id_params(l, false), 0, renew_reply, l, &l->control_call) >= 0)
                 l->control = conn_ref(c);
-        json_object_put(p);
 }
 
 /* ---- watching the held lease ---- */
@@ -320,13 +333,11 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
         if (status < 0)
                 return lease_end_with(l, AGEN_LEASE_LOST, error_name);
 
-        json_object *ev, *v;
+        json_object *ev;
+        const char *type = NULL, *reason = NULL;
         if (json_object_object_get_ex(params, "event", &ev) && json_object_is_type(ev, json_type_object) &&
-            json_object_object_get_ex(ev, "type", &v)) {
-                const char *type = json_object_get_string(v);
-                const char *reason = NULL;
-                if (json_object_object_get_ex(ev, "reason", &v) && json_object_is_type(v, json_type_string))
-                        reason = json_object_get_string(v);
+            json_get_string(ev, "type", JSON_REQUIRED, &type) > 0) {
+                (void) json_get_string(ev, "reason", 0, &reason);
 
                 if (streq(type, "expired"))
                         return lease_end_with(l, AGEN_LEASE_EXPIRED, reason ?: "ttl");
@@ -345,10 +356,10 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
 }
 
 static void lease_send_watch(Lease *l) {
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "lease", json_object_new_string(l->id));
-        int r = conn_call(l->conn, "io.agend.Lease.Watch", p, CONN_CALL_MORE, watch_reply, l, &l->call);
-        json_object_put(p);
+        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
+        int r = p ? json_add(p, "lease", json_object_new_string(l->id)) : -ENOMEM;
+        if (r >= 0)
+                r = conn_call(l->conn, "io.agend.Lease.Watch", TAKE_PTR(p), VL_CALL_MORE, watch_reply, l, &l->call);
         if (r < 0)
                 lease_start_reconnect(l);
 }
@@ -356,28 +367,28 @@ static void lease_send_watch(Lease *l) {
 /* ---- acquiring ---- */
 
 static int lease_parse_grant(Lease *l, json_object *params) {
-        json_object *lease, *v;
-        if (!json_object_object_get_ex(params, "lease", &lease) || !json_object_is_type(lease, json_type_object))
+        json_object *lease;
+        const char *id = NULL, *secret = NULL;
+        int64_t token = 0;
+        usec_t ttl = 0;
+
+        if (!json_object_object_get_ex(params, "lease", &lease) || !json_object_is_type(lease, json_type_object) ||
+            json_get_string(lease, "id", JSON_REQUIRED | JSON_NONEMPTY, &id) < 0 ||
+            json_get_string(params, "secret", JSON_REQUIRED | JSON_NONEMPTY, &secret) < 0 ||
+            json_get_int64(lease, "token", JSON_REQUIRED, 1, INT64_MAX, &token) < 0 ||
+            json_get_seconds(lease, "ttl", 0, &ttl) < 0)
                 return -EBADMSG;
-        if (!json_object_object_get_ex(lease, "id", &v) || !json_object_is_type(v, json_type_string))
-                return -EBADMSG;
-        char *id = strdup(json_object_get_string(v));
-        char *secret = NULL;
-        if (json_object_object_get_ex(params, "secret", &v) && json_object_is_type(v, json_type_string))
-                secret = strdup(json_object_get_string(v));
-        if (!id || !secret) {
-                free(id);
-                free(secret);
-                return -EBADMSG;
-        }
+        _cleanup_free_ char *id_copy = strdup(id), *secret_copy = strdup(secret);
+        if (!id_copy || !secret_copy)
+                return -ENOMEM;
         free(l->id);
+        if (l->secret)
+                explicit_bzero(l->secret, strlen(l->secret));
         free(l->secret);
-        l->id = id;
-        l->secret = secret;
-        l->token = json_object_object_get_ex(lease, "token", &v) ? (uint64_t) json_object_get_int64(v) : 0;
-        l->ttl = json_object_object_get_ex(lease, "ttl", &v) && !json_object_is_type(v, json_type_null)
-                         ? json_object_get_double(v)
-                         : 0;
+        l->id = TAKE_PTR(id_copy);
+        l->secret = TAKE_PTR(secret_copy);
+        l->token = (uint64_t) token;
+        l->ttl = usec_to_sec(ttl);
         return 0;
 }
 
@@ -394,12 +405,11 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
                 return lease_finish(l, status, msg);
         }
 
-        json_object *v;
-        const char *state = json_object_object_get_ex(params, "state", &v) ? json_object_get_string(v) : NULL;
+        const char *state = NULL;
+        (void) json_get_string(params, "state", 0, &state);
         if (streq_ptr(state, "queued")) {
                 unsigned position = 0;
-                if (json_object_object_get_ex(params, "position", &v))
-                        position = (unsigned) json_object_get_int(v);
+                (void) json_get_uint(params, "position", 0, 0, UINT_MAX, &position);
                 lease_emit(l, AGEN_LEASE_QUEUED, position, NULL);
                 return;
         }
@@ -419,25 +429,27 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 }
 
 static void lease_send_acquire(Lease *l) {
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "resource", json_object_new_string(l->resource));
-        if (l->opts.units > 1)
-                json_object_object_add(p, "units", json_object_new_int64(l->opts.units));
-        if (l->opts.exclusive)
-                json_object_object_add(p, "exclusive", json_object_new_boolean(1));
-        if (l->opts.try_once)
-                json_object_object_add(p, "timeout", json_object_new_double(0));
-        else if (l->opts.timeout > 0)
-                json_object_object_add(p, "timeout", json_object_new_double(l->opts.timeout));
-        if (l->opts.ttl > 0)
-                json_object_object_add(p, "ttl", json_object_new_double(l->opts.ttl));
-        if (l->opts.detached)
-                json_object_object_add(p, "detached", json_object_new_boolean(1));
-        if (l->description)
-                json_object_object_add(p, "description", json_object_new_string(l->description));
+        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
+        int r = p ? 0 : -ENOMEM;
+
+        if (r >= 0)
+                r = json_add(p, "resource", json_object_new_string(l->resource));
+        if (r >= 0 && l->opts.units > 1)
+                r = json_add(p, "units", json_object_new_int64(l->opts.units));
+        if (r >= 0 && l->opts.exclusive)
+                r = json_add(p, "exclusive", json_object_new_boolean(1));
+        if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0))
+                r = json_add(p, "timeout", json_object_new_double(l->opts.try_once ? 0 : l->opts.timeout));
+        if (r >= 0 && l->opts.ttl > 0)
+                r = json_add(p, "ttl", json_object_new_double(l->opts.ttl));
+        if (r >= 0 && l->opts.detached)
+                r = json_add(p, "detached", json_object_new_boolean(1));
+        if (r >= 0 && l->description)
+                r = json_add(p, "description", json_object_new_string(l->description));
         l->phase = LEASE_WAITING;
-        int r = conn_call(l->conn, "io.agend.Lease.Acquire", p, CONN_CALL_MORE, acquire_reply, l, &l->call);
-        json_object_put(p);
+        if (r >= 0)
+                r = conn_call(l->conn, "io.agend.Lease.Acquire", TAKE_PTR(p), VL_CALL_MORE, acquire_reply, l,
+                              &l->call);
         if (r < 0)
                 lease_start_reconnect(l);
 }
@@ -499,11 +511,8 @@ static void lease_close(agen_gen *gen, agen_co *co, void *userdata) {
         Conn *c;
         int r = client_control(l->client, &c);
         if (r >= 0) {
-                json_object *p = json_object_new_object();
-                json_object_object_add(p, "id", json_object_new_string(l->id));
-                json_object_object_add(p, "secret", json_object_new_string(l->secret));
-                r = conn_call(c, "io.agend.Lease.Release", p, 0, release_reply, l, &l->control_call);
-                json_object_put(p);
+                r = lease_call(c, "io.agend.Lease.Release", lease_id_params(l, false), 0, release_reply, l,
+                               &l->control_call);
                 if (r >= 0) {
                         l->control = conn_ref(c);
                         return;
@@ -529,12 +538,9 @@ static void lease_abandon(agen_gen *gen, void *userdata) {
                  * a connection of its own, written without waiting for the loop. */
                 Conn *c;
                 if (conn_connect(l->loop, agen_client_get_address(l->client), &c) >= 0) {
-                        json_object *p = json_object_new_object();
-                        json_object_object_add(p, "id", json_object_new_string(l->id));
-                        json_object_object_add(p, "secret", json_object_new_string(l->secret));
-                        if (conn_call(c, "io.agend.Lease.Release", p, CONN_CALL_ONEWAY, NULL, NULL, NULL) >= 0)
+                        if (lease_call(c, "io.agend.Lease.Release", lease_id_params(l, false), VL_CALL_ONEWAY,
+                                       NULL, NULL, NULL) >= 0)
                                 (void) conn_flush_blocking(c, ABANDON_RELEASE_TIMEOUT);
-                        json_object_put(p);
                         conn_close(c);
                         conn_unref(c);
                 }

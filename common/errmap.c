@@ -5,8 +5,8 @@
 #include "errmap.h"
 #include "macro.h"
 
-/* One table, read both ways. Order matters: the first row of an errno names it. Kept in
- * step with the client's copy, which the client tests check against the daemon. */
+/* One table, read both ways, by the daemon (error replies) and by libagenclient (errors
+ * it reports). Order matters: the first row of an errno names it. */
 #define ERRMAP_TABLE(X)                                                 \
         X("io.agend.Lease.NoSuchLease", ENOENT)                         \
         X("io.agend.Lease.NoSuchResource", ENXIO)                       \

@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "json-util.h"
@@ -9,16 +11,56 @@
 
 #define JSON_MAX_DEPTH 64
 
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+ * json-c's own check (JSON_TOKENER_VALIDATE_UTF8) only looks at the byte pattern and lets
+ * overlong forms such as C0 AF through. */
+static bool utf8_valid(const unsigned char *p, size_t n) {
+        size_t i = 0;
+        while (i < n) {
+                unsigned char c = p[i];
+                if (c < 0x80) {
+                        i++;
+                        continue;
+                }
+                size_t len;
+                uint32_t cp, min;
+                if (c >= 0xc2 && c <= 0xdf) {
+                        len = 2, cp = c & 0x1f, min = 0x80;
+                } else if (c >= 0xe0 && c <= 0xef) {
+                        len = 3, cp = c & 0x0f, min = 0x800;
+                } else if (c >= 0xf0 && c <= 0xf4) {
+                        len = 4, cp = c & 0x07, min = 0x10000;
+                } else
+                        return false;
+                if (n - i < len)
+                        return false;
+                for (size_t k = 1; k < len; k++) {
+                        if ((p[i + k] & 0xc0) != 0x80)
+                                return false;
+                        cp = (cp << 6) | (p[i + k] & 0x3f);
+                }
+                if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                        return false;
+                i += len;
+        }
+        return true;
+}
+
 int json_parse_buffer(const char *text, size_t len, json_object **ret) {
         assert(text || len == 0);
         assert(ret);
 
         if (len > INT_MAX)
                 return -EBADMSG;
+        if (!utf8_valid((const unsigned char *) text, len))
+                return -EBADMSG;
         json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
         if (!tok)
                 return -ENOMEM;
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+        /* Strings must be UTF-8 (RFC 8259 8.1): a name with stray bytes, stored and sent back
+         * in List replies, would make strict peers (python's json, browsers) fail on every
+         * later reply that carries it. */
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
         json_object *o = json_tokener_parse_ex(tok, text, (int) len);
         enum json_tokener_error e = json_tokener_get_error(tok);
         /* In strict mode json-c stops right after a complete value; anything left (other

@@ -82,8 +82,13 @@ ssize_t vl_reader_read(VlReader *r, int fd) {
         k = vl_reader_get_space(r, MIN(VL_READ_CHUNK, r->max_message + 1), &p, &n);
         if (k < 0)
                 return k;
+        /* The message in progress is what follows the last NUL held (whole messages the
+         * caller has not taken yet do not count: a busy caller must not be slowed to
+         * one-byte reads). memrchr stops at that NUL, so this is cheap. */
         size_t held = r->end - r->start;
-        n = MIN(n, held < r->max_message ? r->max_message + 1 - held : (size_t) 1);
+        const char *last = held > 0 ? memrchr(r->buf + r->start, 0, held) : NULL;
+        size_t partial = last ? (size_t) (r->buf + r->end - last - 1) : held;
+        n = MIN(n, partial < r->max_message ? r->max_message + 1 - partial : (size_t) 1);
         for (;;) {
                 ssize_t l = read(fd, p, n);
                 if (l < 0) {

@@ -251,7 +251,18 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
                 if (n == -EAGAIN)
                         break;
                 if (n <= 0) {
-                        /* Hang-up: the client's bound leases end, now. */
+                        /* End of input. A peer that only half-closed after its calls
+                         * (printf ... | socat) still gets the replies to the calls it sent:
+                         * handle what is whole, let the group commit flush, then close, which
+                         * ends its bound leases. A hang-up with a call in progress (a wait,
+                         * a watch), or an error, closes at once. */
+                        if (n == 0 && c->busy == CONN_IDLE && !c->dead && !c->closing) {
+                                conn_process(c);
+                                c->closing = true;
+                                ev_io_stop(m->loop, &c->io);
+                                manager_mark_dirty(m, c);
+                                return;
+                        }
                         conn_free(c, true);
                         return;
                 }

@@ -10,6 +10,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "escape.h"
 #include "log.h"
 
 #if HAVE_LIBSYSTEMD
@@ -93,9 +94,11 @@ void log_lease_event(const Event *e) {
         if (level > max_level)
                 return;
         const char *type = event_type_to_string(e->type);
-        char msg[768];
+        /* Names and reasons come from clients: escaped, so they cannot forge log lines. */
+        char msg[768], res[300], why[300];
         snprintf(msg, sizeof(msg), "lease %s on \"%s\" %s%s%s%s (token %" PRIu64 ", uid %u, pid %d)",
-                 strna(e->lease), e->resource, type, e->reason ? ": \"" : "", e->reason ? e->reason : "",
+                 strna(e->lease), cescape_buf(e->resource, res, sizeof(res)), type, e->reason ? ": \"" : "",
+                 e->reason ? cescape_buf(e->reason, why, sizeof(why)) : "",
                  e->reason ? "\"" : "", e->token, e->owner ? e->owner->uid : 0, e->owner ? e->owner->pid : 0);
 #if HAVE_LIBSYSTEMD
         if (to_journal) {

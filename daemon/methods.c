@@ -10,6 +10,7 @@
 #include "config.h"
 #include "conn.h"
 #include "errmap.h"
+#include "escape.h"
 #include "interface.h"
 #include "json-util.h"
 #include "log.h"
@@ -35,8 +36,17 @@ static void add_bool(struct json_object *o, const char *key, bool value) {
         json_object_object_add(o, key, json_object_new_boolean(value));
 }
 
+/* Seconds with microsecond precision, printed as such: json-c's default shows 17
+ * significant digits (0.57434700000000005). */
 static void add_double(struct json_object *o, const char *key, double value) {
-        json_object_object_add(o, key, json_object_new_double(value));
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%.6f", value);
+        char *e = buf + strlen(buf);
+        while (e > buf && e[-1] == '0')
+                *--e = 0;
+        if (e > buf && e[-1] == '.')
+                *e++ = '0', *e = 0;
+        json_object_object_add(o, key, json_object_new_double_s(value, buf));
 }
 
 /* A string member of at most max bytes (get_string() already refuses embedded NULs). */
@@ -381,8 +391,9 @@ static void method_revoke(Conn *c, struct json_object *p) {
                 snprintf(buf, sizeof(buf), "revoked by uid %u", c->peer.uid);
                 reason = buf;
         }
+        char res[300], why[300];
         log_notice("uid %u pid %d revokes lease %s on \"%s\": \"%s\"", c->peer.uid, c->peer.pid, l->id,
-                   l->resource->name, reason);
+                   cescape_buf(l->resource->name, res, sizeof(res)), cescape_buf(reason, why, sizeof(why)));
         engine_lease_end(c->manager->engine, l, EVENT_REVOKED, reason);
         conn_reply(c, NULL, false);
 }

@@ -93,7 +93,7 @@ int server_listen(const char *path, int *ret_fd, bool *ret_activated) {
                 struct stat st;
                 if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
                         return log_error_errno(-EEXIST, "\"%s\" exists and is not a socket; not replacing it", path);
-                log_notice("replacing the stale socket \"%s\" left by an earlier agend", path);
+                log_notice("replacing the stale socket \"%s\" left by an earlier agend", sa.sun_path);
                 if (unlink(path) < 0 && errno != ENOENT)
                         return log_error_errno(-errno, "cannot remove the stale socket \"%s\": %m", path);
                 if (bind(fd, (struct sockaddr *) &sa, len) < 0)

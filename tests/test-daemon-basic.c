@@ -268,7 +268,7 @@ static void test_status(void **state) {
 
         assert_int_equal(jint(s, "leases"), 0);
         assert_int_equal(jint(s, "waiters"), 0);
-        assert_true(jint(s, "connections") >= 3);
+        assert_true(jis(s, "connections", json_type_int));
         assert_true(jint(s, "commits") >= 0);
         assert_true(jint(s, "database_size") > 0);
         assert_string_equal(jstr(s, "sync"), "normal");
@@ -285,7 +285,16 @@ static void test_status(void **state) {
         assert_int_equal(jint(s2, "waiters"), 1);
         assert_true(jint(s2, "commits") > commits);
         assert_true(jdouble(s2, "uptime") >= uptime + 0.04);
-        assert_true(jint(s2, "connections") >= 3);
+        /* Our three connections (a connect completes before the daemon accepts it, so give
+         * it a moment to get to the last one). */
+        double deadline = helper_now() + 2.0;
+        while (jint(s2, "connections") < 3) {
+                if (helper_now() > deadline)
+                        fail_msg("Status counts %lld connections; 3 are open",
+                                 (long long) jint(s2, "connections"));
+                helper_sleep(0.01);
+                s2 = CALL_OK(c, LEASE_IF "Status", "{}");
+        }
 }
 
 static void test_status_sync_full(void **state) {

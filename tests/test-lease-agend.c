@@ -1,6 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The lease generator against the real agend, started by the test on a temporary socket
- * and state directory ($AGEND_BINARY, set by meson). Each wait is bounded. */
+/* The lease generator and the client against the real agend ($AGEND_BINARY, set by meson),
+ * started by tests/helper-agend on a temporary socket and state directory, one daemon per
+ * test. The daemon's own view (List, History) is read on raw connections of the helper, so
+ * each test checks what agend did, not what the client believes it did: e.g. that a close
+ * was the Release round trip ("released with the secret") and not the EOF of last resort
+ * ("connection closed").
+ *
+ * Every wait is bounded: the loop by a guard timer, the helper's calls by their timeouts.
+ * Each test ends with no live generator, no watcher of ours on the loop, no per-loop state,
+ * the file descriptors it started with, and agend exiting 0 on SIGTERM. */
 
 #include <dirent.h>
 #include <ev.h>
@@ -12,68 +20,45 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "agen/agen.h"
 #include "gen-internal.h"
+#include "helper-agend.h"
+#include "json-util.h"
 
-typedef struct Daemon {
-        char dir[64], socket[128];
-        pid_t pid;
-} Daemon;
+#define GUARD_SEC 20.0
+/* Grace of the daemon in the tests that restart it within it. */
+#define GRACE "10"
 
-static void daemon_start(Daemon *d, const char *grace) {
-        const char *bin = getenv("AGEND_BINARY");
-        assert_non_null(bin);
-        d->pid = fork();
-        assert_true(d->pid >= 0);
-        if (d->pid == 0) {
-                execl(bin, bin, "--socket", d->socket, "--state-dir", d->dir, "--grace", grace, (char *) NULL);
-                _exit(127);
-        }
-        /* Ready once it answers (bounded: 10 s). */
-        for (unsigned i = 0; i < 1000; i++) {
-                char *reply = NULL;
-                if (agen_call_sync(d->socket, "io.agend.Lease.Status", NULL, 0, 1.0, &reply, NULL) == 0) {
-                        free(reply);
-                        return;
-                }
-                int st;
-                assert_int_equal(waitpid(d->pid, &st, WNOHANG), 0);
-                usleep(10000);
-        }
-        fail_msg("agend did not answer on %s", d->socket);
-}
-
-static void daemon_stop(Daemon *d, int sig) {
-        if (d->pid <= 0)
-                return;
-        kill(d->pid, sig);
-        int st;
-        for (unsigned i = 0; i < 1000; i++) {
-                if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-                        d->pid = 0;
-                        return;
-                }
-                usleep(10000);
-        }
-        kill(d->pid, SIGKILL);
-        waitpid(d->pid, &st, 0);
-        d->pid = 0;
-}
+/* The History reasons agend records, which tell how a lease ended. */
+/* Release on the control connection, with the secret (root's word counts first). */
+#define REASON_RELEASE_CALL (geteuid() == 0 ? "released by root" : "released with the secret")
+/* The lease connection closed. */
+#define REASON_EOF "connection closed"
 
 typedef struct Fixture {
+        Agend *a;
         struct ev_loop *loop;
-        Daemon d;
         agen_client *client;
+        unsigned fds;
         ev_timer guard;
         bool guard_fired;
 } Fixture;
+
+static unsigned count_fds(void) {
+        unsigned n = 0;
+        DIR *d = opendir("/proc/self/fd");
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));)
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n;
+}
 
 static void guard_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Fixture *f = container_of(w, Fixture, guard);
@@ -83,14 +68,32 @@ static void guard_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 static int setup(void **state) {
         Fixture *f = calloc(1, sizeof(*f));
-        snprintf(f->d.dir, sizeof(f->d.dir), "/tmp/agen-agend-XXXXXX");
-        assert_non_null(mkdtemp(f->d.dir));
-        snprintf(f->d.socket, sizeof(f->d.socket), "%s/io.agend.Lease", f->d.dir);
-        daemon_start(&f->d, "5");
+        assert_non_null(f);
+        f->fds = count_fds();
+        assert_int_equal(agend_new(&f->a), 0);
+        snprintf(f->a->grace, sizeof(f->a->grace), "%s", GRACE);
+        if (geteuid() != 0) {
+                /* Revoke needs root or the configuration's word; give it to us. */
+                char text[64];
+                snprintf(text, sizeof(text), "[Daemon]\nRevokeUsers=%u\n\n", (unsigned) geteuid());
+                FILE *cf = fopen(f->a->config, "ae");
+                assert_non_null(cf);
+                fputs(text, cf);
+                fclose(cf);
+        }
+        int r = agend_start(f->a);
+        if (r < 0) {
+                fprintf(stderr, "agend did not start: %s\n", strerror(-r));
+                helper_cleanup();
+                free(f);
+                return -1;
+        }
         f->loop = ev_loop_new(EVFLAG_AUTO);
-        assert_int_equal(agen_client_new(f->loop, f->d.socket, &f->client), 0);
-        ev_timer_init(&f->guard, guard_cb, 20., 0.);
+        assert_non_null(f->loop);
+        assert_int_equal(agen_client_new(f->loop, f->a->socket, &f->client), 0);
+        ev_timer_init(&f->guard, guard_cb, GUARD_SEC, 0.);
         ev_timer_start(f->loop, &f->guard);
+        ev_unref(f->loop); /* the guard alone does not keep ev_run() going */
         *state = f;
         return 0;
 }
@@ -98,24 +101,54 @@ static int setup(void **state) {
 static int teardown(void **state) {
         Fixture *f = *state;
         assert_int_equal(agen_loop_shutdown(f->loop, 5.0), 0);
+        assert_int_equal(agen_loop_live(f->loop), 0);
         agen_client_unref(f->client);
+        assert_int_equal(gen_loop_state_count(), 0);
+        ev_ref(f->loop);
         ev_timer_stop(f->loop, &f->guard);
         assert_false(f->guard_fired);
-        assert_int_equal(gen_loop_state_count(), 0);
+        /* Nothing of the library is left on the loop. */
+        assert_int_equal(ev_run(f->loop, EVRUN_NOWAIT), 0);
         ev_loop_destroy(f->loop);
-        daemon_stop(&f->d, SIGTERM);
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->d.dir);
-        assert_int_equal(system(cmd), 0);
+
+        int st = 0;
+        if (f->a->pid > 0) {
+                assert_int_equal(agend_stop(f->a, &st), 0);
+                assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        }
+        helper_cleanup();
+        assert_int_equal(count_fds(), f->fds);
         free(f);
         return 0;
+}
+
+/* Runs the loop until *flag, bounded by the guard timer. */
+static void run_until(Fixture *f, const bool *flag) {
+        while (!*flag && !f->guard_fired)
+                ev_run(f->loop, EVRUN_ONCE);
+        assert_false(f->guard_fired);
+}
+
+static void settle_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        *(bool *) w->data = true;
+}
+
+/* Runs the loop for sec seconds. */
+static void run_for(Fixture *f, double sec) {
+        bool done = false;
+        ev_timer t;
+        ev_timer_init(&t, settle_cb, sec, 0.);
+        t.data = &done;
+        ev_timer_start(f->loop, &t);
+        run_until(f, &done);
+        ev_timer_stop(f->loop, &t);
 }
 
 typedef struct Step {
         bool done;
         int status;
         agen_lease_event ev;
-        char id[64], reason[128];
+        char id[64], reason[256];
 } Step;
 
 static void step_cb(agen_gen *gen, int status, const void *value, void *userdata) {
@@ -126,112 +159,600 @@ static void step_cb(agen_gen *gen, int status, const void *value, void *userdata
                 s->ev = *(const agen_lease_event *) value;
                 snprintf(s->id, sizeof(s->id), "%s", strempty(s->ev.id));
                 snprintf(s->reason, sizeof(s->reason), "%s", strempty(s->ev.reason));
+                s->ev.id = s->ev.reason = NULL; /* owned by the generator; use the copies */
         }
 }
 
 static Step next(Fixture *f, agen_gen *g) {
         Step s = {};
         assert_int_equal(agen_gen_anext(g, step_cb, &s), 0);
-        while (!s.done && !f->guard_fired)
-                ev_run(f->loop, EVRUN_ONCE);
-        assert_false(f->guard_fired);
+        run_until(f, &s.done);
         return s;
 }
 
-/* The next waiter holds the lease: the proof that the first one was released. */
-static void assert_next_waiter_granted(Fixture *f, agen_gen *waiter) {
-        Step s;
-        do
-                s = next(f, waiter);
-        while (s.status == 0 && s.ev.type == AGEN_LEASE_QUEUED);
-        assert_int_equal(s.status, 0);
-        assert_int_equal(s.ev.type, AGEN_LEASE_GRANTED);
+static Step next_event(Fixture *f, agen_gen *g, agen_lease_event_type type) {
+        Step s = next(f, g);
+        if (s.status != 0 || s.ev.type != type)
+                fail_msg("expected %s, got status %d event %s (%s)", agen_lease_event_type_to_string(type), s.status,
+                         s.status == 0 ? agen_lease_event_type_to_string(s.ev.type) : "-", s.reason);
+        return s;
 }
 
-static void test_acquire_queue_release(void **state) {
+typedef struct Closed {
+        bool done;
+        int status;
+} Closed;
+
+static void closed_cb(agen_gen *gen, int status, void *userdata) {
+        Closed *c = userdata;
+        c->done = true;
+        c->status = status;
+}
+
+/* ---- the daemon's view, on raw connections ---- */
+
+static json_object *list(Fixture *f, const char *resource) {
+        VConn *c = OPEN(f->a);
+        json_object *p = CALL_OK(c, LEASE_IF "List", "{\"resource\":\"%s\"}", resource);
+        vconn_close(c);
+        return p;
+}
+
+static size_t n_leases(Fixture *f, const char *resource) {
+        return json_object_array_length(jget(list(f, resource), "leases"));
+}
+
+static size_t n_waiters(Fixture *f, const char *resource) {
+        return json_object_array_length(jget(list(f, resource), "waiters"));
+}
+
+/* Waits (bounded) until agend holds no lease on resource, running the client's loop too. */
+static void wait_no_leases(Fixture *f, const char *resource) {
+        double deadline = helper_now() + HELPER_REPLY_TIMEOUT;
+        while (n_leases(f, resource) > 0) {
+                if (helper_now() > deadline)
+                        fail_msg("agend still holds a lease on %s: %s", resource, jtext(list(f, resource)));
+                ev_run(f->loop, EVRUN_NOWAIT);
+                helper_sleep(0.01);
+        }
+}
+
+/* The reason agend recorded for the event of this type of lease id; NULL if none. */
+static const char *history_reason(Fixture *f, const char *resource, const char *id, const char *type) {
+        VConn *c = OPEN(f->a);
+        json_object *events = jget(CALL_OK(c, LEASE_IF "History", "{\"resource\":\"%s\"}", resource), "events");
+        vconn_close(c);
+        const char *reason = NULL;
+        for (size_t i = 0; i < json_object_array_length(events); i++) {
+                json_object *e = json_object_array_get_idx(events, i);
+                if (streq_ptr(jstr(e, "lease"), id) && streq_ptr(jstr(e, "type"), type))
+                        reason = jstr(e, "reason") ?: "";
+        }
+        return reason;
+}
+
+static void assert_ended_by(Fixture *f, const char *resource, const char *id, const char *reason) {
+        const char *got = history_reason(f, resource, id, "released");
+        if (!got || !streq(got, reason))
+                fail_msg("lease %s: expected released (\"%s\"), history says %s", id, reason, got ?: "nothing");
+}
+
+static void revoke_lease(Fixture *f, const char *id, const char *reason) {
+        VConn *c = OPEN(f->a);
+        CALL_OK(c, LEASE_IF "Revoke", "{\"id\":\"%s\",\"reason\":\"%s\"}", id, reason);
+        vconn_close(c);
+}
+
+/* ---- tests ---- */
+
+static void test_granted_then_aclose_releases(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "aclose test" });
+        assert_non_null(g);
+        /* Nothing is sent before the first step. */
+        ev_run(f->loop, EVRUN_NOWAIT);
+        assert_int_equal(n_leases(f, "gpu") + n_waiters(f, "gpu"), 0);
+
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        assert_true(s.id[0] != 0);
+        assert_true(s.ev.token >= 1);
+        json_object *l = json_object_array_get_idx(jget(list(f, "gpu"), "leases"), 0);
+        assert_string_equal(jstr(l, "id"), s.id);
+        assert_int_equal(jint(l, "token"), (int64_t) s.ev.token);
+        assert_string_equal(jstr(l, "description"), "aclose test");
+        assert_int_equal(jint(l, "owner.pid"), getpid());
+
+        Closed c = {};
+        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
+        run_until(f, &c.done);
+        assert_int_equal(c.status, 0);
+        /* The close was the release round trip: done, and committed, when the callback fires. */
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        assert_ended_by(f, "gpu", s.id, REASON_RELEASE_CALL);
+        assert_int_equal(agen_gen_get_state(g), AGEN_GEN_CLOSED);
+        agen_gen_unref(g);
+}
+
+static void test_queued_positions_then_granted(void **state) {
         Fixture *f = *state;
         agen_gen *a = agen_lease(f->client, "gpu", NULL);
-        agen_gen *b = agen_lease(f->client, "gpu", NULL);
-        Step s = next(f, a);
-        assert_int_equal(s.ev.type, AGEN_LEASE_GRANTED);
-        uint64_t token = s.ev.token;
-        s = next(f, b);
-        assert_int_equal(s.ev.type, AGEN_LEASE_QUEUED);
+        agen_gen *b = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "second" });
+        agen_gen *c = agen_lease(f->client, "gpu", NULL);
+
+        Step sa = next_event(f, a, AGEN_LEASE_GRANTED);
+        Step s = next_event(f, b, AGEN_LEASE_QUEUED);
+        assert_int_equal(s.ev.position, 1);
+        assert_string_equal(s.id, "");
+        assert_int_equal(s.ev.token, 0);
+        s = next_event(f, c, AGEN_LEASE_QUEUED);
+        assert_int_equal(s.ev.position, 2);
+        assert_int_equal(n_waiters(f, "gpu"), 2);
+
+        /* a goes: b is granted, c moves up. */
+        assert_int_equal(agen_gen_close_sync(a), 0);
+        s = next_event(f, b, AGEN_LEASE_GRANTED);
+        assert_true(s.ev.token > sa.ev.token);
+        s = next_event(f, c, AGEN_LEASE_QUEUED);
         assert_int_equal(s.ev.position, 1);
 
-        assert_int_equal(agen_gen_close_sync(a), 0);
-        assert_next_waiter_granted(f, b);
+        /* Closing a waiter cancels its wait (its connection closes). */
+        assert_int_equal(agen_gen_close_sync(c), 0);
+        double deadline = helper_now() + HELPER_REPLY_TIMEOUT;
+        while (n_waiters(f, "gpu") > 0 && helper_now() < deadline)
+                helper_sleep(0.01);
+        assert_int_equal(n_waiters(f, "gpu"), 0);
         assert_int_equal(agen_gen_close_sync(b), 0);
+        assert_int_equal(n_leases(f, "gpu"), 0);
         agen_gen_unref(a);
         agen_gen_unref(b);
-        (void) token;
+        agen_gen_unref(c);
 }
 
-static void test_finalizer_and_shutdown_release(void **state) {
-        Fixture *f = *state;
-        agen_gen *a = agen_lease(f->client, "gpu", NULL);
-        agen_gen *b = agen_lease(f->client, "gpu", NULL);
-        assert_int_equal(next(f, a).ev.type, AGEN_LEASE_GRANTED);
-        assert_int_equal(next(f, b).ev.type, AGEN_LEASE_QUEUED);
-        agen_gen_unref(a); /* the finalizer */
-        assert_next_waiter_granted(f, b);
-
-        assert_int_equal(agen_loop_shutdown(f->loop, 5.0), 0);
-        char *reply = NULL;
-        assert_int_equal(agen_call_sync(f->d.socket, "io.agend.Lease.List", "{\"resource\": \"gpu\"}", 0, 5.0,
-                                        &reply, NULL), 0);
-        assert_non_null(strstr(reply, "\"leases\":[]"));
-        free(reply);
-        agen_gen_unref(b);
-}
-
-static void test_try_once_and_revoke(void **state) {
+static void test_try_once_and_timeout(void **state) {
         Fixture *f = *state;
         agen_gen *a = agen_lease(f->client, "gpu", NULL);
         agen_gen *b = agen_lease(f->client, "gpu", &(agen_lease_opts) { .try_once = true });
-        Step s = next(f, a);
-        assert_int_equal(s.ev.type, AGEN_LEASE_GRANTED);
-        assert_int_equal(next(f, b).status, -ETIMEDOUT);
+        agen_gen *c = agen_lease(f->client, "gpu", &(agen_lease_opts) { .timeout = 0.3 });
 
-        if (getuid() == 0) {
-                char params[128], *reply = NULL;
-                snprintf(params, sizeof(params), "{\"id\": \"%s\", \"reason\": \"test\"}", s.id);
-                assert_int_equal(agen_call_sync(f->d.socket, "io.agend.Lease.Revoke", params, 0, 5.0, &reply, NULL),
-                                 0);
-                free(reply);
-                s = next(f, a);
-                assert_int_equal(s.ev.type, AGEN_LEASE_REVOKED);
-                assert_int_equal(next(f, a).status, AGEN_STOP);
-        }
-        agen_gen_unref(a);
+        next_event(f, a, AGEN_LEASE_GRANTED);
+        Step s = next(f, b);
+        assert_int_equal(s.status, -ETIMEDOUT);
+        assert_int_equal(agen_gen_get_state(b), AGEN_GEN_CLOSED);
+        assert_int_equal(agen_gen_anext(b, step_cb, &s), -ESTALE);
+
+        /* A bounded wait: queued, then the daemon's Timeout. */
+        assert_int_equal(next_event(f, c, AGEN_LEASE_QUEUED).ev.position, 1);
+        double t0 = helper_now();
+        assert_int_equal(next(f, c).status, -ETIMEDOUT);
+        assert_true(helper_now() - t0 < 5.0);
+        assert_int_equal(n_waiters(f, "gpu"), 0);
+
         agen_gen_unref(b);
+        agen_gen_unref(c);
+        agen_gen_unref(a); /* the finalizer releases it */
+        wait_no_leases(f, "gpu");
+}
+
+static void test_finalizer_releases(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        agen_gen *w = agen_lease(f->client, "gpu", NULL);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        next_event(f, w, AGEN_LEASE_QUEUED);
+
+        /* An early break: the program drops the generator without closing it. */
+        agen_gen_unref(g);
+        /* The next waiter holds the lease: the proof that the first one was released. */
+        next_event(f, w, AGEN_LEASE_GRANTED);
+        while (agen_loop_live(f->loop) > 1 && !f->guard_fired)
+                ev_run(f->loop, EVRUN_ONCE);
+        assert_int_equal(agen_loop_live(f->loop), 1);
+        assert_ended_by(f, "gpu", s.id, REASON_RELEASE_CALL);
+        agen_gen_unref(w);
+        while (agen_loop_live(f->loop) > 0 && !f->guard_fired)
+                ev_run(f->loop, EVRUN_ONCE);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+}
+
+static void test_shutdown_releases_all(void **state) {
+        Fixture *f = *state;
+        agen_gen *g[3];
+        char ids[3][64], res[3][8];
+        for (unsigned i = 0; i < 3; i++) {
+                snprintf(res[i], sizeof(res[i]), "gpu%u", i);
+                g[i] = agen_lease(f->client, res[i], NULL);
+                snprintf(ids[i], sizeof(ids[i]), "%s", next_event(f, g[i], AGEN_LEASE_GRANTED).id);
+        }
+        agen_gen_unref(g[2]);
+
+        assert_int_equal(agen_loop_shutdown(f->loop, 5.0), 0);
+        /* Every release was answered, so committed, before shutdown returned. */
+        for (unsigned i = 0; i < 3; i++) {
+                assert_int_equal(n_leases(f, res[i]), 0);
+                assert_ended_by(f, res[i], ids[i], REASON_RELEASE_CALL);
+        }
+        assert_int_equal(agen_loop_live(f->loop), 0);
+        assert_int_equal(agen_gen_get_state(g[0]), AGEN_GEN_CLOSED);
+        agen_gen_unref(g[0]);
+        agen_gen_unref(g[1]);
+}
+
+static void count_exception(struct ev_loop *loop, agen_gen *gen, int error, const char *message, void *userdata) {
+        unsigned *n = userdata;
+        assert_int_equal(error, -ETIMEDOUT);
+        (*n)++;
+}
+
+static void test_abandon_closes_the_connection(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        agen_gen *d = agen_lease(f->client, "disk", &(agen_lease_opts) { .detached = true });
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        Step sd = next_event(f, d, AGEN_LEASE_GRANTED);
+
+        /* No time at all: the release round trip cannot finish. Closing the connection is
+         * the release of last resort (EOF) for a bound lease; a detached one gets a one-way
+         * Release on a connection of its own. Nobody awaits these closes: the loop's
+         * exception handler hears that they did not finish. */
+        unsigned exceptions = 0;
+        assert_int_equal(agen_loop_set_exception_handler(f->loop, count_exception, &exceptions), 0);
+        assert_int_equal(agen_loop_shutdown(f->loop, 0), 2);
+        assert_int_equal(exceptions, 2);
+        assert_int_equal(agen_gen_get_state(g), AGEN_GEN_CLOSED);
+        assert_int_equal(agen_gen_get_state(d), AGEN_GEN_CLOSED);
+        wait_no_leases(f, "gpu");
+        wait_no_leases(f, "disk");
+        assert_ended_by(f, "gpu", s.id, REASON_EOF);
+        assert_ended_by(f, "disk", sd.id, REASON_RELEASE_CALL);
+        agen_gen_unref(g);
+        agen_gen_unref(d);
+}
+
+/* The daemon stops answering (SIGSTOP) while a close waits for its Release: the shutdown
+ * timeout abandons the generator, and the lease still ends once agend runs again. */
+static void test_shutdown_timeout_while_daemon_stalls(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        run_for(f, 0.05); /* the Watch is in */
+
+        assert_int_equal(kill(f->a->pid, SIGSTOP), 0);
+        Closed c = {};
+        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
+        run_for(f, 0.1);
+        assert_false(c.done);
+        assert_int_equal(agen_loop_shutdown(f->loop, 0.2), 1);
+        assert_true(c.done);
+        assert_int_equal(c.status, -ETIMEDOUT);
+        assert_int_equal(kill(f->a->pid, SIGCONT), 0);
+
+        wait_no_leases(f, "gpu");
+        /* Which of the two comes first (the Release already written, or the EOF) is the
+         * daemon's to pick; either way it is released. */
+        const char *why = history_reason(f, "gpu", s.id, "released");
+        assert_non_null(why);
+        assert_true(streq(why, REASON_RELEASE_CALL) || streq(why, REASON_EOF));
+        agen_gen_unref(g);
+}
+
+static void test_revoked(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        run_for(f, 0.05); /* the Watch is in */
+
+        revoke_lease(f, s.id, "maintenance");
+        Step r = next_event(f, g, AGEN_LEASE_REVOKED);
+        assert_string_equal(r.reason, "maintenance");
+        assert_string_equal(r.id, s.id);
+        assert_int_equal(r.ev.token, s.ev.token);
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        assert_int_equal(agen_gen_get_state(g), AGEN_GEN_CLOSED);
+        /* Nothing left to release. */
+        assert_int_equal(agen_gen_close_sync(g), 0);
+        assert_null(history_reason(f, "gpu", s.id, "released"));
+        assert_string_equal(history_reason(f, "gpu", s.id, "revoked"), "maintenance");
+        agen_gen_unref(g);
 }
 
 static void test_ttl_renewed(void **state) {
         Fixture *f = *state;
-        agen_gen *a = agen_lease(f->client, "gpu", &(agen_lease_opts) { .ttl = 0.6 });
-        assert_int_equal(next(f, a).ev.type, AGEN_LEASE_GRANTED);
-        for (unsigned i = 0; i < 3; i++)
-                assert_int_equal(next(f, a).ev.type, AGEN_LEASE_RENEWED);
-        assert_int_equal(agen_gen_close_sync(a), 0);
-        agen_gen_unref(a);
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .ttl = 0.6 });
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        double t0 = helper_now();
+        /* Renewed at ~1/3 of the TTL, again and again: it outlives its TTL. */
+        for (unsigned i = 0; i < 5; i++)
+                next_event(f, g, AGEN_LEASE_RENEWED);
+        assert_true(helper_now() - t0 > 0.6);
+        assert_int_equal(n_leases(f, "gpu"), 1);
+        assert_non_null(history_reason(f, "gpu", s.id, "renewed"));
+        assert_int_equal(agen_gen_close_sync(g), 0);
+        assert_ended_by(f, "gpu", s.id, REASON_RELEASE_CALL);
+        agen_gen_unref(g);
 }
 
-static void test_restart_reclaim(void **state) {
-        Fixture *f = *state;
-        agen_gen *a = agen_lease(f->client, "gpu", NULL);
-        Step s = next(f, a);
-        assert_int_equal(s.ev.type, AGEN_LEASE_GRANTED);
-        uint64_t token = s.ev.token;
+typedef struct Replies {
+        unsigned n;
+        int status[8];
+        char json[8][512];
+        char error[8][64];
+        bool continues[8];
+} Replies;
 
-        daemon_stop(&f->d, SIGKILL);
-        daemon_start(&f->d, "5");
-        s = next(f, a);
-        assert_int_equal(s.status, 0);
-        assert_int_equal(s.ev.type, AGEN_LEASE_RECLAIMED);
-        assert_int_equal(s.ev.token, token);
+static void reply_cb(agen_client *client, int status, const char *error_name, const char *parameters_json,
+                     bool continues, void *userdata) {
+        Replies *r = userdata;
+        if (r->n < ELEMENTSOF(r->status)) {
+                r->status[r->n] = status;
+                snprintf(r->json[r->n], sizeof(r->json[0]), "%s", strempty(parameters_json));
+                snprintf(r->error[r->n], sizeof(r->error[0]), "%s", strempty(error_name));
+                r->continues[r->n] = continues;
+        }
+        r->n++;
+}
+
+static void run_until_replies(Fixture *f, Replies *r, unsigned n) {
+        while (r->n < n && !f->guard_fired)
+                ev_run(f->loop, EVRUN_ONCE);
+        assert_false(f->guard_fired);
+}
+
+/* A TTL lease whose renewals cannot get through expires: here the client's control
+ * connection is held by a streaming call (a Watch of the lease itself), so the Renew
+ * calls queue behind it, unanswered, and agend ends the lease when its TTL passes. */
+static void test_ttl_expired_when_renewals_stall(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .ttl = 0.5 });
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+
+        Replies w = {};
+        char params[128];
+        snprintf(params, sizeof(params), "{\"lease\":\"%s\"}", s.id);
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Watch", params, AGEN_CALL_MORE, reply_cb, &w), 0);
+
+        double t0 = helper_now();
+        Step e = next_event(f, g, AGEN_LEASE_EXPIRED);
+        assert_true(helper_now() - t0 >= 0.3);
+        assert_true(e.reason[0] != 0);
+        assert_string_equal(e.id, s.id);
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        assert_non_null(history_reason(f, "gpu", s.id, "expired"));
+        assert_null(history_reason(f, "gpu", s.id, "renewed"));
+
+        /* The control connection's Watch saw it too, and ended with it. */
+        run_until_replies(f, &w, 2);
+        assert_int_equal(w.n, 2);
+        assert_true(w.continues[0]);
+        assert_non_null(strstr(w.json[0], "\"event\":null"));
+        assert_false(w.continues[1]);
+        assert_non_null(strstr(w.json[1], "\"type\":\"expired\""));
+        agen_gen_unref(g);
+}
+
+static void restart(Fixture *f, const char *grace) {
+        assert_int_equal(agend_kill(f->a), 0);
+        snprintf(f->a->grace, sizeof(f->a->grace), "%s", grace);
+        assert_int_equal(agend_start(f->a), 0);
+}
+
+static void test_restart_reclaimed(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+
+        restart(f, GRACE);
+        Step r = next_event(f, g, AGEN_LEASE_RECLAIMED);
+        assert_string_equal(r.id, s.id);
+        assert_int_equal(r.ev.token, s.ev.token);
+        assert_non_null(history_reason(f, "gpu", s.id, "reclaimed"));
+        json_object *l = json_object_array_get_idx(jget(list(f, "gpu"), "leases"), 0);
+        assert_string_equal(jstr(l, "state"), "held");
+
+        /* Watched again: a revoke still reaches it. */
+        run_for(f, 0.05);
+        revoke_lease(f, s.id, "after restart");
+        assert_string_equal(next_event(f, g, AGEN_LEASE_REVOKED).reason, "after restart");
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        agen_gen_unref(g);
+}
+
+static void test_restart_lost(void **state) {
+        Fixture *f = *state;
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        next_event(f, g, AGEN_LEASE_GRANTED);
+
+        /* Grace 0: the restarted daemon releases what was not reclaimed at once. */
+        restart(f, "0");
+        Step s = next_event(f, g, AGEN_LEASE_LOST);
+        assert_string_equal(s.reason, "not reclaimed after a daemon restart: io.agend.Lease.NoSuchLease");
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        agen_gen_unref(g);
+}
+
+static void test_waiter_and_detached_survive_restart(void **state) {
+        Fixture *f = *state;
+        agen_gen *a = agen_lease(f->client, "gpu", &(agen_lease_opts) { .detached = true });
+        agen_gen *b = agen_lease(f->client, "gpu", NULL);
+        Step s = next_event(f, a, AGEN_LEASE_GRANTED);
+        next_event(f, b, AGEN_LEASE_QUEUED);
+
+        restart(f, GRACE);
+        /* The detached lease is watched again, the waiter asks again. */
+        assert_int_equal(next_event(f, b, AGEN_LEASE_QUEUED).ev.position, 1);
+        assert_int_equal(n_leases(f, "gpu"), 1);
         assert_int_equal(agen_gen_close_sync(a), 0);
+        assert_ended_by(f, "gpu", s.id, REASON_RELEASE_CALL);
+        next_event(f, b, AGEN_LEASE_GRANTED);
+        assert_int_equal(agen_gen_close_sync(b), 0);
         agen_gen_unref(a);
+        agen_gen_unref(b);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+}
+
+static void test_no_daemon(void **state) {
+        Fixture *f = *state;
+        agen_client *c = NULL;
+        char path[200];
+        snprintf(path, sizeof(path), "%s/nonexistent", f->a->dir);
+        assert_int_equal(agen_client_new(f->loop, path, &c), -ENOENT);
+        assert_null(c);
+
+        /* The daemon is gone before the first step: the step fails, nothing hangs. */
+        int st;
+        assert_int_equal(agend_stop(f->a, &st), 0);
+        agen_gen *g = agen_lease(f->client, "gpu", NULL);
+        Step s = next(f, g);
+        assert_true(s.status < 0);
+        assert_int_equal(agen_gen_get_state(g), AGEN_GEN_CLOSED);
+        agen_gen_unref(g);
+        run_for(f, 0.05); /* the control connection's EOF is seen */
+        Replies r = {};
+        assert_true(agen_client_call(f->client, "io.agend.Lease.Status", NULL, 0, reply_cb, &r) < 0);
+
+        assert_int_equal(agend_start(f->a), 0);
+        /* The control connection is reopened on demand. */
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Status", NULL, 0, reply_cb, &r), 0);
+        run_until_replies(f, &r, 1);
+        assert_int_equal(r.status[0], 0);
+        assert_non_null(strstr(r.json[0], "\"boot_id\""));
+}
+
+static void test_client_call_pipelined(void **state) {
+        Fixture *f = *state;
+        Replies r = {};
+
+        /* Calls at once on the control connection; replies in call order. */
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Acquire", "{\"resource\": \"x\"}", 0, reply_cb, &r),
+                         0);
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Release", "{\"id\": \"nope\"}", 0, reply_cb, &r),
+                         0);
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Nope", NULL, 0, reply_cb, &r), 0);
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Acquire", "{\"resource\": 5}", 0, reply_cb, &r),
+                         0);
+        assert_int_equal(agen_client_call(f->client, "org.varlink.service.GetInfo", "{}", 0, reply_cb, &r), 0);
+        assert_int_equal(r.n, 0); /* never from inside the call */
+        run_until_replies(f, &r, 5);
+        assert_int_equal(r.status[0], 0);
+        assert_non_null(strstr(r.json[0], "\"state\":\"granted\""));
+        assert_string_equal(r.error[0], "");
+        assert_int_equal(r.status[1], -ENOENT);
+        assert_string_equal(r.error[1], "io.agend.Lease.NoSuchLease");
+        assert_int_equal(r.status[2], -EOPNOTSUPP);
+        assert_int_equal(r.status[3], -EINVAL);
+        assert_string_equal(r.error[3], "org.varlink.service.InvalidParameter");
+        assert_non_null(strstr(r.json[3], "\"parameter\":\"resource\""));
+        assert_int_equal(r.status[4], 0);
+        assert_non_null(strstr(r.json[4], "io.agend.Lease"));
+        for (unsigned i = 0; i < 5; i++)
+                assert_false(r.continues[i]);
+
+        assert_int_equal(agen_client_call(f->client, "x", "[1]", 0, reply_cb, &r), -EINVAL);
+        assert_int_equal(agen_client_call(f->client, "x", "{", 0, reply_cb, &r), -EINVAL);
+        assert_int_equal(agen_client_call(f->client, "x", "{\"a\":1,}", 0, reply_cb, &r), -EINVAL);
+        assert_int_equal(agen_client_call(f->client, "x", NULL, AGEN_CALL_MORE | AGEN_CALL_ONEWAY, reply_cb, &r),
+                         -EINVAL);
+
+        /* Oneway: no reply. The lease held by the control connection goes with it. */
+        json_object *grant = NULL;
+        assert_int_equal(json_parse_buffer(r.json[0], strlen(r.json[0]), &grant), 0);
+        char params[128];
+        snprintf(params, sizeof(params), "{\"id\": \"%s\"}", jstr(grant, "lease.id"));
+        assert_int_equal(n_leases(f, "x"), 1);
+        assert_int_equal(agen_client_call(f->client, "io.agend.Lease.Release", params, AGEN_CALL_ONEWAY, reply_cb, &r),
+                         0);
+        wait_no_leases(f, "x");
+        assert_ended_by(f, "x", jstr(grant, "lease.id"), "released by the holder");
+        json_object_put(grant);
+        run_for(f, 0.05);
+        assert_int_equal(r.n, 5);
+}
+
+static void test_call_sync(void **state) {
+        Fixture *f = *state;
+        char *params = NULL, *error = NULL;
+
+        assert_int_equal(agen_call_sync(f->a->socket, "io.agend.Lease.Status", NULL, 0, 5.0, &params, &error), 0);
+        assert_non_null(strstr(params, "\"version\""));
+        assert_null(error);
+        free(params);
+        params = NULL;
+
+        assert_int_equal(agen_call_sync(f->a->socket, "io.agend.Lease.Release", "{\"id\":\"nope\"}", 0, 5.0, &params,
+                                        &error),
+                         -ENOENT);
+        assert_string_equal(error, "io.agend.Lease.NoSuchLease");
+        assert_non_null(strstr(params, "nope"));
+        free(params);
+        free(error);
+
+        /* A oneway call returns once written; its effect shows on the daemon. */
+        VConn *c = OPEN(f->a);
+        json_object *g = GRANT(c, "{\"resource\":\"y\"}");
+        char p[160];
+        snprintf(p, sizeof(p), "{\"id\":\"%s\",\"secret\":\"%s\"}", jstr(g, "lease.id"), jstr(g, "secret"));
+        assert_int_equal(agen_call_sync(f->a->socket, "io.agend.Lease.Release", p, AGEN_CALL_ONEWAY, 5.0, NULL, NULL),
+                         0);
+        wait_no_leases(f, "y");
+        vconn_close(c);
+
+        char path[200];
+        snprintf(path, sizeof(path), "%s/nonexistent", f->a->dir);
+        assert_int_equal(agen_call_sync(path, "io.agend.Lease.Status", NULL, 0, 1.0, NULL, NULL), -ENOENT);
+        assert_int_equal(agen_call_sync(f->a->socket, "x", "[", 0, 1.0, NULL, NULL), -EINVAL);
+}
+
+static void test_blocking_api(void **state) {
+        Fixture *f = *state;
+        agen_client *c = NULL;
+        /* No loop of the program's own: the client makes one. */
+        assert_int_equal(agen_client_new(NULL, f->a->socket, &c), 0);
+        agen_gen *g = agen_lease(c, "gpu", NULL);
+        const agen_lease_event *ev = NULL;
+        assert_int_equal(agen_gen_next_sync(g, (const void **) &ev), 0);
+        assert_int_equal(ev->type, AGEN_LEASE_GRANTED);
+        char id[64];
+        snprintf(id, sizeof(id), "%s", ev->id);
+        assert_int_equal(n_leases(f, "gpu"), 1);
+        assert_int_equal(agen_gen_close_sync(g), 0);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        assert_ended_by(f, "gpu", id, REASON_RELEASE_CALL);
+        agen_gen_unref(g);
+
+        /* The last unref of such a client shuts its loop down, releasing what it holds. */
+        g = agen_lease(c, "gpu", NULL);
+        assert_int_equal(agen_gen_next_sync(g, (const void **) &ev), 0);
+        snprintf(id, sizeof(id), "%s", ev->id);
+        agen_client_unref(c);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        assert_ended_by(f, "gpu", id, REASON_RELEASE_CALL);
+        agen_gen_unref(g);
+}
+
+static void test_default_address(void **state) {
+        Fixture *f = *state;
+        char *a = NULL;
+
+        setenv("AGEND_SOCKET", f->a->socket, 1);
+        assert_int_equal(agen_default_address(&a), 0);
+        assert_string_equal(a, f->a->socket);
+        free(a);
+        agen_client *c = NULL;
+        assert_int_equal(agen_client_new(f->loop, NULL, &c), 0);
+        assert_string_equal(agen_client_get_address(c), f->a->socket);
+        assert_ptr_equal(agen_client_get_loop(c), f->loop);
+        agen_client_unref(c);
+
+        char path[200];
+        snprintf(path, sizeof(path), "%s/nonexistent", f->a->dir);
+        setenv("AGEND_SOCKET", path, 1);
+        assert_int_equal(agen_client_new(f->loop, NULL, &c), -ENOENT);
+        unsetenv("AGEND_SOCKET");
+        assert_int_equal(agen_default_address(&a), 0);
+        if (geteuid() == 0)
+                assert_string_equal(a, "/run/agend/io.agend.Lease");
+        free(a);
 }
 
 int main(void) {
@@ -240,11 +761,24 @@ int main(void) {
                 return 77;
         }
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_acquire_queue_release, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_finalizer_and_shutdown_release, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_try_once_and_revoke, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_granted_then_aclose_releases, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_queued_positions_then_granted, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_try_once_and_timeout, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_finalizer_releases, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_shutdown_releases_all, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_abandon_closes_the_connection, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_shutdown_timeout_while_daemon_stalls, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_revoked, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_renewed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_restart_reclaim, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ttl_expired_when_renewals_stall, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_restart_reclaimed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_restart_lost, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiter_and_detached_survive_restart, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_no_daemon, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_client_call_pipelined, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_call_sync, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_blocking_api, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_default_address, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -192,6 +194,27 @@ static void test_read_bounded(void **state) {
         size_t len;
         assert_int_equal(vl_reader_next(&r, &m, &len), l > 100 ? -EMSGSIZE : 0);
         vl_reader_done(&r);
+
+        /* Whole messages the caller has not taken yet (a busy connection holding later
+         * calls) do not count against the message in progress: reads stay large. */
+        char drain[4096];
+        while (read(sv[1], drain, sizeof(drain)) > 0)
+                ;
+        vl_reader_init(&r, 100);
+        static char msgs[3 * 61];
+        memset(msgs, 'm', sizeof(msgs));
+        msgs[60] = msgs[121] = msgs[182] = 0;
+        feed(&r, msgs, sizeof(msgs));
+        assert_int_equal(write(sv[0], junk, 80), 80);
+        l = vl_reader_read(&r, sv[1]);
+        assert_int_equal(l, 80);
+        assert_int_equal(vl_reader_pending(&r), sizeof(msgs) + 80);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(vl_reader_next(&r, &m, &len), 1);
+                assert_int_equal(len, 60);
+        }
+        assert_int_equal(vl_reader_next(&r, &m, &len), 0);
+        vl_reader_done(&r);
         close(sv[0]);
         close(sv[1]);
 }
@@ -259,6 +282,59 @@ static void test_writer(void **state) {
         assert_int_equal(vl_writer_append_raw(&w, "{}", 2), 0);
         assert_int_equal(vl_writer_flush(&w, sv[0]), -EPIPE);
         close(sv[0]);
+        vl_writer_done(&w);
+}
+
+static void test_writer_seal_compaction(void **state) {
+        /* Sealed bytes survive compaction of the buffer: after a partial write, more
+         * appends (which move the unwritten tail to the front) and flush_sealed writes
+         * exactly the sealed messages, in order, and nothing after them. */
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        int small = 4096;
+        assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        VlWriter w;
+        vl_writer_init(&w);
+        static char msg[1000];
+        size_t sealed_bytes = 0;
+        for (int i = 0; i < 100; i++) {
+                memset(msg, 'a' + i % 26, sizeof(msg));
+                assert_int_equal(vl_writer_append_raw(&w, msg, sizeof(msg) - 1), 0);
+                sealed_bytes += sizeof(msg);
+        }
+        vl_writer_seal(&w);
+        assert_int_equal(vl_writer_flush_sealed(&w, sv[0]), -EAGAIN);
+        size_t got = 0;
+        unsigned compactions = 0;
+        char buf[8192];
+        for (int round = 0; got < sealed_bytes; round++) {
+                /* Unsealed appends in between, enough to force compaction. */
+                size_t start_before = w.start;
+                static char filler[3000];
+                memset(filler, 'u', sizeof(filler));
+                assert_int_equal(vl_writer_append_raw(&w, filler, sizeof(filler)), 0);
+                if (w.start < start_before)
+                        compactions++;
+                ssize_t l;
+                while ((l = read(sv[1], buf, sizeof(buf))) > 0) {
+                        for (ssize_t i = 0; i < l; i++) {
+                                size_t at = got + (size_t) i;
+                                char want = at % sizeof(msg) == sizeof(msg) - 1 ? 0 : (char) ('a' + (at / sizeof(msg)) % 26);
+                                assert_int_equal(buf[i], want);
+                        }
+                        got += (size_t) l;
+                }
+                int k = vl_writer_flush_sealed(&w, sv[0]);
+                assert_true(k == 0 || k == -EAGAIN);
+                assert_true(round < 10000);
+        }
+        assert_int_equal(got, sealed_bytes);
+        assert_true(compactions > 0);
+        assert_int_equal(vl_writer_pending_sealed(&w), 0);
+        assert_true(vl_writer_pending(&w) > 0);
+        assert_int_equal(read(sv[1], buf, sizeof(buf)), -1);       /* nothing unsealed left */
+        close(sv[0]);
+        close(sv[1]);
         vl_writer_done(&w);
 }
 
@@ -337,6 +413,132 @@ static void test_reply_parse_and_build(void **state) {
         json_object_put(c);
 }
 
+/* xorshift64*: deterministic, so a failure reproduces. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rng(void) {
+        rng_state ^= rng_state >> 12;
+        rng_state ^= rng_state << 25;
+        rng_state ^= rng_state >> 27;
+        return rng_state * 0x2545f4914f6cdd1dULL;
+}
+
+static void test_framing_property(void **state) {
+        /* Random byte streams with random NULs, fed in random chunk sizes: the messages
+         * that come out are exactly the NUL-separated pieces of the input, and the first
+         * piece over the limit (counted as it arrives) stops the stream with -EMSGSIZE. */
+        enum { LIMIT = 40 };
+        for (int round = 0; round < 300; round++) {
+                size_t n = rng() % 2000;
+                char *in = malloc(n + 1);
+                assert_non_null(in);
+                unsigned nul_every = 1 + (unsigned) (rng() % 60);
+                for (size_t i = 0; i < n; i++)
+                        in[i] = rng() % nul_every == 0 ? 0 : (char) (1 + rng() % 255);
+
+                VlReader r;
+                vl_reader_init(&r, LIMIT);
+                size_t fed = 0, expect_start = 0;
+                bool over = false;
+                while (fed < n && !over) {
+                        size_t want_chunk = 1 + (size_t) (rng() % 97); /* MIN() evaluates twice */
+                        size_t chunk = MIN(n - fed, want_chunk);
+                        feed(&r, in + fed, chunk);
+                        fed += chunk;
+                        char *m;
+                        size_t len;
+                        int k;
+                        while ((k = vl_reader_next(&r, &m, &len)) > 0) {
+                                char *nul = memchr(in + expect_start, 0, fed - expect_start);
+                                assert_non_null(nul);
+                                size_t want = (size_t) (nul - (in + expect_start));
+                                assert_int_equal(len, want);
+                                assert_memory_equal(m, in + expect_start, len);
+                                assert_int_equal(m[len], 0);
+                                expect_start += want + 1;
+                        }
+                        if (k == -EMSGSIZE) {
+                                /* Only when the piece in progress is really too long. */
+                                char *nul = memchr(in + expect_start, 0, fed - expect_start);
+                                size_t piece = nul ? (size_t) (nul - (in + expect_start)) : fed - expect_start;
+                                assert_true(piece > LIMIT);
+                                over = true;
+                        } else {
+                                assert_int_equal(k, 0);
+                                /* Not over: what is held without a NUL is within the limit. */
+                                assert_true(fed - expect_start <= LIMIT || memchr(in + expect_start, 0, fed - expect_start));
+                        }
+                }
+                vl_reader_done(&r);
+                free(in);
+        }
+}
+
+static const char *const seeds[] = {
+        "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":{\"resource\":\"gpu\",\"units\":2,\"timeout\":1.5},\"more\":true}",
+        "{\"method\":\"org.varlink.service.GetInfo\"}",
+        "{\"parameters\":{\"state\":\"granted\",\"lease\":{\"id\":\"ab\",\"token\":7}},\"continues\":false}",
+        "{\"error\":\"io.agend.Lease.Timeout\",\"parameters\":{\"resource\":\"x\"}}",
+        "{\"method\":\"io.agend.Lease.Release\",\"parameters\":{\"id\":\"a\\u0000b\"},\"oneway\":true}",
+};
+
+static void test_parse_fuzz(void **state) {
+        /* Mutated calls and replies: every outcome is success or a clean -EBADMSG/-EPROTO,
+         * and a success satisfies what the header promises. Run under ASan and valgrind. */
+        char buf[512];
+        for (int round = 0; round < 20000; round++) {
+                const char *seed = seeds[rng() % ELEMENTSOF(seeds)];
+                size_t n = strlen(seed);
+                memcpy(buf, seed, n);
+                unsigned mutations = 1 + (unsigned) (rng() % 4);
+                for (unsigned j = 0; j < mutations; j++) {
+                        size_t at = n ? rng() % n : 0;
+                        switch (rng() % 5) {
+                        case 0: /* replace a byte */
+                                if (n)
+                                        buf[at] = (char) rng();
+                                break;
+                        case 1: /* delete a byte */
+                                if (n) {
+                                        memmove(buf + at, buf + at + 1, n - at - 1);
+                                        n--;
+                                }
+                                break;
+                        case 2: /* duplicate a byte */
+                                if (n && n < sizeof(buf) - 1) {
+                                        memmove(buf + at + 1, buf + at, n - at);
+                                        n++;
+                                }
+                                break;
+                        case 3: /* truncate */
+                                n = at;
+                                break;
+                        case 4: /* a structural character */
+                                if (n)
+                                        buf[at] = "{}[]\":,\\0tfn-."[rng() % 15];
+                                break;
+                        }
+                }
+                VlCall c;
+                int k = vl_call_parse(buf, n, &c);
+                assert_true(k == 0 || k == -EBADMSG || k == -EPROTO);
+                if (k == 0) {
+                        assert_non_null(c.method);
+                        assert_non_null(strchr(c.method, '.'));
+                        assert_true(json_object_is_type(c.parameters, json_type_object));
+                        assert_false(c.more && c.oneway);
+                        vl_call_done(&c);
+                }
+                VlReply rp;
+                k = vl_reply_parse(buf, n, &rp);
+                assert_true(k == 0 || k == -EBADMSG || k == -EPROTO);
+                if (k == 0) {
+                        assert_true(json_object_is_type(rp.parameters, json_type_object));
+                        assert_true(!rp.error || *rp.error);
+                        vl_reply_done(&rp);
+                }
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_split_at_every_byte),
@@ -345,8 +547,11 @@ int main(void) {
                 cmocka_unit_test(test_oversize_detected_early),
                 cmocka_unit_test(test_read_bounded),
                 cmocka_unit_test(test_writer),
+                cmocka_unit_test(test_writer_seal_compaction),
                 cmocka_unit_test(test_call_parse),
                 cmocka_unit_test(test_reply_parse_and_build),
+                cmocka_unit_test(test_framing_property),
+                cmocka_unit_test(test_parse_fuzz),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/* Calls to agend for the query verbs, and the one place that turns an error into a
+ * message that says what to do, and into an exit code. */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agen/agen.h"
+#include "agenctl.h"
+#include "format.h"
+#include "macro.h"
+
+/* A reply should come in milliseconds; this only catches a hung daemon. */
+#define CALL_TIMEOUT 25.0
+
+static char *address;
+
+static void address_free(void) {
+        free(address);
+        address = NULL;
+}
+
+const char *agenctl_address(void) {
+        if (address)
+                return address;
+        if (arg_socket)
+                address = strdup(arg_socket);
+        else if (agen_default_address(&address) < 0)
+                address = NULL;
+        if (address)
+                atexit(address_free);
+        return address ?: "/run/agend/io.agend.Lease";
+}
+
+const char *jstr(json_object *o, const char *key) {
+        json_object *v;
+        if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+int64_t jint(json_object *o, const char *key, int64_t def) {
+        json_object *v;
+        if (!o || !json_object_object_get_ex(o, key, &v))
+                return def;
+        if (json_object_is_type(v, json_type_int))
+                return json_object_get_int64(v);
+        if (json_object_is_type(v, json_type_double))
+                return (int64_t) json_object_get_double(v);
+        return def;
+}
+
+bool jbool(json_object *o, const char *key) {
+        json_object *v;
+        return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_boolean) &&
+               json_object_get_boolean(v);
+}
+
+json_object *jobj(json_object *o, const char *key) {
+        json_object *v;
+        if (!o || !json_object_object_get_ex(o, key, &v) || json_object_is_type(v, json_type_null))
+                return NULL;
+        return v;
+}
+
+void agenctl_print_json(json_object *o) {
+        int flags = JSON_C_TO_STRING_NOSLASHESCAPE |
+                    (arg_json == JSON_PRETTY ? JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
+                                             : JSON_C_TO_STRING_PLAIN);
+        const char *s = o ? json_object_to_json_string_ext(o, flags) : "null";
+        fputs(s, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+}
+
+int agenctl_exit_code_for_errno(int error) {
+        switch (error) {
+        case -ENOENT:
+        case -ENXIO:
+                return EXIT_NOT_FOUND;
+        case -ETIMEDOUT:
+                return arg_conflict_exit_code;
+        case -EPERM:
+        case -EACCES:
+                return EXIT_PERMISSION;
+        default:
+                return EXIT_FAILURE_OTHER;
+        }
+}
+
+/* Local errors of connecting and talking: the daemon is not there or not answering. */
+static int report_local(int error, const char *what) {
+        const char *a = agenctl_address();
+        switch (error) {
+        case -ENOENT:
+        case -ECONNREFUSED:
+        case -ENOTDIR:
+                log_error("agend is not running at %s: start it with 'systemctl start agend' "
+                          "(or point --socket or $AGEND_SOCKET at a running agend)",
+                          a);
+                return EXIT_UNREACHABLE;
+        case -EACCES:
+        case -EPERM:
+                log_error("cannot connect to agend at %s: permission denied; check the permissions of the "
+                          "socket and of its directory",
+                          a);
+                return EXIT_UNREACHABLE;
+        case -ETIMEDOUT:
+                log_error("agend at %s did not answer within %.0fs: is it hung? See 'journalctl -u agend'", a,
+                          CALL_TIMEOUT);
+                return EXIT_UNREACHABLE;
+        case -ECONNRESET:
+        case -EPIPE:
+        case -ENOTCONN:
+                log_error("agend at %s closed the connection%s%s: did it stop or restart? "
+                          "See 'systemctl status agend'",
+                          a, what ? " while asked about " : "", strempty(what));
+                return EXIT_UNREACHABLE;
+        case -EINVAL:
+                log_error("invalid socket address '%s'", a);
+                return EXIT_USAGE;
+        default:
+                log_error("talking to agend at %s: %s", a, strerror(-error));
+                return EXIT_UNREACHABLE;
+        }
+}
+
+int agenctl_report_error(int error, const char *error_name, const char *params_json, const char *what) {
+        if (!error_name)
+                return report_local(error, what);
+
+        json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
+        const char *name = strrchr(error_name, '.') ? strrchr(error_name, '.') + 1 : error_name;
+        const char *reason = jstr(p, "reason");
+        int code;
+
+        if (strcmp(error_name, "io.agend.Lease.NoSuchLease") == 0) {
+                const char *id = jstr(p, "id") ?: what;
+                log_error("no lease %s: it has ended or never existed; see 'agenctl list'", strna(id));
+                code = EXIT_NOT_FOUND;
+        } else if (strcmp(error_name, "io.agend.Lease.NoSuchResource") == 0) {
+                const char *res = jstr(p, "resource") ?: what;
+                log_error("no resource %s%s%s; see 'agenctl resources' for the declared ones", strna(res),
+                          reason ? ": " : "", strempty(reason));
+                code = EXIT_NOT_FOUND;
+        } else if (strcmp(error_name, "io.agend.Lease.Timeout") == 0) {
+                const char *res = jstr(p, "resource") ?: what;
+                log_error("%s is busy; see 'agenctl list %s'", strna(res), strna(res));
+                code = arg_conflict_exit_code;
+        } else if (strcmp(error_name, "io.agend.Lease.PermissionDenied") == 0) {
+                log_error("permission denied%s%s%s%s", what ? " for " : "", strempty(what), reason ? ": " : "",
+                          strempty(reason));
+                code = EXIT_PERMISSION;
+        } else if (strcmp(error_name, "io.agend.Lease.LimitExceeded") == 0) {
+                log_error("limit exceeded (%s)%s%s; see 'agenctl list' for what you hold, or raise the limit in "
+                          "agend.conf(5)",
+                          strna(jstr(p, "limit")), reason ? ": " : "", strempty(reason));
+                code = EXIT_FAILURE_OTHER;
+        } else if (strcmp(error_name, "io.agend.Lease.ProtocolError") == 0) {
+                log_error("agend refused the request as malformed%s%s (is agenctl older or newer than agend?)",
+                          reason ? ": " : "", strempty(reason));
+                code = EXIT_FAILURE_OTHER;
+        } else if (strncmp(error_name, "org.varlink.service.", 20) == 0) {
+                const char *param = jstr(p, "parameter");
+                log_error("agend does not understand this request (%s%s%s): is agenctl newer than agend?", name,
+                          param ? ": " : "", strempty(param));
+                code = EXIT_FAILURE_OTHER;
+        } else {
+                log_error("agend failed: %s%s%s", error_name, params_json ? " " : "", strempty(params_json));
+                code = EXIT_FAILURE_OTHER;
+        }
+        json_object_put(p);
+        return code;
+}
+
+int agenctl_call(const char *method, json_object *params, const char *what, json_object **ret) {
+        _cleanup_free_ char *reply = NULL, *error_name = NULL;
+        const char *pj = params ? json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN) : NULL;
+
+        int r = agen_call_sync(agenctl_address(), method, pj, 0, CALL_TIMEOUT, &reply, &error_name);
+        if (r < 0)
+                return agenctl_report_error(r, error_name, reply, what);
+
+        json_object *o = reply ? json_tokener_parse(reply) : json_object_new_object();
+        if (!o || !json_object_is_type(o, json_type_object)) {
+                json_object_put(o);
+                log_error("agend sent a reply to %s that is not a JSON object", method);
+                return EXIT_FAILURE_OTHER;
+        }
+        *ret = o;
+        return 0;
+}

@@ -1,0 +1,881 @@
+/* SPDX-License-Identifier: MIT */
+/* The verbs that change leases: run and acquire hold one through the lease generator of
+ * libagenclient; acquire --detach, release, renew and revoke are single calls.
+ *
+ * Holding (run, acquire):
+ *
+ *   waiting ──granted──▶ held ──command exits / SIGINT──▶ releasing ──▶ done
+ *      │                  │
+ *      │ SIGINT/SIGTERM   └──revoked/expired/lost──▶ stopping (SIGTERM, later SIGKILL to the
+ *      ▼                                             command's group) ──command exits──▶ done
+ *    done (the queue is left by closing the lease connection)
+ *
+ * While waiting, a step of the generator is pending: it yields QUEUED, then GRANTED.
+ * While held, the generator is left suspended and a Watch(lease) on a second client tells
+ * us at once when the lease ends. Why not keep a step pending for that? A step in progress
+ * cannot be cancelled, and a close requested meanwhile waits for the step to end
+ * (AGEN_DEFERRED), which for a held lease may be never: then the command's exit could not
+ * release the lease with a confirmed round trip. Suspended, agen_gen_aclose() runs the
+ * Release at once, and agenctl exits only after agend has confirmed it, so a script's next
+ * command finds the resource free. If our Watch's connection ends (agend restarted), we
+ * step the generator instead: it reconnects and yields RECLAIMED (then we watch again) or
+ * LOST. */
+
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "agen/agen.h"
+#include "agenctl.h"
+#include "format.h"
+#include "macro.h"
+
+/* How long the release round trip after the command may take before agenctl exits anyway
+ * (closing its connections, which releases a bound lease). */
+#define RELEASE_TIMEOUT 5.0
+
+static void json_object_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
+#define _cleanup_json_ _cleanup_(json_object_putp)
+
+static const int forwarded_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+
+typedef enum HoldPhase {
+        PHASE_WAITING,
+        PHASE_HELD,
+        PHASE_STOPPING,
+        PHASE_RELEASING,
+        PHASE_DONE,
+} HoldPhase;
+
+typedef struct Hold {
+        struct ev_loop *loop;
+        const char *resource;
+        char **command;            /* run: the command; NULL for acquire */
+        agen_client *client;
+        agen_gen *lease;
+        bool stepping;             /* an agen_gen_anext() is pending */
+        agen_client *watch_client;
+        bool watching;             /* our Watch(lease) is in flight */
+        char *id;
+        uint64_t token;
+        HoldPhase phase;
+        int exit_code;
+        bool queue_line;           /* a "waiting" line is on the terminal, to be cleared */
+        bool released;
+
+        pid_t child;               /* run: the command, leader of its own process group */
+        int tty;                   /* the terminal handed to the command, or -1 */
+        ev_child child_watcher;
+        ev_signal signals[ELEMENTSOF(forwarded_signals)];
+        ev_timer kill_timer;
+        ev_timer release_timer;
+} Hold;
+
+/* Reachable until exit: a Watch call in flight holds its client, and the library cannot
+ * cancel a call; keeping the pointer here keeps leak checkers quiet about it. */
+static Hold *current_hold;
+static agen_client *detach_client;
+
+static void hold_finish(Hold *h) {
+        h->phase = PHASE_DONE;
+        ev_break(h->loop, EVBREAK_ALL);
+}
+
+static void clear_queue_line(Hold *h) {
+        if (h->queue_line) {
+                fputs("\r\033[K", stderr);
+                h->queue_line = false;
+        }
+}
+
+static void show_queue_position(Hold *h, unsigned position) {
+        if (arg_quiet || isatty(STDERR_FILENO) <= 0)
+                return;
+        _cleanup_free_ char *res = escape_display(h->resource);
+        fprintf(stderr, "\r\033[KWaiting for %s: position %u in the queue%s", strna(res), position, ellipsis());
+        h->queue_line = true;
+}
+
+/* "held by alice (pid 1234, sleep) for 5s" for the busy message, or NULL. */
+static char *describe_holders(const char *resource) {
+        _cleanup_free_ char *reply = NULL, *error_name = NULL;
+        _cleanup_json_ json_object *params = json_object_new_object(), *o = NULL;
+        json_object_object_add(params, "resource", json_object_new_string(resource));
+        if (agen_call_sync(agenctl_address(), "io.agend.Lease.List",
+                           json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN), 0, 2.0, &reply,
+                           &error_name) < 0 ||
+            !reply || !(o = json_tokener_parse(reply)))
+                return NULL;
+        json_object *leases = jobj(o, "leases");
+        size_t n = leases ? json_object_array_length(leases) : 0;
+        if (n == 0)
+                return NULL;
+        json_object *l = json_object_array_get_idx(leases, 0), *owner = jobj(l, "owner");
+        char age[FORMAT_TIMESPAN_MAX];
+        usec_t now = usec_now(CLOCK_REALTIME), created = (usec_t) jint(l, "created", 0);
+        int64_t uid = jint(owner, "uid", -1);
+        _cleanup_free_ char *comm = escape_display(jstr(owner, "comm"));
+        char *s = NULL;
+        if (asprintf(&s, "held by %s (pid %lld, %s) for %s%s", uid >= 0 ? uid_to_name((uid_t) uid) : "?",
+                     (long long) jint(owner, "pid", 0), strna(comm),
+                     format_timespan(age, sizeof(age), created && created < now ? now - created : 0),
+                     n > 1 ? " and others" : "") < 0)
+                return NULL;
+        return s;
+}
+
+static int report_busy(const char *resource) {
+        _cleanup_free_ char *res = escape_display(resource), *who = describe_holders(resource);
+        char t[FORMAT_TIMESPAN_MAX];
+        if (arg_nowait || arg_timeout == 0)
+                log_error("%s is busy%s%s; wait for it with --timeout, or see 'agenctl list %s'", strna(res),
+                          who ? ", " : "", strempty(who), strna(res));
+        else
+                log_error("timed out after %s waiting for %s%s%s; see 'agenctl list %s'",
+                          format_timespan(t, sizeof(t), arg_timeout), strna(res), who ? ", " : "", strempty(who),
+                          strna(res));
+        return arg_conflict_exit_code;
+}
+
+/* A lease generator's step failed before the grant. */
+static int report_acquire_error(Hold *h, int error) {
+        _cleanup_free_ char *res = escape_display(h->resource);
+        switch (error) {
+        case -ETIMEDOUT:
+                return report_busy(h->resource);
+        case -ENXIO:
+                log_error("no resource %s here: it is not declared and the configuration does not create "
+                          "resources on first use; see 'agenctl resources'",
+                          strna(res));
+                return EXIT_NOT_FOUND;
+        case -EPERM:
+        case -EACCES:
+                log_error("permission denied: you may not use %s (see AllowUsers= and AllowGroups= in "
+                          "agend.conf(5))",
+                          strna(res));
+                return EXIT_PERMISSION;
+        case -EUSERS:
+                log_error("limit exceeded: you hold or wait for too many leases, or have too many connections; "
+                          "see 'agenctl list'");
+                return EXIT_FAILURE_OTHER;
+        case -EINVAL:
+                log_error("agend refused the request for %s as invalid (more units than its capacity?); see "
+                          "'agenctl resources'",
+                          strna(res));
+                return EXIT_FAILURE_OTHER;
+        case -ENOENT:
+        case -ECONNREFUSED:
+        case -ECONNRESET:
+        case -ENOTCONN:
+        case -EPIPE:
+                return agenctl_report_error(error, NULL, NULL, h->resource);
+        default:
+                log_error("acquiring %s: %s", strna(res), strerror(-error));
+                return agenctl_exit_code_for_errno(error);
+        }
+}
+
+static void on_lease_event(agen_gen *gen, int status, const void *value, void *userdata);
+static void hold_release(Hold *h);
+
+static void hold_step(Hold *h) {
+        if (h->stepping || h->phase == PHASE_DONE)
+                return;
+        int r = agen_gen_anext(h->lease, on_lease_event, h);
+        if (r >= 0)
+                h->stepping = true;
+}
+
+/* The lease ended while held: stop the command (run) or end (acquire). */
+static void hold_lost(Hold *h, const char *what, const char *reason) {
+        if (h->phase != PHASE_HELD)
+                return;
+        h->phase = PHASE_STOPPING;
+        h->exit_code = EXIT_LOST;
+
+        _cleanup_free_ char *res = escape_display(h->resource), *why = escape_display(reason);
+        char d[FORMAT_TIMESPAN_MAX];
+        if (h->child > 0) {
+                /* The promise of run: nothing keeps running under a lease that is gone. */
+                (void) kill(-h->child, SIGTERM);
+                ev_timer_set(&h->kill_timer, usec_to_sec(arg_kill_delay), 0.);
+                ev_timer_start(h->loop, &h->kill_timer);
+                log_error("lease %s on %s was %s%s%s; stopping the command (SIGTERM now, SIGKILL in %s)",
+                          strna(h->id), strna(res), what, why ? ": " : "", strempty(why),
+                          format_timespan(d, sizeof(d), arg_kill_delay));
+        } else {
+                log_error("lease %s on %s was %s%s%s", strna(h->id), strna(res), what, why ? ": " : "",
+                          strempty(why));
+                hold_release(h);
+        }
+}
+
+static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
+                        bool continues, void *userdata);
+
+static int hold_watch(Hold *h) {
+        int r;
+        if (!h->watch_client) {
+                r = agen_client_new(h->loop, agenctl_address(), &h->watch_client);
+                if (r < 0)
+                        return r;
+        }
+        _cleanup_json_ json_object *p = json_object_new_object();
+        json_object_object_add(p, "lease", json_object_new_string(h->id));
+        r = agen_client_call(h->watch_client, "io.agend.Lease.Watch",
+                             json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE, watch_reply, h);
+        if (r < 0)
+                return r;
+        h->watching = true;
+        return 0;
+}
+
+static void hold_maybe_done(Hold *h) {
+        if (h->phase == PHASE_RELEASING && h->released && !h->watching)
+                hold_finish(h);
+}
+
+static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
+                        bool continues, void *userdata) {
+        Hold *h = userdata;
+        if (!continues)
+                h->watching = false;
+        if (h->phase != PHASE_HELD) {
+                hold_maybe_done(h);
+                return;
+        }
+        if (status < 0) {
+                /* The connection ended (agend restarted?) or the lease is already gone: the
+                 * generator knows which, and reconnects and reclaims if it can. */
+                hold_step(h);
+                return;
+        }
+        _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
+        json_object *ev = jobj(p, "event");
+        const char *type = jstr(ev, "type");
+        if (type && (strcmp(type, "revoked") == 0 || strcmp(type, "expired") == 0 ||
+                     strcmp(type, "released") == 0 || strcmp(type, "voided") == 0))
+                return hold_lost(h, strcmp(type, "released") == 0 ? "released by someone else" : type,
+                                 jstr(ev, "reason"));
+        if (!continues)
+                hold_step(h);
+}
+
+static int spawn_command(Hold *h);
+
+static void on_granted(Hold *h, const agen_lease_event *ev) {
+        clear_queue_line(h);
+        free(h->id);
+        h->id = strdup(ev->id ? ev->id : "");
+        h->token = ev->token;
+        h->phase = PHASE_HELD;
+
+        if (hold_watch(h) < 0)
+                hold_step(h); /* no second connection: learn of the end through the generator */
+
+        if (arg_json != JSON_OFF && !h->command) {
+                _cleanup_json_ json_object *o = json_object_new_object();
+                json_object_object_add(o, "type", json_object_new_string("granted"));
+                json_object_object_add(o, "id", json_object_new_string(h->id));
+                json_object_object_add(o, "token", json_object_new_int64((int64_t) h->token));
+                json_object_object_add(o, "resource", json_object_new_string(h->resource));
+                agenctl_print_json(o);
+        } else if (!h->command) {
+                _cleanup_free_ char *res = escape_display(h->resource);
+                printf("Holding lease %s on %s (token %llu) until interrupted.\n", h->id, strna(res),
+                       (unsigned long long) h->token);
+                fflush(stdout);
+        }
+        if (h->command && spawn_command(h) < 0) {
+                h->exit_code = EXIT_CANNOT_EXEC;
+                hold_release(h);
+        }
+}
+
+static void on_lease_event(agen_gen *gen, int status, const void *value, void *userdata) {
+        Hold *h = userdata;
+        const agen_lease_event *ev = value;
+
+        h->stepping = false;
+        if (h->phase == PHASE_DONE || status == -ECANCELED)
+                return;
+        if (status < 0 || status == AGEN_STOP) {
+                if (h->phase == PHASE_WAITING) {
+                        clear_queue_line(h);
+                        h->exit_code = status < 0 ? report_acquire_error(h, status) : EXIT_FAILURE_OTHER;
+                        return hold_finish(h);
+                }
+                if (h->phase == PHASE_HELD)
+                        return hold_lost(h, "lost", status < 0 ? strerror(-status) : "the lease ended");
+                return;
+        }
+
+        switch (ev->type) {
+        case AGEN_LEASE_QUEUED:
+                show_queue_position(h, ev->position);
+                hold_step(h);
+                break;
+        case AGEN_LEASE_GRANTED:
+                on_granted(h, ev);
+                break;
+        case AGEN_LEASE_RECLAIMED:
+                /* agend restarted and the lease is ours again: watch it anew. */
+                if (h->phase == PHASE_HELD && hold_watch(h) < 0)
+                        hold_step(h);
+                break;
+        case AGEN_LEASE_LOST:
+                hold_lost(h, "lost", ev->reason);
+                break;
+        case AGEN_LEASE_REVOKED:
+                hold_lost(h, "revoked", ev->reason);
+                break;
+        case AGEN_LEASE_EXPIRED:
+                hold_lost(h, "expired", ev->reason ?: "its TTL ran out without a renewal");
+                break;
+        default:
+                /* RENEWED, and anything newer: only seen while stepping; keep going. */
+                if (h->phase == PHASE_HELD && !h->watching)
+                        hold_step(h);
+                break;
+        }
+}
+
+static void on_closed(agen_gen *gen, int status, void *userdata) {
+        Hold *h = userdata;
+        h->released = true;
+        if (status < 0 && status != -ENOENT && h->phase != PHASE_DONE)
+                log_error("releasing lease %s: %s; agend releases it when this process exits", strna(h->id),
+                          strerror(-status));
+        hold_maybe_done(h);
+}
+
+static void release_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Hold *h = container_of(w, Hold, release_timer);
+        log_error("agend did not confirm the release of lease %s in time; exiting, which releases it",
+                  strna(h->id));
+        hold_finish(h);
+}
+
+/* The command ended, or acquire was interrupted: give the lease back, confirmed. */
+static void hold_release(Hold *h) {
+        if (h->phase == PHASE_RELEASING || h->phase == PHASE_DONE)
+                return;
+        h->phase = PHASE_RELEASING;
+        if (h->stepping) {
+                /* A step in flight cannot be cancelled; exiting closes the connection, which
+                 * releases a bound lease (agen_loop_shutdown() abandons the generator). */
+                hold_finish(h);
+                return;
+        }
+        int r = agen_gen_aclose(h->lease, on_closed, h);
+        if (r < 0) {
+                hold_finish(h);
+                return;
+        }
+        ev_timer_set(&h->release_timer, RELEASE_TIMEOUT, 0.);
+        ev_timer_start(h->loop, &h->release_timer);
+}
+
+static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Hold *h = container_of(w, Hold, kill_timer);
+        if (h->child > 0)
+                (void) kill(-h->child, SIGKILL);
+}
+
+static void tty_take_back(Hold *h) {
+        if (h->tty < 0)
+                return;
+        /* We are in the background now: changing the foreground would stop us with SIGTTOU. */
+        sigset_t ttou, old;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        sigprocmask(SIG_BLOCK, &ttou, &old);
+        (void) tcsetpgrp(h->tty, getpgrp());
+        sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static void tty_give(Hold *h) {
+        if (h->tty < 0 || h->child <= 0)
+                return;
+        sigset_t ttou, old;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        sigprocmask(SIG_BLOCK, &ttou, &old);
+        (void) tcsetpgrp(h->tty, h->child);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
+        Hold *h = container_of(w, Hold, child_watcher);
+        int st = w->rstatus;
+
+        if (WIFSTOPPED(st)) {
+                /* Ctrl-Z stopped the command: stop with it, so the shell gets the terminal
+                 * back; when continued (fg), hand the terminal over again and wake it. */
+                if (h->tty >= 0) {
+                        tty_take_back(h);
+                        (void) kill(getpid(), SIGSTOP);
+                        tty_give(h);
+                        (void) kill(-h->child, SIGCONT);
+                }
+                return;
+        }
+        if (WIFCONTINUED(st))
+                return;
+
+        ev_child_stop(loop, w);
+        tty_take_back(h);
+        pid_t group = h->child;
+        h->child = 0;
+        ev_timer_stop(loop, &h->kill_timer);
+
+        if (h->phase == PHASE_STOPPING) {
+                /* The lease is gone: what the command left in its group goes with it. */
+                (void) kill(-group, SIGKILL);
+                hold_release(h);
+                return;
+        }
+        if (WIFEXITED(st))
+                h->exit_code = WEXITSTATUS(st);
+        else if (WIFSIGNALED(st))
+                h->exit_code = 128 + WTERMSIG(st);
+        hold_release(h);
+}
+
+static int spawn_command(Hold *h) {
+        int pfd[2];
+        if (pipe2(pfd, O_CLOEXEC) < 0) {
+                log_error("pipe: %s", strerror(errno));
+                return -errno;
+        }
+        h->tty = -1;
+        if (isatty(STDIN_FILENO) > 0 && tcgetpgrp(STDIN_FILENO) == getpgrp())
+                h->tty = STDIN_FILENO;
+
+        char token[32];
+        snprintf(token, sizeof(token), "%llu", (unsigned long long) h->token);
+        pid_t parent = getpid();
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0) {
+                int e = errno;
+                close(pfd[0]);
+                close(pfd[1]);
+                log_error("fork: %s", strerror(e));
+                return -e;
+        }
+        if (pid == 0) {
+                close(pfd[0]);
+                (void) setpgid(0, 0);
+                if (h->tty >= 0) {
+                        signal(SIGTTOU, SIG_IGN);
+                        (void) tcsetpgrp(h->tty, getpid());
+                }
+                /* A clean slate: default dispositions, nothing blocked (libev may block). */
+                for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++)
+                        signal(forwarded_signals[i], SIG_DFL);
+                signal(SIGPIPE, SIG_DFL);
+                signal(SIGCHLD, SIG_DFL);
+                signal(SIGTTOU, SIG_DFL);
+                sigset_t none;
+                sigemptyset(&none);
+                sigprocmask(SIG_SETMASK, &none, NULL);
+                /* If agenctl dies, its connection closes and the lease is released: the
+                 * command must not go on without it. */
+                (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+                if (getppid() != parent)
+                        _exit(EXIT_LOST);
+                if (setenv("AGEN_LEASE_ID", h->id, 1) < 0 || setenv("AGEN_LEASE_TOKEN", token, 1) < 0 ||
+                    setenv("AGEN_LEASE_RESOURCE", h->resource, 1) < 0)
+                        _exit(EXIT_CANNOT_EXEC);
+                execvp(h->command[0], h->command);
+                int e = errno;
+                (void) !write(pfd[1], &e, sizeof(e));
+                _exit(e == ENOENT ? EXIT_NO_COMMAND : EXIT_CANNOT_EXEC);
+        }
+
+        close(pfd[1]);
+        (void) setpgid(pid, pid); /* also here: whichever runs first, the group exists */
+        h->child = pid;
+        if (h->tty >= 0)
+                tty_give(h);
+        ev_child_init(&h->child_watcher, child_cb, pid, 1);
+        ev_child_start(h->loop, &h->child_watcher);
+
+        /* The exec result: EOF when it worked (the pipe is close-on-exec), errno if not. */
+        int e = 0;
+        ssize_t n;
+        do
+                n = read(pfd[0], &e, sizeof(e));
+        while (n < 0 && errno == EINTR);
+        close(pfd[0]);
+        if (n == (ssize_t) sizeof(e)) {
+                _cleanup_free_ char *cmd = escape_display(h->command[0]);
+                log_error("cannot run %s: %s%s", strna(cmd), strerror(e),
+                          e == ENOENT ? " (not found in $PATH)" : "");
+                /* The child exits with 127 or 126; child_cb takes that as the exit code. */
+        }
+        return 0;
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+        Hold *h = w->data;
+        int sig = w->signum;
+        bool ending = sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT;
+
+        switch (h->phase) {
+        case PHASE_WAITING:
+                if (!ending)
+                        return;
+                /* Leave the queue (closing the lease connection dequeues) and exit as the
+                 * signal would have ended us. */
+                clear_queue_line(h);
+                h->exit_code = 128 + sig;
+                hold_finish(h);
+                return;
+        case PHASE_HELD:
+        case PHASE_STOPPING:
+                if (h->child > 0) {
+                        (void) kill(-h->child, sig);
+                        return;
+                }
+                if (ending) {
+                        /* acquire: interrupted is how it is meant to end. */
+                        if (h->phase == PHASE_HELD)
+                                h->exit_code = EXIT_OK;
+                        hold_release(h);
+                }
+                return;
+        case PHASE_RELEASING:
+                if (ending) {
+                        /* Asked twice: exit now; closing the connection releases it. */
+                        hold_finish(h);
+                }
+                return;
+        default:
+                return;
+        }
+}
+
+static void quiet_exception_handler(struct ev_loop *loop, agen_gen *gen, int error, const char *message,
+                                    void *userdata) {
+        /* Cleanup errors are reported by on_closed(); the rest is the abandonment at exit. */
+}
+
+static int hold(const char *resource, char **command) {
+        struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+        if (!loop) {
+                log_error("cannot make an event loop");
+                return EXIT_FAILURE_OTHER;
+        }
+
+        static Hold h;
+        h = (Hold) {
+                .loop = loop,
+                .resource = resource,
+                .command = command,
+                .phase = PHASE_WAITING,
+                .tty = -1,
+        };
+        current_hold = &h;
+
+        int r = agen_client_new(loop, agenctl_address(), &h.client);
+        if (r < 0)
+                return agenctl_report_error(r, NULL, NULL, resource);
+        (void) agen_loop_set_exception_handler(loop, quiet_exception_handler, NULL);
+
+        agen_lease_opts opts = {
+                .units = arg_exclusive ? 0 : arg_units,
+                .exclusive = arg_exclusive,
+                .try_once = arg_nowait || (arg_timeout_set && arg_timeout == 0),
+                .timeout = arg_timeout_set && arg_timeout != USEC_INFINITY ? usec_to_sec(arg_timeout) : 0,
+                .ttl = arg_ttl_set ? usec_to_sec(arg_ttl) : 0,
+                .description = arg_description,
+        };
+        r = agen_lease_new(h.client, resource, &opts, &h.lease);
+        if (r < 0) {
+                log_error("cannot make the lease: %s", strerror(-r));
+                h.client = agen_client_unref(h.client);
+                return EXIT_FAILURE_OTHER;
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++) {
+                ev_signal_init(&h.signals[i], signal_cb, forwarded_signals[i]);
+                h.signals[i].data = &h;
+                ev_signal_start(loop, &h.signals[i]);
+        }
+        ev_timer_init(&h.kill_timer, kill_timer_cb, 0., 0.);
+        ev_timer_init(&h.release_timer, release_timer_cb, 0., 0.);
+
+        hold_step(&h);
+        if (!h.stepping) {
+                log_error("cannot start the lease");
+                h.exit_code = EXIT_FAILURE_OTHER;
+                h.phase = PHASE_DONE;
+        }
+        while (h.phase != PHASE_DONE)
+                if (!ev_run(loop, 0) && h.phase != PHASE_DONE) {
+                        log_error("internal error: nothing left to wait for");
+                        h.exit_code = EXIT_FAILURE_OTHER;
+                        break;
+                }
+        clear_queue_line(&h);
+
+        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++)
+                ev_signal_stop(loop, &h.signals[i]);
+        ev_timer_stop(loop, &h.kill_timer);
+        ev_timer_stop(loop, &h.release_timer);
+        if (h.child > 0) {
+                /* Leaving with the command still running (asked twice to exit while it was
+                 * being stopped): it must not outlive the lease. */
+                ev_child_stop(loop, &h.child_watcher);
+                tty_take_back(&h);
+                (void) kill(-h.child, SIGKILL);
+                (void) waitpid(h.child, NULL, 0);
+        }
+
+        /* A step still pending (waiting, or a daemon restart) is abandoned at once: that
+         * closes the lease connection, which leaves the queue or releases the lease. */
+        (void) agen_loop_shutdown(loop, h.stepping ? 0 : 2.0);
+        h.lease = agen_gen_unref(h.lease);
+        h.client = agen_client_unref(h.client);
+        if (!h.watching)
+                h.watch_client = agen_client_unref(h.watch_client);
+        free(h.id);
+        h.id = NULL;
+        return h.exit_code;
+}
+
+int verb_run(int argc, char **argv) {
+        /* argv: "run" RESOURCE COMMAND... */
+        return hold(argv[1], argv + 2);
+}
+
+/* ---- acquire --detach ---- */
+
+typedef struct Detach {
+        struct ev_loop *loop;
+        const char *resource;
+        int exit_code;
+        bool done;
+        bool queue_line;
+} Detach;
+
+static void print_assignment(const char *key, const char *value) {
+        /* Shell-safe: ids and secrets are plain tokens; anything else is quoted. */
+        bool plain = *value != 0;
+        for (const char *p = value; *p; p++)
+                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+/=:", *p))
+                        plain = false;
+        if (plain) {
+                printf("%s=%s\n", key, value);
+                return;
+        }
+        printf("%s='", key);
+        for (const char *p = value; *p; p++)
+                if (*p == '\'')
+                        fputs("'\\''", stdout);
+                else
+                        putchar(*p);
+        fputs("'\n", stdout);
+}
+
+static void detach_reply(agen_client *client, int status, const char *error_name, const char *params_json,
+                         bool continues, void *userdata) {
+        Detach *d = userdata;
+        if (d->done)
+                return;
+        if (d->queue_line) {
+                fputs("\r\033[K", stderr);
+                d->queue_line = false;
+        }
+        if (status < 0) {
+                if (error_name && strcmp(error_name, "io.agend.Lease.Timeout") == 0)
+                        d->exit_code = report_busy(d->resource);
+                else
+                        d->exit_code = agenctl_report_error(status, error_name, params_json, d->resource);
+                d->done = true;
+                ev_break(d->loop, EVBREAK_ALL);
+                return;
+        }
+        _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
+        const char *state = jstr(p, "state");
+        if (state && strcmp(state, "queued") == 0) {
+                if (!arg_quiet && isatty(STDERR_FILENO) > 0) {
+                        _cleanup_free_ char *res = escape_display(d->resource);
+                        fprintf(stderr, "\r\033[KWaiting for %s: position %lld in the queue%s", strna(res),
+                                (long long) jint(p, "position", 0), ellipsis());
+                        d->queue_line = true;
+                }
+                return;
+        }
+        json_object *lease = jobj(p, "lease");
+        const char *secret = jstr(p, "secret");
+        if (!state || strcmp(state, "granted") != 0 || !lease || !jstr(lease, "id") || !secret) {
+                log_error("agend sent an Acquire reply agenctl does not understand: %s", strna(params_json));
+                d->exit_code = EXIT_FAILURE_OTHER;
+        } else if (arg_json != JSON_OFF) {
+                _cleanup_json_ json_object *o = json_object_new_object();
+                json_object_object_add(o, "lease", json_object_get(lease));
+                json_object_object_add(o, "secret", json_object_new_string(secret));
+                agenctl_print_json(o);
+                d->exit_code = EXIT_OK;
+        } else {
+                char tok[32];
+                snprintf(tok, sizeof(tok), "%lld", (long long) jint(lease, "token", 0));
+                print_assignment("AGEN_LEASE_ID", jstr(lease, "id"));
+                print_assignment("AGEN_LEASE_TOKEN", tok);
+                print_assignment("AGEN_LEASE_SECRET", secret);
+                fflush(stdout);
+                d->exit_code = EXIT_OK;
+        }
+        d->done = true;
+        ev_break(d->loop, EVBREAK_ALL);
+}
+
+static void detach_signal(struct ev_loop *loop, ev_signal *w, int revents) {
+        Detach *d = w->data;
+        if (d->queue_line)
+                fputs("\r\033[K", stderr);
+        d->queue_line = false;
+        d->exit_code = 128 + w->signum;
+        d->done = true;
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static int acquire_detached(const char *resource) {
+        struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+        if (!loop) {
+                log_error("cannot make an event loop");
+                return EXIT_FAILURE_OTHER;
+        }
+        Detach d = { .loop = loop, .resource = resource };
+
+        int r = agen_client_new(loop, agenctl_address(), &detach_client);
+        if (r < 0)
+                return agenctl_report_error(r, NULL, NULL, resource);
+
+        _cleanup_json_ json_object *p = json_object_new_object();
+        json_object_object_add(p, "resource", json_object_new_string(resource));
+        if (arg_exclusive)
+                json_object_object_add(p, "exclusive", json_object_new_boolean(1));
+        else if (arg_units)
+                json_object_object_add(p, "units", json_object_new_int64(arg_units));
+        if (arg_nowait)
+                json_object_object_add(p, "timeout", json_object_new_double(0));
+        else if (arg_timeout_set && arg_timeout != USEC_INFINITY)
+                json_object_object_add(p, "timeout", json_object_new_double(usec_to_sec(arg_timeout)));
+        json_object_object_add(p, "ttl", json_object_new_double(usec_to_sec(arg_ttl)));
+        json_object_object_add(p, "detached", json_object_new_boolean(1));
+        if (arg_description)
+                json_object_object_add(p, "description", json_object_new_string(arg_description));
+
+        r = agen_client_call(detach_client, "io.agend.Lease.Acquire",
+                             json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE, detach_reply, &d);
+        if (r < 0)
+                return agenctl_report_error(r, NULL, NULL, resource);
+
+        ev_signal sigint, sigterm;
+        ev_signal_init(&sigint, detach_signal, SIGINT);
+        ev_signal_init(&sigterm, detach_signal, SIGTERM);
+        sigint.data = sigterm.data = &d;
+        ev_signal_start(loop, &sigint);
+        ev_signal_start(loop, &sigterm);
+        while (!d.done)
+                if (!ev_run(loop, 0))
+                        break;
+        ev_signal_stop(loop, &sigint);
+        ev_signal_stop(loop, &sigterm);
+        if (!d.done) {
+                log_error("the connection to agend ended without a reply");
+                return EXIT_UNREACHABLE;
+        }
+        return d.exit_code;
+}
+
+int verb_acquire(int argc, char **argv) {
+        if (arg_detach) {
+                if (!arg_ttl_set) {
+                        log_error("--detach needs --ttl: a detached lease ends only by its TTL or by release, so "
+                                  "one whose secret is lost would otherwise stay forever");
+                        return EXIT_USAGE;
+                }
+                return acquire_detached(argv[1]);
+        }
+        return hold(argv[1], NULL);
+}
+
+/* ---- release, renew, revoke ---- */
+
+int verb_release(int argc, char **argv) {
+        const char *id = argv[1];
+        _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
+        json_object_object_add(p, "id", json_object_new_string(id));
+        if (arg_secret)
+                json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        int r = agenctl_call("io.agend.Lease.Release", p, id, &reply);
+        if (r == EXIT_PERMISSION)
+                fprintf(stderr, "Only the lease's holder (its connection, or whoever gives its secret with "
+                                "--secret) and root may release it.\n");
+        if (r > 0)
+                return r;
+        if (arg_json != JSON_OFF)
+                agenctl_print_json(reply);
+        return EXIT_OK;
+}
+
+int verb_renew(int argc, char **argv) {
+        const char *id = argv[1];
+        _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
+        json_object_object_add(p, "id", json_object_new_string(id));
+        if (arg_ttl_set)
+                json_object_object_add(p, "ttl", json_object_new_double(usec_to_sec(arg_ttl)));
+        if (arg_secret)
+                json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        int r = agenctl_call("io.agend.Lease.Renew", p, id, &reply);
+        if (r == EXIT_PERMISSION)
+                fprintf(stderr, "Only the lease's holder (its connection, or whoever gives its secret with "
+                                "--secret) and root may renew it.\n");
+        if (r > 0)
+                return r;
+        json_object *lease = jobj(reply, "lease");
+        if (arg_json != JSON_OFF) {
+                agenctl_print_json(lease ?: reply);
+                return EXIT_OK;
+        }
+        if (lease && jobj(lease, "deadline")) {
+                char ts[FORMAT_TIMESTAMP_MAX], left[FORMAT_TIMESPAN_MAX];
+                usec_t deadline = (usec_t) jint(lease, "deadline", 0), now = usec_now(CLOCK_REALTIME);
+                printf("Renewed lease %s: deadline %s (in %s).\n", id, format_timestamp(ts, sizeof(ts), deadline, false),
+                       format_timespan(left, sizeof(left), deadline > now ? deadline - now : 0));
+        } else
+                printf("Renewed lease %s (it has no TTL).\n", id);
+        return EXIT_OK;
+}
+
+int verb_revoke(int argc, char **argv) {
+        const char *id = argv[1];
+        _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
+        json_object_object_add(p, "id", json_object_new_string(id));
+        json_object_object_add(p, "reason", json_object_new_string(arg_reason));
+        int r = agenctl_call("io.agend.Lease.Revoke", p, id, &reply);
+        if (r == EXIT_PERMISSION)
+                fprintf(stderr, "Revoking needs root, or a user or group named in RevokeUsers= or RevokeGroups= "
+                                "of agend.conf(5).\n");
+        if (r > 0)
+                return r;
+        if (arg_json != JSON_OFF)
+                agenctl_print_json(reply);
+        return EXIT_OK;
+}
