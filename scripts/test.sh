@@ -46,7 +46,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run build-asan --no-suite slow --no-suite systemd || status=1
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-if meson test -C build-test --list 2>/dev/null | grep -q 'unit'; then
+if [[ $(meson test -C build-test --list 2>/dev/null) == *unit* ]]; then
         run build-test --suite unit \
                 --wrap='valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-fds=no' \
                 --timeout-multiplier 10 || status=1
