@@ -81,15 +81,22 @@ static usec_t usec_add(usec_t a, usec_t b) {
         return a > USEC_INFINITY - b ? USEC_INFINITY : a + b;
 }
 
-static int random_hex(char *buf, size_t n_hex) {
-        uint8_t bytes[32];
-        size_t n = n_hex / 2;
-        assert(n <= sizeof(bytes));
-        if (getrandom(bytes, n, 0) != (ssize_t) n)
-                return -errno ?: -EIO;
-        for (size_t i = 0; i < n; i++)
-                sprintf(buf + 2 * i, "%02x", bytes[i]);
-        buf[n_hex] = 0;
+static void hex(const uint8_t *bytes, size_t n, char *out) {
+        static const char digits[] = "0123456789abcdef";
+        for (size_t i = 0; i < n; i++) {
+                out[2 * i] = digits[bytes[i] >> 4];
+                out[2 * i + 1] = digits[bytes[i] & 15];
+        }
+        out[2 * n] = 0;
+}
+
+/* A lease id and its secret from one getrandom() call: it is on the grant path. */
+static int random_id_secret(char id[static LEASE_ID_LEN + 1], char secret[static LEASE_SECRET_LEN + 1]) {
+        uint8_t bytes[(LEASE_ID_LEN + LEASE_SECRET_LEN) / 2];
+        if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t) sizeof(bytes))
+                return errno > 0 ? -errno : -EIO;
+        hex(bytes, LEASE_ID_LEN / 2, id);
+        hex(bytes + LEASE_ID_LEN / 2, LEASE_SECRET_LEN / 2, secret);
         return 0;
 }
 
@@ -255,9 +262,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         Lease *l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
-        int k = random_hex(l->id, LEASE_ID_LEN);
-        if (k >= 0)
-                k = random_hex(l->secret, LEASE_SECRET_LEN);
+        int k = random_id_secret(l->id, l->secret);
         if (k < 0) {
                 free(l);
                 return k;

@@ -71,7 +71,7 @@ typedef struct StoreSqlite {
         unsigned history_size;
         bool in_transaction;
         bool token_dirty;
-        uint64_t last_token;
+        uint64_t last_token;    /* the reserved high-water mark, as stored */
         int64_t last_event_seq;
         int error;              /* the first write error of the transaction */
 } StoreSqlite;
@@ -207,14 +207,19 @@ static int s_event_append(Store *store, const Event *e) {
         return k;
 }
 
+/* The high-water mark is reserved ahead, TOKEN_RESERVE tokens at a time: the meta row is
+ * written once per TOKEN_RESERVE grants instead of in every commit. After a crash the next
+ * daemon starts above the reservation, so tokens stay strictly increasing (with a gap). */
+#define TOKEN_RESERVE 4096
+
 static int s_token_save(Store *store, uint64_t last_token) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
+        if (last_token <= s->last_token)
+                return 0;
         int k = begin(s);
         if (k < 0)
                 return s->error = k;
-        /* Written once per transaction, at commit: the high-water mark only ever needs the
-         * last token of the batch. */
-        s->last_token = last_token;
+        s->last_token = last_token + TOKEN_RESERVE;
         s->token_dirty = true;
         return 0;
 }
@@ -511,6 +516,11 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                                  s->path, sqlite3_errmsg(s->db));
                         goto fail;
                 }
+        }
+        {
+                _cleanup_free_ char *t = NULL;
+                if (s_meta_get(&s->store, "last_token", &t) >= 0 && t)
+                        s->last_token = strtoull(t, NULL, 10);
         }
         s->last_event_seq = 0;
         {

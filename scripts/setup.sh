@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
         build-essential meson ninja-build pkg-config
         libev-dev libsqlite3-dev libsystemd-dev libjson-c-dev libcmocka-dev
-        sqlite3 scdoc valgrind util-linux procps
+        sqlite3 scdoc valgrind util-linux procps bash-completion
 )
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)

@@ -89,7 +89,8 @@ static void test_group_commit(void **state) {
         assert_int_equal(s->ops->commit(s), 1);
         /* ... and all of them after it, in one transaction. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 10);
-        assert_int_equal(count(f->db, "SELECT value FROM meta WHERE key = 'last_token'"), 10);
+        /* The token high-water mark is reserved ahead of the tokens granted. */
+        assert_true(count(f->db, "SELECT value FROM meta WHERE key = 'last_token'") >= 10);
         /* Nothing changed: nothing to commit. */
         assert_int_equal(s->ops->commit(s), 0);
         h = (Holder) {};
