@@ -205,37 +205,46 @@ static int usage_error(const char *fmt, ...) {
 static void print_options(unsigned bit) {
         static const struct {
                 unsigned verbs;
-                const char *text;
+                const char *option;
+                const char *text; /* "\n" continues under the text column */
         } lines[] = {
-                { V_ALL, "  -h --help               Show this help\n" },
-                { V_ALL, "     --version            Show the version\n" },
-                { V_ALL, "  -s --socket=PATH        agend's socket (default: $AGEND_SOCKET, else\n"
-                         "                          $XDG_RUNTIME_DIR/agend/io.agend.Lease if it exists,\n"
-                         "                          else /run/agend/io.agend.Lease)\n" },
-                { V_ALL & ~V_RUN, "     --json[=MODE]        JSON output: short (one line) or pretty\n" },
-                { V_TABLES, "     --no-legend          No header and footer lines\n" },
-                { V_TABLES, "  -l --full                Do not cut columns to the terminal's width\n" },
-                { V_ALL, "     --no-pager           Accepted for systemd habits; agenctl never pages\n" },
-                { V_HOLD, "  -u --units=N             Units of the resource to take (default 1)\n" },
-                { V_HOLD, "  -x --exclusive           Take all units of the resource\n" },
-                { V_HOLD, "  -w --timeout=DURATION    Wait at most this long (\"30s\", \"2min\", \"infinity\")\n" },
-                { V_HOLD, "     --nowait             Do not wait: fail at once if busy (like --timeout=0)\n" },
-                { V_HOLD | V_RENEW, "  -t --ttl=DURATION        Time to live; agenctl renews it while it holds\n"
-                                    "                          the lease (run, acquire) or sets it (renew)\n" },
-                { V_HOLD, "  -d --description=TEXT    Why the lease is taken, shown to others\n" },
-                { V_HOLD, "  -E --conflict-exit-code=N Exit code when busy or timed out (default 75)\n" },
-                { V_HOLD, "  -q --quiet               No queue position or status messages\n" },
-                { V_RUN, "     --kill-delay=DURATION From SIGTERM to SIGKILL after a lost lease (default 5s)\n" },
-                { V_ACQUIRE, "     --detach             Let the lease outlive agenctl; print id and secret\n" },
-                { V_RELEASE | V_RENEW, "     --secret=SECRET      The lease's secret (\"-\": read it from standard input;\n"
-                                       "                          default: $AGEN_LEASE_SECRET)\n" },
-                { V_REVOKE, "  -r --reason=TEXT         Why (required; the holder is told)\n" },
-                { V_HISTORY, "  -n --lines=N             Show the last N events\n" },
+                { V_ALL, "-h --help", "Show this help" },
+                { V_ALL, "   --version", "Show the version" },
+                { V_ALL, "-s --socket=PATH", "agend's socket (default: $AGEND_SOCKET, else\n"
+                                            "$XDG_RUNTIME_DIR/agend/io.agend.Lease if it exists,\n"
+                                            "else /run/agend/io.agend.Lease)" },
+                { V_ALL & ~V_RUN, "   --json[=MODE]", "JSON output: short (one line) or pretty" },
+                { V_TABLES, "   --no-legend", "No header and footer lines" },
+                { V_TABLES, "-l --full", "Do not cut columns to the terminal's width" },
+                { V_ALL, "   --no-pager", "Accepted for systemd habits; agenctl never pages" },
+                { V_HOLD, "-u --units=N", "Units of the resource to take (default 1)" },
+                { V_HOLD, "-x --exclusive", "Take all units of the resource" },
+                { V_HOLD, "-w --timeout=DURATION", "Wait at most this long (\"30s\", \"2min\", \"infinity\")" },
+                { V_HOLD, "   --nowait", "Do not wait: fail at once if busy (like --timeout=0)" },
+                { V_HOLD | V_RENEW, "-t --ttl=DURATION", "Time to live; renewed while run/acquire hold the\n"
+                                                         "lease; for renew, the new TTL" },
+                { V_HOLD, "-d --description=TEXT", "Why the lease is taken, shown to others" },
+                { V_HOLD, "-E --conflict-exit-code=N", "Exit code when busy or timed out (default 75)" },
+                { V_HOLD, "-q --quiet", "No queue position on the terminal" },
+                { V_RUN, "   --kill-delay=DURATION", "SIGTERM to SIGKILL after a lost lease (default 5s)" },
+                { V_ACQUIRE, "   --detach", "Let the lease outlive agenctl; print id and secret" },
+                { V_RELEASE | V_RENEW, "   --secret=SECRET", "The lease's secret (\"-\": read it from standard\n"
+                                                              "input; default: $AGEN_LEASE_SECRET)" },
+                { V_REVOKE, "-r --reason=TEXT", "Why (required; the holder is told)" },
+                { V_HISTORY, "-n --lines=N", "Show the last N events" },
         };
         printf("\nOptions:\n");
-        for (size_t i = 0; i < ELEMENTSOF(lines); i++)
-                if (lines[i].verbs & bit)
-                        fputs(lines[i].text, stdout);
+        for (size_t i = 0; i < ELEMENTSOF(lines); i++) {
+                if (!(lines[i].verbs & bit))
+                        continue;
+                printf("  %-27s ", lines[i].option);
+                for (const char *t = lines[i].text; *t; t++) {
+                        putchar(*t);
+                        if (*t == '\n')
+                                printf("%30s", "");
+                }
+                putchar('\n');
+        }
 }
 
 static void help_verb(const Verb *v) {

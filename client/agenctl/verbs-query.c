@@ -211,8 +211,8 @@ static void show_event_line(json_object *ev) {
         char ts[FORMAT_TIMESTAMP_MAX];
         const char *reason = jstr(ev, "reason");
         _cleanup_free_ char *er = escape_display(reason);
-        printf("%15s%s %-9s%s%s\n", "", format_timestamp(ts, sizeof(ts), (usec_t) jint(ev, "time", 0), false),
-               strna(jstr(ev, "type")), er ? " " : "", strempty(er));
+        printf("%15s%s %s%s%s\n", "", format_timestamp(ts, sizeof(ts), (usec_t) jint(ev, "time", 0), false),
+               strna(jstr(ev, "type")), er ? ": " : "", strempty(er));
 }
 
 int verb_show(int argc, char **argv) {
