@@ -42,6 +42,17 @@ int conn_new(Manager *m, int fd, Conn **ret) {
         return 0;
 }
 
+void conn_watch_start(Conn *c) {
+        Manager *m = c->manager;
+        c->watch_prev = NULL;
+        c->watch_next = m->watchers;
+        if (m->watchers)
+                m->watchers->watch_prev = c;
+        m->watchers = c;
+        c->is_watcher = true;
+        c->busy = CONN_WATCH;
+}
+
 static void watcher_unlink(Conn *c) {
         Manager *m = c->manager;
         if (!c->is_watcher)
@@ -56,6 +67,13 @@ static void watcher_unlink(Conn *c) {
         c->is_watcher = false;
 }
 
+void conn_watch_end(Conn *c) {
+        watcher_unlink(c);
+        free(c->watch_lease);
+        free(c->watch_resource);
+        c->watch_lease = c->watch_resource = NULL;
+        conn_call_done(c);
+}
 
 void conn_free(Conn *c, bool release) {
         Manager *m = c->manager;

@@ -67,6 +67,9 @@ void conn_error_reason(Conn *c, const char *error, const char *reason, const cha
 void conn_protocol_error(Conn *c, const char *reason);
 /* The call in progress has ended: handle the calls queued behind it. */
 void conn_call_done(Conn *c);
+/* A Watch begins (its filters are set) or ends (the call is done). */
+void conn_watch_start(Conn *c);
+void conn_watch_end(Conn *c);
 
 /* Methods (methods.c). */
 void methods_dispatch(Conn *c, const VlCall *call);

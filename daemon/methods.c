@@ -486,16 +486,6 @@ static void method_status(Conn *c, struct json_object *p) {
         conn_reply(c, r, false);
 }
 
-static void watcher_add(Conn *c) {
-        Manager *m = c->manager;
-        c->watch_prev = NULL;
-        c->watch_next = m->watchers;
-        if (m->watchers)
-                m->watchers->watch_prev = c;
-        m->watchers = c;
-        c->is_watcher = true;
-}
-
 static void method_watch(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { "resource", "lease", NULL };
         const char *resource = NULL, *lease = NULL;
@@ -514,8 +504,7 @@ static void method_watch(Conn *c, struct json_object *p) {
         c->watch_lease = lease ? strdup(lease) : NULL;
         if ((resource && !c->watch_resource) || (lease && !c->watch_lease))
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        c->busy = CONN_WATCH;
-        watcher_add(c);
+        conn_watch_start(c);
         struct json_object *r = json_object_new_object();
         if (r)
                 json_object_object_add(r, "event", NULL);
@@ -710,20 +699,8 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                         json_object_object_add(r, "event", event_to_json(ev));
                 bool ends = c->watch_lease && event_ends_lease(ev->type);
                 conn_reply(c, r, !ends);
-                if (ends) {
-                        /* unlink from watchers; conn_call_done schedules the queued calls */
-                        if (c->watch_prev)
-                                c->watch_prev->watch_next = c->watch_next;
-                        else
-                                m->watchers = c->watch_next;
-                        if (c->watch_next)
-                                c->watch_next->watch_prev = c->watch_prev;
-                        c->watch_prev = c->watch_next = NULL;
-                        c->is_watcher = false;
-                        free(c->watch_lease);
-                        c->watch_lease = NULL;
-                        conn_call_done(c);
-                }
+                if (ends)
+                        conn_watch_end(c);
         }
 }
 
