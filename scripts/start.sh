@@ -17,12 +17,16 @@ fi
 ninja -C build
 
 if [[ -d /run/systemd/system && $(id -u) -eq 0 && -z ${AGEND_FOREGROUND:-} ]]; then
+        # Units, sysusers.d/tmpfiles.d snippets and the catalog go under the prefix
+        # (/usr/local/lib/systemd/system, ...), where systemd looks too; docs/systemd.md.
         meson install -C build --quiet
+        systemd-sysusers agend.conf             # the user "agend"
+        systemd-tmpfiles --create agend.conf    # /etc/agend, default agend.conf if absent
+        journalctl --update-catalog
         systemctl daemon-reload
-        systemd-sysusers agend.conf 2>/dev/null || true
-        systemd-tmpfiles --create agend.conf 2>/dev/null || true
         systemctl enable --now agend.socket
-        systemctl start agend.service
+        # Restart, so a reinstall runs the new build; holders reclaim their leases.
+        systemctl restart agend.service
         systemctl --no-pager status agend.service || true
         exit 0
 fi

@@ -13,11 +13,14 @@
 #                                     CMD runs as a service (own cgroup and unit, User=, ...)
 #   systemd-harness.sh teardown       power off, keep the journal, unmount, remove
 #   systemd-harness.sh check          exit 0 if this machine can boot a container, 77 if not
+#   systemd-harness.sh gc             tear down machines whose owner process is gone
 #
 # Environment:
 #   AGEND_TEST_CACHE  cache and work directory (default /var/cache/agend-test); the base
 #                     rootfs is kept there between runs, machines/NAME/ holds each boot
-#   MACHINE           machine name; required for everything but setup and check
+#   MACHINE           machine name; required for everything but setup, check and gc
+#   HARNESS_OWNER     pid of the process that owns the machine (create records it; gc, run
+#                     by every create, tears down machines whose owner is gone)
 #   EXTRA_PACKAGES    more Debian packages for the base rootfs (comma-separated); a changed
 #                     list builds (and caches) another base
 #   LOG_DIR           where teardown leaves NAME.journal.txt and NAME.console.log
@@ -94,7 +97,8 @@ cmd_setup() {
         if [[ -e $base/.complete ]]; then exec 9>&-; return 0; fi
         local tmp=$base.tmp.$$ t0=$SECONDS m; m=$(mirror)
         log "building the base rootfs ($SUITE from $m; + $PACKAGES); about a minute, once"
-        rm -rf "$tmp"
+        # Under the lock nobody else debootstraps: any *.tmp.* is left by a killed run.
+        rm -rf "$CACHE"/base-*.tmp.*
         if ! debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$m" \
                         >"$CACHE/debootstrap.log" 2>&1; then
                 tail -20 "$CACHE/debootstrap.log" >&2
@@ -114,12 +118,28 @@ cmd_setup() {
         mv "$tmp" "$base"
         exec 9>&-
         log "base rootfs ready in $((SECONDS - t0)) s"
+        prune_bases "$base"
+}
+
+# Removes the bases of other package lists (older revisions of this script) that no boot
+# used for a day and that no overlay has mounted: ~200 MB each.
+prune_bases() {
+        local b
+        for b in "$CACHE"/base-*; do
+                [[ -d $b && $b != "$1" && $b != *.tmp.* ]] || continue
+                [[ -e $b.used && -n $(find "$b.used" -mmin -1440) ]] && continue
+                grep -q "lowerdir=${b}[,:]" /proc/mounts && continue
+                log "removing the unused base rootfs $b"
+                rm -rf "$b" "$b.used"
+        done
 }
 
 cmd_create() {
         machine_vars
         cmd_setup
+        cmd_gc
         local base; base=$(base_dir)
+        touch "$base.used"      # for prune_bases; not inside the base, which overlays use
         [[ -e $STATE ]] && die "machine $MACHINE exists; tear it down first"
         mountpoint -q "$ROOT" 2>/dev/null && umount "$ROOT"
         rm -rf "$MDIR"
@@ -128,8 +148,22 @@ cmd_create() {
         # boots are independent and the cache stays valid.
         mount -t overlay overlay -o "lowerdir=$base,upperdir=$MDIR/upper,workdir=$MDIR/work" "$ROOT"
         echo "$MACHINE" >"$ROOT/etc/hostname"
-        echo "CREATED=1" >"$STATE"
+        echo "OWNER=${HARNESS_OWNER:-}" >"$STATE"
         echo "$ROOT"
+}
+
+# Tears down the machines of this cache whose owner (the HARNESS_OWNER pid given at create)
+# is gone: what a killed test run could not clean up itself.
+cmd_gc() {
+        local st OWNER
+        for st in "$CACHE"/machines/*/state; do
+                [[ -r $st ]] || continue
+                OWNER=$(sed -n 's/^OWNER=//p' "$st")
+                if [[ -z $OWNER ]] || kill -0 "$OWNER" 2>/dev/null; then continue; fi
+                st=${st%/state}
+                log "machine ${st##*/}: its owner $OWNER is gone; tearing it down"
+                (MACHINE=${st##*/} cmd_teardown) || true
+        done
 }
 
 cgroup_dirs() {
@@ -191,6 +225,7 @@ cmd_start() {
         rm -f "$MDIR/wrapper.pid"
         # A detached shell records its pid, enters its cgroup and runs nspawn; the container
         # gets a pure cgroup2 hierarchy (a hybrid one taints the boot and loses BPF).
+        # shellcheck disable=SC2016 # $$, $@ and $? are the inner shell's
         SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid bash -c \
                 'echo $$ >"$0"; '"$cg"'systemd-nspawn "$@"; echo "[nspawn exited rc=$?]"' \
                 "$MDIR/wrapper.pid" "${args[@]}" >>"$CONSOLE" 2>&1 </dev/null &
@@ -243,7 +278,7 @@ cmd_teardown() {
         fi
         if [[ -n $WRAPPER ]]; then
                 for ((i = 0; i < 200; i++)); do kill -0 "$WRAPPER" 2>/dev/null || break; sleep 0.05; done
-                kill -0 "$WRAPPER" 2>/dev/null && kill -KILL "$WRAPPER" 2>/dev/null || true
+                if kill -0 "$WRAPPER" 2>/dev/null; then kill -KILL "$WRAPPER" 2>/dev/null || true; fi
         fi
         mkdir -p "$LOG_DIR"
         if [[ -d $ROOT/var/log/journal ]]; then
@@ -255,7 +290,7 @@ cmd_teardown() {
         rm -rf "$MDIR"
         local d
         for d in $(cgroup_dirs); do
-                [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+                if [[ -d $d ]]; then find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
         done
         # nspawn leaves this when the host's /run is not a tmpfs ("we can't allow that").
         rm -rf "/run/systemd/nspawn/propagate/$MACHINE"
@@ -269,6 +304,7 @@ sub=${1:-}
 shift || true
 case $sub in
 check) cmd_check ;;
+gc) cmd_gc ;;
 setup) cmd_setup ;;
 create) cmd_create ;;
 start) cmd_start ;;

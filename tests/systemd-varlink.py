@@ -5,7 +5,10 @@
 #   systemd-varlink.py call METHOD [JSON]       one call; prints the reply's parameters;
 #                                               exit 1 (error name on stderr) on an error
 #   systemd-varlink.py owner RESOURCE           try once to acquire RESOURCE; prints the
-#                                               owner the daemon recorded, then releases
+#                                               owner the daemon recorded and, on a second
+#                                               line, our own uid, gid and pid; releases
+#   systemd-varlink.py lease ID                 prints "STATE PID UID TOKEN" of lease ID
+#                                               (List), or "none"
 #   systemd-varlink.py hold RESOURCE STATEFILE  acquire (wait), then hold; after every
 #                                               disconnect reconnect and Reclaim; STATEFILE
 #                                               tells the test what happened
@@ -99,8 +102,21 @@ def cmd_call(method, params="{}"):
 def cmd_owner(resource):
         c = Conn(timeout=30)
         r = c.call("Acquire", {"resource": resource, "timeout": 0})
+        # What the daemon recorded, then what this process knows about itself.
         print(json.dumps(r["lease"]["owner"]))
+        print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}))
         c.call("Release", {"id": r["lease"]["id"]})
+        return 0
+
+
+def cmd_lease(lid):
+        c = Conn(timeout=30)
+        for lease in c.call("List")["leases"]:
+                if lease["id"] == lid:
+                        o = lease["owner"]
+                        print(lease["state"], o["pid"], o["uid"], lease["token"])
+                        return 0
+        print("none")
         return 0
 
 
@@ -207,7 +223,7 @@ def cmd_probe(resource, stopfile):
 
 
 def main(argv):
-        cmds = {"call": cmd_call, "owner": cmd_owner, "hold": cmd_hold, "many": cmd_many, "probe": cmd_probe}
+        cmds = {"call": cmd_call, "owner": cmd_owner, "lease": cmd_lease, "hold": cmd_hold, "many": cmd_many, "probe": cmd_probe}
         if len(argv) < 2 or argv[1] not in cmds:
                 print(__doc__ if __doc__ else "usage: see the header", file=sys.stderr)
                 return 2

@@ -17,7 +17,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${AGEND_BUILD_ROOT:?set AGEND_BUILD_ROOT to the meson build directory}
 H=$SRC/scripts/systemd-harness.sh
 N_LEASES=${AGEND_TEST_LEASES:-10000}
-export MACHINE=agend-t$$-$RANDOM
+export MACHINE=agend-t$$-$RANDOM HARNESS_OWNER=$$
 export LOG_DIR=${LOG_DIR:-$BUILD/meson-logs/systemd}
 mkdir -p "$LOG_DIR"
 VL=/usr/local/libexec/agend-test/varlink
@@ -67,16 +67,24 @@ fi
 "$H" setup || bail "cannot build the container's base rootfs"
 
 cleanup() {
+        trap '' INT TERM        # a second signal must not cut the teardown short
         if [[ ${KEEP_MACHINE:-} == 1 ]]; then
                 echo "# kept: MACHINE=$MACHINE $H teardown" >&2
         else
-                "$H" teardown >/dev/null 2>&1
+                "$H" teardown >"$LOG_DIR/teardown.log" 2>&1
         fi
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 ROOT=$("$H" create) || bail "cannot create the container"
+t0=$(ms_now)
+"$H" start 2>&1 | diag
+cx true 2>/dev/null || bail "the container did not boot (logs in $LOG_DIR)"
+note "container $MACHINE booted in $(($(ms_now) - t0)) ms"
+
+# Install into the running system, as scripts/start.sh does on a machine whose PID 1 is
+# systemd: meson install, then the same steps as its systemd branch.
 meson install -C "$BUILD" --no-rebuild --quiet --destdir "$ROOT" >"$LOG_DIR/install.log" 2>&1 ||
         { diag <"$LOG_DIR/install.log"; bail "meson install --destdir failed"; }
 install -D -m 0755 "$SRC/tests/systemd-varlink.py" "$ROOT$VL"
@@ -90,11 +98,13 @@ StartLimitIntervalSec=0
 WatchdogSec=3s
 LimitCORE=0
 EOF
-t0=$(ms_now)
-"$H" start 2>&1 | diag
-cx true 2>/dev/null || bail "the container did not boot (logs in $LOG_DIR)"
-note "container $MACHINE booted in $(($(ms_now) - t0)) ms"
 cx ldconfig
+check "systemd-sysusers agend.conf creates the system user agend" \
+        sh -c "'$H' exec systemd-sysusers agend.conf && '$H' exec id -u agend >/dev/null"
+check "systemd-tmpfiles --create agend.conf creates /etc/agend with the default agend.conf" \
+        sh -c "'$H' exec systemd-tmpfiles --create agend.conf && '$H' exec test -f /etc/agend/agend.conf -a -d /etc/agend/resources.d"
+check "journalctl --update-catalog" cx journalctl --update-catalog
+cx systemctl daemon-reload
 
 UNITDIR=$(cx systemctl show -p FragmentPath --value agend.service)
 UNITDIR=${UNITDIR%/*}
@@ -109,15 +119,12 @@ out=$(cx systemd-analyze verify "$UNITDIR/agend.socket" "$UNITDIR/agend.service"
 check "systemd-analyze verify agend.socket agend.service: no errors, no warnings" \
         test $rc -eq 0 -a -z "$out"
 
+# --threshold is on the 0..100 scale of the exposure level times 10: 20 = 2.0.
 out=$(cx systemd-analyze security agend.service --no-pager --threshold=20 2>&1); rc=$?
 score=$(sed -n 's/.*Overall exposure level for agend.service: \([0-9.]*\).*/\1/p' <<<"$out")
 grep '✗' <<<"$out" | diag
-check "systemd-analyze security agend.service: ${score:-?} <= 2.0" \
-        awk -v s="${score:-99}" 'BEGIN { exit !(s <= 2.0) }'
-
-check "sysusers.d created the system user agend" cx id -u agend
-check "tmpfiles.d copied the default configuration to /etc/agend/agend.conf" \
-        cx test -f /etc/agend/agend.conf -a -d /etc/agend/resources.d
+check "systemd-analyze security agend.service: ${score:-?} <= 2.0 (--threshold=20 passes)" \
+        sh -c "test $rc -eq 0 && awk -v s='${score:-99}' 'BEGIN { exit !(s <= 2.0) }'"
 
 # --- socket activation ----------------------------------------------------------------------
 cx systemctl enable --now agend.socket 2>&1 | diag
@@ -160,51 +167,99 @@ check "database in the StateDirectory /var/lib/agend (agend-owned)" \
         test "$(cx stat -c %U "/var/lib/agend/agend.db" 2>/dev/null)" = agend
 check "RuntimeDirectory /run/agend owned by agend" test "$(cx stat -c %U /run/agend)" = agend
 
+pid=$(prop agend.service MainPID)
+cx systemctl reload agend
+check "systemctl reload agend (SIGHUP): same process, still running" \
+        test "$(prop agend.service MainPID)" = "$pid" -a "$(prop agend.service SubState)" = running
+
 out=$(cx "$VL" owner whoami-root)
 diag <<<"root: $out"
-check "a root client is identified as uid 0" grep -q '"uid": 0' <<<"$out"
-out=$(cx systemd-run --quiet --wait --pipe --collect --service-type=exec --unit=agend-test-nobody \
-        -p User=nobody "$VL" owner whoami-nobody 2>&1)
-diag <<<"nobody: $out"
-nobody=$(cx id -u nobody)
-check "a client running as another uid ($nobody) is identified as that uid, by SO_PEERCRED" \
-        grep -q "\"uid\": $nobody," <<<"$out"
-check "... its command name is read from /proc/PID/comm despite the sandbox" grep -q '"comm": "varlink"' <<<"$out"
-check "... and its systemd unit by sd_pid_get_unit" grep -q '"unit": "agend-test-nobody.service"' <<<"$out"
+check "a root client is identified as uid 0" grep -q '^{"uid": 0,' <<<"$out"
+# A uid other than 0 and other than 65534: under PrivateUsers=yes every foreign uid would
+# show up as 65534 ("nobody"), so a client running as nobody could not tell.
+out=$(cx systemd-run --quiet --wait --pipe --collect --service-type=exec --unit=agend-test-other \
+        -p DynamicUser=yes "$VL" owner whoami-other 2>&1)
+diag <<<"other uid: $out"
+rec=$(sed -n 1p <<<"$out"); self=$(sed -n 2p <<<"$out")
+ruid=$(sed -n 's/.*"uid": \([0-9]*\).*/\1/p' <<<"$rec"); suid=$(sed -n 's/.*"uid": \([0-9]*\).*/\1/p' <<<"$self")
+rpid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' <<<"$rec"); spid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' <<<"$self")
+check "a client running as another uid ($suid) is identified as that uid and pid, by SO_PEERCRED" \
+        test -n "$suid" -a "$ruid" = "$suid" -a "$suid" != 0 -a "$suid" != 65534 -a "$rpid" = "$spid"
+check "... its command name is read from /proc/PID/comm despite the sandbox" grep -q '"comm": "varlink"' <<<"$rec"
+check "... and its systemd unit by sd_pid_get_unit" grep -q '"unit": "agend-test-other.service"' <<<"$rec"
+check "Status reports the boot id (/proc/sys/kernel/random/boot_id readable in the sandbox)" \
+        sh -c "'$H' exec '$VL' call Status | grep -Eq '\"boot_id\": \"[0-9a-f-]{36}\"'"
 
 # --- a held lease across restarts -----------------------------------------------------------
+# The holder is not root (a dynamic uid): it must reclaim by its own right.
 cx mkdir -p /run/agend-test
-cx systemd-run --quiet --unit=agend-test-holder --service-type=exec "$VL" hold gpu /run/agend-test/holder
-wait_for 10 state_is /run/agend-test/holder granted || not_ok "holder got no lease"
-read -r _ lid ltok hpid _ <<<"$(cx cat /run/agend-test/holder)"
-note "holder pid $hpid holds lease $lid (token $ltok)"
+HSTATE=/run/agend-test-holder/state
+cx systemd-run --quiet --unit=agend-test-holder --service-type=exec -p DynamicUser=yes \
+        -p RuntimeDirectory=agend-test-holder "$VL" hold gpu "$HSTATE"
+wait_for 10 state_is "$HSTATE" granted || not_ok "holder got no lease"
+read -r _ lid ltok hpid _ <<<"$(cx cat "$HSTATE")"
+huid=$(cx ps -o uid= -p "$hpid" | tr -d ' ')
+note "holder pid $hpid (uid $huid) holds lease $lid (token $ltok)"
+if ((HAVE_AGENCTL)); then
+        out=$(cx systemd-run --quiet --wait --pipe --collect --service-type=exec -p DynamicUser=yes \
+                agenctl --json list 2>&1)
+        check "agenctl --json list, run by yet another uid, shows the holder's lease" \
+                grep -q "$lid" <<<"$out"
+        # The way users hold leases: agenctl run (libagenclient), through all the restarts below.
+        cx systemd-run --quiet --unit=agend-test-run --service-type=exec -p DynamicUser=yes \
+                agenctl run cuda -- sleep 600
+        run_lease() { cx "$VL" call List '{"resource": "cuda"}' | grep -o '"id": "[0-9a-f]*"' | head -1; }
+        wait_for 10 sh -c "'$H' exec '$VL' call List '{\"resource\": \"cuda\"}' | grep -q '\"id\"'"
+        run_id=$(run_lease); run_id=${run_id#*: \"}; run_id=${run_id%\"}
+        run_pid=$(prop agend-test-run MainPID)
+        run_before=$(cx "$VL" lease "$run_id")
+        note "agenctl run (pid $run_pid) holds lease $run_id: $run_before"
+fi
 
-# restart_check NAME REASON COMMAND...: COMMAND brings agend down (systemd restarts it);
-# meanwhile a prober keeps trying to take "gpu"; the holder must get its lease back, with
-# the same id and token, and the prober never.
+# restart_check NAME COMMAND...: COMMAND brings agend down (systemd restarts it);
+# meanwhile a prober keeps trying to take "gpu". The holder must keep its lease: either its
+# connection survived in systemd's fd store (FDSTORE=1), or it reconnected and reclaimed
+# the lease with the same id and token. The prober must never get it.
+kept_or_reclaimed() {   # kept_or_reclaimed RECLAIMS_BEFORE
+        local st; st=$(cx cat "$HSTATE" 2>/dev/null)
+        if [[ $st == "reclaimed $lid $ltok $hpid $(($1 + 1))"* ]]; then how=reclaimed; return 0; fi
+        # Connection kept: agend is up, the lease is "held" (a restored lease not yet
+        # reclaimed is "reclaimable") by the holder, which never saw a disconnect.
+        [[ $st != disconnected* && $st != lost* ]] && is_active || return 1
+        [[ $(cx "$VL" lease "$lid" 2>/dev/null) == "held $hpid $huid $ltok" ]] || return 1
+        st=$(cx cat "$HSTATE" 2>/dev/null)
+        [[ $st != disconnected* && $st != lost* ]] || return 1
+        how=kept
+}
 restart_check() {
-        local name=$1 reclaims; shift
-        reclaims=$(cx cat /run/agend-test/holder | awk '{ print $5 }')
+        local name=$1 reclaims how=""; shift
+        reclaims=$(cx cat "$HSTATE" | awk '{ print $5 }')
         cx rm -f /run/agend-test/probe.stop
         "$H" exec "$VL" probe gpu /run/agend-test/probe.stop >"$LOG_DIR/probe.log" 2>&1 &
         local prober=$!
         sleep 0.3
         local t0; t0=$(ms_now)
         "$@"
-        wait_for 60 state_is /run/agend-test/holder "reclaimed $lid $ltok $hpid $((reclaims + 1))"
+        wait_for 60 kept_or_reclaimed "$reclaims"
         local rc=$? t1; t1=$(ms_now)
-        note "$name: holder had its lease back after $((t1 - t0)) ms"
+        note "$name: holder's lease ${how:-LOST} after $((t1 - t0)) ms ($(cx cat "$HSTATE"))"
         sleep 0.3
         cx touch /run/agend-test/probe.stop
         wait "$prober"
         diag <"$LOG_DIR/probe.log"
-        check "$name: the holder reclaimed its lease (same id and token)" test $rc -eq 0
+        check "$name: the holder kept its lease or reclaimed it (same id and token)" test $rc -eq 0
         check "$name: no other client got the lease meanwhile" \
                 grep -q '"granted": 0,' "$LOG_DIR/probe.log"
         rm -f "$LOG_DIR/probe.log"
-        out=$(cx "$VL" call List '{"resource": "gpu"}')
-        check "$name: List shows the lease held by the holder's pid" \
-                grep -q "\"id\": \"$lid\".*\"pid\": $hpid" <<<"$out"
+        check "$name: List shows the lease held by the holder's pid and uid" \
+                test "$(cx "$VL" lease "$lid")" = "held $hpid $huid $ltok"
+        if [[ $name == "systemctl restart agend" ]]; then
+                # Not counted as a failure until the daemon hands connections to systemd.
+                n=$((n + 1))
+                if [[ $how == kept ]]; then echo "ok $n - $name: the holder's connection survived (fd store)"
+                else echo "not ok $n - $name: the holder's connection survived (fd store) # TODO agend does not use FDSTORE=1 yet"
+                fi
+        fi
 }
 
 do_restart() {
@@ -234,16 +289,24 @@ do_stop() {
 }
 restart_check "kill -STOP (watchdog)" do_stop
 
+if ((HAVE_AGENCTL)); then
+        wait_for 15 sh -c "test \"\$('$H' exec '$VL' lease '$run_id')\" = '$run_before'"
+        check "agenctl run kept its lease through restart, SIGKILL and watchdog ($(cx "$VL" lease "$run_id"))" \
+                test "$(cx "$VL" lease "$run_id")" = "$run_before"
+        check "... and its command still runs" \
+                test "$(prop agend-test-run SubState)" = running -a "$(prop agend-test-run MainPID)" = "$run_pid"
+        cx systemctl stop agend-test-run 2>/dev/null
+fi
+
 # --- journal --------------------------------------------------------------------------------
 # Reclaims and revokes are logged at info, with the structured fields.
 cx "$VL" call Revoke "{\"id\": \"$lid\", \"reason\": \"test-systemd\"}" >/dev/null
 sleep 0.5
 j=$(cx journalctl -u agend --no-pager -o verbose)
-for f in "AGEND_LEASE_ID=$lid" "AGEND_RESOURCE=gpu" "AGEND_TOKEN=$ltok" "AGEND_PEER_UID=0" \
+for f in "AGEND_LEASE_ID=$lid" "AGEND_RESOURCE=gpu" "AGEND_TOKEN=$ltok" "AGEND_PEER_UID=$huid" \
         "MESSAGE_ID=8f9a4b6c3d5e4f1a0b2c4d5e6f708192" "MESSAGE_ID=7e8f3a5b2c4d4e0f9a1b3c4d5e6f7081"; do
         check "journalctl -u agend -o verbose has $f" grep -q "^    $f\$" <<<"$j"
 done
-cx journalctl --update-catalog
 out=$(cx journalctl -u agend --no-pager -x MESSAGE_ID=7e8f3a5b2c4d4e0f9a1b3c4d5e6f7081 2>&1)
 check "the journal catalog explains a revoke (journalctl -x)" grep -q "was revoked by an administrator" <<<"$out"
 cx systemctl stop agend-test-holder 2>/dev/null
