@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "macro.h"
+#include "peer.h"
 
 void config_init_defaults(Config *c) {
         *c = (Config) {
@@ -346,14 +347,14 @@ int config_load(Config *c, const char *path, const char *dir, char **ret_error) 
         return 0;
 }
 
-bool config_may_revoke(const Config *c, uid_t uid, gid_t gid) {
+bool config_may_revoke(const Config *c, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups) {
         if (uid == 0)
                 return true;
         for (size_t i = 0; i < c->n_revoke_uids; i++)
                 if (c->revoke_uids[i] == uid)
                         return true;
         for (size_t i = 0; i < c->n_revoke_gids; i++)
-                if (c->revoke_gids[i] == gid)
+                if (peer_in_group(gid, groups, n_groups, c->revoke_gids[i]))
                         return true;
         return false;
 }

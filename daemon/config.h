@@ -52,4 +52,5 @@ void config_done(Config *c);
  * *ret_error (malloc'ed); c is then unchanged. */
 int config_load(Config *c, const char *path, const char *dir, char **ret_error);
 
-bool config_may_revoke(const Config *c, uid_t uid, gid_t gid);
+/* Root, a listed user, or a member (primary or supplementary) of a listed group. */
+bool config_may_revoke(const Config *c, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups);

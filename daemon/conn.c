@@ -25,7 +25,10 @@ int conn_new(Manager *m, int fd, Conn **ret) {
         vl_reader_init(&c->in, m->config.max_message_size);
         vl_writer_init(&c->out);
         int k = peer_get(fd, &c->peer);
+        if (k >= 0 && c->peer.pid > 0)
+                k = peer_groups(c->peer.pid, &c->groups, &c->n_groups);
         if (k < 0) {
+                owner_done(&c->peer);
                 vl_reader_done(&c->in);
                 free(c);
                 return k;
@@ -123,6 +126,7 @@ void conn_free(Conn *c, bool release) {
         vl_reader_done(&c->in);
         vl_writer_done(&c->out);
         owner_done(&c->peer);
+        free(c->groups);
         free(c->watch_resource);
         free(c->watch_lease);
         free(c);

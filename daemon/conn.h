@@ -30,6 +30,8 @@ struct Conn {
         VlReader in;
         VlWriter out;
         Owner peer;
+        gid_t *groups;          /* supplementary groups of the peer, for allow lists */
+        size_t n_groups;
         UserStat *user;
         Holder holder;
 

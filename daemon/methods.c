@@ -16,6 +16,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "peer.h"
 
 #define RESOURCE_NAME_MAX 255
 #define DESCRIPTION_MAX 1024
@@ -165,14 +166,14 @@ static bool secret_eq(const char *a, const char *b) {
         return d == 0;
 }
 
-static bool may_use(const Resource *r, const Owner *o) {
-        if (!r || !r->restricted || o->uid == 0)
+static bool may_use(const Resource *r, const Conn *c) {
+        if (!r || !r->restricted || c->peer.uid == 0)
                 return true;
         for (size_t i = 0; i < r->n_allow_uids; i++)
-                if (r->allow_uids[i] == o->uid)
+                if (r->allow_uids[i] == c->peer.uid)
                         return true;
         for (size_t i = 0; i < r->n_allow_gids; i++)
-                if (r->allow_gids[i] == o->gid)
+                if (peer_in_group(c->peer.gid, c->groups, c->n_groups, r->allow_gids[i]))
                         return true;
         return false;
 }
@@ -231,7 +232,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
         if (get_string(p, "description", false, DESCRIPTION_MAX, &description) < 0)
                 return invalid(c, "description", "a string of at most 1024 bytes without NUL");
 
-        if (!may_use(engine_resource_get(m->engine, resource), &c->peer))
+        if (!may_use(engine_resource_get(m->engine, resource), c))
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "the configuration does not allow this user to use the resource",
                                          "resource", resource);
@@ -380,7 +381,7 @@ static void method_revoke(Conn *c, struct json_object *p) {
                 return invalid(c, "id", "a lease id string");
         if (get_string(p, "reason", false, DESCRIPTION_MAX, &reason) < 0)
                 return invalid(c, "reason", "a string of at most 1024 bytes without NUL");
-        if (!config_may_revoke(&c->manager->config, c->peer.uid, c->peer.gid))
+        if (!config_may_revoke(&c->manager->config, c->peer.uid, c->peer.gid, c->groups, c->n_groups))
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "revoking needs root or RevokeUsers=/RevokeGroups= in agend.conf", "id", id);
         Lease *l = engine_lease_get(c->manager->engine, id);

@@ -69,8 +69,8 @@ static void test_defaults(void **state) {
         assert_int_equal(c.max_waiters_per_user, 10000);
         assert_true(c.allow_undeclared);
         assert_int_equal(c.n_resources, 0);
-        assert_true(config_may_revoke(&c, 0, 0));
-        assert_false(config_may_revoke(&c, 1000, 1000));
+        assert_true(config_may_revoke(&c, 0, 0, NULL, 0));
+        assert_false(config_may_revoke(&c, 1000, 1000, NULL, 0));
         config_done(&c);
 }
 
@@ -109,9 +109,12 @@ static void test_one_file(void **state) {
         assert_int_equal(c.max_leases_per_user, 8);
         assert_int_equal(c.max_waiters_per_user, 9);
         assert_false(c.allow_undeclared);
-        assert_true(config_may_revoke(&c, 1001, 5));
-        assert_true(config_may_revoke(&c, 5, 2000));
-        assert_false(config_may_revoke(&c, 5, 5));
+        assert_true(config_may_revoke(&c, 1001, 5, NULL, 0));
+        assert_true(config_may_revoke(&c, 5, 2000, NULL, 0));
+        assert_false(config_may_revoke(&c, 5, 5, NULL, 0));
+        /* RevokeGroups= also matches a supplementary group of the caller. */
+        assert_true(config_may_revoke(&c, 5, 5, (const gid_t[]) { 7, 2000 }, 2));
+        assert_false(config_may_revoke(&c, 5, 5, (const gid_t[]) { 7, 8 }, 2));
 
         assert_int_equal(c.n_resources, 2);
         const ResourceDecl *gpu = find(&c, "gpu");
