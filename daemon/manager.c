@@ -12,6 +12,7 @@
 #include "build-config.h"
 #include "config.h"
 #include "conn.h"
+#include "fdstore.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -284,6 +285,11 @@ Manager *manager_free(Manager *m) {
                 ev_signal_stop(m->loop, &m->sighup);
         }
         safe_close(m->listen_fd);
+        for (size_t j = 0; j < m->n_stored; j++) {
+                safe_close(m->stored[j].fd);
+                free(m->stored[j].name);
+        }
+        free(m->stored);
         HashmapIter i = {};
         UserStat *u;
         while (hashmap_iterate(&m->users, &i, (void **) &u))
@@ -334,6 +340,7 @@ int manager_run(Manager *m) {
 
         /* Listen before restoring, so clients can connect meanwhile; nothing is read from
          * them (the listening watcher starts below) until the leases are back. */
+        (void) fdstore_collect(m);
         k = server_listen(m->opts.socket_path, &m->listen_fd, &m->socket_activated);
         if (k < 0)
                 return EXIT_FAILURE;
@@ -364,6 +371,12 @@ int manager_run(Manager *m) {
                  m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
                  usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
                  engine_in_grace(m->engine) ? ", waiting for their holders to reclaim them" : "");
+
+        /* Connections systemd kept across a restart get their leases back before anyone
+         * else is served. */
+        int adopted = fdstore_adopt(m);
+        if (adopted > 0)
+                log_info("took back %d connections kept by systemd", adopted);
 
         m->started = usec_now(CLOCK_MONOTONIC);
 
@@ -408,6 +421,8 @@ int manager_run(Manager *m) {
                         m->exit_code = EXIT_FAILURE;
                 }
         }
+        if (!m->store_failed && m->exit_code == EXIT_SUCCESS)
+                (void) fdstore_save(m);
         if (!m->socket_activated)
                 (void) unlink(m->opts.socket_path);
         return m->exit_code;

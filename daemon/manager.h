@@ -27,6 +27,12 @@ typedef struct UserStat {
         unsigned waiters;
 } UserStat;
 
+/* A connection systemd kept for us across a restart (fdstore.c). */
+typedef struct StoredConn {
+        int fd;
+        char *name;
+} StoredConn;
+
 typedef struct ManagerOptions {
         const char *config_path;        /* NULL: the config directory */
         const char *config_dir;
@@ -57,6 +63,8 @@ typedef struct Manager {
         Conn *pending;                  /* connections whose queued input must be processed */
         Conn *watchers;                 /* connections with a Watch in progress */
         Hashmap users;                  /* uid → UserStat */
+        StoredConn *stored;             /* connections to adopt after the restore */
+        size_t n_stored;
 
         char boot_id[64];
         usec_t started;                 /* CLOCK_MONOTONIC */
