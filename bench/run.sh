@@ -3,7 +3,7 @@
 # (see docs/performance.md). Only ratios measured in one run mean anything on a VM whose
 # fsync speed drifts, so every point is measured for all peers back to back.
 #
-#   bench/run.sh                 the full comparison (about 15-25 minutes)
+#   bench/run.sh                 the full comparison (about 10 minutes)
 #   bench/run.sh --quick         shorter points, smaller scale (about 3 minutes)
 #   bench/run.sh --smoke         a few seconds, agend only, no install (what the tests run)
 #
