@@ -289,24 +289,43 @@ static void test_undeclared_forbidden(void **state) {
         assert_int_equal(acquire(f, "only", 1, false, USEC_INFINITY, 0, 0, NULL, NULL, NULL), 0);
 }
 
+/* Opens the store in dir and an engine on it, restored for boot_id: a daemon start. */
+static int start_engine(Fixture *f, const char *dir, const char *boot_id, usec_t grace, Store **ret_s,
+                        Engine **ret_e) {
+        char *err = NULL;
+        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, ret_s, &err), 0);
+        assert_int_equal(engine_new(&clock, *ret_s, &callbacks, f, ret_e), 0);
+        return engine_restore(*ret_e, boot_id, grace);
+}
+
+/* A crash or a stop: the engine goes away without releasing anything. */
+static void stop_engine(Fixture *f, Store *s, Engine *e) {
+        memset(f->holders, 0, sizeof(f->holders));
+        engine_free(e);
+        store_free(s);
+}
+
+static void remove_dir(const char *dir) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        assert_int_equal(system(cmd), 0);
+}
+
 /* With the real sqlite store: leases, tokens and grace survive an engine restart. */
 static void test_restore_with_store(void **state) {
         Fixture *f = *state;
         char dir[] = "/tmp/agend-test-engine-XXXXXX";
         assert_non_null(mkdtemp(dir));
-        Store *s = NULL;
-        char *err = NULL;
-        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
+        Store *s;
+        Engine *e;
+        Lease *lb, *ld, *n;
+        Waiter *w;
 
-        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        Engine *e = NULL;
-        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
-        assert_int_equal(engine_restore(e, "boot-a", 10 * USEC_PER_SEC), 0);
+        assert_int_equal(start_engine(f, dir, "boot-a", 10 * USEC_PER_SEC, &s, &e), 0);
         AcquireParams bound = { .resource = "r", .owner = &owner, .timeout = USEC_INFINITY };
         AcquireParams det = { .resource = "q", .owner = &owner, .timeout = USEC_INFINITY, .detached = true,
                               .ttl = 30 * USEC_PER_SEC };
-        Lease *lb, *ld;
-        Waiter *w;
         assert_int_equal(engine_acquire(e, &bound, &f->holders[0], NULL, &lb, &w), 0);
         assert_int_equal(engine_acquire(e, &det, &f->holders[0], NULL, &ld, &w), 0);
         char id_b[LEASE_ID_LEN + 1], secret_b[LEASE_SECRET_LEN + 1];
@@ -314,14 +333,9 @@ static void test_restore_with_store(void **state) {
         strcpy(secret_b, lb->secret);
         uint64_t tok_b = lb->token, tok_d = ld->token;
         assert_int_equal(s->ops->commit(s), 1);
-        /* A crash: nothing is released, the process just goes away. */
-        f->holders[0] = (Holder) {};
-        engine_free(e);
-        store_free(s);
+        stop_engine(f, s, e);
 
-        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
-        assert_int_equal(engine_restore(e, "boot-a", 10 * USEC_PER_SEC), 2);
+        assert_int_equal(start_engine(f, dir, "boot-a", 10 * USEC_PER_SEC, &s, &e), 2);
         Lease *rb = engine_lease_get(e, id_b);
         assert_non_null(rb);
         assert_int_equal(rb->state, LEASE_RECLAIMABLE);
@@ -329,7 +343,6 @@ static void test_restore_with_store(void **state) {
         assert_string_equal(rb->secret, secret_b);
         assert_true(engine_in_grace(e));
         /* No grant collides with the unreclaimed lease. */
-        Lease *n;
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "r", .owner = &owner, .try_once = true },
                                         &f->holders[1], NULL, &n, &w),
                          -ETIMEDOUT);
@@ -341,56 +354,39 @@ static void test_restore_with_store(void **state) {
                          0);
         assert_true(n->token > MAX(tok_b, tok_d));
         assert_int_equal(s->ops->commit(s), 1);
-        f->holders[1] = (Holder) {};
-        engine_free(e);
-        store_free(s);
+        stop_engine(f, s, e);
 
         /* Another boot voids everything, and tokens still go up. */
-        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
         unsigned voided = f->n_events[EVENT_VOIDED];
-        assert_int_equal(engine_restore(e, "boot-b", 10 * USEC_PER_SEC), 3);
+        assert_int_equal(start_engine(f, dir, "boot-b", 10 * USEC_PER_SEC, &s, &e), 3);
         assert_int_equal(f->n_events[EVENT_VOIDED] - voided, 3);
         assert_int_equal(engine_n_leases(e), 0);
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "r", .owner = &owner }, &f->holders[2], NULL,
                                         &n, &w),
                          0);
         assert_true(n->token > MAX(tok_b, tok_d) + 1);
-        f->holders[2] = (Holder) {};
-        engine_free(e);
-        store_free(s);
-
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        assert_int_equal(system(cmd), 0);
+        stop_engine(f, s, e);
+        remove_dir(dir);
 }
 
 static void test_grace_expiry_releases(void **state) {
         Fixture *f = *state;
         char dir[] = "/tmp/agend-test-engine-XXXXXX";
         assert_non_null(mkdtemp(dir));
-        Store *s = NULL;
-        char *err = NULL;
-        EngineClock clock = { .monotonic = clock_mono, .realtime = clock_real, .userdata = f };
-        Engine *e = NULL;
+        Store *s;
+        Engine *e;
         Lease *l;
         Waiter *w;
+        int tag;
 
-        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
-        assert_int_equal(engine_restore(e, "boot", 1 * USEC_PER_SEC), 0);
+        assert_int_equal(start_engine(f, dir, "boot", 1 * USEC_PER_SEC, &s, &e), 0);
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "g", .owner = &owner }, &f->holders[0],
                                         NULL, &l, &w),
                          0);
         assert_int_equal(s->ops->commit(s), 1);
-        f->holders[0] = (Holder) {};
-        engine_free(e);
-        store_free(s);
+        stop_engine(f, s, e);
 
-        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(&clock, s, &callbacks, f, &e), 0);
-        assert_int_equal(engine_restore(e, "boot", 1 * USEC_PER_SEC), 1);
-        int tag;
+        assert_int_equal(start_engine(f, dir, "boot", 1 * USEC_PER_SEC, &s, &e), 1);
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "g", .owner = &owner, .timeout = USEC_INFINITY },
                                         &f->holders[1], &tag, &l, &w),
                          1);
@@ -400,12 +396,8 @@ static void test_grace_expiry_releases(void **state) {
         assert_int_equal(f->n_granted, 1);
         assert_ptr_equal(f->granted_userdata[0], &tag);
         assert_int_equal(engine_n_leases(e), 1);
-        f->holders[1] = (Holder) {};
-        engine_free(e);
-        store_free(s);
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        assert_int_equal(system(cmd), 0);
+        stop_engine(f, s, e);
+        remove_dir(dir);
 }
 
 int main(void) {
