@@ -16,6 +16,8 @@
 
 #include <cmocka.h>
 
+#include "test-fds.h"
+
 #include "agen/agen.h"
 #include "gen-internal.h"
 
@@ -216,16 +218,6 @@ static void errors_handler(struct ev_loop *loop, agen_gen *gen, int error, const
 
 /* ---- fixture: a fresh loop; at the end nothing of ours may be left ---- */
 
-static unsigned count_fds(void) {
-        unsigned n = 0;
-        DIR *d = opendir("/proc/self/fd");
-        assert_non_null(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
-}
 
 typedef struct Fixture {
         struct ev_loop *loop;

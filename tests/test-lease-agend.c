@@ -25,6 +25,8 @@
 
 #include <cmocka.h>
 
+#include "test-fds.h"
+
 #include "agen/agen.h"
 #include "gen-internal.h"
 #include "helper-agend.h"
@@ -49,16 +51,6 @@ typedef struct Fixture {
         bool guard_fired;
 } Fixture;
 
-static unsigned count_fds(void) {
-        unsigned n = 0;
-        DIR *d = opendir("/proc/self/fd");
-        assert_non_null(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
-}
 
 static void guard_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Fixture *f = container_of(w, Fixture, guard);
