@@ -24,6 +24,18 @@
 
 #include "bench.h"
 
+/* Connects fd (closed on failure) and makes it non-blocking if asked. Returns fd. */
+static int connect_fd(int fd, const struct sockaddr *sa, socklen_t len, bool nonblock) {
+        if (connect(fd, sa, len) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        if (nonblock)
+                (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        return fd;
+}
+
 int connect_unix(const char *path, bool nonblock) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd;
@@ -36,14 +48,7 @@ int connect_unix(const char *path, bool nonblock) {
                 return -errno;
         /* Blocking connect: on AF_UNIX it waits for room in the listen backlog instead of
          * failing with EAGAIN, which matters when 10 k connections arrive at once. */
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        if (nonblock)
-                (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        return fd;
+        return connect_fd(fd, (struct sockaddr *) &sa, sizeof(sa), nonblock);
 }
 
 int connect_tcp(const char *host, int port, bool nonblock) {
@@ -56,14 +61,7 @@ int connect_tcp(const char *host, int port, bool nonblock) {
         if (fd < 0)
                 return -errno;
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        if (nonblock)
-                (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        return fd;
+        return connect_fd(fd, (struct sockaddr *) &sa, sizeof(sa), nonblock);
 }
 
 /* ---- framing ---- */
