@@ -10,6 +10,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "fs-util.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -81,24 +82,6 @@ static int default_paths(char **socket_path, char **state_dir) {
                 }
                 if (!*state_dir)
                         return -ENOMEM;
-        }
-        return 0;
-}
-
-static int mkdir_p(const char *path, mode_t mode) {
-        _cleanup_free_ char *p = strdup(path);
-        if (!p)
-                return -ENOMEM;
-        for (char *s = p + 1;; s++) {
-                if (*s != '/' && *s != 0)
-                        continue;
-                char saved = *s;
-                *s = 0;
-                if (mkdir(p, mode) < 0 && errno != EEXIST)
-                        return -errno;
-                *s = saved;
-                if (!saved)
-                        break;
         }
         return 0;
 }
@@ -188,7 +171,7 @@ int main(int argc, char *argv[]) {
         o.socket_path = socket_path;
         o.state_dir = state_dir;
 
-        int k = mkdir_p(state_dir, 0700);
+        int k = mkdir_p(state_dir, 0700, false);
         if (k < 0) {
                 log_error_errno(k, "cannot create the state directory \"%s\": %m", state_dir);
                 return EXIT_FAILURE;

@@ -11,6 +11,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "fs-util.h"
 #include "log.h"
 #include "macro.h"
 #include "server.h"
@@ -18,21 +19,6 @@
 #if HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
-
-static int mkdir_parents(const char *path) {
-        _cleanup_free_ char *p = strdup(path);
-        if (!p)
-                return -ENOMEM;
-        for (char *s = p + 1; *s; s++) {
-                if (*s != '/')
-                        continue;
-                *s = 0;
-                if (mkdir(p, 0755) < 0 && errno != EEXIST)
-                        return -errno;
-                *s = '/';
-        }
-        return 0;
-}
 
 static int sockaddr_for(const char *path, struct sockaddr_un *sa, socklen_t *len) {
         size_t n = strlen(path);
@@ -67,7 +53,7 @@ int server_listen(const char *path, int *ret_fd, bool *ret_activated) {
         int k = sockaddr_for(path, &sa, &len);
         if (k < 0)
                 return log_error_errno(k, "socket path \"%s\" is too long", path);
-        k = mkdir_parents(path);
+        k = mkdir_p(path, 0755, true);
         if (k < 0)
                 return log_error_errno(k, "cannot create the directory of \"%s\": %m", path);
 
