@@ -319,8 +319,8 @@ static void method_release(Conn *c, struct json_object *p) {
         if (!l)
                 return;
         const char *reason = l->holder == &c->holder ? "released by the holder"
-                             : c->peer.uid == 0 && l->holder != &c->holder ? "released by root"
-                                                                            : "released with the secret";
+                             : c->peer.uid == 0        ? "released by root"
+                                                       : "released with the secret";
         engine_lease_end(c->manager->engine, l, EVENT_RELEASED, reason);
         conn_reply(c, NULL, false);
 }
