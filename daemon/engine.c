@@ -548,6 +548,16 @@ Resource *engine_resource_get(Engine *e, const char *name) {
         return hashmap_get(&e->resources, name);
 }
 
+bool engine_token_current(Engine *e, const char *resource, uint64_t token) {
+        Resource *r = resource ? hashmap_get(&e->resources, resource) : NULL;
+        if (!r || token == 0)
+                return false;
+        for (Lease *l = r->leases; l; l = l->res_next)
+                if (l->token == token)
+                        return true;
+        return false;
+}
+
 const Hashmap *engine_resources(Engine *e) {
         return &e->resources;
 }

@@ -220,6 +220,11 @@ void engine_holder_gone(Engine *e, Holder *h);
 
 Lease *engine_lease_get(Engine *e, const char *id);
 Resource *engine_resource_get(Engine *e, const char *name);
+/* Whether token is the fencing token of a lease that holds resource now (any of them, for a
+ * counted resource), the way a guarded service checks a writer (Chubby's CheckSequencer).
+ * A restored lease still waiting for its holder counts: nothing newer can hold its units
+ * until it is reclaimed or released. An unknown resource holds nothing: false. */
+bool engine_token_current(Engine *e, const char *resource, uint64_t token);
 const Hashmap *engine_resources(Engine *e);
 unsigned engine_n_leases(Engine *e);
 unsigned engine_n_waiters(Engine *e);

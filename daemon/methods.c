@@ -399,6 +399,25 @@ static void method_revoke(Conn *c, struct json_object *p) {
         conn_reply(c, NULL, false);
 }
 
+/* Anyone may ask (leases are visible to every local user), so a guarded service can check
+ * the token a writer presents before it accepts the write. */
+static void method_check(Conn *c, struct json_object *p) {
+        static const char *const allowed[] = { "resource", "token", NULL };
+        const char *resource = NULL;
+        int64_t token = 0;
+        if (!check_members(c, p, allowed))
+                return;
+        if (get_string(p, "resource", true, RESOURCE_NAME_MAX, &resource) < 0)
+                return invalid(c, "resource", "a resource name");
+        if (json_get_int64(p, "token", JSON_REQUIRED, 0, INT64_MAX, &token) < 0)
+                return invalid(c, "token", "a fencing token: an integer >= 0");
+        struct json_object *r = json_object_new_object();
+        if (!r)
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        add_bool(r, "current", engine_token_current(c->manager->engine, resource, (uint64_t) token));
+        conn_reply(c, r, false);
+}
+
 static int list_resource(Resource *r, struct json_object *leases, struct json_object *waiters) {
         for (Lease *l = r->leases; l; l = l->res_next)
                 if (json_object_array_add(leases, lease_to_json(l)) < 0)
@@ -617,6 +636,7 @@ static const struct {
         { "io.agend.Lease.Status", method_status },
         { "io.agend.Lease.Watch", method_watch },
         { "io.agend.Lease.History", method_history },
+        { "io.agend.Lease.Check", method_check },
         { "org.varlink.service.GetInfo", method_get_info },
         { "org.varlink.service.GetInterfaceDescription", method_get_interface_description },
 };

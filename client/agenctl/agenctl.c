@@ -55,7 +55,8 @@ enum {
         V_WATCH = 1 << 9,
         V_HISTORY = 1 << 10,
         V_HELP = 1 << 11,
-        V_ALL = (1 << 12) - 1,
+        V_CHECK = 1 << 12,
+        V_ALL = (1 << 13) - 1,
         V_TABLES = V_LIST | V_RESOURCES | V_HISTORY,
         V_HOLD = V_RUN | V_ACQUIRE,
 };
@@ -111,6 +112,11 @@ static const Verb verbs[] = {
           "reclaimed, voided) until interrupted; JSON lines with --json.\n" },
         { "history", V_HISTORY, 0, 1, verb_history, "[RESOURCE]", "Show recent events",
           "Shows the last events the daemon kept, oldest first.\n" },
+        { "check", V_CHECK, 2, 2, verb_check, "RESOURCE TOKEN", "Tell whether a fencing token is current",
+          "Asks agend whether TOKEN is the fencing token of a current holder of RESOURCE (one of\n"
+          "them, for a counted resource). Exits 0 if it is, 80 if it is stale (the lease ended,\n"
+          "was revoked or expired, or never held RESOURCE): a guarded service refuses the\n"
+          "writes of a stale holder. Anyone may ask.\n" },
         { "help", V_HELP, 0, 1, verb_help, "[VERB]", "Show this help, or a verb's", NULL },
 };
 
@@ -164,7 +170,7 @@ static const struct {
 } option_verbs[] = {
         { 'l', V_TABLES, "--full" },
         { ARG_NO_LEGEND, V_TABLES, "--no-legend" },
-        { 'q', V_HOLD, "--quiet" },
+        { 'q', V_HOLD | V_CHECK, "--quiet" },
         { 'u', V_HOLD, "--units" },
         { 'x', V_HOLD, "--exclusive" },
         { 'w', V_HOLD, "--timeout" },
@@ -226,6 +232,7 @@ static void print_options(unsigned bit) {
                 { V_HOLD, "-d --description=TEXT", "Why the lease is taken, shown to others" },
                 { V_HOLD, "-E --conflict-exit-code=N", "Exit code when busy or timed out (default 75)" },
                 { V_HOLD, "-q --quiet", "No queue position on the terminal" },
+                { V_CHECK, "-q --quiet", "Print nothing; the exit code says it" },
                 { V_RUN, "   --kill-delay=DURATION", "SIGTERM to SIGKILL after a lost lease (default 5s)" },
                 { V_ACQUIRE, "   --detach", "Let the lease outlive agenctl; print id and secret" },
                 { V_RELEASE | V_RENEW, "   --secret=SECRET", "The lease's secret (\"-\": read it from standard\n"
@@ -265,8 +272,8 @@ static void help(void) {
         }
         print_options(V_ALL);
         printf("\nExit codes: 0 ok, 1 other failure, 64 usage, 66 no such lease or resource,\n"
-               "69 agend unreachable, 75 busy or timed out, 77 permission denied, 79 lease lost;\n"
-               "run: the command's status (126 cannot execute, 127 not found, 128+N signal N).\n"
+               "69 agend unreachable, 75 busy or timed out, 77 permission denied, 79 lease lost,\n"
+               "80 check: stale token; run: the command's status (126 cannot execute, 127 not found, 128+N signal N).\n"
                "`%s VERB --help` shows a verb's options; see agenctl(1).\n",
                program_name);
 }

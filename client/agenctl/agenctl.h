@@ -22,6 +22,7 @@ enum {
         EXIT_BUSY = 75,            /* busy with --nowait, or --timeout passed (EX_TEMPFAIL) */
         EXIT_PERMISSION = 77,      /* PermissionDenied (EX_NOPERM) */
         EXIT_LOST = 79,            /* the lease ended while run/acquire held it */
+        EXIT_STALE = 80,           /* check: the token is not a current holder's */
         EXIT_CANNOT_EXEC = 126,    /* run: the command exists but could not be started */
         EXIT_NO_COMMAND = 127,     /* run: the command was not found */
 };
@@ -92,3 +93,4 @@ int verb_acquire(int argc, char **argv);
 int verb_release(int argc, char **argv);
 int verb_renew(int argc, char **argv);
 int verb_revoke(int argc, char **argv);
+int verb_check(int argc, char **argv);

@@ -556,3 +556,34 @@ int verb_watch(int argc, char **argv) {
         ev_signal_stop(loop, &sigterm);
         return w.exit_code;
 }
+
+/* ---- check ---- */
+
+int verb_check(int argc, char **argv) {
+        const char *resource = argv[1], *t = argv[2];
+        char *end = NULL;
+        errno = 0;
+        unsigned long long token = strtoull(t, &end, 10);
+        if (!*t || *t == '-' || *t == '+' || !end || *end || errno != 0 || token > INT64_MAX) {
+                _cleanup_free_ char *e = escape_display(t);
+                log_error("check takes a fencing token (a number, as in $AGEN_LEASE_TOKEN), not '%s'", strna(e));
+                return EXIT_USAGE;
+        }
+        _cleanup_json_ json_object *params = json_object_new_object(), *reply = NULL;
+        json_object_object_add(params, "resource", json_object_new_string(resource));
+        json_object_object_add(params, "token", json_object_new_int64((int64_t) token));
+        int r = agenctl_call("io.agend.Lease.Check", params, resource, &reply);
+        if (r > 0)
+                return r;
+        bool current = jbool(reply, "current");
+        if (arg_json)
+                agenctl_print_json(reply);
+        else if (!arg_quiet) {
+                _cleanup_free_ char *e = escape_display(resource);
+                if (current)
+                        printf("Token %llu is current: it holds %s.\n", token, strna(e));
+                else
+                        printf("Token %llu is stale: no current lease on %s has it.\n", token, strna(e));
+        }
+        return current ? EXIT_OK : EXIT_STALE;
+}

@@ -236,6 +236,15 @@ int agen_client_call(agen_client *client, const char *method, const char *parame
 int agen_call_sync(const char *address, const char *method, const char *parameters_json,
                    unsigned flags, double timeout, char **ret_parameters_json, char **ret_error_name);
 
+/* Blocking, without a loop: asks agend (address NULL = the default) whether token is the
+ * fencing token of a current holder of resource (one of them, for a counted resource),
+ * waiting up to timeout seconds (< 0 = no limit). A guarded service calls it with the
+ * token a writer presents and refuses the write when it is stale. Returns 1 current, 0
+ * stale (ended, revoked, expired, or never granted on resource; also an unknown resource),
+ * or a local -errno (-ENOENT, -ECONNREFUSED: agend not there; -ETIMEDOUT) or an error
+ * reply's -errno. Anyone may ask. */
+int agen_check_sync(const char *address, const char *resource, uint64_t token, double timeout);
+
 /* ---- Leases ------------------------------------------------------------------------------ */
 
 /* Zeroed: 1 unit, wait forever, no TTL, bound to the connection. */
