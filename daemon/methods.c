@@ -594,12 +594,13 @@ static const char org_varlink_service_description[] =
         "method GetInfo() -> (\n  vendor: string,\n  product: string,\n  version: string,\n"
         "  url: string,\n  interfaces: []string\n)\n\n"
         "method GetInterfaceDescription(interface: string) -> (description: string)\n\n"
-        "error InterfaceNotFound (interface: string)\n"
-        "error MethodNotFound (method: string)\n"
-        "error MethodNotImplemented (method: string)\n"
-        "error InvalidParameter (parameter: string)\n"
-        "error PermissionDenied ()\n"
-        "error ExpectedMore ()\n";
+        "# agend adds reason to each error: why, in words for a person.\n"
+        "error InterfaceNotFound (interface: string, reason: ?string)\n"
+        "error MethodNotFound (method: string, reason: ?string)\n"
+        "error MethodNotImplemented (method: string, reason: ?string)\n"
+        "error InvalidParameter (parameter: string, reason: ?string)\n"
+        "error PermissionDenied (reason: ?string)\n"
+        "error ExpectedMore (reason: ?string)\n";
 
 static void method_get_interface_description(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { "interface", NULL };
