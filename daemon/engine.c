@@ -118,8 +118,8 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         return 0;
 }
 
-static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
-                 const char *reason) {
+static void emit_by(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
+                    const char *reason, const Owner *by) {
         Event ev = {
                 .type = type,
                 .time = now_real(e),
@@ -129,11 +129,17 @@ static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *
                 .owner = owner,
                 .units = units,
                 .reason = reason,
+                .revoked_by = by,
         };
         if (e->store)
                 (void) e->store->ops->event_append(e->store, &ev);
         if (e->cb.event)
                 e->cb.event(e, &ev, l, e->userdata);
+}
+
+static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
+                 const char *reason) {
+        emit_by(e, type, r, l, owner, units, reason, NULL);
 }
 
 static void resource_free(Resource *r) {
@@ -486,9 +492,9 @@ void engine_waiter_cancel(Engine *e, Waiter *w) {
         resource_maybe_drop(e, r);
 }
 
-int engine_lease_end(Engine *e, Lease *l, EventType type, const char *reason) {
+static int lease_end(Engine *e, Lease *l, EventType type, const char *reason, const Owner *by) {
         Resource *r = l->resource;
-        emit(e, type, r, l, &l->owner, l->units, reason);
+        emit_by(e, type, r, l, &l->owner, l->units, reason, by);
         if (e->store)
                 (void) e->store->ops->lease_delete(e->store, l);
         lease_free(e, l);
@@ -497,6 +503,14 @@ int engine_lease_end(Engine *e, Lease *l, EventType type, const char *reason) {
         dispatch(e, r);
         resource_maybe_drop(e, r);
         return 0;
+}
+
+int engine_lease_end(Engine *e, Lease *l, EventType type, const char *reason) {
+        return lease_end(e, l, type, reason, NULL);
+}
+
+int engine_lease_revoke(Engine *e, Lease *l, const char *reason, const Owner *by) {
+        return lease_end(e, l, EVENT_REVOKED, reason, by);
 }
 
 int engine_lease_renew(Engine *e, Lease *l, usec_t ttl) {

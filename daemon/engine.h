@@ -66,6 +66,7 @@ typedef struct Event {
         const Owner *owner;     /* NULL for none */
         unsigned units;
         const char *reason;     /* NULL for none */
+        const Owner *revoked_by; /* revoked: who revoked it (from SO_PEERCRED); else NULL */
 } Event;
 
 /* The leases and pending waiter of one connection. Embedded in the connection. */
@@ -209,6 +210,9 @@ void engine_waiter_cancel(Engine *e, Waiter *w);
 /* Ends a lease (RELEASED, EXPIRED, REVOKED or VOIDED) with a reason; frees it after the
  * event, then grants what now fits. */
 int engine_lease_end(Engine *e, Lease *l, EventType type, const char *reason);
+/* Ends a lease as REVOKED, recording who revoked it (by, from the revoker's SO_PEERCRED)
+ * in the event, so History and the journal say who did it. */
+int engine_lease_revoke(Engine *e, Lease *l, const char *reason, const Owner *by);
 /* New deadline now + ttl (the lease's own TTL if ttl is 0). -EINVAL for a lease without
  * TTL and no ttl given. */
 int engine_lease_renew(Engine *e, Lease *l, usec_t ttl);

@@ -85,50 +85,77 @@ static const char *message_id(EventType t) {
         }
 }
 
-void log_lease_event(const Event *e) {
-        /* queued and renewed are the bulk under load and carry no decision: debug only. */
-        int level = (e->type == EVENT_QUEUED || e->type == EVENT_RENEWED || e->type == EVENT_GRANTED ||
-                     e->type == EVENT_RELEASED)
-                            ? LOG_DEBUG
-                            : LOG_INFO;
-        if (level > max_level)
+/* Appends "KEY=value" to f (dropped if full: the fixed fields come first). */
+static void field_add(LogFields *f, const char *fmt, ...) _printf_(2, 3);
+static void field_add(LogFields *f, const char *fmt, ...) {
+        if (f->n >= ELEMENTSOF(f->field))
                 return;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(f->field[f->n], sizeof(f->field[f->n]), fmt, ap);
+        va_end(ap);
+        f->n++;
+}
+
+static int event_level(EventType t) {
+        /* queued and renewed are the bulk under load and carry no decision: debug only. */
+        return t == EVENT_QUEUED || t == EVENT_RENEWED || t == EVENT_GRANTED || t == EVENT_RELEASED ? LOG_DEBUG
+                                                                                                    : LOG_INFO;
+}
+
+int log_lease_event_fields(const Event *e, LogFields *ret) {
+        int level = event_level(e->type);
         const char *type = event_type_to_string(e->type);
         /* Names and reasons come from clients: escaped, so they cannot forge log lines. */
-        char msg[768], res[300], why[300];
-        snprintf(msg, sizeof(msg), "lease %s on \"%s\" %s%s%s%s (token %" PRIu64 ", uid %u, pid %d)",
-                 strna(e->lease), cescape_buf(e->resource, res, sizeof(res)), type, e->reason ? ": \"" : "",
-                 e->reason ? cescape_buf(e->reason, why, sizeof(why)) : "",
-                 e->reason ? "\"" : "", e->token, e->owner ? e->owner->uid : 0, e->owner ? e->owner->pid : 0);
+        char res[300], why[300], by[400] = "", unit[300];
+        if (e->revoked_by)
+                snprintf(by, sizeof(by), " by uid %u, pid %d%s%s", e->revoked_by->uid, e->revoked_by->pid,
+                         e->revoked_by->unit ? ", unit " : "",
+                         e->revoked_by->unit ? cescape_buf(e->revoked_by->unit, unit, sizeof(unit)) : "");
+        *ret = (LogFields) { .level = level };
+        snprintf(ret->message, sizeof(ret->message),
+                 "lease %s on \"%s\" %s%s%s%s%s (token %" PRIu64 ", uid %u, pid %d)", strna(e->lease),
+                 cescape_buf(e->resource, res, sizeof(res)), type, by, e->reason ? ": \"" : "",
+                 e->reason ? cescape_buf(e->reason, why, sizeof(why)) : "", e->reason ? "\"" : "", e->token,
+                 e->owner ? e->owner->uid : 0, e->owner ? e->owner->pid : 0);
+
+        LogFields *f = ret;
+        field_add(f, "MESSAGE=%s", ret->message);
+        field_add(f, "PRIORITY=%d", level);
+        field_add(f, "AGEND_EVENT=%s", type);
+        field_add(f, "AGEND_LEASE_ID=%s", strna(e->lease));
+        field_add(f, "AGEND_RESOURCE=%s", e->resource);
+        field_add(f, "AGEND_TOKEN=%" PRIu64, e->token);
+        field_add(f, "AGEND_PEER_UID=%u", e->owner ? e->owner->uid : 0);
+        field_add(f, "AGEND_PEER_PID=%d", e->owner ? e->owner->pid : 0);
+        const char *mid = message_id(e->type);
+        if (mid)
+                field_add(f, "MESSAGE_ID=%s", mid);
+        /* The journal keeps the value as it is (binary-safe); only the MESSAGE is escaped. */
+        if (e->reason)
+                field_add(f, "REASON=%s", e->reason);
+        if (e->revoked_by) {
+                field_add(f, "AGEND_REVOKED_BY_UID=%u", e->revoked_by->uid);
+                field_add(f, "AGEND_REVOKED_BY_PID=%d", e->revoked_by->pid);
+                if (e->revoked_by->unit)
+                        field_add(f, "AGEND_REVOKED_BY_UNIT=%s", e->revoked_by->unit);
+        }
+        return level;
+}
+
+void log_lease_event(const Event *e) {
+        if (event_level(e->type) > max_level)
+                return;
+        LogFields f;
+        (void) log_lease_event_fields(e, &f);
 #if HAVE_LIBSYSTEMD
         if (to_journal) {
-                const char *mid = message_id(e->type);
-                char f_id[64], f_res[300], f_tok[64], f_uid[48], f_pid[48], f_mid[64], f_prio[16];
-                snprintf(f_id, sizeof(f_id), "AGEND_LEASE_ID=%s", strna(e->lease));
-                snprintf(f_res, sizeof(f_res), "AGEND_RESOURCE=%s", e->resource);
-                snprintf(f_tok, sizeof(f_tok), "AGEND_TOKEN=%" PRIu64, e->token);
-                snprintf(f_uid, sizeof(f_uid), "AGEND_PEER_UID=%u", e->owner ? e->owner->uid : 0);
-                snprintf(f_pid, sizeof(f_pid), "AGEND_PEER_PID=%d", e->owner ? e->owner->pid : 0);
-                snprintf(f_prio, sizeof(f_prio), "PRIORITY=%d", level);
-                snprintf(f_mid, sizeof(f_mid), "MESSAGE_ID=%s", mid ? mid : "");
-                struct iovec iov[] = {
-                        { .iov_base = msg, .iov_len = 0 },
-                        { .iov_base = f_id, .iov_len = strlen(f_id) },
-                        { .iov_base = f_res, .iov_len = strlen(f_res) },
-                        { .iov_base = f_tok, .iov_len = strlen(f_tok) },
-                        { .iov_base = f_uid, .iov_len = strlen(f_uid) },
-                        { .iov_base = f_pid, .iov_len = strlen(f_pid) },
-                        { .iov_base = f_prio, .iov_len = strlen(f_prio) },
-                        { .iov_base = f_mid, .iov_len = strlen(f_mid) },
-                };
-                char m[800];
-                snprintf(m, sizeof(m), "MESSAGE=%s", msg);
-                iov[0].iov_base = m;
-                iov[0].iov_len = strlen(m);
-                sd_journal_sendv(iov, mid ? 8 : 7);
+                struct iovec iov[ELEMENTSOF(f.field)];
+                for (size_t i = 0; i < f.n; i++)
+                        iov[i] = (struct iovec) { .iov_base = f.field[i], .iov_len = strlen(f.field[i]) };
+                sd_journal_sendv(iov, (int) f.n);
                 return;
         }
 #endif
-        (void) message_id;
-        fprintf(stderr, "agend: %s\n", msg);
+        fprintf(stderr, "agend: %s\n", f.message);
 }

@@ -143,6 +143,8 @@ struct json_object *event_to_json(const Event *e) {
         add_int(j, "units", e->units);
         if (e->reason)
                 add_string(j, "reason", e->reason);
+        if (e->revoked_by)
+                json_object_object_add(j, "revoked_by", owner_to_json(e->revoked_by));
         return j;
 }
 
@@ -392,10 +394,9 @@ static void method_revoke(Conn *c, struct json_object *p) {
                 snprintf(buf, sizeof(buf), "revoked by uid %u", c->peer.uid);
                 reason = buf;
         }
-        char res[300], why[300];
-        log_notice("uid %u pid %d revokes lease %s on \"%s\": \"%s\"", c->peer.uid, c->peer.pid, l->id,
-                   cescape_buf(l->resource->name, res, sizeof(res)), cescape_buf(reason, why, sizeof(why)));
-        engine_lease_end(c->manager->engine, l, EVENT_REVOKED, reason);
+        /* The revoke's own log entry (log_lease_event()) names the revoker, with its
+         * journal fields; History keeps it in the event's revoked_by. */
+        engine_lease_revoke(c->manager->engine, l, reason, &c->peer);
         conn_reply(c, NULL, false);
 }
 

@@ -10,7 +10,7 @@
 #include "macro.h"
 #include "store.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -29,6 +29,10 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  units INTEGER, reason TEXT);",
         /* 1 → 2: History(resource) without a scan of every event. */
         "CREATE INDEX events_resource ON events (resource, seq);",
+        /* 2 → 3: who revoked a lease (revoked events only). */
+        "ALTER TABLE events ADD COLUMN by_uid INTEGER; ALTER TABLE events ADD COLUMN by_gid INTEGER;"
+        "ALTER TABLE events ADD COLUMN by_pid INTEGER; ALTER TABLE events ADD COLUMN by_comm TEXT;"
+        "ALTER TABLE events ADD COLUMN by_unit TEXT;",
 };
 
 typedef enum Stmt {
@@ -50,13 +54,16 @@ static const char *const stmt_sql[_STMT_MAX] = {
                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_LEASE_DELETE] = "DELETE FROM leases WHERE id = ?",
         [STMT_EVENT_APPEND] = "INSERT INTO events (time, type, resource, lease, token, uid, gid, pid, comm, unit,"
-                              " units, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                              " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit)"
+                              " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
         [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
-                             " unit, units, reason FROM events ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                             " unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
+                             " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
-                                  " comm, unit, units, reason FROM events WHERE resource = ?"
+                                  " comm, unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
+                                  " WHERE resource = ?"
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
@@ -201,6 +208,13 @@ static int s_event_append(Store *store, const Event *e) {
         }
         sqlite3_bind_int64(st, 11, e->units);
         bind_text(st, 12, e->reason);
+        if (e->revoked_by) {
+                sqlite3_bind_int64(st, 13, e->revoked_by->uid);
+                sqlite3_bind_int64(st, 14, e->revoked_by->gid);
+                sqlite3_bind_int64(st, 15, e->revoked_by->pid);
+                bind_text(st, 16, e->revoked_by->comm);
+                bind_text(st, 17, e->revoked_by->unit);
+        }
         k = step_write(s, st);
         if (k >= 0)
                 s->last_event_seq = sqlite3_last_insert_rowid(s->db);
@@ -350,6 +364,13 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                         .comm = (char *) sqlite3_column_text(st, 9),
                         .unit = (char *) sqlite3_column_text(st, 10),
                 };
+                Owner by = {
+                        .uid = (uint32_t) sqlite3_column_int64(st, 13),
+                        .gid = (uint32_t) sqlite3_column_int64(st, 14),
+                        .pid = (int32_t) sqlite3_column_int64(st, 15),
+                        .comm = (char *) sqlite3_column_text(st, 16),
+                        .unit = (char *) sqlite3_column_text(st, 17),
+                };
                 Event e = {
                         .time = (usec_t) sqlite3_column_int64(st, 1),
                         .type = event_type_from_string((const char *) sqlite3_column_text(st, 2)),
@@ -359,6 +380,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                         .owner = sqlite3_column_type(st, 6) == SQLITE_NULL ? NULL : &o,
                         .units = (unsigned) sqlite3_column_int64(st, 11),
                         .reason = (const char *) sqlite3_column_text(st, 12),
+                        .revoked_by = sqlite3_column_type(st, 13) == SQLITE_NULL ? NULL : &by,
                 };
                 if (e.type < 0 || !e.resource)
                         continue;

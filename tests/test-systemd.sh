@@ -302,11 +302,12 @@ cx "$VL" call Revoke "{\"id\": \"$lid\", \"reason\": \"test-systemd\"}" >/dev/nu
 sleep 0.5
 j=$(cx journalctl -u agend --no-pager -o verbose)
 for f in "AGEND_LEASE_ID=$lid" "AGEND_RESOURCE=gpu" "AGEND_TOKEN=$ltok" "AGEND_PEER_UID=$huid" \
-        "MESSAGE_ID=8f9a4b6c3d5e4f1a0b2c4d5e6f708192" "MESSAGE_ID=7e8f3a5b2c4d4e0f9a1b3c4d5e6f7081"; do
+        "MESSAGE_ID=cb93d7f22e2d4b4bb45571c298634761" "MESSAGE_ID=f3a2122229dc4db18648f38e50f14c62" \
+        "REASON=test-systemd" "AGEND_REVOKED_BY_UID=0"; do
         check "journalctl -u agend -o verbose has $f" grep -q "^    $f\$" <<<"$j"
 done
-out=$(cx journalctl -u agend --no-pager -x MESSAGE_ID=7e8f3a5b2c4d4e0f9a1b3c4d5e6f7081 2>&1)
-check "the journal catalog explains a revoke (journalctl -x)" grep -q "was revoked by an administrator" <<<"$out"
+out=$(cx journalctl -u agend --no-pager -x MESSAGE_ID=f3a2122229dc4db18648f38e50f14c62 2>&1)
+check "the journal catalog explains a revoke (journalctl -x)" grep -q "was revoked by the process" <<<"$out"
 cx systemctl stop agend-test-holder 2>/dev/null
 
 # --- restart time with many leases ----------------------------------------------------------
