@@ -56,7 +56,10 @@ static void ctl_child_exec(const char *socket_path, const char *const *env, char
         if (socket_path)
                 setenv("AGEND_SOCKET", socket_path, 1);
         unsetenv("COLUMNS");
+        unsetenv("LINES");
         unsetenv("AGEN_LEASE_SECRET");
+        /* No pager on the test's pseudo-terminals, unless a test asks for one in env. */
+        setenv("AGENCTL_PAGER", "cat", 1);
         for (size_t i = 0; env && env[i]; i++)
                 putenv((char *) env[i]);
         const char *bin = ctl_binary();
@@ -955,15 +958,15 @@ static size_t header_columns(const char *header, size_t *start, size_t *end, siz
 static void check_table(const char *text, unsigned cols, size_t *ret_rows) {
         char *copy = strdup(text), *save = NULL;
         size_t start[16], end[16], n = 0, rows = 0;
-        /* Left-aligned: ID RESOURCE USER COMM UNIT DESCRIPTION; right: UNITS PID AGE TTL TOKEN. */
-        static const bool right[] = { false, false, true, false, true, false, false, true, true, true, false };
+        /* Left-aligned: ID RESOURCE STATE USER COMM UNIT DESCRIPTION; right: UNITS PID AGE TTL TOKEN. */
+        static const bool right[] = { false, false, true, false, false, true, false, false, true, true, true, false };
         for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
                 size_t w = cells(line, strlen(line));
                 if (w > cols)
                         fail_msg("line of %zu cells on a %u-column terminal: '%s'", w, cols, line);
                 if (strncmp(line, "ID ", 3) == 0) {
                         n = header_columns(line, start, end, 16);
-                        assert_int_equal(n, 11);
+                        assert_int_equal(n, 12);
                         continue;
                 }
                 if (n == 0 || line[0] == ' ' || strstr(line, "lease") == line || !strchr(line, ' '))
@@ -1029,10 +1032,10 @@ static void test_list_on_terminal(void **state) {
         assert_int_equal(rows, 2);
         free(out);
 
-        /* 60 columns: still fitted. */
+        /* 60 columns: everything but the id gives way; the ids stay whole (issue 14 #1). */
         out = run_on_pty(a, 60, false, (char *[]) { "list", NULL });
-        check_table(out, 60, &rows);
-        assert_int_equal(rows, 2);
+        for (size_t i = 0; i < 2; i++)
+                assert_contains(out, jstr(json_object_array_get_idx(leases, i), "id"));
         free(out);
 
         /* --full on a terminal, and any pipe: nothing is cut. */
@@ -1048,6 +1051,72 @@ static void test_list_on_terminal(void **state) {
         kill(h2->pid, SIGTERM);
         assert_int_equal(ctl_wait(h1, CTL_TIMEOUT), 0);
         assert_int_equal(ctl_wait(h2, CTL_TIMEOUT), 0);
+}
+
+/* Issue 14 #1: the id is never cut, at 80 columns with long names nor narrower, and any
+ * unique prefix of it works where an id is asked for. */
+static void test_list_ids_whole_and_prefixes(void **state) {
+        Agend *a = *state;
+        const char *res = "a-resource-with-a-rather-long-name-for-a-table";
+        Ctl *h1 = ctl_spawn(a, NULL, "acquire", res, "-d", "first holder with a long description", NULL);
+        Ctl *h2 = ctl_spawn(a, NULL, "acquire", "pool", "-d", "second", NULL);
+        assert_true(ctl_wait_output(h1, "Holding lease", CTL_TIMEOUT));
+        assert_true(ctl_wait_output(h2, "Holding lease", CTL_TIMEOUT));
+        const char *id1 = lease_id_by_description(a, "first holder with a long description");
+        const char *id2 = lease_id_by_description(a, "second");
+        assert_non_null(id1);
+        assert_non_null(id2);
+
+        static const unsigned widths[] = { 80, 64, 40 };
+        for (size_t i = 0; i < ELEMENTSOF(widths); i++) {
+                char *out = run_on_pty(a, widths[i], false, (char *[]) { "list", NULL });
+                if (!strstr(out, id1) || !strstr(out, id2))
+                        fail_msg("a lease id is cut at %u columns:\n%s", widths[i], out);
+                free(out);
+                out = run_on_pty(a, widths[i], false, (char *[]) { "history", NULL });
+                if (!strstr(out, id1))
+                        fail_msg("a lease id is cut in history at %u columns:\n%s", widths[i], out);
+                free(out);
+        }
+
+        /* A unique prefix: the shortest that tells the two apart, and longer ones. */
+        size_t k = 0;
+        while (id1[k] == id2[k])
+                k++;
+        char prefix[20];
+        snprintf(prefix, sizeof(prefix), "%.*s", (int) k + 1, id1);
+        Result r = CTL(a, "show", prefix);
+        assert_code(r, 0);
+        assert_contains(r.out, id1);
+        r = CTL(a, "--json", "show", prefix);
+        assert_code(r, 0);
+        assert_string_equal(jstr(parse_json(r.out), "id"), id1);
+        /* A prefix of both is ambiguous (when they share one), and says so. */
+        if (k > 0) {
+                snprintf(prefix, sizeof(prefix), "%.*s", (int) k, id1);
+                r = CTL(a, "show", prefix);
+                assert_code(r, X_USAGE);
+                assert_contains(r.err, "is the start of 2 lease ids");
+                r = CTL(a, "revoke", prefix, "--reason", "x");
+                assert_code(r, X_USAGE);
+        }
+        /* The empty string is no prefix of anything. */
+        r = CTL(a, "show", "");
+        assert_code(r, X_NOT_FOUND);
+
+        snprintf(prefix, sizeof(prefix), "%.*s", (int) k + 1, id2);
+        r = CTL(a, "revoke", prefix, "--reason", "by prefix");
+        assert_code(r, 0);
+        assert_int_equal(ctl_wait(h2, CTL_TIMEOUT), X_LOST);
+        assert_contains(h2->ebuf, "was revoked: by prefix");
+        snprintf(prefix, sizeof(prefix), "%.*s", (int) k + 1, id1);
+        r = CTL(a, "renew", prefix);
+        assert_code(r, 1); /* the lease has no TTL: the daemon's reason, for the whole id */
+        assert_contains(r.err, id1);
+        assert_contains(r.err, "ttl");
+
+        kill(h1->pid, SIGTERM);
+        assert_int_equal(ctl_wait(h1, CTL_TIMEOUT), 0);
 }
 
 /* The queue position on a terminal. */
@@ -1124,6 +1193,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_acquire_hold, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_on_terminal, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_list_ids_whole_and_prefixes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_queue_position_on_terminal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_job_control, setup, teardown),
         };

@@ -40,6 +40,10 @@ bool arg_detach = false;
 char *arg_secret = NULL;
 char *arg_reason = NULL;
 unsigned arg_lines = 0;
+bool arg_pager = true;
+HoldUntil arg_hold_until = HOLD_UNTIL_ALL;
+usec_t arg_reconnect_timeout = RECONNECT_TIMEOUT_DEFAULT;
+bool arg_reconnect = true;
 
 /* Verb bits, for the options each verb accepts. */
 enum {
@@ -89,10 +93,13 @@ static const Verb verbs[] = {
           "Waits for the lease (showing the queue position on a terminal), then runs COMMAND\n"
           "in its own process group with AGEN_LEASE_ID, AGEN_LEASE_TOKEN and AGEN_LEASE_RESOURCE\n"
           "in its environment, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to\n"
-          "it, releases the lease when it exits and exits with its status (128+N if signal N\n"
-          "killed it). If the lease is lost, revoked or expires meanwhile, the command's\n"
-          "process group gets SIGTERM, then SIGKILL after --kill-delay, and agenctl says why\n"
-          "and exits 79. SIGINT or SIGTERM while waiting leaves the queue and exits 128+N.\n" },
+          "it, and exits with its status (128+N if signal N killed it). The lease is released\n"
+          "once the command and every process it started have exited (--hold-until=all), or\n"
+          "as soon as the command itself exits (--hold-until=command). If the lease is lost,\n"
+          "revoked or expires meanwhile, the command's processes get SIGTERM, then SIGKILL\n"
+          "after --kill-delay, and agenctl says why and exits 79. If agend goes away, agenctl\n"
+          "says so at once and tries to reclaim the lease for --reconnect-timeout (60s).\n"
+          "SIGINT or SIGTERM while waiting leaves the queue and exits 128+N.\n" },
         { "acquire", V_ACQUIRE, 1, 1, verb_acquire, "RESOURCE", "Take a lease and hold it until interrupted",
           "Takes a lease and holds it until SIGINT or SIGTERM, then releases it and exits 0;\n"
           "exits 79 if the lease is lost meanwhile. With --detach the lease outlives agenctl:\n"
@@ -109,9 +116,11 @@ static const Verb verbs[] = {
           "names in RevokeUsers=/RevokeGroups=). The holder is told the reason.\n" },
         { "watch", V_WATCH, 0, 1, verb_watch, "[RESOURCE]", "Print lease events as they happen",
           "Prints one line per event (queued, granted, renewed, released, expired, revoked,\n"
-          "reclaimed, voided) until interrupted; JSON lines with --json.\n" },
+          "reclaimed, voided) until interrupted; JSON lines with --json. When agend stops or\n"
+          "restarts, says so on stderr and waits for it to come back (--no-reconnect: exit 69).\n" },
         { "history", V_HISTORY, 0, 1, verb_history, "[RESOURCE]", "Show recent events",
-          "Shows the last events the daemon kept, oldest first.\n" },
+          "Shows the last events the daemon kept, oldest first: a screenful on a terminal,\n"
+          "else the daemon's default (100), unless --lines says how many.\n" },
         { "check", V_CHECK, 2, 2, verb_check, "RESOURCE TOKEN", "Tell whether a fencing token is current",
           "Asks agend whether TOKEN is the fencing token of a current holder of RESOURCE (one of\n"
           "them, for a counted resource). Exits 0 if it is, 80 if it is stale (the lease ended,\n"
@@ -136,6 +145,9 @@ enum {
         ARG_KILL_DELAY,
         ARG_DETACH,
         ARG_SECRET,
+        ARG_HOLD_UNTIL,
+        ARG_RECONNECT_TIMEOUT,
+        ARG_NO_RECONNECT,
 };
 
 static const struct option options[] = {
@@ -159,6 +171,9 @@ static const struct option options[] = {
         { "secret", required_argument, NULL, ARG_SECRET },
         { "reason", required_argument, NULL, 'r' },
         { "lines", required_argument, NULL, 'n' },
+        { "hold-until", required_argument, NULL, ARG_HOLD_UNTIL },
+        { "reconnect-timeout", required_argument, NULL, ARG_RECONNECT_TIMEOUT },
+        { "no-reconnect", no_argument, NULL, ARG_NO_RECONNECT },
         {}
 };
 
@@ -184,6 +199,9 @@ static const struct {
         { 'r', V_REVOKE, "--reason" },
         { 'n', V_HISTORY, "--lines" },
         { ARG_JSON, V_ALL & ~V_RUN, "--json" },
+        { ARG_HOLD_UNTIL, V_RUN, "--hold-until" },
+        { ARG_RECONNECT_TIMEOUT, V_HOLD, "--reconnect-timeout" },
+        { ARG_NO_RECONNECT, V_WATCH, "--no-reconnect" },
 };
 
 static const char *program_name = "agenctl";
@@ -222,7 +240,9 @@ static void print_options(unsigned bit) {
                 { V_ALL & ~V_RUN, "   --json[=MODE]", "JSON output: short (one line) or pretty" },
                 { V_TABLES, "   --no-legend", "No header and footer lines" },
                 { V_TABLES, "-l --full", "Do not cut columns to the terminal's width" },
-                { V_ALL, "   --no-pager", "Accepted for systemd habits; agenctl never pages" },
+                { V_TABLES | V_SHOW | V_STATUS | V_HELP, "   --no-pager",
+                  "Do not pipe output into a pager ($AGENCTL_PAGER,\n"
+                  "$PAGER, else less) on a terminal" },
                 { V_HOLD, "-u --units=N", "Units of the resource to take (default 1)" },
                 { V_HOLD, "-x --exclusive", "Take all units of the resource" },
                 { V_HOLD, "-w --timeout=DURATION", "Wait at most this long (\"30s\", \"2min\", \"infinity\")" },
@@ -234,33 +254,44 @@ static void print_options(unsigned bit) {
                 { V_HOLD, "-q --quiet", "No queue position on the terminal" },
                 { V_CHECK, "-q --quiet", "Print nothing; the exit code says it" },
                 { V_RUN, "   --kill-delay=DURATION", "SIGTERM to SIGKILL after a lost lease (default 5s)" },
+                { V_RUN, "   --hold-until=WHEN", "all (default): release once the command and every\n"
+                                                 "process it started have exited; command: once\n"
+                                                 "the command itself has exited" },
+                { V_HOLD, "   --reconnect-timeout=DURATION", "How long to try to reclaim the lease after\n"
+                                                             "agend went away, before it counts as lost\n"
+                                                             "(default 60s, also the most)" },
+                { V_WATCH, "   --no-reconnect", "Exit (69) when agend stops, instead of waiting\n"
+                                                "for it to come back" },
                 { V_ACQUIRE, "   --detach", "Let the lease outlive agenctl; print id and secret" },
                 { V_RELEASE | V_RENEW, "   --secret=SECRET", "The lease's secret (\"-\": read it from standard\n"
                                                               "input; default: $AGEN_LEASE_SECRET)" },
                 { V_REVOKE, "-r --reason=TEXT", "Why (required; the holder is told)" },
-                { V_HISTORY, "-n --lines=N", "Show the last N events" },
+                { V_HISTORY, "-n --lines=N", "Show the last N events (default: a screenful on a\n"
+                                            "terminal, else 100)" },
         };
         printf("\nOptions:\n");
         for (size_t i = 0; i < ELEMENTSOF(lines); i++) {
                 if (!(lines[i].verbs & bit))
                         continue;
-                printf("  %-27s ", lines[i].option);
+                printf("  %-31s ", lines[i].option);
                 for (const char *t = lines[i].text; *t; t++) {
                         putchar(*t);
                         if (*t == '\n')
-                                printf("%30s", "");
+                                printf("%34s", "");
                 }
                 putchar('\n');
         }
 }
 
 static void help_verb(const Verb *v) {
+        pager_open();
         printf("%s %s %s\n\n%s.\n\n%s", program_name, v->name, v->synopsis, v->summary, v->help ? v->help : "");
         print_options(v->bit);
         printf("\nSee agenctl(1) for the output formats and exit codes.\n");
 }
 
 static void help(void) {
+        pager_open();
         printf("%s [OPTIONS...] [VERB] [ARGS...]\n\n"
                "Query and hold machine-local resource leases from agend.\n\nVerbs:\n",
                program_name);
@@ -387,6 +418,23 @@ static int parse_argv(int argc, char **argv, char ***ret_pos, int *ret_npos, con
                         arg_full = true;
                         break;
                 case ARG_NO_PAGER:
+                        arg_pager = false;
+                        break;
+                case ARG_HOLD_UNTIL:
+                        if (strcmp(optarg, "all") == 0)
+                                arg_hold_until = HOLD_UNTIL_ALL;
+                        else if (strcmp(optarg, "command") == 0)
+                                arg_hold_until = HOLD_UNTIL_COMMAND;
+                        else
+                                return usage_error("--hold-until takes all or command, not '%s'", optarg);
+                        break;
+                case ARG_RECONNECT_TIMEOUT:
+                        if (parse_duration(optarg, &arg_reconnect_timeout) < 0)
+                                return usage_error("--reconnect-timeout takes a duration (\"10s\", \"0\"), not '%s'",
+                                                   optarg);
+                        break;
+                case ARG_NO_RECONNECT:
+                        arg_reconnect = false;
                         break;
                 case 'q':
                         arg_quiet = true;
@@ -480,8 +528,13 @@ static int parse_argv(int argc, char **argv, char ***ret_pos, int *ret_npos, con
                                            nargs > 0 ? pos[1] : "");
                 return usage_error("'%s' needs %s", verb->name, verb->synopsis);
         }
-        if (verb->max_args >= 0 && nargs > verb->max_args)
-                return usage_error("too many arguments for '%s': %s %s", verb->name, verb->name, verb->synopsis);
+        if (verb->max_args >= 0 && nargs > verb->max_args) {
+                _cleanup_free_ char *extra = escape_display(pos[1 + verb->max_args]);
+                if (verb->max_args == 0)
+                        return usage_error("'%s' takes no arguments (got '%s')", verb->name, strna(extra));
+                return usage_error("too many arguments for '%s' (from '%s' on): agenctl %s %s", verb->name,
+                                   strna(extra), verb->name, verb->synopsis);
+        }
 
         /* Combinations. */
         if (arg_nowait && arg_timeout_set)

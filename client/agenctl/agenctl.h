@@ -51,7 +51,29 @@ extern usec_t arg_kill_delay;
 extern bool arg_detach;
 extern char *arg_secret;
 extern char *arg_reason;
-extern unsigned arg_lines;         /* history: 0 = the daemon's default */
+extern unsigned arg_lines;         /* history: 0 = a screenful on a terminal, else the daemon's default */
+extern bool arg_pager;             /* false: --no-pager */
+typedef enum HoldUntil {
+        HOLD_UNTIL_ALL,            /* run: until the command and every process it started have exited */
+        HOLD_UNTIL_COMMAND,        /* run: until the command itself exits */
+} HoldUntil;
+extern HoldUntil arg_hold_until;
+extern usec_t arg_reconnect_timeout; /* run/acquire: how long to try to reclaim after agend went away */
+extern bool arg_reconnect;         /* watch: follow agend across restarts */
+
+/* The default of --reconnect-timeout; the library gives up reconnecting after 60 s too. */
+#define RECONNECT_TIMEOUT_DEFAULT (60 * USEC_PER_SEC)
+
+/* Resolves a lease id the user typed, which may be any unique prefix of an id (as docker
+ * takes container ids): 0 and the full id in *ret (the caller's), or an exit code after a
+ * message (ambiguous: EXIT_USAGE). A prefix that matches nothing is returned as typed, so
+ * the daemon's NoSuchLease reports it. */
+int agenctl_resolve_id(const char *typed, char **ret);
+
+/* Pages standard output the way systemd's tools do (see pager.c); pager_close() waits for
+ * the pager. Both are no-ops when stdout is not a terminal or --no-pager was given. */
+void pager_open(void);
+void pager_close(void);
 
 /* The address agenctl talks to (arg_socket or the default); valid until exit. */
 const char *agenctl_address(void);
@@ -66,6 +88,9 @@ int agenctl_call(const char *method, json_object *params, const char *what, json
  * prints one message to stderr, returns the exit code. params: the error's parameters as
  * JSON text, may be NULL. */
 int agenctl_report_error(int error, const char *error_name, const char *params_json, const char *what);
+/* Appended to a PermissionDenied message (one line), e.g. "; only its holder and root may
+ * release it", or NULL. */
+extern const char *agenctl_permission_hint;
 /* The exit code for a -errno of the library (lease generator or call). */
 int agenctl_exit_code_for_errno(int error);
 

@@ -12,6 +12,14 @@
 #include "format.h"
 #include "macro.h"
 
+static void json_object_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
+#define _cleanup_json_ _cleanup_(json_object_putp)
+
+const char *agenctl_permission_hint = NULL;
+
 /* A reply should come in milliseconds; this only catches a hung daemon. */
 #define CALL_TIMEOUT 25.0
 
@@ -150,8 +158,10 @@ int agenctl_report_error(int error, const char *error_name, const char *params_j
                 log_error("%s is busy; see 'agenctl list %s'", strna(res), strna(res));
                 code = arg_conflict_exit_code;
         } else if (strcmp(error_name, "io.agend.Lease.PermissionDenied") == 0) {
-                log_error("permission denied%s%s%s%s", what ? " for " : "", strempty(what), reason ? ": " : "",
-                          strempty(reason));
+                const char *id = jstr(p, "id"), *res = jstr(p, "resource");
+                _cleanup_free_ char *e = escape_display(id ? id : res ? res : what);
+                log_error("permission denied%s%s%s%s%s%s", e ? " for " : "", id ? "lease " : "", strempty(e),
+                          reason ? ": " : "", strempty(reason), strempty(agenctl_permission_hint));
                 code = EXIT_PERMISSION;
         } else if (strcmp(error_name, "io.agend.Lease.LimitExceeded") == 0) {
                 log_error("limit exceeded (%s)%s%s; see 'agenctl list' for what you hold, or raise the limit in "
@@ -161,6 +171,12 @@ int agenctl_report_error(int error, const char *error_name, const char *params_j
         } else if (strcmp(error_name, "io.agend.Lease.ProtocolError") == 0) {
                 log_error("agend refused the request as malformed%s%s (is agenctl older or newer than agend?)",
                           reason ? ": " : "", strempty(reason));
+                code = EXIT_FAILURE_OTHER;
+        } else if (strcmp(error_name, "org.varlink.service.InvalidParameter") == 0 && reason) {
+                /* The daemon says why: print that, guess nothing. */
+                _cleanup_free_ char *e = escape_display(what), *er = escape_display(reason);
+                log_error("agend refused the request%s%s: %s: %s", e ? " for " : "", strempty(e),
+                          strna(jstr(p, "parameter")), strna(er));
                 code = EXIT_FAILURE_OTHER;
         } else if (strncmp(error_name, "org.varlink.service.", 20) == 0) {
                 const char *param = jstr(p, "parameter");
@@ -191,4 +207,39 @@ int agenctl_call(const char *method, json_object *params, const char *what, json
         }
         *ret = o;
         return 0;
+}
+
+int agenctl_resolve_id(const char *typed, char **ret) {
+        /* A whole id needs no lookup. */
+        size_t len = strlen(typed);
+        if (len == 16 && strspn(typed, "0123456789abcdef") == 16) {
+                *ret = strdup(typed);
+                return *ret ? 0 : EXIT_FAILURE_OTHER;
+        }
+        _cleanup_json_ json_object *reply = NULL;
+        int r = agenctl_call("io.agend.Lease.List", NULL, NULL, &reply);
+        if (r > 0)
+                return r;
+        json_object *leases = jobj(reply, "leases");
+        size_t n = leases ? json_object_array_length(leases) : 0, matches = 0;
+        const char *found = NULL;
+        for (size_t i = 0; i < n; i++) {
+                const char *id = jstr(json_object_array_get_idx(leases, i), "id");
+                if (!id || !*typed || strncmp(id, typed, len) != 0)
+                        continue;
+                if (strcmp(id, typed) == 0) {
+                        found = id;
+                        matches = 1;
+                        break;
+                }
+                found = id;
+                matches++;
+        }
+        if (matches > 1) {
+                _cleanup_free_ char *e = escape_display(typed);
+                log_error("'%s' is the start of %zu lease ids: type more of it; see 'agenctl list'", strna(e), matches);
+                return EXIT_USAGE;
+        }
+        *ret = strdup(matches == 1 ? found : typed);
+        return *ret ? 0 : EXIT_FAILURE_OTHER;
 }

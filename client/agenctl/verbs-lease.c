@@ -75,6 +75,11 @@ typedef struct Hold {
         bool released;
 
         pid_t child;               /* run: the command, leader of its own process group */
+        pid_t group;               /* run: that process group, also after the command exited */
+        bool leftovers;            /* run: the command exited, processes it started still run */
+        ev_child rest_watcher;     /* run: any child of ours (we are their subreaper) ended */
+        ev_timer reconnect_timer;  /* agend went away: how long we try to reclaim */
+        bool disconnected;         /* ... and it has not come back yet */
         int tty;                   /* the terminal handed to the command, or -1 */
         ev_child child_watcher;
         ev_signal signals[ELEMENTSOF(forwarded_signals)];
@@ -124,15 +129,62 @@ static char *describe_holders(const char *resource) {
         json_object *l = json_object_array_get_idx(leases, 0), *owner = jobj(l, "owner");
         char age[FORMAT_TIMESPAN_MAX];
         usec_t now = usec_now(CLOCK_REALTIME), created = (usec_t) jint(l, "created", 0);
-        int64_t uid = jint(owner, "uid", -1);
+        int64_t uid = jint(owner, "uid", -1), pid = jint(owner, "pid", 0);
+        const char *state = jstr(l, "state");
         _cleanup_free_ char *comm = escape_display(jstr(owner, "comm"));
+        char who[128];
+        /* Name a pid only while it runs: a detached lease or one restored after a restart
+         * outlives the process that took it. */
+        if (state && strcmp(state, "held") != 0)
+                snprintf(who, sizeof(who), "a lease restored after an agend restart, waiting for its holder "
+                         "to reclaim it");
+        else if (pid > 0 && kill((pid_t) pid, 0) < 0 && errno == ESRCH)
+                snprintf(who, sizeof(who), "%s (taken by %s, pid %lld, which has exited)",
+                         jbool(l, "detached") ? "a detached lease" : "a lease", strna(comm), (long long) pid);
+        else
+                snprintf(who, sizeof(who), "pid %lld, %s", (long long) pid, strna(comm));
         char *s = NULL;
-        if (asprintf(&s, "held by %s (pid %lld, %s) for %s%s", uid >= 0 ? uid_to_name((uid_t) uid) : "?",
-                     (long long) jint(owner, "pid", 0), strna(comm),
-                     format_timespan(age, sizeof(age), created && created < now ? now - created : 0),
+        bool paren = strncmp(who, "pid ", 4) == 0;
+        if (asprintf(&s, "held by %s %s%s%s for %s%s", uid >= 0 ? uid_to_name((uid_t) uid) : "?", paren ? "(" : "",
+                     who, paren ? ")" : "", format_timespan(age, sizeof(age), created && created < now ? now - created : 0),
                      n > 1 ? " and others" : "") < 0)
                 return NULL;
         return s;
+}
+
+/* A duration as typed: "1.5s", not format_timespan()'s "1s". */
+static const char *format_duration_exact(char *buf, size_t size, usec_t t) {
+        if (t != USEC_INFINITY && t < 60 * USEC_PER_SEC && t % USEC_PER_MSEC == 0 && t % USEC_PER_SEC != 0 &&
+            t >= USEC_PER_SEC) {
+                snprintf(buf, size, "%.3g", (double) t / (double) USEC_PER_SEC);
+                strncat(buf, "s", size - strlen(buf) - 1);
+                return buf;
+        }
+        return format_timespan(buf, size, t);
+}
+
+/* "it has 1 unit and 2 were asked for", from the daemon's Resources, or NULL. */
+static char *describe_capacity(const char *resource) {
+        _cleanup_free_ char *reply = NULL, *error_name = NULL;
+        _cleanup_json_ json_object *o = NULL;
+        if (agen_call_sync(agenctl_address(), "io.agend.Lease.Resources", NULL, 0, 2.0, &reply, &error_name) < 0 ||
+            !reply || !(o = json_tokener_parse(reply)))
+                return NULL;
+        json_object *res = jobj(o, "resources");
+        for (size_t i = 0; res && i < json_object_array_length(res); i++) {
+                json_object *r = json_object_array_get_idx(res, i);
+                if (!jstr(r, "name") || strcmp(jstr(r, "name"), resource) != 0)
+                        continue;
+                long long cap = (long long) jint(r, "capacity", 0);
+                if ((long long) (arg_units ? arg_units : 1u) <= cap)
+                        return NULL;
+                char *s = NULL;
+                if (asprintf(&s, "more units than its capacity: it has %lld unit%s and %u %s asked for (see 'agenctl resources')", cap,
+                             cap == 1 ? "" : "s", arg_units ? arg_units : 1u, arg_units > 1 ? "were" : "was") < 0)
+                        return NULL;
+                return s;
+        }
+        return NULL;
 }
 
 static int report_busy(const char *resource) {
@@ -143,7 +195,7 @@ static int report_busy(const char *resource) {
                           who ? ", " : "", strempty(who), strna(res));
         else
                 log_error("timed out after %s waiting for %s%s%s; see 'agenctl list %s'",
-                          format_timespan(t, sizeof(t), arg_timeout), strna(res), who ? ", " : "", strempty(who),
+                          format_duration_exact(t, sizeof(t), arg_timeout), strna(res), who ? ", " : "", strempty(who),
                           strna(res));
         return arg_conflict_exit_code;
 }
@@ -166,14 +218,19 @@ static int report_acquire_error(Hold *h, int error) {
                           strna(res));
                 return EXIT_PERMISSION;
         case -EUSERS:
-                log_error("limit exceeded: you hold or wait for too many leases, or have too many connections; "
-                          "see 'agenctl list'");
-                return EXIT_FAILURE_OTHER;
-        case -EINVAL:
-                log_error("agend refused the request for %s as invalid (more units than its capacity?); see "
-                          "'agenctl resources'",
+                log_error("agend refused the request for %s: a limit of MaxLeasesPerUser=, MaxWaitersPerUser= or "
+                          "MaxConnectionsPerUser= (agend.conf(5)) is reached; see 'agenctl list'",
                           strna(res));
                 return EXIT_FAILURE_OTHER;
+        case -EINVAL: {
+                /* The library does not hand on the daemon's words for a failed step; what it
+                 * refuses as invalid here, after agenctl checked the options, is a request for
+                 * more units than the resource has. Say it with the daemon's numbers. */
+                _cleanup_free_ char *why = describe_capacity(h->resource);
+                log_error("agend refused the request for %s as invalid%s%s", strna(res), why ? ": " : "",
+                          strempty(why));
+                return EXIT_FAILURE_OTHER;
+        }
         case -ENOENT:
         case -ECONNREFUSED:
         case -ECONNRESET:
@@ -197,25 +254,58 @@ static void hold_step(Hold *h) {
                 h->stepping = true;
 }
 
+/* With --hold-until=all agenctl is the child subreaper of the command: what the command
+ * leaves running is re-parented to agenctl when its parent exits, so "every process the
+ * command started has exited" is "agenctl has no children left" (processes that went to
+ * another subreaper, a nested session manager, leave our watch). */
+static bool has_children(void) {
+        siginfo_t si = {};
+        return waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == 0;
+}
+
+/* Sends sig to the command's process group and to every child of ours: the processes the
+ * command left behind, also those that made a session or group of their own. */
+static void signal_descendants(Hold *h, int sig) {
+        if (h->group > 0)
+                (void) kill(-h->group, sig);
+        if (arg_hold_until != HOLD_UNTIL_ALL)
+                return;
+        _cleanup_free_ char *line = NULL;
+        size_t size = 0;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int) getpid());
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return;
+        if (getline(&line, &size, f) > 0)
+                for (char *tok = strtok(line, " \n"); tok; tok = strtok(NULL, " \n")) {
+                        long pid = strtol(tok, NULL, 10);
+                        if (pid > 0)
+                                (void) kill((pid_t) pid, sig);
+                }
+        fclose(f);
+}
+
 /* The lease ended while held: stop the command (run) or end (acquire). */
 static void hold_lost(Hold *h, const char *what, const char *reason) {
         if (h->phase != PHASE_HELD)
                 return;
         h->phase = PHASE_STOPPING;
         h->exit_code = EXIT_LOST;
+        ev_timer_stop(h->loop, &h->reconnect_timer);
 
         _cleanup_free_ char *res = escape_display(h->resource), *why = escape_display(reason);
         char d[FORMAT_TIMESPAN_MAX];
-        if (h->child > 0) {
+        if (h->child > 0 || h->leftovers) {
                 /* The promise of run: nothing keeps running under a lease that is gone. */
-                (void) kill(-h->child, SIGTERM);
+                signal_descendants(h, SIGTERM);
                 ev_timer_set(&h->kill_timer, usec_to_sec(arg_kill_delay), 0.);
                 ev_timer_start(h->loop, &h->kill_timer);
-                log_error("lease %s on %s was %s%s%s; stopping the command (SIGTERM now, SIGKILL in %s)",
+                log_error("lease %s on %s %s%s%s; stopping the command (SIGTERM now, SIGKILL in %s)",
                           strna(h->id), strna(res), what, why ? ": " : "", strempty(why),
                           format_timespan(d, sizeof(d), arg_kill_delay));
         } else {
-                log_error("lease %s on %s was %s%s%s", strna(h->id), strna(res), what, why ? ": " : "",
+                log_error("lease %s on %s %s%s%s", strna(h->id), strna(res), what, why ? ": " : "",
                           strempty(why));
                 hold_release(h);
         }
@@ -223,6 +313,35 @@ static void hold_lost(Hold *h, const char *what, const char *reason) {
 
 static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
                         bool continues, void *userdata);
+
+/* agend went away while we hold the lease: say so at once (the command goes on running
+ * while the lease may already be gone), and give the reconnect a bound. */
+static void hold_disconnected(Hold *h, int error) {
+        if (h->disconnected || h->phase != PHASE_HELD)
+                return;
+        h->disconnected = true;
+        char d[FORMAT_TIMESPAN_MAX];
+        if (arg_reconnect_timeout == 0) {
+                hold_lost(h, "may be lost", "the connection to agend ended and --reconnect-timeout is 0");
+                return;
+        }
+        log_error("lost the connection to agend at %s (%s): lease %s may be lost; trying to reclaim it for %s "
+                  "(--reconnect-timeout)%s",
+                  agenctl_address(), strerror(-error), strna(h->id),
+                  format_timespan(d, sizeof(d), arg_reconnect_timeout), h->command ? ", the command keeps running" : "");
+        if (arg_reconnect_timeout != USEC_INFINITY) {
+                ev_timer_set(&h->reconnect_timer, usec_to_sec(arg_reconnect_timeout), 0.);
+                ev_timer_start(h->loop, &h->reconnect_timer);
+        }
+}
+
+static void reconnect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Hold *h = container_of(w, Hold, reconnect_timer);
+        char d[FORMAT_TIMESPAN_MAX], why[128];
+        snprintf(why, sizeof(why), "agend did not come back within %s (--reconnect-timeout)",
+                 format_timespan(d, sizeof(d), arg_reconnect_timeout));
+        hold_lost(h, "was lost", why);
+}
 
 static int hold_watch(Hold *h) {
         int r;
@@ -258,6 +377,8 @@ static void watch_reply(agen_client *client, int status, const char *error_name,
         if (status < 0) {
                 /* The connection ended (agend restarted?) or the lease is already gone: the
                  * generator knows which, and reconnects and reclaims if it can. */
+                if (!error_name)
+                        hold_disconnected(h, status);
                 hold_step(h);
                 return;
         }
@@ -266,7 +387,10 @@ static void watch_reply(agen_client *client, int status, const char *error_name,
         const char *type = jstr(ev, "type");
         if (type && (strcmp(type, "revoked") == 0 || strcmp(type, "expired") == 0 ||
                      strcmp(type, "released") == 0 || strcmp(type, "voided") == 0))
-                return hold_lost(h, strcmp(type, "released") == 0 ? "released by someone else" : type,
+                return hold_lost(h, strcmp(type, "released") == 0  ? "was released by someone else"
+                                    : strcmp(type, "expired") == 0 ? "expired"
+                                    : strcmp(type, "revoked") == 0 ? "was revoked"
+                                                                   : "was voided",
                                  jstr(ev, "reason"));
         if (!continues)
                 hold_step(h);
@@ -317,7 +441,7 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
                         return hold_finish(h);
                 }
                 if (h->phase == PHASE_HELD)
-                        return hold_lost(h, "lost", status < 0 ? strerror(-status) : "the lease ended");
+                        return hold_lost(h, "was lost", status < 0 ? strerror(-status) : "the lease ended");
                 return;
         }
 
@@ -331,14 +455,18 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
                 break;
         case AGEN_LEASE_RECLAIMED:
                 /* agend restarted and the lease is ours again: watch it anew. */
+                ev_timer_stop(h->loop, &h->reconnect_timer);
+                if (h->disconnected && h->phase == PHASE_HELD)
+                        log_error("agend is back: lease %s reclaimed, same id and token", strna(h->id));
+                h->disconnected = false;
                 if (h->phase == PHASE_HELD && hold_watch(h) < 0)
                         hold_step(h);
                 break;
         case AGEN_LEASE_LOST:
-                hold_lost(h, "lost", ev->reason);
+                hold_lost(h, "was lost", ev->reason);
                 break;
         case AGEN_LEASE_REVOKED:
-                hold_lost(h, "revoked", ev->reason);
+                hold_lost(h, "was revoked", ev->reason);
                 break;
         case AGEN_LEASE_EXPIRED:
                 hold_lost(h, "expired", ev->reason ?: "its TTL ran out without a renewal");
@@ -389,8 +517,7 @@ static void hold_release(Hold *h) {
 
 static void kill_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Hold *h = container_of(w, Hold, kill_timer);
-        if (h->child > 0)
-                (void) kill(-h->child, SIGKILL);
+        signal_descendants(h, SIGKILL);
 }
 
 static void tty_take_back(Hold *h) {
@@ -416,6 +543,22 @@ static void tty_give(Hold *h) {
         sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
+static void rest_cb(struct ev_loop *loop, ev_child *w, int revents);
+
+/* The command exited: with --hold-until=all, wait for what it left running. Returns
+ * whether there is something to wait for. */
+static bool hold_wait_leftovers(Hold *h) {
+        if (arg_hold_until != HOLD_UNTIL_ALL || !has_children())
+                return false;
+        if (!h->leftovers) {
+                h->leftovers = true;
+                /* pid 0: any child; libev reaps each, and rest_cb looks whether any is left. */
+                ev_child_init(&h->rest_watcher, rest_cb, 0, 0);
+                ev_child_start(h->loop, &h->rest_watcher);
+        }
+        return true;
+}
+
 static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
         Hold *h = container_of(w, Hold, child_watcher);
         int st = w->rstatus;
@@ -436,20 +579,37 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
 
         ev_child_stop(loop, w);
         tty_take_back(h);
-        pid_t group = h->child;
         h->child = 0;
-        ev_timer_stop(loop, &h->kill_timer);
 
         if (h->phase == PHASE_STOPPING) {
-                /* The lease is gone: what the command left in its group goes with it. */
-                (void) kill(-group, SIGKILL);
-                hold_release(h);
+                /* The lease is gone: what the command left goes with it. */
+                ev_timer_stop(loop, &h->kill_timer);
+                signal_descendants(h, SIGKILL);
+                if (!hold_wait_leftovers(h))
+                        hold_release(h);
                 return;
         }
         if (WIFEXITED(st))
                 h->exit_code = WEXITSTATUS(st);
         else if (WIFSIGNALED(st))
                 h->exit_code = 128 + WTERMSIG(st);
+        if (h->phase == PHASE_HELD && hold_wait_leftovers(h)) {
+                log_error("the command exited (status %d); holding lease %s until the processes it started have "
+                          "exited too (--hold-until=command releases at once)",
+                          h->exit_code, strna(h->id));
+                return;
+        }
+        ev_timer_stop(loop, &h->kill_timer);
+        hold_release(h);
+}
+
+static void rest_cb(struct ev_loop *loop, ev_child *w, int revents) {
+        Hold *h = container_of(w, Hold, rest_watcher);
+        if (has_children())
+                return;
+        ev_child_stop(loop, w);
+        h->leftovers = false;
+        ev_timer_stop(loop, &h->kill_timer);
         hold_release(h);
 }
 
@@ -465,6 +625,8 @@ static int spawn_command(Hold *h) {
 
         char token[32];
         snprintf(token, sizeof(token), "%llu", (unsigned long long) h->token);
+        if (arg_hold_until == HOLD_UNTIL_ALL)
+                (void) prctl(PR_SET_CHILD_SUBREAPER, 1);
         pid_t parent = getpid();
         fflush(NULL);
         pid_t pid = fork();
@@ -508,6 +670,7 @@ static int spawn_command(Hold *h) {
         close(pfd[1]);
         (void) setpgid(pid, pid); /* also here: whichever runs first, the group exists */
         h->child = pid;
+        h->group = pid;
         if (h->tty >= 0)
                 tty_give(h);
         ev_child_init(&h->child_watcher, child_cb, pid, 1);
@@ -523,7 +686,7 @@ static int spawn_command(Hold *h) {
         if (n == (ssize_t) sizeof(e)) {
                 _cleanup_free_ char *cmd = escape_display(h->command[0]);
                 log_error("cannot run %s: %s%s", strna(cmd), strerror(e),
-                          e == ENOENT ? " (not found in $PATH)" : "");
+                          e == ENOENT && !strchr(h->command[0], '/') ? " (not found in $PATH)" : "");
                 /* The child exits with 127 or 126; child_cb takes that as the exit code. */
         }
         return 0;
@@ -550,6 +713,11 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
                         (void) kill(-h->child, sig);
                         return;
                 }
+                if (h->leftovers) {
+                        /* The command is gone; its leftovers get what it would have got. */
+                        signal_descendants(h, sig);
+                        return;
+                }
                 if (ending) {
                         /* acquire: interrupted is how it is meant to end. */
                         if (h->phase == PHASE_HELD)
@@ -571,6 +739,26 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
 static void quiet_exception_handler(struct ev_loop *loop, agen_gen *gen, int error, const char *message,
                                     void *userdata) {
         /* Cleanup errors are reported by on_closed(); the rest is the abandonment at exit. */
+}
+
+/* The words joined by spaces, cut to at most max bytes (on a UTF-8 boundary, ending in
+ * "..."). NULL on OOM. */
+static char *join_command(char **argv, size_t max) {
+        size_t len = 0;
+        for (char **a = argv; *a; a++)
+                len += strlen(*a) + 1;
+        char *s = malloc(len + 1), *p = s;
+        if (!s)
+                return NULL;
+        for (char **a = argv; *a; a++)
+                p = stpcpy(stpcpy(p, a == argv ? "" : " "), *a);
+        if ((size_t) (p - s) > max) {
+                size_t cut = max - 3;
+                while (cut > 0 && ((unsigned char) s[cut] & 0xc0) == 0x80)
+                        cut--;
+                strcpy(s + cut, "...");
+        }
+        return s;
 }
 
 static int hold(const char *resource, char **command) {
@@ -603,6 +791,13 @@ static int hold(const char *resource, char **command) {
                 .ttl = arg_ttl_set ? usec_to_sec(arg_ttl) : 0,
                 .description = arg_description,
         };
+        /* run: the command line says why, as systemd-inhibit's --who defaults to it; the
+         * daemon keeps at most 1024 bytes. */
+        _cleanup_free_ char *cmdline = NULL;
+        if (command && !arg_description) {
+                cmdline = join_command(command, 1024);
+                opts.description = cmdline;
+        }
         r = agen_lease_new(h.client, resource, &opts, &h.lease);
         if (r < 0) {
                 log_error("cannot make the lease: %s", strerror(-r));
@@ -617,6 +812,7 @@ static int hold(const char *resource, char **command) {
         }
         ev_timer_init(&h.kill_timer, kill_timer_cb, 0., 0.);
         ev_timer_init(&h.release_timer, release_timer_cb, 0., 0.);
+        ev_timer_init(&h.reconnect_timer, reconnect_timer_cb, 0., 0.);
 
         hold_step(&h);
         if (!h.stepping) {
@@ -636,6 +832,11 @@ static int hold(const char *resource, char **command) {
                 ev_signal_stop(loop, &h.signals[i]);
         ev_timer_stop(loop, &h.kill_timer);
         ev_timer_stop(loop, &h.release_timer);
+        ev_timer_stop(loop, &h.reconnect_timer);
+        if (h.leftovers) {
+                ev_child_stop(loop, &h.rest_watcher);
+                signal_descendants(&h, SIGKILL);
+        }
         if (h.child > 0) {
                 /* Leaving with the command still running (asked twice to exit while it was
                  * being stopped): it must not outlive the lease. */
@@ -819,15 +1020,17 @@ int verb_acquire(int argc, char **argv) {
 /* ---- release, renew, revoke ---- */
 
 int verb_release(int argc, char **argv) {
-        const char *id = argv[1];
+        _cleanup_free_ char *id = NULL;
+        int k = agenctl_resolve_id(argv[1], &id);
+        if (k > 0)
+                return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
         json_object_object_add(p, "id", json_object_new_string(id));
         if (arg_secret)
                 json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        agenctl_permission_hint = "; only its holder (its connection, or whoever gives its secret with --secret) "
+                                  "and root may release it";
         int r = agenctl_call("io.agend.Lease.Release", p, id, &reply);
-        if (r == EXIT_PERMISSION)
-                fprintf(stderr, "Only the lease's holder (its connection, or whoever gives its secret with "
-                                "--secret) and root may release it.\n");
         if (r > 0)
                 return r;
         if (arg_json != JSON_OFF)
@@ -836,17 +1039,19 @@ int verb_release(int argc, char **argv) {
 }
 
 int verb_renew(int argc, char **argv) {
-        const char *id = argv[1];
+        _cleanup_free_ char *id = NULL;
+        int k = agenctl_resolve_id(argv[1], &id);
+        if (k > 0)
+                return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
         json_object_object_add(p, "id", json_object_new_string(id));
         if (arg_ttl_set)
                 json_object_object_add(p, "ttl", json_object_new_double(usec_to_sec(arg_ttl)));
         if (arg_secret)
                 json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        agenctl_permission_hint = "; only its holder (its connection, or whoever gives its secret with --secret) "
+                                  "and root may renew it";
         int r = agenctl_call("io.agend.Lease.Renew", p, id, &reply);
-        if (r == EXIT_PERMISSION)
-                fprintf(stderr, "Only the lease's holder (its connection, or whoever gives its secret with "
-                                "--secret) and root may renew it.\n");
         if (r > 0)
                 return r;
         json_object *lease = jobj(reply, "lease");
@@ -865,14 +1070,16 @@ int verb_renew(int argc, char **argv) {
 }
 
 int verb_revoke(int argc, char **argv) {
-        const char *id = argv[1];
+        _cleanup_free_ char *id = NULL;
+        int k = agenctl_resolve_id(argv[1], &id);
+        if (k > 0)
+                return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
         json_object_object_add(p, "id", json_object_new_string(id));
         json_object_object_add(p, "reason", json_object_new_string(arg_reason));
+        agenctl_permission_hint = "; revoking needs root, or a user or group in RevokeUsers= or RevokeGroups= of "
+                                  "agend.conf(5)";
         int r = agenctl_call("io.agend.Lease.Revoke", p, id, &reply);
-        if (r == EXIT_PERMISSION)
-                fprintf(stderr, "Revoking needs root, or a user or group named in RevokeUsers= or RevokeGroups= "
-                                "of agend.conf(5).\n");
         if (r > 0)
                 return r;
         if (arg_json != JSON_OFF)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "agen/agen.h"
@@ -74,24 +75,25 @@ static int add_owner_cells(Table *t, json_object *owner) {
 }
 
 static int print_leases(json_object *leases, const char *resource, unsigned *ret_reclaimable) {
-        static const char *const headers[] = { "ID",  "RESOURCE", "UNITS", "USER",  "PID",        "COMM",
-                                               "UNIT", "AGE",     "TTL",   "TOKEN", "DESCRIPTION" };
+        static const char *const headers[] = { "ID",   "RESOURCE", "UNITS", "STATE", "USER",  "PID",
+                                               "COMM", "UNIT",     "AGE",   "TTL",   "TOKEN", "DESCRIPTION" };
         _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers), headers);
         if (!t)
                 return -ENOMEM;
         table_set_align_right(t, 2);
-        table_set_align_right(t, 4);
-        table_set_align_right(t, 7);
+        table_set_align_right(t, 5);
         table_set_align_right(t, 8);
         table_set_align_right(t, 9);
+        table_set_align_right(t, 10);
         /* What gives way first on a narrow terminal: the free text, then the names. The id
-         * is what one copies, so it is cut last. */
-        table_set_shrink(t, 10, 0, 8);
-        table_set_shrink(t, 6, 1, 4);
-        table_set_shrink(t, 5, 2, 6);
+         * is never cut: it is what one copies to type it back (systemctl never cuts the
+         * unit name either), and any unique prefix of it is accepted. */
+        table_set_shrink(t, 11, 0, 8);
+        table_set_shrink(t, 7, 1, 4);
+        table_set_shrink(t, 6, 2, 6);
         table_set_shrink(t, 1, 3, 8);
-        table_set_shrink(t, 3, 4, 6);
-        table_set_shrink(t, 0, 5, 8);
+        table_set_shrink(t, 4, 4, 6);
+        table_set_shrink(t, 3, 5, 4);
 
         unsigned reclaimable = 0;
         size_t n = leases ? json_object_array_length(leases) : 0;
@@ -104,6 +106,7 @@ static int print_leases(json_object *leases, const char *resource, unsigned *ret
                 if (table_add_cell(t, jstr(l, "id"), reclaim ? ANSI_YELLOW : NULL) < 0 ||
                     table_add_cell(t, jstr(l, "resource"), NULL) < 0 ||
                     table_add_cell(t, format_units(units, sizeof(units), l), NULL) < 0 ||
+                    table_add_cell(t, state, reclaim ? ANSI_YELLOW : NULL) < 0 ||
                     add_owner_cells(t, jobj(l, "owner")) < 0 ||
                     table_add_cell(t, format_age(age, sizeof(age), jint(l, "created", 0)), NULL) < 0 ||
                     table_add_cell(t, format_left(left, sizeof(left), l), NULL) < 0 ||
@@ -137,7 +140,8 @@ static int print_waiters(json_object *waiters) {
         for (size_t i = 0; i < n; i++) {
                 json_object *w = json_object_array_get_idx(waiters, i);
                 char age[FORMAT_TIMESPAN_MAX], units[32];
-                if (table_add_cellf(t, NULL, "%lld", (long long) jint(w, "position", 0)) < 0 ||
+                /* "#1": a waiter's row never looks like a lease's, also without headers. */
+                if (table_add_cellf(t, NULL, "#%lld", (long long) jint(w, "position", 0)) < 0 ||
                     table_add_cell(t, jstr(w, "resource"), NULL) < 0 ||
                     table_add_cell(t, format_units(units, sizeof(units), w), NULL) < 0 ||
                     add_owner_cells(t, jobj(w, "owner")) < 0 ||
@@ -159,6 +163,7 @@ int verb_list(int argc, char **argv) {
         int r = agenctl_call("io.agend.Lease.List", params, resource, &reply);
         if (r > 0)
                 return r;
+        pager_open();
         if (arg_json) {
                 agenctl_print_json(reply);
                 return EXIT_OK;
@@ -170,7 +175,8 @@ int verb_list(int argc, char **argv) {
                 return EXIT_FAILURE_OTHER;
         json_object *waiters = jobj(reply, "waiters");
         size_t nw = waiters ? json_object_array_length(waiters) : 0;
-        if (nl > 0 && nw > 0)
+        /* The blank line belongs to the legend: without it, rows follow rows. */
+        if (nl > 0 && nw > 0 && arg_legend)
                 putchar('\n');
         if (print_waiters(waiters) < 0)
                 return EXIT_FAILURE_OTHER;
@@ -223,18 +229,32 @@ int verb_show(int argc, char **argv) {
         if (r > 0)
                 return r;
         json_object *leases = jobj(reply, "leases"), *lease = NULL;
-        size_t n = leases ? json_object_array_length(leases) : 0;
-        for (size_t i = 0; i < n && !lease; i++) {
+        size_t n = leases ? json_object_array_length(leases) : 0, matches = 0;
+        for (size_t i = 0; i < n; i++) {
                 json_object *l = json_object_array_get_idx(leases, i);
                 const char *lid = jstr(l, "id");
-                if (lid && strcmp(lid, id) == 0)
+                if (lid && strcmp(lid, id) == 0) {
                         lease = l;
+                        matches = 1;
+                        break;
+                }
+                if (lid && *id && strncmp(lid, id, strlen(id)) == 0) {
+                        lease = l;
+                        matches++;
+                }
+        }
+        if (matches > 1) {
+                _cleanup_free_ char *e = escape_display(id);
+                log_error("'%s' is the start of %zu lease ids: type more of it; see 'agenctl list'", strna(e), matches);
+                return EXIT_USAGE;
         }
         if (!lease) {
                 _cleanup_free_ char *e = escape_display(id);
                 log_error("no lease %s: it has ended or never existed; see 'agenctl list'", strna(e));
                 return EXIT_NOT_FOUND;
         }
+        id = jstr(lease, "id");
+        pager_open();
         if (arg_json) {
                 agenctl_print_json(lease);
                 return EXIT_OK;
@@ -305,6 +325,7 @@ int verb_resources(int argc, char **argv) {
         int r = agenctl_call("io.agend.Lease.Resources", NULL, NULL, &reply);
         if (r > 0)
                 return r;
+        pager_open();
         if (arg_json) {
                 agenctl_print_json(reply);
                 return EXIT_OK;
@@ -346,6 +367,7 @@ int verb_status(int argc, char **argv) {
         int r = agenctl_call("io.agend.Lease.Status", NULL, NULL, &reply);
         if (r > 0)
                 return r;
+        pager_open();
         if (arg_json) {
                 agenctl_print_json(reply);
                 return EXIT_OK;
@@ -369,17 +391,32 @@ int verb_status(int argc, char **argv) {
 
 /* ---- history ---- */
 
+/* Without --lines on a terminal: as many events as fit on one screen with the header and
+ * the legend (journalctl shows a screenful by default too). 0 = the daemon's default. */
+static unsigned screenful(void) {
+        struct winsize ws = {};
+        if (isatty(STDOUT_FILENO) <= 0)
+                return 0;
+        unsigned lines = 0;
+        const char *e = getenv("LINES");
+        if (!e || parse_unsigned(e, 100000, &lines) < 0)
+                lines = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) >= 0 ? ws.ws_row : 24;
+        return lines > 13 ? lines - 3 : 10;
+}
+
 int verb_history(int argc, char **argv) {
         const char *resource = argc > 1 ? argv[1] : NULL;
         _cleanup_json_ json_object *params = json_object_new_object(), *reply = NULL;
         if (resource)
                 json_object_object_add(params, "resource", json_object_new_string(resource));
-        if (arg_lines > 0)
-                json_object_object_add(params, "limit", json_object_new_int((int) arg_lines));
+        unsigned limit = arg_lines > 0 ? arg_lines : screenful();
+        if (limit > 0)
+                json_object_object_add(params, "limit", json_object_new_int((int) limit));
 
         int r = agenctl_call("io.agend.Lease.History", params, resource, &reply);
         if (r > 0)
                 return r;
+        pager_open();
         if (arg_json) {
                 agenctl_print_json(reply);
                 return EXIT_OK;
@@ -396,7 +433,6 @@ int verb_history(int argc, char **argv) {
         table_set_shrink(t, 7, 1, 6);
         table_set_shrink(t, 2, 2, 8);
         table_set_shrink(t, 5, 3, 6);
-        table_set_shrink(t, 3, 4, 8);
 
         json_object *events = jobj(reply, "events");
         size_t n = events ? json_object_array_length(events) : 0;
