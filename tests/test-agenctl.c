@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,6 +46,7 @@ typedef struct Ctl {
 } Ctl;
 
 static Ctl *ctls[32];
+static uid_t spawn_uid; /* ctl_spawn_as(): the child runs under this uid; 0 = ours */
 static size_t n_ctls;
 
 static const char *ctl_binary(void) {
@@ -83,6 +85,9 @@ static Ctl *ctl_spawn_v(const char *socket_path, const char *const *env, char *c
                 dup2(devnull, 0);
                 dup2(o[1], 1);
                 dup2(e[1], 2);
+                if (spawn_uid != 0 && (setgroups(0, NULL) < 0 || setresgid(spawn_uid, spawn_uid, spawn_uid) < 0 ||
+                                       setresuid(spawn_uid, spawn_uid, spawn_uid) < 0))
+                        _exit(121);
                 ctl_child_exec(socket_path, env, argv);
         }
         close(o[1]);
@@ -107,6 +112,22 @@ static Ctl *ctl_spawn(const Agend *a, const char *const *env, ...) {
         va_end(ap);
         argv[n] = NULL;
         return ctl_spawn_v(a ? a->socket : NULL, env, argv);
+}
+
+/* As ctl_spawn(), under another uid (the child drops to it before exec; root only). */
+static Ctl *ctl_spawn_as(const Agend *a, uid_t uid, ...) {
+        char *argv[64];
+        size_t n = 0;
+        va_list ap;
+        va_start(ap, uid);
+        for (char *s; n < 63 && (s = va_arg(ap, char *));)
+                argv[n++] = s;
+        va_end(ap);
+        argv[n] = NULL;
+        spawn_uid = uid;
+        Ctl *c = ctl_spawn_v(a->socket, NULL, argv);
+        spawn_uid = 0;
+        return c;
 }
 
 static void append(char **buf, size_t *len, const char *p, size_t n) {
@@ -147,6 +168,17 @@ static void ctl_pump(Ctl *c, double timeout) {
 static bool ctl_wait_output(Ctl *c, const char *needle, double timeout) {
         double end = helper_now() + timeout;
         while (!strstr(c->obuf, needle)) {
+                if (helper_now() > end || (c->out < 0 && c->err < 0))
+                        return false;
+                ctl_pump(c, 0.05);
+        }
+        return true;
+}
+
+/* Waits until stderr contains needle; false on timeout or exit without it. */
+static bool ctl_wait_stderr(Ctl *c, const char *needle, double timeout) {
+        double end = helper_now() + timeout;
+        while (!strstr(c->ebuf, needle)) {
                 if (helper_now() > end || (c->out < 0 && c->err < 0))
                         return false;
                 ctl_pump(c, 0.05);
@@ -832,6 +864,8 @@ static void test_watch(void **state) {
  * terminal's \r removed, and its exit code in *ret_code. color: leave NO_COLOR unset.
  * When the output shows wait_for, send is typed on the terminal (once); if stop_cont,
  * the test then waits until agenctl has stopped itself (job control) and continues it. */
+static const char *const *pty_env; /* extra environment for run_on_pty*() */
+
 static char *run_on_pty_ex(const Agend *a, unsigned cols, bool color, char *const *argv, const char *wait_for,
                            const char *send, bool stop_cont, int *ret_code) {
         struct winsize ws = { .ws_row = 24, .ws_col = (unsigned short) cols };
@@ -845,7 +879,7 @@ static char *run_on_pty_ex(const Agend *a, unsigned cols, bool color, char *cons
                         unsetenv("NO_COLOR");
                 else
                         setenv("NO_COLOR", "1", 1);
-                ctl_child_exec(a->socket, NULL, argv);
+                ctl_child_exec(a->socket, pty_env, argv);
         }
         char *out = calloc(1, 1);
         size_t len = 0;
@@ -1176,6 +1210,268 @@ static void test_run_job_control(void **state) {
         assert_int_equal(n_leases(a), 0);
 }
 
+
+/* ---- issue 14 ---- */
+
+/* #2: by default run holds the lease until what the command started in the background has
+ * exited too; --hold-until=command releases when the command exits. */
+static void test_run_hold_until(void **state) {
+        Agend *a = *state;
+        Ctl *run = ctl_spawn(a, NULL, "run", "gpu", "--", "sh", "-c", "sleep 1 >/dev/null 2>&1 & echo started", NULL);
+        assert_true(ctl_wait_output(run, "started", CTL_TIMEOUT));
+        assert_true(ctl_wait_stderr(run, "until the processes it started have exited", CTL_TIMEOUT));
+        /* sh has exited; its sleep holds the lease. */
+        assert_int_equal(n_leases(a), 1);
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), 0);
+        assert_int_equal(n_leases(a), 0);
+
+        /* The exit status is the command's, not the leftovers'. */
+        Result r = CTL(a, "run", "gpu", "--", "sh", "-c", "(sleep 0.3; exit 9) >/dev/null 2>&1 & exit 4");
+        assert_code(r, 4);
+
+        double t0 = helper_now();
+        r = CTL(a, "run", "gpu", "--hold-until=command", "--", "sh", "-c", "sleep 3 >/dev/null 2>&1 & echo started");
+        assert_code(r, 0);
+        assert_true(helper_now() - t0 < 2.5);
+        assert_int_equal(n_leases(a), 0);
+
+        r = CTL(a, "run", "gpu", "--hold-until=never", "--", "true");
+        assert_code(r, X_USAGE);
+
+        /* A lease lost while only leftovers run stops them too. */
+        run = ctl_spawn(a, NULL, "run", "gpu", "-d", "leftovers", "--kill-delay", "5s", "--", "sh", "-c",
+                        "sleep 60 >/dev/null 2>&1 & echo $!", NULL);
+        assert_true(ctl_wait_stderr(run, "until the processes it started have exited", CTL_TIMEOUT));
+        long sleeper = strtol(run->obuf, NULL, 10);
+        assert_true(sleeper > 0);
+        const char *id = lease_id_by_description(a, "leftovers");
+        assert_non_null(id);
+        r = CTL(a, "revoke", id, "--reason", "stop them");
+        assert_code(r, 0);
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), X_LOST);
+        assert_int_equal(kill((pid_t) sleeper, 0), -1);
+        assert_int_equal(errno, ESRCH);
+}
+
+/* #3: agend gone for good: run says so at once, and the bound is --reconnect-timeout. */
+static void test_run_daemon_gone(void **state) {
+        Agend *a = *state;
+        Ctl *run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "1s", "--", "sleep", "60", NULL);
+        assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
+        double t0 = helper_now();
+        assert_int_equal(agend_kill(a), 0);
+        if (!ctl_wait_stderr(run, "lost the connection to agend", 5.0))
+                fail_msg("no message on stderr within 5s of agend's death: %s", run->ebuf);
+        assert_contains(run->ebuf, "may be lost");
+        assert_contains(run->ebuf, "for 1s (--reconnect-timeout)");
+        double said = helper_now() - t0;
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), X_LOST);
+        assert_contains(run->ebuf, "did not come back within 1s");
+        /* Told well before the bound ran out; stopped after it, not at the library's 60 s. */
+        assert_true(said < 1.0 + 5.0);
+        assert_true(helper_now() - t0 >= 0.9);
+
+        /* 0: the command is stopped at once. (Grace 0: the lease of the killed daemon,
+         * restored at the start, must not hold gpu.) */
+        snprintf(a->grace, sizeof(a->grace), "0");
+        assert_int_equal(agend_start(a), 0);
+        run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "0", "--", "sleep", "60", NULL);
+        assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
+        assert_int_equal(agend_kill(a), 0);
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), X_LOST);
+        assert_contains(run->ebuf, "may be lost");
+
+        /* agend back within the bound: reclaimed, the command goes on. */
+        assert_int_equal(agend_start(a), 0);
+        run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "30s", "--", "sh", "-c",
+                        "echo ready; sleep 3", NULL);
+        assert_true(ctl_wait_output(run, "ready", CTL_TIMEOUT));
+        assert_int_equal(agend_kill(a), 0);
+        assert_true(ctl_wait_stderr(run, "lost the connection to agend", 5.0));
+        snprintf(a->grace, sizeof(a->grace), "30");
+        assert_int_equal(agend_start(a), 0);
+        assert_true(ctl_wait_stderr(run, "agend is back", CTL_TIMEOUT));
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), 0);
+}
+
+/* #4: watch follows agend across restarts, and says so; --no-reconnect exits instead. */
+static void test_watch_follows_restart(void **state) {
+        Agend *a = *state;
+        Ctl *w = ctl_spawn(a, NULL, "watch", "gpu", "--json", NULL);
+        Ctl *once = ctl_spawn(a, NULL, "watch", "gpu", "--no-reconnect", NULL);
+        /* Both in effect: each has seen a run. */
+        bool seen = false;
+        for (int i = 0; i < 20 && !seen; i++) {
+                Result r = CTL(a, "run", "gpu", "--", "true");
+                assert_code(r, 0);
+                seen = ctl_wait_output(w, "\"released\"", 1.0) && ctl_wait_output(once, "released", 1.0);
+        }
+        assert_true(seen);
+
+        int st = 0;
+        assert_int_equal(agend_stop(a, &st), 0);
+        assert_int_equal(ctl_wait(once, CTL_TIMEOUT), X_UNREACHABLE);
+        assert_true(ctl_wait_stderr(w, "waiting for it to come back", CTL_TIMEOUT));
+        assert_int_equal(w->status, -1); /* still running */
+
+        assert_int_equal(agend_start(a), 0);
+        assert_true(ctl_wait_stderr(w, "agend is back", CTL_TIMEOUT));
+        Result r = CTL(a, "run", "gpu", "--", "sh", "-c", "echo $AGEN_LEASE_ID");
+        assert_code(r, 0);
+        char id[64] = "", needle[96];
+        assert_int_equal(sscanf(r.out, "%63s", id), 1);
+        snprintf(needle, sizeof(needle), "\"lease\":\"%s\"", id);
+        assert_true(ctl_wait_output(w, needle, CTL_TIMEOUT));
+
+        kill(w->pid, SIGTERM);
+        assert_int_equal(ctl_wait(w, CTL_TIMEOUT), 0);
+}
+
+/* #5: run's description is its command line; list marks reclaimable leases; the busy
+ * message does not present a dead process as the holder. */
+static void test_run_description_and_holders(void **state) {
+        Agend *a = *state;
+        Ctl *run = ctl_spawn(a, NULL, "run", "gpu", "--", "sleep", "30", NULL);
+        assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
+        assert_non_null(lease_id_by_description(a, "sleep 30"));
+        kill(run->pid, SIGTERM);
+        assert_int_equal(ctl_wait(run, CTL_TIMEOUT), 128 + SIGTERM);
+
+        /* A detached lease whose taker has exited. */
+        Result r = CTL(a, "acquire", "gpu", "--detach", "--ttl", "60");
+        assert_code(r, 0);
+        pid_t taker = r.ctl->pid;
+        r = CTL(a, "run", "gpu", "--nowait", "--", "true");
+        assert_code(r, X_BUSY);
+        assert_contains(r.err, "which has exited");
+        char dead[64];
+        snprintf(dead, sizeof(dead), "(pid %d, agenctl)", (int) taker);
+        assert_null(strstr(r.err, dead));
+
+        /* Restored after a restart and not yet reclaimed: "reclaimable" in list. */
+        Holder *h = NULL;
+        assert_int_equal(holder_start(a, "{\"resource\":\"pool\",\"description\":\"restored\"}", CTL_TIMEOUT, &h), 0);
+        assert_int_equal(agend_kill(a), 0);
+        assert_int_equal(holder_kill(h), 0);
+        snprintf(a->grace, sizeof(a->grace), "60");
+        assert_int_equal(agend_start(a), 0);
+        r = CTL(a, "list", "pool");
+        assert_code(r, 0);
+        assert_contains(r.out, "STATE");
+        assert_contains(r.out, "reclaimable");
+        assert_contains(r.out, "1 reclaimable");
+        r = CTL(a, "run", "pool", "--exclusive", "--nowait", "--", "true");
+        assert_code(r, X_BUSY);
+        assert_contains(r.err, "restored after an agend restart");
+}
+
+static int pipe_lines(const char *s) {
+        int n = 0;
+        for (; *s; s++)
+                n += *s == '\n';
+        return n;
+}
+
+/* #8: the messages and the --no-legend layout. */
+static void test_messages(void **state) {
+        Agend *a = *state;
+        Result r = CTL(a, "status", "extra");
+        assert_code(r, X_USAGE);
+        assert_contains(r.err, "'status' takes no arguments (got 'extra')");
+        r = CTL(a, "show", "a", "b");
+        assert_code(r, X_USAGE);
+        assert_contains(r.err, "too many arguments for 'show' (from 'b' on): agenctl show ID");
+
+        r = CTL(a, "run", "gpu", "--", "/nonexistent/command");
+        assert_code(r, 127);
+        assert_null(strstr(r.err, "$PATH"));
+        r = CTL(a, "run", "gpu", "--", "no-such-command-anywhere");
+        assert_code(r, 127);
+        assert_contains(r.err, "(not found in $PATH)");
+
+        /* More units than the capacity: the numbers, not a guess. */
+        r = CTL(a, "run", "gpu", "--units", "2", "--", "true");
+        assert_code(r, 1);
+        assert_contains(r.err, "it has 1 unit and 2 were asked for");
+        assert_null(strstr(r.err, "?"));
+
+        Ctl *holder = ctl_spawn(a, NULL, "acquire", "gpu", "-d", "holder", NULL);
+        assert_true(ctl_wait_output(holder, "Holding lease", CTL_TIMEOUT));
+        r = CTL(a, "run", "gpu", "--timeout", "1.5", "--", "true");
+        assert_code(r, X_BUSY);
+        assert_contains(r.err, "timed out after 1.5s waiting for gpu");
+
+        /* --no-legend: rows only, a waiter's starting with #. */
+        Ctl *waiter = ctl_spawn(a, NULL, "run", "gpu", "-d", "waiter", "--", "true", NULL);
+        assert_true(wait_count(a, true, 1, CTL_TIMEOUT));
+        r = CTL(a, "list", "--no-legend");
+        assert_code(r, 0);
+        assert_int_equal(pipe_lines(r.out), 2);
+        assert_null(strstr(r.out, "\n\n"));
+        assert_non_null(strstr(r.out, "\n#1 "));
+
+        /* Permission denied: one line, with the daemon's reason. */
+        if (geteuid() == 0) {
+                const char *id = lease_id_by_description(a, "holder");
+                Ctl *c = ctl_spawn_as(a, 65534, "release", id, NULL);
+                assert_int_equal(ctl_wait(c, CTL_TIMEOUT), X_PERMISSION);
+                assert_int_equal(pipe_lines(c->ebuf), 1);
+                assert_contains(c->ebuf, "permission denied for lease");
+                assert_contains(c->ebuf, "not the holder");
+                c = ctl_spawn_as(a, 65534, "revoke", id, "--reason", "x", NULL);
+                assert_int_equal(ctl_wait(c, CTL_TIMEOUT), X_PERMISSION);
+                assert_int_equal(pipe_lines(c->ebuf), 1);
+                assert_contains(c->ebuf, "RevokeUsers=");
+        }
+
+        kill(waiter->pid, SIGTERM);
+        kill(holder->pid, SIGTERM);
+        ctl_wait(waiter, CTL_TIMEOUT);
+        ctl_wait(holder, CTL_TIMEOUT);
+}
+
+/* #6: a pager on a terminal only, as systemd's tools: $AGENCTL_PAGER, $PAGER, LESS set,
+ * --no-pager; history shows a screenful without -n. */
+static void test_pager(void **state) {
+        Agend *a = *state;
+        static const char *const paged[] = { "AGENCTL_PAGER=echo \"LESS=$LESS\"; sed s/^/paged:/", NULL };
+        pty_env = paged;
+        char *out = run_on_pty(a, 80, false, (char *[]) { "list", NULL });
+        assert_contains(out, "LESS=FRSXMK");
+        assert_contains(out, "paged:0 leases, 0 waiters.");
+        free(out);
+        out = run_on_pty(a, 80, false, (char *[]) { "list", "--no-pager", NULL });
+        assert_null(strstr(out, "paged:"));
+        free(out);
+
+        static const char *const pager_env[] = { "AGENCTL_PAGER", "PAGER=sed s/^/viaPAGER:/", NULL };
+        pty_env = pager_env;
+        out = run_on_pty(a, 80, false, (char *[]) { "status", NULL });
+        assert_contains(out, "viaPAGER:");
+        free(out);
+        pty_env = NULL;
+
+        /* Into a pipe: never paged. */
+        Ctl *c = ctl_spawn(a, (const char *const[]) { "AGENCTL_PAGER=sed s/^/paged:/", NULL }, "list", NULL);
+        assert_int_equal(ctl_wait(c, CTL_TIMEOUT), 0);
+        assert_null(strstr(c->obuf, "paged:"));
+
+        /* 40 events; a 24-line terminal shows 21 of them. */
+        for (int i = 0; i < 20; i++) {
+                Result r = CTL(a, "run", "gpu", "--", "true");
+                assert_code(r, 0);
+        }
+        out = run_on_pty(a, 120, false, (char *[]) { "history", NULL });
+        assert_contains(out, "21 events.");
+        free(out);
+        out = run_on_pty(a, 120, false, (char *[]) { "history", "-n", "30", NULL });
+        assert_contains(out, "30 events.");
+        free(out);
+        Result r = CTL(a, "history");
+        assert_code(r, 0);
+        assert_contains(r.out, "40 events.");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_usage, setup, teardown),
@@ -1196,6 +1492,12 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_list_ids_whole_and_prefixes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_queue_position_on_terminal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_job_control, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_hold_until, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_daemon_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_watch_follows_restart, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_description_and_holders, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_pager, setup, teardown),
         };
         signal(SIGPIPE, SIG_IGN);
         /* TEST_FILTER=test_run_* runs some tests only (cmocka's wildcards). */

@@ -126,7 +126,6 @@ static int print_waiters(json_object *waiters) {
         _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers), headers);
         if (!t)
                 return -ENOMEM;
-        table_set_align_right(t, 0);
         table_set_align_right(t, 2);
         table_set_align_right(t, 4);
         table_set_align_right(t, 7);
@@ -468,19 +467,24 @@ int verb_history(int argc, char **argv) {
 
 typedef struct WatchState {
         struct ev_loop *loop;
+        const char *resource;
         int exit_code;
         bool started;
         bool done;
+        bool lost;              /* the connection ended; retrying */
+        double backoff;
+        ev_timer retry;
 } WatchState;
 
-/* The client and its Watch call stay referenced from here until exit: the library has no
- * way to cancel a call in flight, and its reply context holds the client. Reachable, so
- * leak checkers stay quiet. */
-static agen_client *watch_client;
+/* The clients and their Watch calls stay referenced from here until exit: the library has
+ * no way to cancel a call in flight, and its reply context holds the client. Reachable, so
+ * leak checkers stay quiet. A restart of agend leaves one ended client behind per restart. */
+static agen_client *watch_clients[64];
+static size_t n_watch_clients;
 
 static void print_event_line(json_object *ev) {
         char ts[FORMAT_TIMESTAMP_MAX];
-        json_object *owner = jobj(ev, "owner");
+        json_object *owner = jobj(ev, "owner"), *by = jobj(ev, "revoked_by");
         _cleanup_free_ char *res = escape_display(jstr(ev, "resource"));
         const char *type = jstr(ev, "type");
         const char *color = !type                                                         ? NULL
@@ -501,6 +505,10 @@ static void print_event_line(json_object *ev) {
                 printf(" user=%s pid=%lld comm=%s", uid >= 0 ? uid_to_name((uid_t) uid) : "?",
                        (long long) jint(owner, "pid", 0), strna(comm));
         }
+        if (by) {
+                int64_t uid = jint(by, "uid", -1);
+                printf(" by=%s/%lld", uid >= 0 ? uid_to_name((uid_t) uid) : "?", (long long) jint(by, "pid", 0));
+        }
         if (jstr(ev, "reason")) {
                 _cleanup_free_ char *reason = escape_display(jstr(ev, "reason"));
                 printf(" reason=\"%s\"", strna(reason));
@@ -509,23 +517,48 @@ static void print_event_line(json_object *ev) {
         fflush(stdout);
 }
 
+static void watch_end(WatchState *w, int code) {
+        w->exit_code = code;
+        w->done = true;
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
+static int watch_start(WatchState *w);
+
+/* agend went away (stopped, restarted, crashed): like journalctl -f, wait for it. */
+static void watch_lost(WatchState *w, const char *why) {
+        if (!arg_reconnect) {
+                log_error("agend %s; exiting (without --no-reconnect, watch waits for agend to come back)", why);
+                return watch_end(w, EXIT_UNREACHABLE);
+        }
+        if (!w->lost)
+                log_error("agend %s; waiting for it to come back (events meanwhile: 'agenctl history')", why);
+        w->lost = true;
+        w->started = false;
+        ev_timer_set(&w->retry, w->backoff, 0.);
+        ev_timer_start(w->loop, &w->retry);
+        w->backoff = MIN(w->backoff * 2, 2.0);
+}
+
 static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
                         bool continues, void *userdata) {
         WatchState *w = userdata;
         if (w->done)
                 return;
-        if (status < 0) {
-                w->exit_code = agenctl_report_error(status, error_name, params_json, NULL);
-                w->done = true;
-                ev_break(w->loop, EVBREAK_ALL);
-                return;
-        }
+        if (status < 0 && !error_name)
+                return watch_lost(w, w->lost ? "is still not back" : "closed the connection");
+        if (status < 0)
+                return watch_end(w, agenctl_report_error(status, error_name, params_json, NULL));
         _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
         json_object *ev = jobj(p, "event");
         if (!w->started) {
                 w->started = true;
-                if (isatty(STDERR_FILENO) > 0 && !arg_json)
+                w->backoff = 0.1;
+                if (w->lost)
+                        log_error("agend is back; watching again");
+                else if (isatty(STDERR_FILENO) > 0 && !arg_json)
                         fprintf(stderr, "Watching; Ctrl-C stops.\n");
+                w->lost = false;
         }
         if (ev) {
                 if (arg_json) {
@@ -537,40 +570,52 @@ static void watch_reply(agen_client *client, int status, const char *error_name,
                 } else
                         print_event_line(ev);
         }
-        if (!continues) {
-                log_error("agend ended the watch");
-                w->exit_code = EXIT_UNREACHABLE;
-                w->done = true;
-                ev_break(w->loop, EVBREAK_ALL);
+        if (!continues)
+                watch_lost(w, "ended the watch");
+}
+
+static void watch_retry(struct ev_loop *loop, ev_timer *t, int revents) {
+        WatchState *w = container_of(t, WatchState, retry);
+        int r = watch_start(w);
+        if (r < 0)
+                watch_lost(w, "is still not back");
+}
+
+static int watch_start(WatchState *w) {
+        agen_client *c = NULL;
+        if (n_watch_clients >= ELEMENTSOF(watch_clients)) {
+                /* Recycle the oldest ended client: its call is over. */
+                agen_client_unref(watch_clients[0]);
+                memmove(watch_clients, watch_clients + 1, sizeof(watch_clients[0]) * (ELEMENTSOF(watch_clients) - 1));
+                n_watch_clients--;
         }
+        int r = agen_client_new(w->loop, agenctl_address(), &c);
+        if (r < 0)
+                return r;
+        watch_clients[n_watch_clients++] = c;
+
+        _cleanup_json_ json_object *params = json_object_new_object();
+        if (w->resource)
+                json_object_object_add(params, "resource", json_object_new_string(w->resource));
+        return agen_client_call(c, "io.agend.Lease.Watch", json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN),
+                                AGEN_CALL_MORE, watch_reply, w);
 }
 
 static void watch_signal(struct ev_loop *loop, ev_signal *s, int revents) {
-        WatchState *w = s->data;
-        w->done = true;
-        w->exit_code = EXIT_OK;
-        ev_break(loop, EVBREAK_ALL);
+        watch_end(s->data, EXIT_OK);
 }
 
 int verb_watch(int argc, char **argv) {
-        const char *resource = argc > 1 ? argv[1] : NULL;
         struct ev_loop *loop = ev_default_loop(0);
         if (!loop) {
                 log_error("cannot make an event loop");
                 return EXIT_FAILURE_OTHER;
         }
-        WatchState w = { .loop = loop };
+        WatchState w = { .loop = loop, .resource = argc > 1 ? argv[1] : NULL, .backoff = 0.1 };
+        ev_timer_init(&w.retry, watch_retry, 0., 0.);
 
-        int r = agen_client_new(loop, agenctl_address(), &watch_client);
-        if (r < 0)
-                return agenctl_report_error(r, NULL, NULL, NULL);
-
-        _cleanup_json_ json_object *params = json_object_new_object();
-        if (resource)
-                json_object_object_add(params, "resource", json_object_new_string(resource));
-        r = agen_client_call(watch_client, "io.agend.Lease.Watch",
-                             json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE,
-                             watch_reply, &w);
+        /* At start agend must be there: a typo in --socket should not wait forever. */
+        int r = watch_start(&w);
         if (r < 0)
                 return agenctl_report_error(r, NULL, NULL, NULL);
 
@@ -590,6 +635,7 @@ int verb_watch(int argc, char **argv) {
         }
         ev_signal_stop(loop, &sigint);
         ev_signal_stop(loop, &sigterm);
+        ev_timer_stop(loop, &w.retry);
         return w.exit_code;
 }
 
