@@ -1,6 +1,12 @@
 # bash completion for agenctl(1)                                  -*- shell-script -*-
-# Verbs, their options, resource names (from `agenctl --json=short resources`) and lease
-# ids (from `agenctl --json=short list`), asking the agend the command line points at.
+# Verbs, their options and option values, resource names (from `agenctl --json=short
+# resources`) and lease ids (from `agenctl --json=short list`), asking the agend the
+# command line points at.
+#
+# The words are taken from COMP_WORDS as bash splits them, where "=" is a word of its own
+# ("--json=sh" is "--json" "=" "sh"), and readline replaces only the text after the "=":
+# so a value is completed without its "--option=" (else "--json=<TAB>" would insert
+# "--json=--json="). This works with and without the bash-completion package.
 
 __agenctl_query() {
         # $1: verb, $2: the JSON key to pick ("name" or "id"); the rest: --socket, if given.
@@ -11,48 +17,56 @@ __agenctl_query() {
 }
 
 _agenctl() {
-        local cur prev words cword
-        if declare -F _init_completion >/dev/null 2>&1; then
-                _init_completion -n = || return
-        else
-                COMPREPLY=()
-                cur=${COMP_WORDS[COMP_CWORD]}
-                prev=${COMP_WORDS[COMP_CWORD - 1]}
-                words=("${COMP_WORDS[@]}")
-                cword=$COMP_CWORD
-        fi
+        local cur=${COMP_WORDS[COMP_CWORD]} prev="" cword=$COMP_CWORD
+        local -a words=("${COMP_WORDS[@]}")
+        COMPREPLY=()
 
-        local verbs="list show resources status run acquire release renew revoke watch history help"
-        local global="--help --version --socket --json --no-pager"
+        local verbs="list show resources status run acquire release renew revoke check watch history help"
+        local global="--help --version --socket --no-pager"
+        # Options that take a value in the next word (or after "=").
+        local with_value="--socket -s --units -u --timeout -w --ttl -t --description -d --conflict-exit-code -E
+                --kill-delay --secret --reason -r --lines -n --hold-until --reconnect-timeout"
         local -A opts=(
-                [list]="--no-legend --full"
-                [show]=""
-                [resources]="--no-legend --full"
-                [status]=""
-                [run]="--units --exclusive --timeout --nowait --ttl --description --conflict-exit-code --kill-delay --quiet"
-                [acquire]="--units --exclusive --timeout --nowait --ttl --description --conflict-exit-code --quiet --detach"
-                [release]="--secret"
-                [renew]="--ttl --secret"
-                [revoke]="--reason"
-                [watch]=""
-                [history]="--no-legend --full --lines"
+                [list]="--no-legend --full --json"
+                [show]="--json"
+                [resources]="--no-legend --full --json"
+                [status]="--json"
+                [run]="--units --exclusive --timeout --nowait --ttl --description --conflict-exit-code --kill-delay
+                       --quiet --hold-until --reconnect-timeout"
+                [acquire]="--units --exclusive --timeout --nowait --ttl --description --conflict-exit-code --quiet
+                           --detach --reconnect-timeout --json"
+                [release]="--secret --json"
+                [renew]="--ttl --secret --json"
+                [revoke]="--reason --json"
+                [check]="--quiet --json"
+                [watch]="--no-reconnect --json"
+                [history]="--no-legend --full --lines --json"
                 [help]=""
         )
 
+        # "--opt=VALUE": complete VALUE for --opt.
+        local split=""
+        if [[ $cur == "=" ]]; then
+                split=${words[cword - 1]}
+                cur=""
+        elif ((cword >= 2)) && [[ ${words[cword - 1]} == "=" ]]; then
+                split=${words[cword - 2]}
+        elif ((cword >= 1)); then
+                prev=${words[cword - 1]}
+        fi
+
         # The verb, the positional arguments after it, --socket, and where run's command
         # starts (after "--", or at the first argument after RESOURCE).
-        local i verb="" npos=0 socket=() cmd_at=0
+        local i w verb="" npos=0 socket=() cmd_at=0
         for ((i = 1; i < cword; i++)); do
-                case ${words[i]} in
-                --socket | -s)
-                        socket=(--socket "${words[i + 1]}")
-                        ((i++))
+                w=${words[i]}
+                if [[ ${words[i + 1]-} == "=" ]]; then
+                        # --opt = VALUE
+                        [[ $w == --socket ]] && ((i + 2 < cword)) && socket=(--socket "${words[i + 2]}")
+                        ((i += 2))
                         continue
-                        ;;
-                --socket=*)
-                        socket=("${words[i]}")
-                        continue
-                        ;;
+                fi
+                case $w in
                 --)
                         if [[ $verb == run ]]; then
                                 cmd_at=$((i + 1))
@@ -60,15 +74,16 @@ _agenctl() {
                         fi
                         continue
                         ;;
-                --units | -u | --timeout | -w | --ttl | -t | --description | -d | --conflict-exit-code | -E | \
-                        --kill-delay | --secret | --reason | -r | --lines | -n)
-                        ((i++))
+                -*)
+                        if [[ " ${with_value//$'\n'/ } " == *" $w "* ]]; then
+                                [[ $w == --socket || $w == -s ]] && socket=(--socket "${words[i + 1]}")
+                                ((i++))
+                        fi
                         continue
                         ;;
-                -*) continue ;;
                 esac
                 if [[ -z $verb ]]; then
-                        verb=${words[i]}
+                        verb=$w
                         continue
                 fi
                 ((npos++))
@@ -89,26 +104,38 @@ _agenctl() {
                 return
         fi
 
-        case $prev in
+        local value_of=${split:-$prev}
+        case $value_of in
+        --json)
+                # Only "--json=MODE": a separate word after --json is the next argument.
+                if [[ -n $split ]]; then
+                        COMPREPLY=($(compgen -W "short pretty off" -- "$cur"))
+                        return
+                fi
+                ;;
+        --hold-until)
+                COMPREPLY=($(compgen -W "all command" -- "$cur"))
+                return
+                ;;
         --socket | -s)
                 COMPREPLY=($(compgen -f -- "$cur"))
                 return
                 ;;
-        --json)
-                return
-                ;;
-        --units | -u | --timeout | -w | --ttl | -t | --description | -d | --conflict-exit-code | -E | \
-                --kill-delay | --secret | --reason | -r | --lines | -n)
-                return
+        *)
+                if [[ -n $split || " ${with_value//$'\n'/ } " == *" $value_of "* ]]; then
+                        return # a number, a duration, a text: nothing to offer
+                fi
                 ;;
         esac
-        if [[ $cur == --json=* ]]; then
-                COMPREPLY=($(compgen -P "--json=" -W "short pretty off" -- "${cur#--json=}"))
-                return
-        fi
 
         if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "$global ${opts[$verb]:-}" -- "$cur"))
+                local o="$global"
+                if [[ -n $verb ]]; then
+                        o+=" ${opts[$verb]-}"
+                else
+                        o+=" --json"
+                fi
+                COMPREPLY=($(compgen -W "$o" -- "$cur"))
                 return
         fi
 
@@ -118,6 +145,10 @@ _agenctl() {
         fi
         if [[ $verb == run && $npos -eq 1 ]]; then
                 COMPREPLY=($(compgen -c -- "$cur"))
+                return
+        fi
+        if [[ $verb == check && $npos -eq 0 ]]; then
+                COMPREPLY=($(compgen -W "$(__agenctl_query resources name "${socket[@]}")" -- "$cur"))
                 return
         fi
         ((npos > 0)) && return
