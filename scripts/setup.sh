@@ -8,6 +8,8 @@ packages=(
         libev-dev libsqlite3-dev libsystemd-dev libjson-c-dev libcmocka-dev
         sqlite3 scdoc valgrind util-linux procps bash-completion
 )
+# tests/test-varlink-go.sh: a varlink client that is not ours (Debian's Go library).
+packages+=(golang-go golang-github-varlink-go-dev)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
 
