@@ -1256,8 +1256,11 @@ static void test_run_hold_until(void **state) {
 /* #3: agend gone for good: run says so at once, and the bound is --reconnect-timeout. */
 static void test_run_daemon_gone(void **state) {
         Agend *a = *state;
-        Ctl *run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "1s", "--", "sleep", "60", NULL);
-        assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
+        /* Killed once the command runs: agenctl has the grant then (the daemon's list
+         * shows the lease a moment before agenctl has read its grant). */
+        Ctl *run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "1s", "--", "sh", "-c",
+                             "echo ready; exec sleep 60", NULL);
+        assert_true(ctl_wait_output(run, "ready", CTL_TIMEOUT));
         double t0 = helper_now();
         assert_int_equal(agend_kill(a), 0);
         if (!ctl_wait_stderr(run, "lost the connection to agend", 5.0))
@@ -1275,8 +1278,9 @@ static void test_run_daemon_gone(void **state) {
          * restored at the start, must not hold gpu.) */
         snprintf(a->grace, sizeof(a->grace), "0");
         assert_int_equal(agend_start(a), 0);
-        run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "0", "--", "sleep", "60", NULL);
-        assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
+        run = ctl_spawn(a, NULL, "run", "gpu", "--reconnect-timeout", "0", "--", "sh", "-c", "echo ready; exec sleep 60",
+                        NULL);
+        assert_true(ctl_wait_output(run, "ready", CTL_TIMEOUT));
         assert_int_equal(agend_kill(a), 0);
         assert_int_equal(ctl_wait(run, CTL_TIMEOUT), X_LOST);
         assert_contains(run->ebuf, "may be lost");
