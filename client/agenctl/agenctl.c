@@ -249,7 +249,8 @@ static void print_options(unsigned bit) {
                 { V_HOLD, "   --nowait", "Do not wait: fail at once if busy (like --timeout=0)" },
                 { V_HOLD | V_RENEW, "-t --ttl=DURATION", "Time to live; renewed while run/acquire hold the\n"
                                                          "lease; for renew, the new TTL" },
-                { V_HOLD, "-d --description=TEXT", "Why the lease is taken, shown to others" },
+                { V_HOLD, "-d --description=TEXT", "Why the lease is taken, shown to others (run:\n"
+                                                   "default the command line)" },
                 { V_HOLD, "-E --conflict-exit-code=N", "Exit code when busy or timed out (default 75)" },
                 { V_HOLD, "-q --quiet", "No queue position on the terminal" },
                 { V_CHECK, "-q --quiet", "Print nothing; the exit code says it" },
