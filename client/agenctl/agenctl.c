@@ -305,7 +305,8 @@ static void help(void) {
         print_options(V_ALL);
         printf("\nExit codes: 0 ok, 1 other failure, 64 usage, 66 no such lease or resource,\n"
                "69 agend unreachable, 75 busy or timed out, 77 permission denied, 79 lease lost,\n"
-               "80 check: stale token; run: the command's status (126 cannot execute, 127 not found, 128+N signal N).\n"
+               "80 stale token (check); run: the command's status (126 cannot execute,\n"
+               "127 not found, 128+N signal N).\n"
                "`%s VERB --help` shows a verb's options; see agenctl(1).\n",
                program_name);
 }
