@@ -650,9 +650,14 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         char *msg = NULL;
         rc = sqlite3_exec(s->db, "PRAGMA journal_mode=WAL", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
-                k = sqlite_to_errno(rc) ?: -EIO;
+                k = db_errno(s, rc) ?: -EIO;
                 if (dir_read_only(dir))
                         k = fail_read_only(ret_error, s->path);
+                else if (k == -ENOSPC)
+                        k = fail(ret_error, k,
+                                 "cannot open %s: its file system is full (%s), and opening needs a little "
+                                 "space; free some and start again",
+                                 s->path, strna(msg));
                 else if (k == -EBADMSG)
                         k = fail(ret_error, k,
                                  "cannot read %s: %s; refusing to start rather than replace it "
