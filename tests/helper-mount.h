@@ -23,7 +23,7 @@ static inline int helper_private_mounts(void) {
         if (done <= 0)
                 return done;
         done = 0;
-        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        if (unshare(CLONE_NEWNS) < 0 || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0)
                 done = -errno;
         return done;
 }
@@ -39,7 +39,7 @@ static inline int helper_mount_tmpfs(const char *path, unsigned long size, bool 
 
 /* Remounts what is mounted on path read-only (its files stay as they are). */
 static inline int helper_remount_ro(const char *path) {
-        if (mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
+        if (mount("none", path, "none", MS_REMOUNT | MS_RDONLY, NULL) < 0)
                 return -errno;
         return 0;
 }
