@@ -29,6 +29,7 @@ struct StoreGuard {
         ev_timer timer;
         bool degraded;          /* Acquire refused */
         bool held;              /* a batch is waiting for space: no reply may go out */
+        bool reserve_warned;    /* a failure to make the reserve is logged once */
         usec_t retry_at;        /* CLOCK_MONOTONIC: the next commit attempt while held */
         char reason[256];
 };
@@ -124,10 +125,12 @@ static void check(StoreGuard *g) {
                         return;
                 int k = reserve_make(g);
                 if (k < 0) {
-                        if (!g->degraded)
+                        if (!g->reserve_warned)
                                 log_warning_errno(k, "cannot make the disk space reserve %s: %m", g->reserve_path);
+                        g->reserve_warned = true;
                         return;
                 }
+                g->reserve_warned = false;
                 avail = free_bytes(g);
         }
         if (g->degraded && !g->held && (uint64_t) avail >= 2 * STORE_GUARD_LOW)
@@ -186,9 +189,9 @@ StoreGuard *store_guard_free(StoreGuard *g) {
 int store_guard_commit(StoreGuard *g) {
         if (g->held && usec_now(CLOCK_MONOTONIC) < g->retry_at)
                 return -EAGAIN;
-        int k = g->store->ops->commit(g->store);
+        int k = g->store->ops->commit(g->store), r = 0;
         if (k == -ENOSPC) {
-                int r = reserve_release(g);
+                r = reserve_release(g);
                 enter_degraded(g, r > 0 ? "a commit failed; the reserve was released to complete it"
                                         : "a commit failed");
                 if (r > 0)
@@ -196,10 +199,10 @@ int store_guard_commit(StoreGuard *g) {
         }
         if (k == -ENOSPC) {
                 if (!g->held)
-                        log_error("cannot commit to the database in \"%s\" even after releasing the reserve: no "
-                                  "space left; holding the replies of the calls not yet committed and retrying "
-                                  "every %.0f s",
-                                  g->dir, CHECK_INTERVAL);
+                        log_error("cannot commit to the database in \"%s\": no space left%s; holding the replies "
+                                  "of the calls not yet committed and retrying every %.0f s",
+                                  g->dir, r > 0 ? " even after releasing the reserve" : " and no reserve to release",
+                                  CHECK_INTERVAL);
                 g->held = true;
                 g->retry_at = usec_now(CLOCK_MONOTONIC) + (usec_t) (CHECK_INTERVAL * USEC_PER_SEC);
                 return -EAGAIN;

@@ -8,7 +8,8 @@
  * - a full disk (a small tmpfs): Acquire gets StorageError with a reason, reads and
  *   releases go on, holders keep their leases, Acquire works again once space returns,
  *   without a restart, and nothing granted is lost across a kill -9; a start on a full
- *   disk restores and serves the leases;
+ *   disk restores and serves the leases; with no reserve left, the call that cannot be
+ *   committed is answered only once space returns;
  * - a read-only state file system is reported as such, without advice to move the
  *   database;
  * - EIO on commit (an LD_PRELOAD library failing writes or syncs of the database): agend
@@ -290,6 +291,51 @@ static void test_disk_full(void **state) {
         holder_free(h);
 }
 
+/* Full, and no reserve left to release: the call whose commit fails gets no reply until
+ * space returns, then it does, and its change is durable. */
+static void test_disk_full_no_reserve(void **state) {
+        Agend *a = *state;
+        need_mounts();
+        assert_int_equal(helper_mount_tmpfs(a->state_dir, TMPFS_SIZE, false), 0);
+        assert_int_equal(agend_start(a), 0);
+        VConn *c = OPEN(a);
+        json_object *d = GRANT_LEASE(c, "{\"resource\":\"to-release\",\"detached\":true}");
+        char d_id[64];
+        snprintf(d_id, sizeof(d_id), "%s", jstr(d, "id"));
+
+        /* Degraded first (so the Release below is what fails), then the reserve gone and
+         * its space taken too. */
+        fill(a);
+        double deadline = helper_now() + NOTICE_TIMEOUT;
+        while (!reply_error(CALL(c, LEASE_IF "Acquire", "{\"resource\":\"probe\",\"detached\":true}"))) {
+                if (helper_now() > deadline)
+                        fail_msg("no StorageError on a full disk");
+                helper_sleep(0.05);
+        }
+        char p[256];
+        snprintf(p, sizeof(p), "%s/agend.reserve", a->state_dir);
+        (void) unlink(p);
+        snprintf(p, sizeof(p), "%s/filler2", a->state_dir);
+        assert_int_equal(helper_fill(p), 0);
+
+        assert_int_equal(vconn_send(c, 0, LEASE_IF "Release", "{\"id\":\"%s\"}", d_id), 0);
+        assert_silent(c, 1.5);
+
+        assert_int_equal(unlink(p), 0);
+        unfill(a);
+        json_object *m = RECV(c, NOTICE_TIMEOUT);
+        if (reply_error(m))
+                fail_msg("the held Release failed: %s", jtext(m));
+        assert_null(find_lease(c, d_id));
+        assert_true(log_has(a, "holding the replies"));
+
+        /* It was committed before it was answered. */
+        assert_int_equal(agend_kill(a), 0);
+        assert_int_equal(agend_start(a), 0);
+        VConn *c2 = OPEN(a);
+        assert_null(find_lease(c2, d_id));
+}
+
 static void test_start_on_full_disk(void **state) {
         Agend *a = *state;
         need_mounts();
@@ -454,6 +500,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_second_daemon_refused, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_modes, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_disk_full, setup_new, teardown_any),
+                cmocka_unit_test_setup_teardown(test_disk_full_no_reserve, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_start_on_full_disk, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_read_only, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_eio_write, setup_new, teardown_any),
