@@ -26,7 +26,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -176,6 +180,53 @@ static void test_modes(void **state) {
 
 /* ---- defect 5: a full disk ---- */
 
+/* agend_start() with NOTIFY_SOCKET set to a datagram socket of ours (the helper removes
+ * it from the daemon's environment), so the test sees what agend tells systemd. */
+static int start_with_notify(Agend *a, int *ret_fd) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/notify", a->dir);
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return -errno;
+        const char *bin = getenv("AGEND_BINARY");
+        int logfd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (!bin || logfd < 0)
+                return -ENOENT;
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+                        _exit(127);
+                setenv("NOTIFY_SOCKET", sa.sun_path, 1);
+                execl(bin, bin, "--socket", a->socket, "--state-dir", a->state_dir, "--config", a->config,
+                      (char *) NULL);
+                _exit(127);
+        }
+        close(logfd);
+        a->pid = pid;
+        int r = agend_wait_ready(a, HELPER_START_TIMEOUT);
+        if (r < 0)
+                return r;
+        *ret_fd = fd;
+        return 0;
+}
+
+/* Reads what agend has sent so far and reports whether a STATUS= line contains needle. */
+static bool notified(int fd, const char *needle) {
+        char buf[4096];
+        bool found = false;
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof(buf) - 1, 0)) > 0) {
+                buf[n] = 0;
+                const char *st = strstr(buf, "STATUS=");
+                if (st && strstr(st, needle))
+                        found = true;
+        }
+        return found;
+}
+
 static void fill(const Agend *a) {
         char p[256];
         snprintf(p, sizeof(p), "%s/filler", a->state_dir);
@@ -197,7 +248,9 @@ static void test_disk_full(void **state) {
         Agend *a = *state;
         need_mounts();
         assert_int_equal(helper_mount_tmpfs(a->state_dir, TMPFS_SIZE, false), 0);
-        assert_int_equal(agend_start(a), 0);
+        int notify_fd = -1;
+        assert_int_equal(start_with_notify(a, &notify_fd), 0);
+        bool systemd = notified(notify_fd, "");     /* READY=1 comes with a STATUS= line */
 
         /* A holder in another process, and a lease of our own to release later. */
         Holder *h = NULL;
@@ -237,6 +290,9 @@ static void test_disk_full(void **state) {
         const char *reason = jstr(refused, "reason");
         if (!reason || !strstr(reason, "full"))
                 fail_msg("StorageError without a reason that says the disk is full: %s", jtext(refused));
+        /* systemd is told (when agend was built with libsystemd). */
+        if (systemd && !notified(notify_fd, "new leases are refused"))
+                fail_msg("no STATUS= about the full disk");
 
         /* Reads go on. */
         assert_non_null(find_lease(c, held_id));
@@ -272,6 +328,11 @@ static void test_disk_full(void **state) {
                         fail_msg("Acquire still refused %.0fs after space returned", NOTICE_TIMEOUT);
                 helper_sleep(0.1);
         }
+        if (systemd && !notified(notify_fd, "disk space available again"))
+                fail_msg("no STATUS= about the space coming back");
+        if (!systemd)
+                fprintf(stderr, "agend sent nothing to NOTIFY_SOCKET (built without libsystemd?): STATUS= not checked\n");
+        close(notify_fd);
         char *log = agend_read_log(a);
         assert_non_null(log);
         /* Logged once for the episode, and its end once. */
