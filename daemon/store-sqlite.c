@@ -265,12 +265,13 @@ static int begin(StoreSqlite *s) {
  * anything else stops the daemon. */
 static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         assert(n <= REDO_VALUES_MAX);
+        /* BEGIN first: it replays the log as it was, without this write. */
+        int b = begin(s);
         int r = redo_record(s, k, v, n);
         if (r < 0)
                 return tx_fail(s, r);
-        r = begin(s);
-        if (r < 0)
-                return r;
+        if (b < 0)
+                return b;       /* logged: the commit fails, and the next BEGIN replays it */
         return exec_op(s, k, v, n);
 }
 

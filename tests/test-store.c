@@ -311,7 +311,12 @@ static void test_full_disk_batch_replayed(void **state) {
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 5);
 
         assert_int_equal(unlink(fill), 0);
+        /* The write that begins the next transaction (and so triggers the replay) is
+         * written once, not replayed and then written again. */
+        Event ev = { .type = EVENT_REVOKED, .time = 1, .resource = "marker", .reason = "once" };
+        assert_int_equal(s->ops->event_append(s, &ev), 0);
         assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'marker'"), 1);
         assert_int_equal(s->ops->commit(s), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 47);
         assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE type = 'granted'"), 47);
