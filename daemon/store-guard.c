@@ -58,9 +58,13 @@ static int reserve_make(StoreGuard *g) {
                 if (k == -EOPNOTSUPP) {
                         static const char zeros[65536];
                         k = 0;
-                        for (uint64_t off = 0; off < STORE_GUARD_RESERVE && k == 0; off += sizeof(zeros))
-                                if (pwrite(fd, zeros, sizeof(zeros), (off_t) off) != (ssize_t) sizeof(zeros))
-                                        k = errno ? -errno : -ENOSPC;
+                        for (uint64_t off = 0; off < STORE_GUARD_RESERVE && k == 0; off += sizeof(zeros)) {
+                                ssize_t n = pwrite(fd, zeros, sizeof(zeros), (off_t) off);
+                                if (n < 0)
+                                        k = -errno;
+                                else if (n != (ssize_t) sizeof(zeros))
+                                        k = -ENOSPC;    /* a short write: the disk is full */
+                        }
                         if (k == 0 && fdatasync(fd) < 0)
                                 k = -errno;
                 }
