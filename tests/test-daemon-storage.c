@@ -444,6 +444,56 @@ static void test_start_on_full_disk(void **state) {
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* The hardest start: killed (-wal and -shm stay), then the disk filled to the last block
+ * with no reserve left. A restart that needs no write must still restore and serve. */
+static void test_start_on_full_disk_no_reserve(void **state) {
+        Agend *a = *state;
+        need_mounts();
+        snprintf(a->grace, sizeof(a->grace), "600");
+        assert_int_equal(helper_mount_tmpfs(a->state_dir, TMPFS_SIZE, false), 0);
+        assert_int_equal(agend_start(a), 0);
+        VConn *c = OPEN(a);
+        json_object *d = GRANT(c, "{\"resource\":\"detached\",\"detached\":true}");
+        json_object *b = GRANT(c, "{\"resource\":\"bound\"}");
+        char d_id[64], b_id[64], b_secret[128];
+        snprintf(d_id, sizeof(d_id), "%s", jstr(d, "lease.id"));
+        snprintf(b_id, sizeof(b_id), "%s", jstr(b, "lease.id"));
+        snprintf(b_secret, sizeof(b_secret), "%s", jstr(b, "secret"));
+        int64_t b_token = jint(b, "lease.token");
+        assert_int_equal(agend_kill(a), 0);
+
+        char p[256];
+        snprintf(p, sizeof(p), "%s/agend.reserve", a->state_dir);
+        assert_int_equal(unlink(p), 0);
+        fill(a);
+
+        assert_int_equal(agend_start(a), 0);
+        VConn *c2 = OPEN(a);
+        json_object *l = find_lease(c2, d_id);
+        assert_non_null(l);
+        assert_string_equal(jstr(l, "state"), "held");
+        l = find_lease(c2, b_id);
+        assert_non_null(l);
+        assert_string_equal(jstr(l, "state"), "reclaimable");
+        CALL_OK(c2, LEASE_IF "Status", "{}");
+        CALL_ERR(c2, LEASE_IF "StorageError", LEASE_IF "Acquire", "{\"resource\":\"new\"}");
+
+        /* With space back, the holder reclaims and new leases are granted. */
+        unfill(a);
+        json_object *r = CALL_OK(c2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}", b_id,
+                                 (long long) b_token, b_secret);
+        assert_string_equal(jstr(r, "lease.state"), "held");
+        double deadline = helper_now() + NOTICE_TIMEOUT;
+        while (reply_error(CALL(c2, LEASE_IF "Acquire", "{\"resource\":\"new\",\"timeout\":0}"))) {
+                if (helper_now() > deadline)
+                        fail_msg("Acquire still refused %.0fs after space returned", NOTICE_TIMEOUT);
+                helper_sleep(0.1);
+        }
+        int st = 0;
+        assert_int_equal(agend_stop(a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* ---- defect 9: a read-only state file system ---- */
 
 static void test_read_only(void **state) {
@@ -563,6 +613,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_disk_full, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_disk_full_no_reserve, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_start_on_full_disk, setup_new, teardown_any),
+                cmocka_unit_test_setup_teardown(test_start_on_full_disk_no_reserve, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_read_only, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_eio_write, setup_new, teardown_any),
                 cmocka_unit_test_setup_teardown(test_eio_sync, setup_new, teardown_any),
