@@ -14,6 +14,7 @@
         X("io.agend.Lease.PermissionDenied", EPERM)                     \
         X("io.agend.Lease.LimitExceeded", EUSERS)                       \
         X("io.agend.Lease.ProtocolError", EPROTO)                       \
+        X("io.agend.Lease.StorageError", ENOSPC)                        \
         X("org.varlink.service.MethodNotFound", EOPNOTSUPP)             \
         X("org.varlink.service.InterfaceNotFound", EOPNOTSUPP)          \
         X("org.varlink.service.MethodNotImplemented", EOPNOTSUPP)       \

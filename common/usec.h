@@ -29,5 +29,6 @@ static inline double usec_to_sec(usec_t u) {
         return (double) u / (double) USEC_PER_SEC;
 }
 
-/* Seconds (a JSON number) to usec_t; negative, NaN or overflowing input is -ERANGE. */
+/* Seconds (a JSON number) to usec_t, to the nearest µs but never 0 for a positive number
+ * (1e-7 is 1 µs, not "no TTL"); negative, NaN or overflowing input is -ERANGE. */
 int usec_from_sec(double sec, usec_t *ret);

@@ -729,7 +729,9 @@ int engine_restore(Engine *e, const char *boot_id, usec_t grace) {
                 else
                         timer_set(e, &e->grace, usec_add(now_mono(e), grace));
         }
-        if (boot_id)
+        /* Written only when it changed: a restart that changes nothing writes nothing,
+         * which lets it restore and serve even on a disk that is full to the last block. */
+        if (boot_id && (!old_boot || strcmp(old_boot, boot_id) != 0))
                 (void) e->store->ops->meta_set(e->store, "boot_id", boot_id);
         return (int) s.n;
 }

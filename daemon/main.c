@@ -14,6 +14,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "state-dir.h"
 
 static void help(void) {
         printf("agend — machine-local resource-lease daemon\n\n"
@@ -176,6 +177,10 @@ int main(int argc, char *argv[]) {
                 log_error_errno(k, "cannot create the state directory \"%s\": %m", state_dir);
                 return EXIT_FAILURE;
         }
+        /* Held until exit; the kernel releases it however the process ends. */
+        _cleanup_close_ int lock_fd = state_dir_take(state_dir);
+        if (lock_fd < 0)
+                return EXIT_FAILURE;
         signal(SIGPIPE, SIG_IGN);
 
         Manager *m;

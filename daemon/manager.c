@@ -17,6 +17,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "server.h"
+#include "store-guard.h"
 
 #if HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
@@ -93,9 +94,10 @@ static void send_status(Manager *m) {
                 return;
         m->status_sent = sig;
         m->status_time = now;
-        (void) sd_notifyf(false, "STATUS=%u leases, %u waiters, %u connections%s", engine_n_leases(m->engine),
+        (void) sd_notifyf(false, "STATUS=%u leases, %u waiters, %u connections%s%s", engine_n_leases(m->engine),
                           engine_n_waiters(m->engine), m->n_conns,
-                          engine_in_grace(m->engine) ? " (waiting for holders to reclaim)" : "");
+                          engine_in_grace(m->engine) ? " (waiting for holders to reclaim)" : "",
+                          store_guard_status(m->guard));
 #endif
 }
 
@@ -115,7 +117,9 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
                         conn_process(c);
                 }
 
-                int k = m->store->ops->commit(m->store);
+                int k = store_guard_commit(m->guard);
+                if (k == -EAGAIN)
+                        break;  /* not committed for lack of space: no reply goes out */
                 if (k < 0) {
                         /* Answering now would report changes that are not durable. Stop; the
                          * next start restores from what was committed. */
@@ -275,6 +279,7 @@ Manager *manager_free(Manager *m) {
                 conn_free(m->conns, false);
         engine_free(m->engine);
         store_free(m->store);
+        store_guard_free(m->guard);
         if (m->loop) {
                 ev_prepare_stop(m->loop, &m->prepare);
                 ev_timer_stop(m->loop, &m->timer);
@@ -320,6 +325,9 @@ int manager_run(Manager *m) {
 
         free(error);
         error = NULL;
+        k = store_guard_new(m->opts.state_dir, &m->guard);
+        if (k < 0)
+                return log_error_errno(k, "cannot set up the disk space guard: %m"), EXIT_FAILURE;
         k = store_sqlite_open(m->opts.state_dir, m->config.sync, m->config.history_size, &m->store, &error);
         if (k < 0) {
                 log_error("%s", error ? error : "cannot open the database");
@@ -331,6 +339,7 @@ int manager_run(Manager *m) {
                 log_error("cannot create the event loop");
                 return EXIT_FAILURE;
         }
+        store_guard_start(m->guard, m->loop, m->store);
         k = engine_new(NULL, m->store, &methods_engine_callbacks, m, &m->engine);
         if (k < 0)
                 return log_error_errno(k, "cannot create the lease engine: %m"), EXIT_FAILURE;
@@ -351,8 +360,8 @@ int manager_run(Manager *m) {
                 log_error_errno(k, "cannot restore leases from %s/agend.db: %m; refusing to start", m->opts.state_dir);
                 return EXIT_FAILURE;
         }
-        int c = m->store->ops->commit(m->store);
-        if (c < 0) {
+        int c = store_guard_commit(m->guard);
+        if (c < 0 && c != -EAGAIN) {
                 log_error_errno(c, "cannot write to %s/agend.db: %m", m->opts.state_dir);
                 return EXIT_FAILURE;
         }

@@ -17,6 +17,7 @@
 #include "usec.h"
 
 typedef struct Conn Conn;
+typedef struct StoreGuard StoreGuard;
 
 /* Per-uid usage, for the limits. */
 typedef struct UserStat {
@@ -47,6 +48,7 @@ typedef struct Manager {
         ManagerOptions opts;
         Config config;
         Store *store;
+        StoreGuard *guard;              /* disk space: the reserve, StorageError (store-guard.c) */
         Engine *engine;
 
         int listen_fd;

@@ -17,6 +17,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "peer.h"
+#include "store-guard.h"
 
 #define RESOURCE_NAME_MAX 255
 #define DESCRIPTION_MAX 1024
@@ -234,6 +235,10 @@ static void method_acquire(Conn *c, struct json_object *p) {
         if (get_string(p, "description", false, DESCRIPTION_MAX, &description) < 0)
                 return invalid(c, "description", "a string of at most 1024 bytes without NUL");
 
+        /* The disk is full: nothing new may be added until space returns. */
+        const char *full = store_guard_refusal(m->guard);
+        if (full)
+                return conn_error_reason(c, "io.agend.Lease.StorageError", full, NULL, NULL);
         if (!may_use(engine_resource_get(m->engine, resource), c))
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "the configuration does not allow this user to use the resource",

@@ -1,12 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
+#include "log.h"
 #include "macro.h"
 #include "store.h"
 
@@ -81,7 +85,33 @@ typedef struct StoreSqlite {
         uint64_t last_token;    /* the reserved high-water mark, as stored */
         int64_t last_event_seq;
         int error;              /* the first write error of the transaction */
+        /* Every write since the last successful commit, as (statement, values), so that a
+         * batch whose commit failed for lack of space can be written again once there is
+         * some: the engine has already applied it in memory and cannot take it back. */
+        uint8_t *redo;
+        size_t redo_len, redo_size;
+        bool replay;            /* the redo log was rolled back: write it again at the next BEGIN */
 } StoreSqlite;
+
+/* A value bound to a statement parameter, as the redo log keeps it. */
+typedef enum ValueType {
+        VALUE_NULL,
+        VALUE_INT,
+        VALUE_TEXT,
+} ValueType;
+
+typedef struct Value {
+        ValueType type;
+        int64_t i;
+        const char *s;
+} Value;
+
+#define V_INT(x) ((Value) { .type = VALUE_INT, .i = (int64_t) (x) })
+#define V_TEXT(x) ((Value) { .type = (x) ? VALUE_TEXT : VALUE_NULL, .s = (x) })
+#define V_NULL ((Value) { .type = VALUE_NULL })
+
+/* A batch larger than this leaves its buffer to be freed, rather than kept for the next. */
+#define REDO_KEEP (1U << 20)
 
 static int sqlite_to_errno(int rc) {
         switch (rc & 0xff) {
@@ -109,10 +139,117 @@ static int sqlite_to_errno(int rc) {
         }
 }
 
+/* What a failed call means to the daemon: -ENOSPC only for a lack of space reported by a
+ * write (SQLITE_FULL, or an I/O error whose system errno is ENOSPC/EDQUOT on anything but
+ * a sync), which is safe to retry once there is space; a failed fsync is -EIO whatever its
+ * errno, because after it the kernel may have dropped the pages it could not write. */
+static int db_errno(StoreSqlite *s, int rc) {
+        if ((rc & 0xff) == SQLITE_IOERR && s->db) {
+                int ext = sqlite3_extended_errcode(s->db), sys = sqlite3_system_errno(s->db);
+                if (ext != SQLITE_IOERR_FSYNC && ext != SQLITE_IOERR_DIR_FSYNC && (sys == ENOSPC || sys == EDQUOT))
+                        return -ENOSPC;
+        }
+        return sqlite_to_errno(rc);
+}
+
 static sqlite3_stmt *stmt(StoreSqlite *s, Stmt k) {
         sqlite3_reset(s->stmt[k]);
         sqlite3_clear_bindings(s->stmt[k]);
         return s->stmt[k];
+}
+
+/* Keeps the first error of the transaction: commit returns it, after a rollback. */
+static int tx_fail(StoreSqlite *s, int k) {
+        if (s->error == 0)
+                s->error = k;
+        return k;
+}
+
+/* Binds values 1..n to statement k and runs it. */
+static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
+        sqlite3_stmt *st = stmt(s, k);
+        for (size_t i = 0; i < n; i++) {
+                if (v[i].type == VALUE_INT)
+                        sqlite3_bind_int64(st, (int) i + 1, v[i].i);
+                else if (v[i].type == VALUE_TEXT)
+                        sqlite3_bind_text(st, (int) i + 1, v[i].s, -1, SQLITE_STATIC);
+                else
+                        sqlite3_bind_null(st, (int) i + 1);
+        }
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+                return tx_fail(s, db_errno(s, rc) ?: -EIO);
+        if (k == STMT_EVENT_APPEND)
+                s->last_event_seq = sqlite3_last_insert_rowid(s->db);
+        return 0;
+}
+
+/* The redo log is one byte buffer: per write, the statement, the number of values, and
+ * each value (type byte; int64; or length + bytes + NUL). One append per write, no
+ * allocation once the buffer has grown to a batch's size. */
+static int redo_reserve(StoreSqlite *s, size_t n) {
+        if (s->redo_size - s->redo_len >= n)
+                return 0;
+        size_t size = MAX(s->redo_size * 2, s->redo_len + n);
+        size = MAX(size, (size_t) 4096);
+        uint8_t *b = realloc(s->redo, size);
+        if (!b)
+                return -ENOMEM;
+        s->redo = b;
+        s->redo_size = size;
+        return 0;
+}
+
+static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
+        size_t need = 2;
+        for (size_t i = 0; i < n; i++)
+                need += 1 + (v[i].type == VALUE_INT ? 8 : v[i].type == VALUE_TEXT ? 4 + strlen(v[i].s) + 1 : 0);
+        if (redo_reserve(s, need) < 0)
+                return -ENOMEM;
+        uint8_t *p = s->redo + s->redo_len;
+        *p++ = (uint8_t) k;
+        *p++ = (uint8_t) n;
+        for (size_t i = 0; i < n; i++) {
+                *p++ = (uint8_t) v[i].type;
+                if (v[i].type == VALUE_INT) {
+                        memcpy(p, &v[i].i, 8);
+                        p += 8;
+                } else if (v[i].type == VALUE_TEXT) {
+                        uint32_t len = (uint32_t) strlen(v[i].s);
+                        memcpy(p, &len, 4);
+                        memcpy(p + 4, v[i].s, len + 1);
+                        p += 4 + len + 1;
+                }
+        }
+        s->redo_len = (size_t) (p - s->redo);
+        return 0;
+}
+
+#define REDO_VALUES_MAX 17
+
+/* Writes the rolled-back batch again, in the transaction just begun. */
+static void redo_replay(StoreSqlite *s) {
+        const uint8_t *p = s->redo, *end = s->redo + s->redo_len;
+        while (p < end) {
+                Stmt k = (Stmt) *p++;
+                size_t n = *p++;
+                Value v[REDO_VALUES_MAX];
+                assert(n <= REDO_VALUES_MAX);
+                for (size_t i = 0; i < n; i++) {
+                        v[i] = (Value) { .type = (ValueType) *p++ };
+                        if (v[i].type == VALUE_INT) {
+                                memcpy(&v[i].i, p, 8);
+                                p += 8;
+                        } else if (v[i].type == VALUE_TEXT) {
+                                uint32_t len;
+                                memcpy(&len, p, 4);
+                                v[i].s = (const char *) p + 4;
+                                p += 4 + len + 1;
+                        }
+                }
+                (void) exec_op(s, k, v, n);
+        }
 }
 
 static int begin(StoreSqlite *s) {
@@ -120,105 +257,84 @@ static int begin(StoreSqlite *s) {
                 return 0;
         int rc = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
         if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
+                return tx_fail(s, db_errno(s, rc) ?: -EIO);
         s->in_transaction = true;
-        return 0;
-}
-
-/* Writes never fail the caller's state change half-way: the first error is kept and
- * returned by commit, which rolls back, and the manager then stops (a store that cannot
- * write must not keep answering as if it could). */
-static int step_write(StoreSqlite *s, sqlite3_stmt *st) {
-        int rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if (rc != SQLITE_DONE) {
-                int k = sqlite_to_errno(rc);
-                if (s->error == 0)
-                        s->error = k ?: -EIO;
-                return k ?: -EIO;
+        if (s->replay) {
+                s->replay = false;
+                redo_replay(s);
         }
         return 0;
 }
 
-static void bind_text(sqlite3_stmt *st, int i, const char *v) {
-        if (v)
-                sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
-        else
-                sqlite3_bind_null(st, i);
+/* Writes never fail the caller's state change half-way: the write is logged, the first
+ * error is kept and returned by commit, which rolls back. What the manager does then
+ * depends on the error (store-guard.c): a lack of space is retried with the same batch,
+ * anything else stops the daemon. */
+static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
+        assert(n <= REDO_VALUES_MAX);
+        /* BEGIN first: it replays the log as it was, without this write. */
+        int b = begin(s);
+        int r = redo_record(s, k, v, n);
+        if (r < 0)
+                return tx_fail(s, r);
+        if (b < 0)
+                return b;       /* logged: the commit fails, and the next BEGIN replays it */
+        return exec_op(s, k, v, n);
 }
 
 static int s_lease_save(Store *store, const Lease *l) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        int k = begin(s);
-        if (k < 0)
-                return s->error = k;
-        sqlite3_stmt *st = stmt(s, STMT_LEASE_SAVE);
-        bind_text(st, 1, l->id);
-        bind_text(st, 2, l->secret);
-        bind_text(st, 3, l->resource->name);
-        sqlite3_bind_int64(st, 4, l->units);
-        sqlite3_bind_int(st, 5, l->exclusive);
-        sqlite3_bind_int(st, 6, l->detached);
-        sqlite3_bind_int64(st, 7, (int64_t) l->token);
-        sqlite3_bind_int64(st, 8, l->owner.uid);
-        sqlite3_bind_int64(st, 9, l->owner.gid);
-        sqlite3_bind_int64(st, 10, l->owner.pid);
-        bind_text(st, 11, l->owner.comm);
-        bind_text(st, 12, l->owner.unit);
-        bind_text(st, 13, l->description);
-        sqlite3_bind_int64(st, 14, (int64_t) l->created);
-        sqlite3_bind_int64(st, 15, (int64_t) l->ttl);
-        if (l->deadline == USEC_INFINITY)
-                sqlite3_bind_null(st, 16);
-        else
-                sqlite3_bind_int64(st, 16, (int64_t) l->deadline);
-        return step_write(s, st);
+        const Value v[] = {
+                V_TEXT(l->id),
+                V_TEXT(l->secret),
+                V_TEXT(l->resource->name),
+                V_INT(l->units),
+                V_INT(l->exclusive),
+                V_INT(l->detached),
+                V_INT(l->token),
+                V_INT(l->owner.uid),
+                V_INT(l->owner.gid),
+                V_INT(l->owner.pid),
+                V_TEXT(l->owner.comm),
+                V_TEXT(l->owner.unit),
+                V_TEXT(l->description),
+                V_INT(l->created),
+                V_INT(l->ttl),
+                l->deadline == USEC_INFINITY ? V_NULL : V_INT(l->deadline),
+        };
+        return write_op(s, STMT_LEASE_SAVE, v, ELEMENTSOF(v));
 }
 
 static int s_lease_delete(Store *store, const Lease *l) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        int k = begin(s);
-        if (k < 0)
-                return s->error = k;
-        sqlite3_stmt *st = stmt(s, STMT_LEASE_DELETE);
-        bind_text(st, 1, l->id);
-        return step_write(s, st);
+        const Value v[] = { V_TEXT(l->id) };
+        return write_op(s, STMT_LEASE_DELETE, v, ELEMENTSOF(v));
 }
 
 static int s_event_append(Store *store, const Event *e) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (s->history_size == 0)
                 return 0;
-        int k = begin(s);
-        if (k < 0)
-                return s->error = k;
-        sqlite3_stmt *st = stmt(s, STMT_EVENT_APPEND);
-        sqlite3_bind_int64(st, 1, (int64_t) e->time);
-        bind_text(st, 2, event_type_to_string(e->type));
-        bind_text(st, 3, e->resource);
-        bind_text(st, 4, e->lease);
-        if (e->token)
-                sqlite3_bind_int64(st, 5, (int64_t) e->token);
-        if (e->owner) {
-                sqlite3_bind_int64(st, 6, e->owner->uid);
-                sqlite3_bind_int64(st, 7, e->owner->gid);
-                sqlite3_bind_int64(st, 8, e->owner->pid);
-                bind_text(st, 9, e->owner->comm);
-                bind_text(st, 10, e->owner->unit);
-        }
-        sqlite3_bind_int64(st, 11, e->units);
-        bind_text(st, 12, e->reason);
-        if (e->revoked_by) {
-                sqlite3_bind_int64(st, 13, e->revoked_by->uid);
-                sqlite3_bind_int64(st, 14, e->revoked_by->gid);
-                sqlite3_bind_int64(st, 15, e->revoked_by->pid);
-                bind_text(st, 16, e->revoked_by->comm);
-                bind_text(st, 17, e->revoked_by->unit);
-        }
-        k = step_write(s, st);
-        if (k >= 0)
-                s->last_event_seq = sqlite3_last_insert_rowid(s->db);
-        return k;
+        const Value v[] = {
+                V_INT(e->time),
+                V_TEXT(event_type_to_string(e->type)),
+                V_TEXT(e->resource),
+                V_TEXT(e->lease),
+                e->token ? V_INT(e->token) : V_NULL,
+                e->owner ? V_INT(e->owner->uid) : V_NULL,
+                e->owner ? V_INT(e->owner->gid) : V_NULL,
+                e->owner ? V_INT(e->owner->pid) : V_NULL,
+                e->owner ? V_TEXT(e->owner->comm) : V_NULL,
+                e->owner ? V_TEXT(e->owner->unit) : V_NULL,
+                V_INT(e->units),
+                V_TEXT(e->reason),
+                e->revoked_by ? V_INT(e->revoked_by->uid) : V_NULL,
+                e->revoked_by ? V_INT(e->revoked_by->gid) : V_NULL,
+                e->revoked_by ? V_INT(e->revoked_by->pid) : V_NULL,
+                e->revoked_by ? V_TEXT(e->revoked_by->comm) : V_NULL,
+                e->revoked_by ? V_TEXT(e->revoked_by->unit) : V_NULL,
+        };
+        return write_op(s, STMT_EVENT_APPEND, v, ELEMENTSOF(v));
 }
 
 /* The high-water mark is reserved ahead, TOKEN_RESERVE tokens at a time: the meta row is
@@ -230,24 +346,19 @@ static int s_token_save(Store *store, uint64_t last_token) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (last_token <= s->last_token)
                 return 0;
-        int k = begin(s);
-        if (k < 0)
-                return s->error = k;
         s->last_token = last_token + TOKEN_RESERVE;
         s->token_dirty = true;
         return 0;
 }
 
 static int meta_set(StoreSqlite *s, const char *key, const char *value) {
-        sqlite3_stmt *st = stmt(s, STMT_META_SET);
-        bind_text(st, 1, key);
-        bind_text(st, 2, value);
-        return step_write(s, st);
+        const Value v[] = { V_TEXT(key), V_TEXT(value) };
+        return write_op(s, STMT_META_SET, v, ELEMENTSOF(v));
 }
 
 static int s_commit(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        if (!s->in_transaction)
+        if (!s->in_transaction && !s->token_dirty && s->redo_len == 0 && s->error == 0)
                 return 0;
         if (s->token_dirty) {
                 char buf[32];
@@ -256,17 +367,29 @@ static int s_commit(Store *store) {
                 s->token_dirty = false;
         }
         if (s->last_event_seq > (int64_t) s->history_size) {
-                sqlite3_stmt *st = stmt(s, STMT_EVENTS_TRIM);
-                sqlite3_bind_int64(st, 1, s->last_event_seq - (int64_t) s->history_size);
-                (void) step_write(s, st);
+                const Value v[] = { V_INT(s->last_event_seq - (int64_t) s->history_size) };
+                (void) write_op(s, STMT_EVENTS_TRIM, v, ELEMENTSOF(v));
         }
+        /* A batch rolled back before, with nothing new since: write it again now. */
+        (void) begin(s);
         int k = s->error;
-        if (k == 0) {
+        if (k == 0 && s->in_transaction) {
                 int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-                k = sqlite_to_errno(rc);
+                k = db_errno(s, rc);
         }
-        if (k < 0)
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        if (k < 0) {
+                /* sqlite rolls back by itself after most failed COMMITs; make sure. */
+                if (!sqlite3_get_autocommit(s->db))
+                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                s->replay = s->redo_len > 0;
+        } else {
+                s->redo_len = 0;
+                if (s->redo_size > REDO_KEEP) {
+                        free(s->redo);
+                        s->redo = NULL;
+                        s->redo_size = 0;
+                }
+        }
         s->in_transaction = false;
         s->error = 0;
         return k < 0 ? k : 1;
@@ -317,7 +440,7 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
 static int s_meta_get(Store *store, const char *key, char **ret) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         sqlite3_stmt *st = stmt(s, STMT_META_GET);
-        bind_text(st, 1, key);
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         char *v = NULL;
         if (rc == SQLITE_ROW) {
@@ -337,9 +460,6 @@ static int s_meta_get(Store *store, const char *key, char **ret) {
 
 static int s_meta_set(Store *store, const char *key, const char *value) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        int k = begin(s);
-        if (k < 0)
-                return s->error = k;
         return meta_set(s, key, value);
 }
 
@@ -349,7 +469,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
         sqlite3_stmt *st;
         if (resource) {
                 st = stmt(s, STMT_HISTORY_RESOURCE);
-                bind_text(st, 1, resource);
+                sqlite3_bind_text(st, 1, resource, -1, SQLITE_STATIC);
                 sqlite3_bind_int64(st, 2, limit);
         } else {
                 st = stmt(s, STMT_HISTORY_ALL);
@@ -413,6 +533,7 @@ static void s_free(Store *store) {
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
+        free(s->redo);
         free(s->path);
         free(s);
 }
@@ -477,6 +598,50 @@ static int migrate(StoreSqlite *s, char **ret_error) {
         return 0;
 }
 
+static bool dir_read_only(const char *dir) {
+        struct statvfs sv;
+        return statvfs(dir, &sv) == 0 && (sv.f_flag & ST_RDONLY);
+}
+
+/* Not "cannot read ... move it away": the file may be fine, and moving it would lose
+ * every lease. */
+static int fail_read_only(char **ret_error, const char *path) {
+        return fail(ret_error, -EROFS,
+                    "%s is on a read-only file system, and agend must write to its database: "
+                    "remount the file system read-write (the database was not changed)",
+                    path);
+}
+
+/* The database holds every lease's secret: its files are 0600 whatever the umask. sqlite
+ * creates -wal and -shm with the mode of the database file, so creating that one 0600
+ * before sqlite opens it is enough for new files; files an older agend left readable by
+ * others are narrowed, with a warning. */
+static int prepare_files(StoreSqlite *s, const char *dir, char **ret_error) {
+        _cleanup_close_ int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0) {
+                int k = -errno;
+                if (k == -EROFS || dir_read_only(dir))
+                        return fail_read_only(ret_error, s->path);
+                errno = -k;
+                return fail(ret_error, k, "cannot open %s: %m", s->path);
+        }
+        static const char *const suffixes[] = { "", "-wal", "-shm" };
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                _cleanup_free_ char *p = NULL;
+                struct stat st;
+                if (asprintf(&p, "%s%s", s->path, suffixes[i]) < 0)
+                        return -ENOMEM;
+                if (lstat(p, &st) < 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0077) == 0)
+                        continue;
+                if (chmod(p, st.st_mode & 0700) < 0)
+                        return fail(ret_error, -errno, "%s is readable by others (mode %04o) and cannot be changed: %m",
+                                    p, (unsigned) (st.st_mode & 07777));
+                log_warning("%s was readable by others (mode %04o): changed to %04o; it holds the leases' secrets",
+                            p, (unsigned) (st.st_mode & 07777), (unsigned) (st.st_mode & 0700));
+        }
+        return 0;
+}
+
 int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret,
                       char **ret_error) {
         StoreSqlite *s = calloc(1, sizeof(*s));
@@ -489,7 +654,9 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 return -ENOMEM;
         }
 
-        int k;
+        int k = prepare_files(s, dir, ret_error);
+        if (k < 0)
+                goto fail;
         int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                                  NULL);
         if (rc != SQLITE_OK) {
@@ -504,10 +671,21 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         char *msg = NULL;
         rc = sqlite3_exec(s->db, "PRAGMA journal_mode=WAL", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
-                k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO,
-                         "cannot read %s: %s; refusing to start rather than replace it "
-                         "(move it away to start with an empty database)",
-                         s->path, strna(msg));
+                k = db_errno(s, rc) ?: -EIO;
+                if (dir_read_only(dir))
+                        k = fail_read_only(ret_error, s->path);
+                else if (k == -ENOSPC)
+                        k = fail(ret_error, k,
+                                 "cannot open %s: its file system is full (%s), and opening needs a little "
+                                 "space; free some and start again",
+                                 s->path, strna(msg));
+                else if (k == -EBADMSG)
+                        k = fail(ret_error, k,
+                                 "cannot read %s: %s; refusing to start rather than replace it "
+                                 "(move it away to start with an empty database)",
+                                 s->path, strna(msg));
+                else
+                        k = fail(ret_error, k, "cannot open %s: %s", s->path, strna(msg));
                 sqlite3_free(msg);
                 goto fail;
         }

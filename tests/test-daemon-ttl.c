@@ -282,6 +282,30 @@ static void test_detached_ttl(void **state) {
         assert_true(history_has(c, "dt", "expired", id, NULL));
 }
 
+/* A duration under the clock's resolution is not "none": ttl 1e-7 on Acquire or Renew is
+ * a TTL of 1 µs, so the lease expires; a timeout of 1e-7 on a busy resource times out. */
+static void test_tiny_durations(void **state) {
+        Agend *a = *state;
+        VConn *c = OPEN(a);
+
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"tiny\",\"ttl\":1e-7}");
+        if (!jget(l, "ttl") || !(jdouble(l, "ttl") > 0) || !jget(l, "deadline"))
+                fail_msg("ttl 1e-7 gave a lease without a TTL: %s", jtext(l));
+        wait_no_lease(c, "tiny", HELPER_REPLY_TIMEOUT);
+        assert_true(history_has(c, "tiny", "expired", jstr(l, "id"), NULL));
+
+        l = GRANT_LEASE(c, "{\"resource\":\"tiny-renew\",\"ttl\":1000}");
+        json_object *r = CALL_OK(c, LEASE_IF "Renew", "{\"id\":\"%s\",\"ttl\":1e-7}", jstr(l, "id"));
+        double ttl = jdouble(r, "lease.ttl");
+        if (!(ttl > 0 && ttl < 1.0))
+                fail_msg("Renew with ttl 1e-7 did not set a tiny TTL: %s", jtext(r));
+        wait_no_lease(c, "tiny-renew", HELPER_REPLY_TIMEOUT);
+
+        VConn *other = OPEN(a);
+        GRANT(c, "{\"resource\":\"tiny-busy\"}");
+        CALL_ERR(other, LEASE_IF "Timeout", LEASE_IF "Acquire", "{\"resource\":\"tiny-busy\",\"timeout\":1e-7}");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_ttl_expiry, helper_setup, helper_teardown),
@@ -289,6 +313,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_permission_denied, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_detached, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_detached_ttl, helper_setup, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_tiny_durations, helper_setup, helper_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

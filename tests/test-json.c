@@ -148,6 +148,15 @@ static void test_getters(void **state) {
         assert_int_equal(t, 5000000);
         assert_int_equal(json_get_seconds(o, "t", 0, &t), 1);
         assert_int_equal(t, 1);
+        /* Under the resolution: 1 µs, never 0 ("none"); 0 stays 0. */
+        json_object *tiny = json_tokener_parse("{\"tiny\":1e-7,\"zero\":0,\"half\":4.9e-7}");
+        assert_int_equal(json_get_seconds(tiny, "tiny", 0, &t), 1);
+        assert_int_equal(t, 1);
+        assert_int_equal(json_get_seconds(tiny, "half", 0, &t), 1);
+        assert_int_equal(t, 1);
+        assert_int_equal(json_get_seconds(tiny, "zero", 0, &t), 1);
+        assert_int_equal(t, 0);
+        json_object_put(tiny);
         assert_int_equal(json_get_seconds(o, "neg", 0, &t), -EINVAL);
         assert_int_equal(json_get_seconds(o, "huge", 0, &t), -EINVAL);
         assert_int_equal(json_get_seconds(o, "s", 0, &t), -EINVAL);
