@@ -534,6 +534,10 @@ static void test_restart_reclaimed(void **state) {
         Step s = next_event(f, g, AGEN_LEASE_GRANTED);
 
         restart(f, GRACE);
+        /* The connection's end is said at once, before the reclaim. */
+        Step d = next_event(f, g, AGEN_LEASE_DISCONNECTED);
+        assert_string_equal(d.id, s.id);
+        assert_int_equal(d.ev.token, s.ev.token);
         Step r = next_event(f, g, AGEN_LEASE_RECLAIMED);
         assert_string_equal(r.id, s.id);
         assert_int_equal(r.ev.token, s.ev.token);
@@ -556,6 +560,7 @@ static void test_restart_lost(void **state) {
 
         /* Grace 0: the restarted daemon releases what was not reclaimed at once. */
         restart(f, "0");
+        next_event(f, g, AGEN_LEASE_DISCONNECTED);
         Step s = next_event(f, g, AGEN_LEASE_LOST);
         assert_string_equal(s.reason, "not reclaimed after a daemon restart: io.agend.Lease.NoSuchLease");
         assert_int_equal(next(f, g).status, AGEN_STOP);
