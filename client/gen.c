@@ -1258,7 +1258,7 @@ static int sync_run(struct ev_loop *loop, SyncWait *w, double timeout) {
                         r = -ETIMEDOUT;
                         break;
                 }
-                if (ev_run(loop, EVRUN_ONCE) == 0 && !w->done) {
+                if (ev_run(loop, EVRUN_ONCE) == 0 && !w->done && !timed_out) {
                         r = -EDEADLK;
                         break;
                 }
