@@ -408,6 +408,7 @@ static void gen_deliver_next(agen_gen *g) {
         assert(g->state == AGEN_GEN_RUNNING);
         g->next_cb = NULL;
         g->next_userdata = NULL;
+        g->sent = NULL;
         g->cancel_requested = false;
         if (cancelled) {
                 g->state = AGEN_GEN_SUSPENDED;
@@ -521,7 +522,6 @@ static void gen_process(agen_gen *g, unsigned acts) {
                         g->co.kind = CO_STEP;
                         g->ops->step(g, &g->co, g->userdata);
                 }
-                g->sent = NULL;
         }
         if ((acts & ACT_CANCEL) && g->co.kind == CO_STEP && g->cancel_requested)
                 g->ops->cancel(g, &g->co, g->userdata);

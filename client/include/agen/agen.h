@@ -133,7 +133,8 @@ int agen_co_fail(agen_co *co, int error, const char *message);
 /* The generator co belongs to (not a new reference). */
 agen_gen *agen_co_get_gen(agen_co *co);
 /* In a step: the value agen_gen_asend() sent into it (the value of Python's `yield`
- * expression); NULL for agen_gen_anext(). Owned by the sender, valid during the step. */
+ * expression); NULL for agen_gen_anext(). Owned by the sender; valid until the step
+ * completes (also from a later callback of a step that completes asynchronously). */
 const void *agen_co_get_sent(agen_co *co);
 
 /* Resumes the generator to its next yield. cb fires once, from the loop, with the result
