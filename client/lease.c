@@ -60,6 +60,8 @@ typedef struct Lease {
 
         LeasePhase phase;
         bool granted;       /* was granted once: reconnecting means reclaiming */
+        bool rewatching;    /* a detached lease watched again after DISCONNECTED: its first
+                             * Watch reply says it is still there (RECLAIMED) */
         bool finished;      /* no more events will come */
         int end_error;      /* the step after the events fails with it (0: returns) */
         char *end_message;
@@ -306,6 +308,7 @@ static void lease_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         if (l->opts.detached) {
                 /* A detached lease is not bound to a connection: watching it again is all. */
                 l->phase = LEASE_HELD;
+                l->rewatching = true;
                 lease_send_watch(l);
                 return;
         }
@@ -385,7 +388,12 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
         if (!continues)
                 /* The Watch of a lease ends with the lease; an end without its event is
                  * still an end. */
-                lease_end_with(l, AGEN_LEASE_LOST, "watch ended");
+                return lease_end_with(l, AGEN_LEASE_LOST, "watch ended");
+        if (l->rewatching) {
+                /* Watched again and not ended: the holder may stop assuming it lost it. */
+                l->rewatching = false;
+                lease_emit(l, AGEN_LEASE_RECLAIMED, 0, NULL);
+        }
 }
 
 static void lease_send_watch(Lease *l) {

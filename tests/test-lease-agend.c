@@ -368,7 +368,10 @@ static void test_waiter_and_detached_survive_restart(void **state) {
         next_event(f, b, AGEN_LEASE_QUEUED);
 
         restart(f, GRACE);
-        /* The detached lease is watched again, the waiter asks again. */
+        /* The detached lease is watched again (DISCONNECTED, then RECLAIMED once agend
+         * says it is still there), the waiter asks again. */
+        next_event(f, a, AGEN_LEASE_DISCONNECTED);
+        assert_int_equal(next_event(f, a, AGEN_LEASE_RECLAIMED).ev.token, s.ev.token);
         assert_int_equal(next_event(f, b, AGEN_LEASE_QUEUED).ev.position, 1);
         assert_int_equal(n_leases(f, "gpu"), 1);
         assert_int_equal(agen_gen_close_sync(a), 0);
