@@ -102,7 +102,7 @@ static void waiter_abandon(agen_gen *gen, void *userdata) {
 static void waiter_destroy(void *userdata) {
         Waiter *s = userdata;
         assert_false(ev_is_active(&s->timer));
-        s->destroyed++;
+        __atomic_add_fetch(&s->destroyed, 1, __ATOMIC_SEQ_CST); /* read by another thread */
 }
 
 static const agen_gen_ops waiter_ops_plain = {
