@@ -4,18 +4,26 @@
  * connection of this process (Acquire with "more": its first reply says it is queued,
  * which is when the clock starts); the holder is a lease generator:
  *
- *   aclose     agen_gen_aclose() on a granted lease, in this process
- *   unref      agen_gen_unref() of the last reference (the finalizer closes it)
- *   shutdown   agen_loop_shutdown() in a child process that holds it (the clock starts
- *              when the parent tells the child to go: one pipe wake-up more)
- *   kill9      SIGKILL of a child process that holds it: the daemon sees the connection
- *              end and releases
+ *   aclose        agen_gen_aclose() on a granted, suspended lease, in this process
+ *   cancel        agen_gen_aclose() while a step waits for the lease's next event: the
+ *                 step is cancelled (-ECANCELED), then the release round trip
+ *   unref         agen_gen_unref() of the last reference on the loop's thread, between
+ *                 runs (the finalizer closes it; handed over through the ev_async)
+ *   unref_thread  agen_gen_unref() of the last reference on another thread while this
+ *                 one runs the loop (the ev_async wakes it)
+ *   shutdown      agen_loop_shutdown() in a child process that holds it (the clock starts
+ *                 when the parent tells the child to go: one pipe wake-up more)
+ *   kill9         SIGKILL of a child process that holds it: the daemon sees the connection
+ *                 end and releases
+ *   fork_kill9    the same, while a child it forked (no exec) lives on: the library
+ *                 closed the inherited sockets in that child, so they do not hold the lease
  *
  * Built only when client/ provides agen_lease() (bench/meson.build checks the header). */
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,10 +40,31 @@ typedef enum Layer {
         LAYER_UNREF,
         LAYER_SHUTDOWN,
         LAYER_KILL9,
+        LAYER_CANCEL,
+        LAYER_UNREF_THREAD,
+        LAYER_FORK_KILL9,
         _LAYER_MAX,
 } Layer;
 
-static const char *const layer_name[_LAYER_MAX] = { "aclose", "unref", "shutdown", "kill9" };
+static const char *const layer_name[_LAYER_MAX] = { "aclose", "unref", "shutdown", "kill9", "cancel",
+                                                    "unref_thread", "fork_kill9" };
+
+static bool layer_inproc(Layer l) {
+        return l == LAYER_ACLOSE || l == LAYER_UNREF || l == LAYER_CANCEL || l == LAYER_UNREF_THREAD;
+}
+
+/* unref_thread: the other thread takes the time and drops the reference. */
+typedef struct Dropper {
+        agen_gen *gen;
+        usec_t t0;
+} Dropper;
+
+static void *dropper_main(void *userdata) {
+        Dropper *d = userdata;
+        d->t0 = now_usec();
+        agen_gen_unref(d->gen);
+        return NULL;
+}
 
 typedef struct Waiter {
         Conn conn;
@@ -152,22 +181,54 @@ static long long run_inproc(struct ev_loop *loop, agen_client *client, const cha
                 return ret;
         }
 
+        if (layer == LAYER_CANCEL) {
+                /* A step that waits for the next event of the held lease. */
+                h.status = 1;
+                if (agen_gen_anext(gen, holder_next_cb, &h) < 0) {
+                        conn_done(&w.conn);
+                        agen_gen_unref(gen);
+                        return -EBUSY;
+                }
+                for (int i = 0; i < 4; i++)
+                        ev_run(loop, EVRUN_NOWAIT);
+        }
+        Dropper d = { .gen = gen };
+        pthread_t thread;
+        bool joined = true;
         usec_t t0 = now_usec();
-        if (layer == LAYER_ACLOSE) {
+        if (layer == LAYER_ACLOSE || layer == LAYER_CANCEL) {
                 int r = agen_gen_aclose(gen, holder_close_cb, &h);
                 if (r < 0) {
                         conn_done(&w.conn);
                         agen_gen_unref(gen);
                         return r;
                 }
+        } else if (layer == LAYER_UNREF_THREAD) {
+                if (pthread_create(&thread, NULL, dropper_main, &d) != 0) {
+                        conn_done(&w.conn);
+                        agen_gen_unref(gen);
+                        return -EAGAIN;
+                }
+                joined = false;
+                gen = NULL;
         } else
                 gen = agen_gen_unref(gen);
 
         if (!run_until(loop, &w.granted, &w.failed))
                 ret = -ETIMEDOUT;
-        else
+        else {
+                if (!joined) {
+                        (void) pthread_join(thread, NULL);
+                        joined = true;
+                        t0 = d.t0;
+                }
                 ret = (long long) (w.t_granted - t0);
-        if (layer == LAYER_ACLOSE) {
+        }
+        if (!joined)
+                (void) pthread_join(thread, NULL);
+        if (layer == LAYER_CANCEL && h.status != -ECANCELED && ret >= 0)
+                ret = -EPROTO; /* the waiting step must have been cancelled */
+        if (layer == LAYER_ACLOSE || layer == LAYER_CANCEL) {
                 usec_t end = now_usec() + 5 * USEC_PER_SEC;
                 while (h.close_status == 1 && now_usec() < end)
                         ev_run(loop, EVRUN_ONCE);
@@ -218,6 +279,18 @@ static long long run_child(struct ev_loop *loop, const char *socket, Layer layer
                         if (((const agen_lease_event *) v)->type == AGEN_LEASE_GRANTED)
                                 break;
                 }
+                if (layer == LAYER_FORK_KILL9) {
+                        /* A child of the holder that never execs and outlives it: it ends
+                         * when the bench closes the pipe. */
+                        pid_t gc = fork();
+                        if (gc < 0)
+                                _exit(7);
+                        if (gc == 0) {
+                                close(up[1]);
+                                (void) read(down[0], &b, 1);
+                                _exit(0);
+                        }
+                }
                 if (write(up[1], "g", 1) != 1)
                         _exit(5);
                 /* Wait for go (or be killed). */
@@ -237,7 +310,7 @@ static long long run_child(struct ev_loop *loop, const char *socket, Layer layer
         if (ret < 0)
                 goto out;
         usec_t t0 = now_usec();
-        if (layer == LAYER_KILL9)
+        if (layer == LAYER_KILL9 || layer == LAYER_FORK_KILL9)
                 (void) kill(pid, SIGKILL);
         else if (write(down[1], "x", 1) != 1) {
                 conn_done(&w.conn);
@@ -279,13 +352,14 @@ int mode_cleanup(Opts *o) {
         }
 
         /* Child layers first, while this process holds no library state to fork. */
-        static const Layer order[] = { LAYER_KILL9, LAYER_SHUTDOWN, LAYER_ACLOSE, LAYER_UNREF };
+        static const Layer order[] = { LAYER_KILL9, LAYER_FORK_KILL9, LAYER_SHUTDOWN, LAYER_ACLOSE, LAYER_CANCEL,
+                                       LAYER_UNREF, LAYER_UNREF_THREAD };
         for (size_t li = 0; li < ELEMENTSOF(order); li++) {
                 Layer layer = order[li];
                 char resource[64];
 
                 snprintf(resource, sizeof(resource), "cleanup-%s", layer_name[layer]);
-                if ((layer == LAYER_ACLOSE || layer == LAYER_UNREF) && !client) {
+                if (layer_inproc(layer) && !client) {
                         ret = agen_client_new(loop, socket, &client);
                         if (ret < 0) {
                                 logf_("agen-bench cleanup: agen_client_new: %s\n", strerror(-ret));
@@ -293,7 +367,7 @@ int mode_cleanup(Opts *o) {
                         }
                 }
                 for (unsigned i = 0; i < runs && errors[layer] < 10; i++) {
-                        long long r = layer == LAYER_ACLOSE || layer == LAYER_UNREF ?
+                        long long r = layer_inproc(layer) ?
                                 run_inproc(loop, client, socket, layer, resource, &closecb) :
                                 run_child(loop, socket, layer, resource);
                         if (r < 0) {
@@ -303,7 +377,7 @@ int mode_cleanup(Opts *o) {
                         }
                         samples_add(&lat[layer], (double) r);
                 }
-                logf_("cleanup %-8s n=%-5zu p50 %7.0f us  p99 %7.0f us  max %7.0f us  errors %u\n", layer_name[layer],
+                logf_("cleanup %-12s n=%-5zu p50 %7.0f us  p99 %7.0f us  max %7.0f us  errors %u\n", layer_name[layer],
                       lat[layer].n, samples_pct(&lat[layer], 50), samples_pct(&lat[layer], 99),
                       samples_max(&lat[layer]), errors[layer]);
         }

@@ -4,7 +4,6 @@
  * generator opens its own connection for the Acquire and Watch that do (BRIEF §3a). */
 
 #include <ev.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,6 +13,7 @@
 #include "agen/agen.h"
 #include "client-internal.h"
 #include "conn.h"
+#include "fork.h"
 #include "json-util.h"
 
 #define DEFAULT_SYSTEM_ADDRESS "/run/agend/io.agend.Lease"
@@ -26,7 +26,12 @@ struct agen_client {
         bool own_loop;
         char *address;
         Conn *control;
+        unsigned fork_generation; /* ro */
 };
+
+bool client_is_forked(agen_client *c) {
+        return fork_is_stale(c->fork_generation);
+}
 
 _public_ int agen_default_address(char **ret) {
         assert_return(ret, -EINVAL);
@@ -69,7 +74,7 @@ _public_ int agen_client_new(struct ev_loop *loop, const char *address, agen_cli
         agen_client *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-        *c = (agen_client) { .n_ref = 1, .loop = loop };
+        *c = (agen_client) { .n_ref = 1, .loop = loop, .fork_generation = fork_generation() };
         int r = address ? ((c->address = strdup(address)) ? 0 : -ENOMEM) : agen_default_address(&c->address);
         if (r < 0) {
                 free(c);
@@ -94,7 +99,7 @@ _public_ int agen_client_new(struct ev_loop *loop, const char *address, agen_cli
 }
 
 _public_ agen_client *agen_client_ref(agen_client *client) {
-        if (client)
+        if (client && !client_is_forked(client))
                 client->n_ref++;
         return client;
 }
@@ -102,6 +107,8 @@ _public_ agen_client *agen_client_ref(agen_client *client) {
 _public_ agen_client *agen_client_unref(agen_client *client) {
         if (!client)
                 return NULL;
+        if (client_is_forked(client))
+                return NULL; /* the parent's: left alone (fork.h) */
         assert(client->n_ref > 0);
         if (--client->n_ref > 0)
                 return NULL;
@@ -143,6 +150,8 @@ _public_ const char *agen_client_get_address(agen_client *client) {
 }
 
 int client_control(agen_client *c, Conn **ret) {
+        if (client_is_forked(c))
+                return -ECHILD;
         if (!conn_is_open(c->control)) {
                 /* Lost (daemon restart): reconnect on demand. */
                 Conn *n;
@@ -203,6 +212,8 @@ _public_ int agen_client_call(agen_client *client, const char *method, const cha
         assert_return(method && *method, -EINVAL);
         assert_return(!(flags & ~(AGEN_CALL_MORE | AGEN_CALL_ONEWAY)), -EINVAL);
         assert_return(!((flags & AGEN_CALL_MORE) && (flags & AGEN_CALL_ONEWAY)), -EINVAL);
+        if (client_is_forked(client))
+                return -ECHILD;
 
         json_object *params;
         int r = parse_params(parameters_json, &params);
@@ -232,12 +243,6 @@ _public_ int agen_client_call(agen_client *client, const char *method, const cha
         return r;
 }
 
-static double now_sec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
 typedef struct SyncReply {
         bool done;
         int status;
@@ -259,6 +264,10 @@ static void sync_reply(Conn *conn, int status, const char *error_name, json_obje
                         parameters, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
         if ((error_name && !s->error) || (parameters && !s->params))
                 s->status = -ENOMEM;
+}
+
+static void sync_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        *(bool *) w->data = true;
 }
 
 _public_ int agen_call_sync(const char *address, const char *method, const char *parameters_json,
@@ -294,24 +303,23 @@ _public_ int agen_call_sync(const char *address, const char *method, const char 
         if (r >= 0 && (flags & AGEN_CALL_ONEWAY))
                 r = conn_flush_blocking(conn, timeout < 0 ? 3600. : timeout);
         else if (r >= 0) {
-                double deadline = timeout < 0 ? -1 : now_sec() + timeout;
-                while (!s.done) {
-                        if (deadline >= 0 && deadline - now_sec() <= 0) {
-                                r = -ETIMEDOUT;
-                                break;
-                        }
-                        struct pollfd p = { .fd = conn_get_fd(conn), .events = POLLIN };
-                        if (p.fd < 0)
-                                break;
-                        int left_ms = deadline < 0 ? -1 : (int) ((deadline - now_sec()) * 1000) + 1;
-                        if (poll(&p, 1, left_ms) < 0 && errno != EINTR) {
-                                r = -errno;
-                                break;
-                        }
-                        ev_run(loop, EVRUN_NOWAIT);
+                /* The private loop runs the connection (also a connect still waiting for a
+                 * full listen backlog) until the reply, the end, or the timeout. */
+                bool timed_out = false;
+                ev_timer t;
+                ev_timer_init(&t, sync_timeout_cb, timeout < 0 ? 0. : timeout, 0.);
+                t.data = &timed_out;
+                if (timeout >= 0) {
+                        ev_now_update(loop);
+                        ev_timer_start(loop, &t);
                 }
-                if (r >= 0 && !s.done)
-                        r = -ECONNRESET;
+                while (!s.done && !timed_out && conn_is_open(conn))
+                        if (ev_run(loop, EVRUN_ONCE) == 0)
+                                break;
+                if (timeout >= 0)
+                        ev_timer_stop(loop, &t);
+                if (!s.done)
+                        r = timed_out ? -ETIMEDOUT : -ECONNRESET;
                 if (r >= 0) {
                         r = s.status;
                         if (s.params || s.error) {

@@ -13,11 +13,16 @@
 
 #include "conn.h"
 #include "errmap.h"
+#include "fork.h"
 #include "gen-internal.h"
 
 /* Reads per I/O callback before the loop gets a turn: a daemon streaming replies faster
  * than we take them does not starve the program's other watchers. */
 #define CONN_READS_PER_CALLBACK 8
+/* A listener whose backlog is full (a stopped daemon) answers a non-blocking connect()
+ * with EAGAIN: we try again, from a timer, this often, for up to CONN_CONNECT_TIMEOUT. */
+#define CONN_CONNECT_RETRY_FIRST 0.002
+#define CONN_CONNECT_RETRY_MAX 0.1
 
 struct ConnCall {
         conn_reply_fn cb; /* NULL once cancelled */
@@ -41,9 +46,23 @@ struct Conn {
         conn_end_fn end_fn;
         void *end_userdata;
         bool ended;
+
+        unsigned fork_generation; /* ro: made in this process, or inherited (fork.h) */
+        bool connecting;          /* connect() said EAGAIN: retried from connect_timer */
+        struct sockaddr_un sa;
+        socklen_t salen;
+        ev_timer connect_timer;
+        double connect_retry;
+        ev_tstamp connect_deadline;
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_end(Conn *c, int error);
+static int conn_flush(Conn *c);
+
+static bool conn_forked(Conn *c) {
+        return fork_is_stale(c->fork_generation);
+}
 
 static void conn_stop_io(Conn *c) {
         if (!c->io_active)
@@ -61,7 +80,7 @@ static void conn_stop_io(Conn *c) {
 static void conn_update_io(Conn *c) {
         unsigned events = 0;
         bool weak = false;
-        if (c->fd >= 0) {
+        if (c->fd >= 0 && !c->connecting) {
                 events = EV_READ;
                 if (vl_writer_pending(&c->out) > 0)
                         events |= EV_WRITE;
@@ -98,6 +117,41 @@ static int socket_address(const char *address, struct sockaddr_un *sa, socklen_t
         return 0;
 }
 
+static void conn_connect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* 0 connected, -EAGAIN not yet (listen backlog full), else the error. */
+static int conn_try_connect(Conn *c) {
+        if (connect(c->fd, (struct sockaddr *) &c->sa, c->salen) >= 0 || errno == EISCONN)
+                return 0;
+        if (errno == EAGAIN || errno == EINPROGRESS || errno == EALREADY)
+                return -EAGAIN;
+        return -errno;
+}
+
+static void conn_connected(Conn *c) {
+        c->connecting = false;
+        if (ev_is_active(&c->connect_timer))
+                ev_timer_stop(c->loop, &c->connect_timer);
+        (void) conn_flush(c);
+        conn_update_io(c);
+}
+
+static void conn_connect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Conn *c = container_of(w, Conn, connect_timer);
+        int r = conn_try_connect(c);
+        if (r >= 0)
+                return conn_connected(c);
+        if (r == -EAGAIN && ev_now(loop) < c->connect_deadline) {
+                c->connect_retry = MIN(c->connect_retry * 2, CONN_CONNECT_RETRY_MAX);
+                ev_timer_set(w, c->connect_retry, 0.);
+                ev_timer_start(loop, w);
+                return;
+        }
+        conn_ref(c);
+        conn_end(c, r == -EAGAIN ? -ETIMEDOUT : r);
+        conn_unref(c);
+}
+
 int conn_connect(struct ev_loop *loop, const char *address, Conn **ret) {
         struct sockaddr_un sa;
         socklen_t salen;
@@ -108,13 +162,11 @@ int conn_connect(struct ev_loop *loop, const char *address, Conn **ret) {
         if (r < 0)
                 return r;
 
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        /* Never blocking: a daemon that does not accept (stopped, backlog full) must not
+         * freeze the program's loop. An AF_UNIX connect() either completes at once, fails
+         * at once, or says EAGAIN (backlog full); the last is retried from a timer. */
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
-                return -errno;
-        /* A local socket: connect() answers at once (or fails), so it may block. */
-        if (connect(fd, (struct sockaddr *) &sa, salen) < 0)
-                return -errno;
-        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
                 return -errno;
 
         Conn *c = calloc(1, sizeof(*c));
@@ -124,10 +176,31 @@ int conn_connect(struct ev_loop *loop, const char *address, Conn **ret) {
                 .n_ref = 1,
                 .loop = loop,
                 .fd = TAKE_FD(fd),
+                .fork_generation = fork_generation(),
+                .sa = sa,
+                .salen = salen,
         };
         vl_reader_init(&c->in, CONN_MAX_MESSAGE);
         vl_writer_init(&c->out);
         ev_io_init(&c->io, conn_io_cb, c->fd, EV_READ);
+        ev_timer_init(&c->connect_timer, conn_connect_timer_cb, 0., 0.);
+
+        r = conn_try_connect(c);
+        if (r == -EAGAIN) {
+                c->connecting = true;
+                c->connect_retry = CONN_CONNECT_RETRY_FIRST;
+                ev_now_update(loop);
+                c->connect_deadline = ev_now(loop) + CONN_CONNECT_TIMEOUT;
+                ev_timer_set(&c->connect_timer, c->connect_retry, 0.);
+                ev_timer_start(loop, &c->connect_timer);
+        } else if (r < 0) {
+                c->fd = safe_close(c->fd);
+                vl_reader_done(&c->in);
+                vl_writer_done(&c->out);
+                free(c);
+                return r;
+        }
+        fork_track_fd(c->fd);
         conn_update_io(c);
         *ret = c;
         return 0;
@@ -142,11 +215,27 @@ static void conn_drop_calls(Conn *c) {
         c->calls_tail = NULL;
 }
 
+/* Closes the socket. In a forked child the inherited one was closed at fork time and its
+ * number may be reused: it is forgotten, and nothing of the loop is touched. */
+static void conn_close_fd(Conn *c) {
+        if (conn_forked(c)) {
+                c->fd = -EBADF;
+                c->io_active = false;
+                return;
+        }
+        conn_stop_io(c);
+        if (ev_is_active(&c->connect_timer))
+                ev_timer_stop(c->loop, &c->connect_timer);
+        c->connecting = false;
+        if (c->fd >= 0)
+                fork_untrack_fd(c->fd);
+        c->fd = safe_close(c->fd);
+}
+
 void conn_close(Conn *c) {
         if (!c)
                 return;
-        conn_stop_io(c);
-        c->fd = safe_close(c->fd);
+        conn_close_fd(c);
         c->ended = true;
         conn_drop_calls(c);
 }
@@ -168,7 +257,11 @@ void conn_set_end_handler(Conn *c, conn_end_fn fn, void *userdata) {
 }
 
 bool conn_is_open(Conn *c) {
-        return c && !c->ended;
+        return c && !c->ended && !conn_forked(c);
+}
+
+bool conn_is_forked(Conn *c) {
+        return c && conn_forked(c);
 }
 
 int conn_get_fd(Conn *c) {
@@ -180,8 +273,7 @@ static void conn_end(Conn *c, int error) {
         if (c->ended)
                 return;
         conn_ref(c);
-        conn_stop_io(c);
-        c->fd = safe_close(c->fd);
+        conn_close_fd(c);
         c->ended = true;
         while (c->calls_head) {
                 ConnCall *k = c->calls_head;
@@ -199,6 +291,8 @@ static void conn_end(Conn *c, int error) {
 
 /* 0 when all is written or the socket is full; < 0 when the connection is broken. */
 static int conn_flush(Conn *c) {
+        if (c->connecting)
+                return 0;
         int r = vl_writer_flush(&c->out, c->fd);
         return r == -EAGAIN ? 0 : r;
 }
@@ -207,6 +301,10 @@ int conn_call(Conn *c, const char *method, json_object *parameters, unsigned fla
               void *userdata, ConnCall **ret_call) {
         assert(c && method);
         assert(!(flags & ~(unsigned) (VL_CALL_MORE | VL_CALL_ONEWAY)));
+        if (conn_forked(c)) {
+                json_object_put(parameters);
+                return -ECHILD;
+        }
         if (c->ended) {
                 json_object_put(parameters);
                 return -ENOTCONN;
@@ -261,9 +359,24 @@ static double now_sec(void) {
 
 int conn_flush_blocking(Conn *c, double timeout) {
         double deadline = now_sec() + timeout;
+        if (conn_forked(c))
+                return -ECHILD;
         for (;;) {
                 if (c->ended)
                         return -ENOTCONN;
+                if (c->connecting) {
+                        int r = conn_try_connect(c);
+                        if (r == -EAGAIN) {
+                                double left = deadline - now_sec();
+                                if (left <= 0)
+                                        return -ETIMEDOUT;
+                                (void) poll(NULL, 0, (int) (MIN(left, CONN_CONNECT_RETRY_MAX) * 1000) + 1);
+                                continue;
+                        }
+                        if (r < 0)
+                                return r;
+                        conn_connected(c);
+                }
                 int r = vl_writer_flush(&c->out, c->fd);
                 if (r != -EAGAIN)
                         return r;
@@ -333,6 +446,8 @@ static void conn_read(Conn *c) {
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
         Conn *c = container_of(w, Conn, io);
 
+        if (conn_forked(c))
+                return;
         conn_ref(c);
         if (revents & EV_WRITE) {
                 int r = conn_flush(c);

@@ -27,13 +27,21 @@ typedef void (*conn_reply_fn)(Conn *c, int status, const char *error_name, json_
  * were failed. */
 typedef void (*conn_end_fn)(Conn *c, int error, void *userdata);
 
-/* Connects (blocking: a local socket) and makes it non-blocking. address: a path,
- * "unix:PATH", or "@NAME" for an abstract socket. */
+/* How long a connection waits for a listener whose backlog is full before it ends with
+ * -ETIMEDOUT. */
+#define CONN_CONNECT_TIMEOUT 5.0
+
+/* Connects without blocking. address: a path, "unix:PATH", or "@NAME" for an abstract
+ * socket. An error known at once (-ENOENT, -ECONNREFUSED) is returned; a listener that
+ * cannot take the connection yet (backlog full) is retried from the loop, calls queue
+ * meanwhile, and a failure ends the connection (end handler, pending calls). */
 int conn_connect(struct ev_loop *loop, const char *address, Conn **ret);
 Conn *conn_ref(Conn *c);
 Conn *conn_unref(Conn *c);
 void conn_set_end_handler(Conn *c, conn_end_fn fn, void *userdata);
 bool conn_is_open(Conn *c);
+/* Inherited across fork(): dead in this process (fork.h). */
+bool conn_is_forked(Conn *c);
 int conn_get_fd(Conn *c);
 
 /* Queues a call. flags: VL_CALL_MORE or VL_CALL_ONEWAY. parameters (may be NULL = {}) is

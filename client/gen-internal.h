@@ -25,6 +25,11 @@
  * every generator freed. For tests. */
 unsigned gen_loop_state_count(void);
 
+typedef struct agen_gen agen_gen;
+typedef struct agen_gen_ops agen_gen_ops;
+/* The ops a generator was made with (to tell a lease generator from others). */
+const agen_gen_ops *gen_get_ops(agen_gen *gen);
+
 #include <string.h>
 
 static inline bool streq(const char *a, const char *b) {

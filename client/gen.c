@@ -5,17 +5,20 @@
  * Threads. Everything here runs on the thread of the generator's loop, except
  * agen_gen_ref()/agen_gen_unref() (any thread) and the parts of the per-loop state they
  * touch, which sit under registry_lock: the registry, LoopState.n_ref, the drop list, the
- * live count and starting/stopping the ev_async.
+ * live count and starting/stopping the ev_async. "On the loop's thread" is known only
+ * inside the loop's own run: a thread-local names the loop whose callbacks of ours (or
+ * agen_loop_shutdown(), or a _sync call) run on this thread now. Anywhere else, even on
+ * the thread that ran the loop last, a last unref goes through the ev_async, which wakes
+ * the loop wherever it runs now (the loop may have moved to another thread).
  *
- * References. The runtime holds a reference on a generator while an operation is in
- * flight (from agen_gen_anext() until its callback has returned; from the start of a close
- * until its callbacks have returned) and while it sits in the loop's delivery queue. So a
- * reference count of zero means nothing is in flight, and the state is CREATED, SUSPENDED
- * or CLOSED and nobody else will change it. SUSPENDED is the one that needs a cleanup: the
- * generator is resurrected (count 1, owned by the finalizer) and closed on its loop. On the
- * loop's thread the close is queued on the ev_idle at once; on another thread the last
- * unref pushes the generator on its loop's drop list and wakes the loop through an
- * ev_async. The cleanup therefore never runs on the dropping thread (anchors §3 item 6).
+ * References. n_ref counts all references: the users' (n_user, agen_gen_ref/unref) and
+ * the runtime's, which it holds while an operation is in flight (from agen_gen_anext()
+ * until its callback has returned; from the start of a close until its callbacks have
+ * returned) and while the generator sits in the loop's delivery queue. When n_user drops
+ * to zero the unit of n_ref that the last user held passes to the finalizer: a started,
+ * unfinished generator (suspended, or with a step in progress, which is cancelled) is
+ * closed on its loop, then freed when the runtime's references are gone. The cleanup
+ * never runs on the dropping thread (anchors §3 item 6).
  *
  * LoopState lifetime. It is refcounted under registry_lock by: each generator of the loop,
  * an exception handler set on it, the ev_idle while active, the ev_async while active, and
@@ -33,6 +36,7 @@
 #include <string.h>
 
 #include "agen/agen.h"
+#include "fork.h"
 #include "gen-internal.h"
 #include "macro.h"
 
@@ -41,6 +45,7 @@ enum {
         ACT_NEXT_DONE = 1 << 1,  /* deliver the step's result to the agen_next_cb */
         ACT_CLOSE = 1 << 2,      /* call ops->close */
         ACT_CLOSE_DONE = 1 << 3, /* deliver the close status to the close waiters */
+        ACT_CANCEL = 1 << 4,     /* call ops->cancel on the step in progress */
 };
 
 enum {
@@ -72,10 +77,12 @@ struct LoopState {
         bool idle_active;
         agen_gen *queue_head, *queue_tail;
 
-        pthread_t thread;    /* the loop's thread, as last seen running our code; under registry_lock */
-        ev_async async;      /* active while the live set is non-empty; unref'd on the loop */
+        agen_gen *batch;     /* the delivery batch being processed (idle_cb); nested runs go on with it */
+
+        ev_async async;      /* active while the live set or the drop list is non-empty; unref'd on the loop */
         bool async_active;   /* under registry_lock */
-        agen_gen *drops;     /* under registry_lock */
+        agen_gen *drops;     /* under registry_lock; each holds a reference for the finalizer */
+        unsigned fork_generation; /* ro */
 
         agen_gen *live;      /* the live set: started, not closed */
         unsigned n_live;     /* written under registry_lock */
@@ -84,10 +91,16 @@ struct LoopState {
         agen_exception_handler handler;
         void *handler_userdata;
         bool handler_pinned; /* holds a reference */
+
+        agen_finalizer_warning warning;
+        void *warning_userdata;
+        bool warning_pinned; /* holds a reference */
 };
 
 struct agen_gen {
-        atomic_uint n_ref;
+        atomic_uint n_ref;       /* all references */
+        atomic_uint n_user;      /* the users': agen_gen_ref()/agen_gen_unref() */
+        unsigned fork_generation; /* ro */
         LoopState *st;           /* ro, holds a reference */
         const agen_gen_ops *ops; /* ro */
         void *userdata;          /* ro */
@@ -98,6 +111,13 @@ struct agen_gen {
         bool close_deferred;  /* it came while a step ran; the close starts when it ends */
         bool report_always;   /* the close error is a bug of the generator: always report */
         bool shutdown_closing;
+        bool cancel_requested; /* ops->cancel was asked for this step: -ECANCELED then closes */
+        bool warn_unclosed;   /* the finalizer closes it: tell the loop's warning hook */
+
+        const void *sent;     /* agen_gen_asend()'s value, for the step about to run */
+        int thrown;           /* agen_gen_athrow()'s error, for the step about to run */
+        char *thrown_message;
+        bool throw_closing;   /* the close runs as the unwinding of a thrown error */
 
         unsigned pending;     /* ACT_* */
         bool queued;
@@ -119,15 +139,48 @@ struct agen_gen {
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static LoopState *registry = NULL;
+static pthread_once_t fork_hooks_once = PTHREAD_ONCE_INIT;
+
+/* The loop whose run is on this thread, in one of our callbacks (see the top). */
+static _Thread_local struct ev_loop *current_loop;
+
+#define LOOP_ENTER(loop)                                                                \
+        struct ev_loop *_saved_loop = current_loop;                                     \
+        current_loop = (loop)
+#define LOOP_LEAVE() current_loop = _saved_loop
+
+static void registry_fork_lock(void) {
+        pthread_mutex_lock(&registry_lock);
+}
+static void registry_fork_unlock(void) {
+        pthread_mutex_unlock(&registry_lock);
+}
+static void register_fork_hooks(void) {
+        fork_add_lock_hooks(registry_fork_lock, registry_fork_unlock);
+}
+
+static bool gen_forked(agen_gen *g) {
+        return fork_is_stale(g->fork_generation);
+}
+
+static void gen_unref_internal(agen_gen *g);
 
 static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents);
 static void async_cb(struct ev_loop *loop, ev_async *w, int revents);
 
+/* The state of loop made in this process; an inherited one (fork) is dead here. */
 static LoopState *loop_state_find_locked(struct ev_loop *loop) {
         for (LoopState *st = registry; st; st = st->next)
-                if (st->loop == loop)
+                if (st->loop == loop && !fork_is_stale(st->fork_generation))
                         return st;
         return NULL;
+}
+
+static bool loop_state_inherited_locked(struct ev_loop *loop) {
+        for (LoopState *st = registry; st; st = st->next)
+                if (st->loop == loop && fork_is_stale(st->fork_generation))
+                        return true;
+        return false;
 }
 
 /* Finds or makes the loop's state and takes a reference on it. */
@@ -140,7 +193,7 @@ static LoopState *loop_state_acquire_locked(struct ev_loop *loop) {
                 *st = (LoopState) {
                         .loop = loop,
                         .next = registry,
-                        .thread = pthread_self(),
+                        .fork_generation = fork_generation(),
                 };
                 ev_idle_init(&st->idle, idle_cb);
                 ev_set_priority(&st->idle, EV_MAXPRI);
@@ -155,23 +208,14 @@ static void loop_state_unref_locked(LoopState *st) {
         assert(st->n_ref > 0);
         if (--st->n_ref > 0)
                 return;
-        assert(!st->idle_active && !st->async_active && !st->live && !st->drops && !st->queue_head);
+        assert(!st->idle_active && !st->async_active && !st->live && !st->drops && !st->queue_head &&
+               !st->batch);
         for (LoopState **p = &registry; *p; p = &(*p)->next)
                 if (*p == st) {
                         *p = st->next;
                         break;
                 }
         free(st);
-}
-
-/* Called from code that runs on the loop's thread (our watchers, anext, aclose). */
-static void loop_state_note_thread(LoopState *st) {
-        pthread_t self = pthread_self();
-        if (pthread_equal(st->thread, self))
-                return;
-        pthread_mutex_lock(&registry_lock);
-        st->thread = self;
-        pthread_mutex_unlock(&registry_lock);
 }
 
 static void loop_state_ref(LoopState *st) {
@@ -213,6 +257,7 @@ static void gen_free(agen_gen *g) {
         if (g->ops->destroy)
                 g->ops->destroy(g->userdata);
         free(g->message);
+        free(g->thrown_message);
         free(g);
         loop_state_unref(st);
 }
@@ -225,7 +270,7 @@ static void gen_schedule(agen_gen *g, unsigned act) {
         if (g->queued)
                 return;
         g->queued = true;
-        agen_gen_ref(g);
+        atomic_fetch_add(&g->n_ref, 1);
         g->queue_next = NULL;
         if (st->queue_tail)
                 st->queue_tail->queue_next = g;
@@ -275,8 +320,10 @@ static void gen_unlink_live(agen_gen *g) {
                 g->live_next->live_prev = g->live_prev;
         g->live = false;
         g->live_prev = g->live_next = NULL;
-        if (--st->n_live == 0) {
-                assert(st->async_active && !st->drops);
+        if (--st->n_live == 0 && !st->drops) {
+                /* A drop still pending (pushed while its generator was live) keeps the
+                 * ev_async until async_cb has taken it. */
+                assert(st->async_active);
                 ev_ref(st->loop);
                 ev_async_stop(st->loop, &st->async);
                 st->async_active = false;
@@ -307,13 +354,36 @@ static void gen_start_close(agen_gen *g) {
         assert(g->state == AGEN_GEN_SUSPENDED);
         g->close_requested = true;
         g->state = AGEN_GEN_CLOSING;
-        agen_gen_ref(g);
+        atomic_fetch_add(&g->n_ref, 1);
         gen_schedule(g, ACT_CLOSE);
+}
+
+/* Asks the step in progress to end now (ops->cancel), for a close that must not wait
+ * for it: aclose, the finalizer, shutdown, a _sync timeout. Python cancels the task that
+ * awaits inside the generator; here the step ends with -ECANCELED and the generator's
+ * cleanup runs after it. Without a cancel op the close waits for the step. */
+static void gen_request_cancel(agen_gen *g) {
+        if (g->state != AGEN_GEN_RUNNING || g->cancel_requested || !g->ops->cancel)
+                return;
+        if (g->pending & ACT_NEXT_DONE)
+                return; /* it has ended; the result is on its way */
+        g->cancel_requested = true;
+        gen_schedule(g, ACT_CANCEL);
+}
+
+static void gen_warn_unclosed(agen_gen *g) {
+        LoopState *st = g->st;
+        if (!g->warn_unclosed)
+                return;
+        g->warn_unclosed = false;
+        if (st->warning)
+                st->warning(st->loop, g, st->warning_userdata);
 }
 
 static void gen_run_close(agen_gen *g) {
         if (g->state != AGEN_GEN_CLOSING)
                 return;
+        gen_warn_unclosed(g);
         if (!g->ops->close) {
                 g->close_status = 0;
                 gen_schedule(g, ACT_CLOSE_DONE);
@@ -330,10 +400,21 @@ static void gen_deliver_next(agen_gen *g) {
         void *ud = g->next_userdata;
         _cleanup_free_ char *msg = TAKE_PTR(g->message);
 
+        /* Cancelled: the generator was interrupted where it waited, and still holds what it
+         * held there; its cleanup runs next (as a CancelledError unwinds Python's finally
+         * blocks). */
+        bool cancelled = g->cancel_requested && r == -ECANCELED;
+
         assert(g->state == AGEN_GEN_RUNNING);
         g->next_cb = NULL;
         g->next_userdata = NULL;
-        if (r == 0)
+        g->sent = NULL;
+        g->cancel_requested = false;
+        if (cancelled) {
+                g->state = AGEN_GEN_SUSPENDED;
+                g->value = NULL;
+                g->close_requested = g->close_deferred = true;
+        } else if (r == 0)
                 g->state = AGEN_GEN_SUSPENDED;
         else {
                 /* Finished or failed: it cleaned up itself, as a Python generator that
@@ -345,7 +426,7 @@ static void gen_deliver_next(agen_gen *g) {
 
         if (cb)
                 cb(g, r, v, ud);
-        else if (r < 0)
+        else if (r < 0 && !cancelled)
                 gen_report(g, r, msg ?: "generator step failed");
 
         if (g->close_deferred) {
@@ -355,7 +436,7 @@ static void gen_deliver_next(agen_gen *g) {
                 else if (g->waiters)
                         gen_schedule(g, ACT_CLOSE_DONE);
         }
-        agen_gen_unref(g); /* the reference agen_gen_anext() took */
+        gen_unref_internal(g); /* the reference agen_gen_anext() took */
 }
 
 static void gen_deliver_close(agen_gen *g) {
@@ -390,14 +471,60 @@ static void gen_deliver_close(agen_gen *g) {
                 w = next;
         }
         if (was_closing)
-                agen_gen_unref(g); /* the reference gen_start_close() took */
+                gen_unref_internal(g); /* the reference gen_start_close() took */
+}
+
+/* A step with an error thrown in (agen_gen_athrow()). The generator's athrow op decides;
+ * without one the error is not handled: it unwinds the generator, which runs its cleanup
+ * (close), and the step then fails with it. */
+static void gen_run_throw(agen_gen *g) {
+        int error = g->thrown;
+        g->thrown = 0;
+        _cleanup_free_ char *msg = TAKE_PTR(g->thrown_message);
+
+        if (g->ops->athrow) {
+                g->co.kind = CO_STEP;
+                g->ops->athrow(g, &g->co, error, msg, g->userdata);
+                return;
+        }
+        if (g->ops->close) {
+                g->thrown = error;
+                g->thrown_message = TAKE_PTR(msg);
+                g->throw_closing = true;
+                g->co.kind = CO_CLOSE;
+                g->ops->close(g, &g->co, g->userdata);
+                return;
+        }
+        g->result = error;
+        g->value = NULL;
+        gen_set_message(g, msg);
+        gen_schedule(g, ACT_NEXT_DONE);
+}
+
+/* The close that ran as the unwinding of a thrown error has ended: the step fails with
+ * the error (or with the cleanup's own). */
+static void gen_end_throw_close(agen_gen *g, int status, const char *message) {
+        g->throw_closing = false;
+        g->result = status < 0 ? status : g->thrown;
+        g->value = NULL;
+        gen_set_message(g, status < 0 ? message : g->thrown_message);
+        g->thrown = 0;
+        free(g->thrown_message);
+        g->thrown_message = NULL;
+        gen_schedule(g, ACT_NEXT_DONE);
 }
 
 static void gen_process(agen_gen *g, unsigned acts) {
         if (acts & ACT_STEP) {
-                g->co.kind = CO_STEP;
-                g->ops->step(g, &g->co, g->userdata);
+                if (g->thrown)
+                        gen_run_throw(g);
+                else {
+                        g->co.kind = CO_STEP;
+                        g->ops->step(g, &g->co, g->userdata);
+                }
         }
+        if ((acts & ACT_CANCEL) && g->co.kind == CO_STEP && g->cancel_requested)
+                g->ops->cancel(g, &g->co, g->userdata);
         if (acts & ACT_NEXT_DONE)
                 gen_deliver_next(g);
         if (acts & ACT_CLOSE)
@@ -411,20 +538,24 @@ static void gen_process(agen_gen *g, unsigned acts) {
  * the loop's I/O. */
 static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents) {
         LoopState *st = container_of(w, LoopState, idle);
-        agen_gen *batch = st->queue_head;
+        LOOP_ENTER(loop);
 
         loop_state_ref(st);
-        loop_state_note_thread(st);
-        st->queue_head = st->queue_tail = NULL;
-        while (batch) {
-                agen_gen *g = batch;
-                batch = g->queue_next;
+        /* The batch lives in st, not here: a callback that runs the loop again (a nested
+         * agen_loop_shutdown()) must deliver the rest of the batch it was called from. */
+        if (!st->batch) {
+                st->batch = st->queue_head;
+                st->queue_head = st->queue_tail = NULL;
+        }
+        while (st->batch) {
+                agen_gen *g = st->batch;
+                st->batch = g->queue_next;
                 g->queue_next = NULL;
                 g->queued = false;
                 unsigned acts = g->pending;
                 g->pending = 0;
                 gen_process(g, acts);
-                agen_gen_unref(g);
+                gen_unref_internal(g);
         }
         if (!st->queue_head && st->idle_active) {
                 ev_idle_stop(loop, &st->idle);
@@ -432,10 +563,11 @@ static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents) {
                 loop_state_unref(st);
         }
         loop_state_unref(st);
+        LOOP_LEAVE();
 }
 
 static void gen_internal_close_done(agen_gen *g, int status, void *userdata) {
-        agen_gen_unref(g);
+        gen_unref_internal(g);
 }
 
 /* Closes g on behalf of the finalizer or shutdown. The caller holds a reference that
@@ -446,7 +578,8 @@ static void gen_close_internal(agen_gen *g) {
                 /* Out of memory: run the close anyway; the reference goes at once. */
                 if (g->state == AGEN_GEN_SUSPENDED && !g->close_requested)
                         gen_start_close(g);
-                agen_gen_unref(g);
+                gen_request_cancel(g);
+                gen_unref_internal(g);
                 return;
         }
         *w = (CloseWaiter) { .cb = gen_internal_close_done, .internal = true };
@@ -461,11 +594,28 @@ static void gen_close_internal(agen_gen *g) {
         case AGEN_GEN_RUNNING:
                 g->close_requested = true;
                 g->close_deferred = true;
+                gen_request_cancel(g);
                 break;
         case AGEN_GEN_CLOSING:
                 break;
         default:
                 gen_schedule(g, ACT_CLOSE_DONE);
+        }
+}
+
+/* The last user reference is gone (on the loop's thread); the caller's unit of n_ref
+ * passes to the close. */
+static void gen_finalizer(agen_gen *g) {
+        switch (g->state) {
+        case AGEN_GEN_SUSPENDED:
+        case AGEN_GEN_RUNNING:
+                if (!g->close_requested)
+                        g->warn_unclosed = true;
+                gen_close_internal(g);
+                break;
+        default:
+                /* Never started, closing, or over: nothing to do but let go. */
+                gen_unref_internal(g);
         }
 }
 
@@ -478,46 +628,66 @@ static void loop_state_process_drops(LoopState *st) {
                 agen_gen *g = list;
                 list = g->drop_next;
                 g->drop_next = NULL;
-                /* Resurrected: this reference belongs to the finalizer's close. */
-                atomic_store(&g->n_ref, 1);
-                gen_close_internal(g);
+                gen_finalizer(g); /* takes the reference the drop list held */
         }
+
+        /* The ev_async stayed active for the drops; without live generators it goes. */
+        pthread_mutex_lock(&registry_lock);
+        if (st->n_live == 0 && !st->drops && st->async_active) {
+                ev_ref(st->loop);
+                ev_async_stop(st->loop, &st->async);
+                st->async_active = false;
+                loop_state_unref_locked(st); /* the caller holds one: never the last */
+        }
+        pthread_mutex_unlock(&registry_lock);
 }
 
 static void async_cb(struct ev_loop *loop, ev_async *w, int revents) {
         LoopState *st = container_of(w, LoopState, async);
+        LOOP_ENTER(loop);
 
         loop_state_ref(st);
-        loop_state_note_thread(st);
         loop_state_process_drops(st);
         loop_state_unref(st);
+        LOOP_LEAVE();
 }
 
-/* The last reference is gone: free what needs no cleanup, hand the rest to the loop. */
-static void gen_finalize(agen_gen *g) {
-        if (g->state == AGEN_GEN_SUSPENDED) {
-                LoopState *st = g->st;
+/* Drops one of the runtime's references. At zero nothing is in flight and no user holds
+ * it: it is created, or closed (the finalizer closed it before). */
+static void gen_unref_internal(agen_gen *g) {
+        unsigned prev = atomic_fetch_sub_explicit(&g->n_ref, 1, memory_order_acq_rel);
+        assert(prev > 0);
+        if (prev > 1)
+                return;
+        assert(IN_SET(g->state, AGEN_GEN_CREATED, AGEN_GEN_CLOSED));
+        gen_free(g);
+}
 
-                pthread_mutex_lock(&registry_lock);
-                assert(g->live && st->async_active);
-                if (pthread_equal(st->thread, pthread_self())) {
-                        /* On the loop's thread (in a callback, or between runs): queue the
-                         * close on the ev_idle, which keeps the loop running until it is
-                         * done. Nothing of the generator runs inside this unref. */
-                        pthread_mutex_unlock(&registry_lock);
-                        atomic_store(&g->n_ref, 1);
-                        gen_close_internal(g);
-                        return;
-                }
-                /* Another thread: the ev_async hands it over. */
+/* The last user reference is gone; the caller passes on its unit of n_ref. */
+static void gen_last_user_unref(agen_gen *g) {
+        LoopState *st = g->st;
+
+        if (current_loop == st->loop) {
+                /* Inside the loop's own run, on its thread: queue the close on the ev_idle.
+                 * Nothing of the generator runs inside this unref. */
+                gen_finalizer(g);
+                return;
+        }
+        pthread_mutex_lock(&registry_lock);
+        if (g->live) {
+                /* Started and not closed: the ev_async hands it to the loop, on whatever
+                 * thread runs it (it is active while the generator is live, and stays
+                 * active while the drop list is not empty). */
+                assert(st->async_active);
                 g->drop_next = st->drops;
                 st->drops = g;
                 ev_async_send(st->loop, &st->async);
                 pthread_mutex_unlock(&registry_lock);
                 return;
         }
-        assert(IN_SET(g->state, AGEN_GEN_CREATED, AGEN_GEN_CLOSED));
-        gen_free(g);
+        pthread_mutex_unlock(&registry_lock);
+        /* Created, or closed: no cleanup; freed here if nothing of the runtime holds it. */
+        gen_unref_internal(g);
 }
 
 _public_ int agen_gen_new(struct ev_loop *loop, const agen_gen_ops *ops, void *userdata, agen_gen **ret) {
@@ -529,6 +699,7 @@ _public_ int agen_gen_new(struct ev_loop *loop, const agen_gen_ops *ops, void *u
         if (!g)
                 return -ENOMEM;
 
+        pthread_once(&fork_hooks_once, register_fork_hooks);
         pthread_mutex_lock(&registry_lock);
         LoopState *st = loop_state_acquire_locked(loop);
         pthread_mutex_unlock(&registry_lock);
@@ -542,8 +713,10 @@ _public_ int agen_gen_new(struct ev_loop *loop, const agen_gen_ops *ops, void *u
                 .ops = ops,
                 .userdata = userdata,
                 .state = AGEN_GEN_CREATED,
+                .fork_generation = fork_generation(),
         };
         atomic_init(&g->n_ref, 1);
+        atomic_init(&g->n_user, 1);
         g->co.gen = g;
         g->waiters_tail = &g->waiters;
         *ret = g;
@@ -551,22 +724,34 @@ _public_ int agen_gen_new(struct ev_loop *loop, const agen_gen_ops *ops, void *u
 }
 
 _public_ agen_gen *agen_gen_ref(agen_gen *gen) {
-        if (!gen)
-                return NULL;
+        if (!gen || gen_forked(gen))
+                return gen;
         unsigned prev = atomic_fetch_add_explicit(&gen->n_ref, 1, memory_order_relaxed);
         assert(prev > 0);
         (void) prev;
+        atomic_fetch_add_explicit(&gen->n_user, 1, memory_order_relaxed);
         return gen;
 }
 
 _public_ agen_gen *agen_gen_unref(agen_gen *gen) {
         if (!gen)
                 return NULL;
-        unsigned prev = atomic_fetch_sub_explicit(&gen->n_ref, 1, memory_order_acq_rel);
+        if (gen_forked(gen))
+                return NULL; /* the parent's: nothing runs, nothing is freed here (fork.h) */
+        unsigned prev = atomic_fetch_sub_explicit(&gen->n_user, 1, memory_order_acq_rel);
         assert(prev > 0);
         if (prev == 1)
-                gen_finalize(gen);
+                gen_last_user_unref(gen);
+        else
+                gen_unref_internal(gen);
         return NULL;
+}
+
+_public_ agen_gen *agen_gen_aclose_unref(agen_gen *gen) {
+        if (!gen)
+                return NULL;
+        (void) agen_gen_aclose(gen, NULL, NULL);
+        return agen_gen_unref(gen);
 }
 
 /* A reference from the live set, which is weak: fails if the count already reached zero
@@ -628,6 +813,11 @@ _public_ int agen_co_yield(agen_co *co, const void *value) {
                 /* Python: "async generator ignored GeneratorExit". An error, never a hang;
                  * the generator counts as closed. */
                 co->kind = CO_NONE;
+                if (g->throw_closing) {
+                        gen_report(g, -EPROTO, "generator yielded during close");
+                        gen_end_throw_close(g, -EPROTO, "generator yielded during close");
+                        return 0;
+                }
                 g->close_status = -EPROTO;
                 g->report_always = true;
                 gen_set_message(g, "generator yielded during close");
@@ -651,6 +841,10 @@ _public_ int agen_co_return(agen_co *co) {
                 return 0;
         case CO_CLOSE:
                 co->kind = CO_NONE;
+                if (g->throw_closing) {
+                        gen_end_throw_close(g, 0, NULL);
+                        return 0;
+                }
                 g->close_status = 0;
                 gen_schedule(g, ACT_CLOSE_DONE);
                 return 0;
@@ -674,6 +868,10 @@ _public_ int agen_co_fail(agen_co *co, int error, const char *message) {
                 return 0;
         case CO_CLOSE:
                 co->kind = CO_NONE;
+                if (g->throw_closing) {
+                        gen_end_throw_close(g, error, message);
+                        return 0;
+                }
                 g->close_status = error;
                 gen_set_message(g, message);
                 gen_schedule(g, ACT_CLOSE_DONE);
@@ -683,10 +881,14 @@ _public_ int agen_co_fail(agen_co *co, int error, const char *message) {
         }
 }
 
-_public_ int agen_gen_anext(agen_gen *gen, agen_next_cb cb, void *userdata) {
-        assert_return(gen, -EINVAL);
-        loop_state_note_thread(gen->st);
+_public_ const void *agen_co_get_sent(agen_co *co) {
+        assert_return(co, NULL);
+        return co->kind == CO_STEP ? co->gen->sent : NULL;
+}
 
+/* anext, asend and athrow: start a step. */
+static int gen_start_step(agen_gen *gen, const void *sent, int thrown, const char *thrown_message,
+                          agen_next_cb cb, void *userdata) {
         switch (gen->state) {
         case AGEN_GEN_RUNNING:
         case AGEN_GEN_CLOSING:
@@ -698,24 +900,71 @@ _public_ int agen_gen_anext(agen_gen *gen, agen_next_cb cb, void *userdata) {
                         return -ESTALE;
                 break;
         case AGEN_GEN_CREATED:
-                /* firstiter: from now on the loop answers for its cleanup. */
-                gen_link_live(gen);
+                /* PEP 525: a just-started generator has no yield to receive a value. */
+                if (sent)
+                        return -EINVAL;
                 break;
         default:
                 assert_not_reached();
         }
 
-        gen->state = AGEN_GEN_RUNNING;
+        char *msg = NULL;
+        if (thrown_message && !(msg = strdup(thrown_message)))
+                return -ENOMEM;
+
+        atomic_fetch_add(&gen->n_ref, 1);
         gen->next_cb = cb;
         gen->next_userdata = userdata;
-        agen_gen_ref(gen);
+        if (thrown && gen->state == AGEN_GEN_CREATED) {
+                /* Thrown into a generator that never ran: it ends at once, with the error,
+                 * without running anything (as Python's athrow on an unstarted one). */
+                gen->state = AGEN_GEN_RUNNING;
+                gen->close_requested = true;
+                gen->result = thrown;
+                gen->value = NULL;
+                free(gen->message);
+                gen->message = msg;
+                gen_schedule(gen, ACT_NEXT_DONE);
+                return 0;
+        }
+        if (gen->state == AGEN_GEN_CREATED)
+                /* firstiter: from now on the loop answers for its cleanup. */
+                gen_link_live(gen);
+        gen->state = AGEN_GEN_RUNNING;
+        gen->sent = sent;
+        gen->thrown = thrown;
+        free(gen->thrown_message);
+        gen->thrown_message = msg;
         gen_schedule(gen, ACT_STEP);
         return 0;
 }
 
+_public_ int agen_gen_anext(agen_gen *gen, agen_next_cb cb, void *userdata) {
+        assert_return(gen, -EINVAL);
+        if (gen_forked(gen))
+                return -ECHILD;
+        return gen_start_step(gen, NULL, 0, NULL, cb, userdata);
+}
+
+_public_ int agen_gen_asend(agen_gen *gen, const void *value, agen_next_cb cb, void *userdata) {
+        assert_return(gen, -EINVAL);
+        if (gen_forked(gen))
+                return -ECHILD;
+        return gen_start_step(gen, value, 0, NULL, cb, userdata);
+}
+
+_public_ int agen_gen_athrow(agen_gen *gen, int error, const char *message, agen_next_cb cb, void *userdata) {
+        assert_return(gen, -EINVAL);
+        assert_return(error < 0, -EINVAL);
+        if (gen_forked(gen))
+                return -ECHILD;
+        return gen_start_step(gen, NULL, error, message, cb, userdata);
+}
+
 _public_ int agen_gen_aclose(agen_gen *gen, agen_close_cb cb, void *userdata) {
         assert_return(gen, -EINVAL);
-        loop_state_note_thread(gen->st);
+        if (gen_forked(gen))
+                return -ECHILD;
 
         int added = gen_add_waiter(gen, cb, userdata, false);
         if (added < 0)
@@ -734,10 +983,13 @@ _public_ int agen_gen_aclose(agen_gen *gen, agen_close_cb cb, void *userdata) {
                         gen_start_close(gen);
                 return 0;
         case AGEN_GEN_RUNNING:
-                /* anchors §3 item 4: refused while running; we queue it for the step's end. */
+                /* The step in progress is cancelled (if the generator can be); its callback
+                 * fires first, then the close runs. Returns 0 as every other case: a close
+                 * that waits for a step is no failure (see AGEN_DEFERRED in agen.h). */
                 gen->close_requested = true;
                 gen->close_deferred = true;
-                return AGEN_DEFERRED;
+                gen_request_cancel(gen);
+                return 0;
         case AGEN_GEN_CLOSING:
                 return 0;
         case AGEN_GEN_CLOSED:
@@ -753,7 +1005,12 @@ _public_ int agen_loop_set_exception_handler(struct ev_loop *loop, agen_exceptio
                                              void *userdata) {
         assert_return(loop, -EINVAL);
 
+        pthread_once(&fork_hooks_once, register_fork_hooks);
         pthread_mutex_lock(&registry_lock);
+        if (loop_state_inherited_locked(loop) && !loop_state_find_locked(loop)) {
+                pthread_mutex_unlock(&registry_lock);
+                return -ECHILD;
+        }
         LoopState *st = loop_state_acquire_locked(loop);
         if (!st) {
                 pthread_mutex_unlock(&registry_lock);
@@ -766,6 +1023,35 @@ _public_ int agen_loop_set_exception_handler(struct ev_loop *loop, agen_exceptio
                 st->n_ref++;
         } else if (!handler && st->handler_pinned) {
                 st->handler_pinned = false;
+                loop_state_unref_locked(st);
+        }
+        loop_state_unref_locked(st);
+        pthread_mutex_unlock(&registry_lock);
+        return 0;
+}
+
+_public_ int agen_loop_set_finalizer_warning(struct ev_loop *loop, agen_finalizer_warning warning,
+                                             void *userdata) {
+        assert_return(loop, -EINVAL);
+
+        pthread_once(&fork_hooks_once, register_fork_hooks);
+        pthread_mutex_lock(&registry_lock);
+        if (loop_state_inherited_locked(loop) && !loop_state_find_locked(loop)) {
+                pthread_mutex_unlock(&registry_lock);
+                return -ECHILD;
+        }
+        LoopState *st = loop_state_acquire_locked(loop);
+        if (!st) {
+                pthread_mutex_unlock(&registry_lock);
+                return -ENOMEM;
+        }
+        st->warning = warning;
+        st->warning_userdata = warning ? userdata : NULL;
+        if (warning && !st->warning_pinned) {
+                st->warning_pinned = true;
+                st->n_ref++;
+        } else if (!warning && st->warning_pinned) {
+                st->warning_pinned = false;
                 loop_state_unref_locked(st);
         }
         loop_state_unref_locked(st);
@@ -813,7 +1099,9 @@ static void gen_abandon(agen_gen *g) {
         if (g->ops->abandon)
                 g->ops->abandon(g, g->userdata);
         g->co.kind = CO_NONE;
-        g->pending &= ~(unsigned) (ACT_STEP | ACT_CLOSE);
+        g->pending &= ~(unsigned) (ACT_STEP | ACT_CLOSE | ACT_CANCEL);
+        g->cancel_requested = false;
+        g->throw_closing = false;
 
         switch (g->state) {
         case AGEN_GEN_RUNNING:
@@ -853,13 +1141,20 @@ _public_ int agen_loop_shutdown(struct ev_loop *loop, double timeout) {
         LoopState *st = loop_state_find_locked(loop);
         if (st)
                 st->n_ref++;
+        bool inherited = !st && loop_state_inherited_locked(loop);
         pthread_mutex_unlock(&registry_lock);
+        if (inherited)
+                return -ECHILD;
         if (!st)
                 return 0;
+        LOOP_ENTER(loop);
 
         bool timed_out = false;
         ev_timer timer;
         if (timeout >= 0) {
+                /* The loop's clock is as old as its last iteration, which may be long ago:
+                 * the timeout counts from now. */
+                ev_now_update(loop);
                 ev_timer_init(&timer, shutdown_timer_cb, timeout, 0.);
                 timer.data = &timed_out;
                 ev_timer_start(loop, &timer);
@@ -869,8 +1164,9 @@ _public_ int agen_loop_shutdown(struct ev_loop *loop, double timeout) {
         /* timeout 0: no time to run the loop at all; everything live is abandoned. */
         for (; timeout != 0;) {
                 /* Repeat: a cleanup may start new generators (trio does the same). */
+                loop_state_process_drops(st);
                 shutdown_close_all(st);
-                if (!st->live && !st->queue_head)
+                if (!st->live && !st->queue_head && !st->batch)
                         break;
                 if (timed_out)
                         break;
@@ -881,10 +1177,8 @@ _public_ int agen_loop_shutdown(struct ev_loop *loop, double timeout) {
                 ev_timer_stop(loop, &timer);
 
         int remaining = 0;
+        loop_state_process_drops(st);
         if (st->live) {
-                /* Drops that arrived meanwhile are closed (and abandoned) with the rest. */
-                loop_state_process_drops(st);
-
                 unsigned n = st->n_live, k = 0;
                 agen_gen **v = calloc(n, sizeof(agen_gen *));
                 for (agen_gen *g = st->live; v && g; g = g->live_next)
@@ -893,11 +1187,11 @@ _public_ int agen_loop_shutdown(struct ev_loop *loop, double timeout) {
                 remaining = (int) n;
                 for (unsigned i = 0; i < k; i++) {
                         gen_abandon(v[i]);
-                        agen_gen_unref(v[i]);
+                        gen_unref_internal(v[i]);
                 }
                 free(v);
                 /* Deliver the callbacks of what was abandoned, without blocking. */
-                for (unsigned i = 0; st->queue_head && i < 64; i++)
+                for (unsigned i = 0; (st->queue_head || st->batch) && i < 64; i++)
                         ev_run(loop, EVRUN_NOWAIT);
         }
         st->shutdown_depth--;
@@ -909,8 +1203,15 @@ _public_ int agen_loop_shutdown(struct ev_loop *loop, double timeout) {
                 st->handler_userdata = NULL;
                 loop_state_unref_locked(st);
         }
+        if (!st->live && st->warning_pinned) {
+                st->warning_pinned = false;
+                st->warning = NULL;
+                st->warning_userdata = NULL;
+                loop_state_unref_locked(st);
+        }
         loop_state_unref_locked(st);
         pthread_mutex_unlock(&registry_lock);
+        LOOP_LEAVE();
         return remaining;
 }
 
@@ -940,15 +1241,38 @@ static void sync_close_cb(agen_gen *gen, int status, void *userdata) {
         sync_next_cb(gen, status, NULL, userdata);
 }
 
-static int sync_run(struct ev_loop *loop, SyncWait *w) {
-        while (!w->done)
-                if (ev_run(loop, EVRUN_ONCE) == 0 && !w->done)
-                        return -EDEADLK;
-        return 0;
+static int sync_run(struct ev_loop *loop, SyncWait *w, double timeout) {
+        LOOP_ENTER(loop);
+        bool timed_out = false;
+        ev_timer timer;
+        int r = 0;
+
+        if (timeout >= 0) {
+                ev_now_update(loop);
+                ev_timer_init(&timer, shutdown_timer_cb, timeout, 0.);
+                timer.data = &timed_out;
+                ev_timer_start(loop, &timer);
+        }
+        while (!w->done) {
+                if (timed_out) {
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                if (ev_run(loop, EVRUN_ONCE) == 0 && !w->done && !timed_out) {
+                        r = -EDEADLK;
+                        break;
+                }
+        }
+        if (timeout >= 0)
+                ev_timer_stop(loop, &timer);
+        LOOP_LEAVE();
+        return r;
 }
 
-_public_ int agen_gen_next_sync(agen_gen *gen, const void **ret_value) {
+_public_ int agen_gen_next_sync_timeout(agen_gen *gen, double timeout, const void **ret_value) {
         assert_return(gen, -EINVAL);
+        if (gen_forked(gen))
+                return -ECHILD;
 
         SyncWait *w = malloc(sizeof(*w));
         if (!w)
@@ -959,7 +1283,16 @@ _public_ int agen_gen_next_sync(agen_gen *gen, const void **ret_value) {
                 free(w);
                 return r;
         }
-        r = sync_run(gen->st->loop, w);
+        r = sync_run(gen->st->loop, w, timeout);
+        if (r == -ETIMEDOUT && gen->state == AGEN_GEN_RUNNING) {
+                /* As asyncio.wait_for() on __anext__(): the step is cancelled and the
+                 * generator closed. A generator that can be cancelled ends its step at once,
+                 * so its callback is waited for. */
+                gen->close_requested = gen->close_deferred = true;
+                gen_request_cancel(gen);
+                if (gen->cancel_requested)
+                        (void) sync_run(gen->st->loop, w, -1);
+        }
         if (r >= 0) {
                 r = w->status;
                 if (r == 0 && ret_value)
@@ -969,8 +1302,14 @@ _public_ int agen_gen_next_sync(agen_gen *gen, const void **ret_value) {
         return r;
 }
 
-_public_ int agen_gen_close_sync(agen_gen *gen) {
+_public_ int agen_gen_next_sync(agen_gen *gen, const void **ret_value) {
+        return agen_gen_next_sync_timeout(gen, -1, ret_value);
+}
+
+_public_ int agen_gen_close_sync_timeout(agen_gen *gen, double timeout) {
         assert_return(gen, -EINVAL);
+        if (gen_forked(gen))
+                return -ECHILD;
 
         SyncWait *w = malloc(sizeof(*w));
         if (!w)
@@ -981,9 +1320,18 @@ _public_ int agen_gen_close_sync(agen_gen *gen) {
                 free(w);
                 return r;
         }
-        r = sync_run(gen->st->loop, w);
+        /* On a timeout the close goes on in the loop. */
+        r = sync_run(gen->st->loop, w, timeout);
         if (r >= 0)
                 r = w->status;
         sync_wait_unref(w);
         return r;
+}
+
+_public_ int agen_gen_close_sync(agen_gen *gen) {
+        return agen_gen_close_sync_timeout(gen, -1);
+}
+
+const agen_gen_ops *gen_get_ops(agen_gen *gen) {
+        return gen->ops;
 }

@@ -22,8 +22,16 @@
 
 #define RECONNECT_FIRST 0.05   /* s, doubled on each failure */
 #define RECONNECT_MAX 1.0      /* s between attempts */
-#define RECONNECT_WINDOW 60.0  /* s: give up (LOST) after this long without the daemon */
 #define ABANDON_RELEASE_TIMEOUT 0.2
+/* s past opts.timeout (or try_once) after which the client ends a wait the daemon has not
+ * answered (a stopped daemon): the daemon's own Timeout normally comes first. */
+#define ACQUIRE_TIMEOUT_SLACK 0.5
+#define DISCONNECTED_REASON "connection to agend lost"
+
+/* s: give up (LOST, or a failed release) after this long without the daemon. Bounded so a
+ * holder hears LOST in bounded time; 15 s covers a restart within agend's default grace
+ * (10 s). A variable so that tests can shorten it. */
+double lease_reconnect_window = 15.0;
 
 typedef struct LeaseEvent LeaseEvent;
 struct LeaseEvent {
@@ -52,6 +60,8 @@ typedef struct Lease {
 
         LeasePhase phase;
         bool granted;       /* was granted once: reconnecting means reclaiming */
+        bool rewatching;    /* a detached lease watched again after DISCONNECTED: its first
+                             * Watch reply says it is still there (RECLAIMED) */
         bool finished;      /* no more events will come */
         int end_error;      /* the step after the events fails with it (0: returns) */
         char *end_message;
@@ -70,12 +80,15 @@ typedef struct Lease {
         agen_co *step;      /* a step waiting for an event */
         agen_co *closing;   /* the close in progress */
         agen_lease_event current;
-        char *current_reason;
+
+        LeaseEvent *kept;   /* delivered events with a reason: event.reason outlives the step */
 
         ev_timer renew_timer;
-        ev_timer retry_timer;
+        ev_timer retry_timer;  /* reconnecting, or retrying the Release */
+        ev_timer acquire_timer; /* the client's own bound on opts.timeout */
         double backoff;
         ev_tstamp reconnect_deadline;
+        ev_tstamp release_deadline;
 } Lease;
 
 static void lease_send_acquire(Lease *l);
@@ -90,6 +103,7 @@ static const char *const event_type_table[_AGEN_LEASE_EVENT_TYPE_MAX] = {
         [AGEN_LEASE_LOST] = "lost",
         [AGEN_LEASE_REVOKED] = "revoked",
         [AGEN_LEASE_EXPIRED] = "expired",
+        [AGEN_LEASE_DISCONNECTED] = "disconnected",
 };
 
 _public_ const char *agen_lease_event_type_to_string(agen_lease_event_type type) {
@@ -103,6 +117,8 @@ static void lease_stop_timers(Lease *l) {
                 ev_timer_stop(l->loop, &l->renew_timer);
         if (ev_is_active(&l->retry_timer) || ev_is_pending(&l->retry_timer))
                 ev_timer_stop(l->loop, &l->retry_timer);
+        if (ev_is_active(&l->acquire_timer) || ev_is_pending(&l->acquire_timer))
+                ev_timer_stop(l->loop, &l->acquire_timer);
 }
 
 static void lease_cancel_control(Lease *l) {
@@ -130,16 +146,20 @@ static void lease_deliver(Lease *l) {
                 l->events = e->next;
                 if (!l->events)
                         l->events_tail = &l->events;
-                free(l->current_reason);
-                l->current_reason = e->reason;
                 l->current = (agen_lease_event) {
                         .type = e->type,
                         .id = l->id,
                         .token = l->token,
                         .position = e->position,
-                        .reason = l->current_reason,
+                        .reason = e->type == AGEN_LEASE_DISCONNECTED ? DISCONNECTED_REASON : e->reason,
                 };
-                free(e);
+                if (e->reason) {
+                        /* Kept until the generator is freed: few events have a reason
+                         * (the last one, a failed reclaim), so this does not grow. */
+                        e->next = l->kept;
+                        l->kept = e;
+                } else
+                        free(e);
                 (void) agen_co_yield(co, &l->current);
         } else if (l->finished) {
                 if (l->end_error < 0)
@@ -151,7 +171,7 @@ static void lease_deliver(Lease *l) {
 }
 
 static void lease_emit(Lease *l, agen_lease_event_type type, unsigned position, const char *reason) {
-        if (IN_SET(type, AGEN_LEASE_QUEUED, AGEN_LEASE_RENEWED)) {
+        if (IN_SET(type, AGEN_LEASE_QUEUED, AGEN_LEASE_RENEWED) || type == AGEN_LEASE_DISCONNECTED) {
                 /* Only the latest position matters, and renewals nobody has read yet are
                  * one renewal: a lease nobody steps does not pile up events. */
                 for (LeaseEvent *e = l->events; e; e = e->next)
@@ -230,9 +250,14 @@ static void lease_retry_later(Lease *l) {
 
 static void lease_start_reconnect(Lease *l) {
         if (l->phase != LEASE_RECONNECTING) {
+                if (l->granted)
+                        /* Said at once: until RECLAIMED the holder must assume the lease
+                         * may be gone (with --grace 0 another holder may have it now). */
+                        lease_emit(l, AGEN_LEASE_DISCONNECTED, 0, NULL);
                 l->phase = LEASE_RECONNECTING;
                 l->backoff = RECONNECT_FIRST;
-                l->reconnect_deadline = ev_now(l->loop) + RECONNECT_WINDOW;
+                ev_now_update(l->loop);
+                l->reconnect_deadline = ev_now(l->loop) + lease_reconnect_window;
         }
         lease_drop_conn(l);
         lease_retry_later(l);
@@ -244,6 +269,8 @@ static void reclaim_reply(Conn *c, int status, const char *error_name, json_obje
         l->call = NULL;
         if (status < 0 && !error_name)
                 return; /* the connection ended: lease_conn_end() retries */
+        if (l->phase != LEASE_RECONNECTING)
+                return; /* closing meanwhile */
         if (status < 0) {
                 char reason[256];
                 snprintf(reason, sizeof(reason), "not reclaimed after a daemon restart: %s", error_name);
@@ -254,10 +281,18 @@ static void reclaim_reply(Conn *c, int status, const char *error_name, json_obje
         lease_send_watch(l);
 }
 
+static void lease_send_release(Lease *l);
+
 static void lease_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Lease *l = container_of(w, Lease, retry_timer);
 
-        int r = lease_connect(l);
+        if (l->phase == LEASE_RELEASING)
+                return lease_send_release(l);
+        if (l->phase != LEASE_RECONNECTING)
+                return;
+        /* Checked before each attempt: a connect that is accepted late (backlog full)
+         * and then fails must not extend the window either. */
+        int r = ev_now(loop) < l->reconnect_deadline ? lease_connect(l) : -EHOSTUNREACH;
         if (r < 0) {
                 if (ev_now(loop) < l->reconnect_deadline)
                         return lease_retry_later(l);
@@ -273,6 +308,7 @@ static void lease_retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         if (l->opts.detached) {
                 /* A detached lease is not bound to a connection: watching it again is all. */
                 l->phase = LEASE_HELD;
+                l->rewatching = true;
                 lease_send_watch(l);
                 return;
         }
@@ -352,7 +388,12 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
         if (!continues)
                 /* The Watch of a lease ends with the lease; an end without its event is
                  * still an end. */
-                lease_end_with(l, AGEN_LEASE_LOST, "watch ended");
+                return lease_end_with(l, AGEN_LEASE_LOST, "watch ended");
+        if (l->rewatching) {
+                /* Watched again and not ended: the holder may stop assuming it lost it. */
+                l->rewatching = false;
+                lease_emit(l, AGEN_LEASE_RECLAIMED, 0, NULL);
+        }
 }
 
 static void lease_send_watch(Lease *l) {
@@ -399,6 +440,8 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
                 l->call = NULL;
         if (status < 0 && !error_name)
                 return; /* the connection ended: lease_conn_end() */
+        if (l->phase != LEASE_WAITING)
+                return;
         if (status < 0) {
                 char msg[256];
                 snprintf(msg, sizeof(msg), "acquiring \"%s\": %s", l->resource, error_name);
@@ -418,6 +461,8 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 
         l->granted = true;
         l->phase = LEASE_HELD;
+        if (ev_is_active(&l->acquire_timer))
+                ev_timer_stop(l->loop, &l->acquire_timer);
         lease_emit(l, AGEN_LEASE_GRANTED, 0, NULL);
         if (l->ttl > 0) {
                 double every = l->ttl / 3;
@@ -465,30 +510,98 @@ static void lease_step(agen_gen *gen, agen_co *co, void *userdata) {
                 int r = lease_connect(l);
                 if (r < 0)
                         return lease_finish(l, r, "cannot connect to agend");
+                if (l->opts.try_once || l->opts.timeout > 0) {
+                        ev_now_update(l->loop);
+                        ev_timer_set(&l->acquire_timer, (l->opts.try_once ? 0 : l->opts.timeout) + ACQUIRE_TIMEOUT_SLACK,
+                                     0.);
+                        ev_timer_start(l->loop, &l->acquire_timer);
+                }
                 lease_send_acquire(l);
                 return;
         }
         lease_deliver(l);
 }
 
-static void release_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
-                          void *userdata) {
+static void lease_acquire_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+        Lease *l = container_of(w, Lease, acquire_timer);
+        if (l->granted || l->finished)
+                return;
+        /* Closing the connection leaves the queue (or releases a grant we did not read). */
+        lease_finish(l, -ETIMEDOUT, "agend did not answer the Acquire within its timeout");
+}
+
+/* Interrupts a waiting step (agen_gen_ops.cancel). Waiting for the grant, the wait is
+ * over: closing the lease connection is leaving the queue, so nothing is granted to it.
+ * Held, the step stops waiting for the next event; the close that follows releases. */
+static void lease_cancel(agen_gen *gen, agen_co *co, void *userdata) {
         Lease *l = userdata;
+
+        if (l->step != co)
+                return;
+        l->step = NULL;
+        if (!l->granted && !l->finished) {
+                lease_stop_timers(l);
+                lease_cancel_control(l);
+                lease_drop_conn(l);
+                l->finished = true;
+                l->phase = LEASE_ENDED;
+        }
+        (void) agen_co_fail(co, -ECANCELED, "lease step cancelled");
+}
+
+static void lease_release_done(Lease *l, int status, const char *why) {
         agen_co *co = TAKE_PTR(l->closing);
 
-        l->control_call = NULL;
-        l->control = conn_unref(l->control);
+        if (ev_is_active(&l->retry_timer))
+                ev_timer_stop(l->loop, &l->retry_timer);
         lease_drop_conn(l);
         l->phase = LEASE_CLOSED;
-        /* NoSuchLease: it ended meanwhile, which is what we asked for. */
-        if (status >= 0 || status == -ENOENT) {
+        if (status >= 0) {
                 (void) agen_co_return(co);
                 return;
         }
         char msg[256];
-        snprintf(msg, sizeof(msg), "releasing lease %s: %s", l->id,
-                 error_name ?: "connection to agend lost, the daemon releases it after its grace period");
+        snprintf(msg, sizeof(msg), "releasing lease %s: %s", l->id, why);
         (void) agen_co_fail(co, status, msg);
+}
+
+/* The Release could not reach agend (down, restarting): try again as it comes back, so a
+ * lease restored by a restarted agend (or a detached one) does not outlive its close. */
+static void lease_release_retry(Lease *l, int error) {
+        if (ev_now(l->loop) >= l->release_deadline)
+                return lease_release_done(l, error,
+                                          "agend unreachable; a bound lease is released after its grace period");
+        ev_timer_set(&l->retry_timer, l->backoff, 0.);
+        ev_timer_start(l->loop, &l->retry_timer);
+        l->backoff = MIN(l->backoff * 2, RECONNECT_MAX);
+}
+
+static void release_reply(Conn *c, int status, const char *error_name, json_object *params, bool continues,
+                          void *userdata) {
+        Lease *l = userdata;
+
+        l->control_call = NULL;
+        l->control = conn_unref(l->control);
+        if (status < 0 && !error_name)
+                return lease_release_retry(l, status); /* the connection ended */
+        /* NoSuchLease: it ended meanwhile, which is what we asked for. */
+        lease_release_done(l, status == -ENOENT ? 0 : status, strempty(error_name));
+}
+
+static void lease_send_release(Lease *l) {
+        Conn *c;
+        int r = client_control(l->client, &c);
+        if (r >= 0) {
+                r = lease_call(c, "io.agend.Lease.Release", lease_id_params(l, false), 0, release_reply, l,
+                               &l->control_call);
+                if (r >= 0) {
+                        l->control = conn_ref(c);
+                        return;
+                }
+        }
+        if (r == -ENOMEM)
+                return lease_release_done(l, r, strerror(-r));
+        lease_release_retry(l, r);
 }
 
 static void lease_close(agen_gen *gen, agen_co *co, void *userdata) {
@@ -504,27 +617,18 @@ static void lease_close(agen_gen *gen, agen_co *co, void *userdata) {
                 return;
         }
 
-        /* A Renew in flight is answered before the Release (one connection, in order). */
+        /* A Renew in flight is answered before the Release (one connection, in order). A
+         * Watch or Reclaim in flight on the lease connection is answered to nobody. */
         lease_cancel_control(l);
+        if (l->call && conn_is_open(l->conn))
+                conn_call_cancel(l->call);
+        l->call = NULL;
         l->closing = co;
         l->phase = LEASE_RELEASING;
-        Conn *c;
-        int r = client_control(l->client, &c);
-        if (r >= 0) {
-                r = lease_call(c, "io.agend.Lease.Release", lease_id_params(l, false), 0, release_reply, l,
-                               &l->control_call);
-                if (r >= 0) {
-                        l->control = conn_ref(c);
-                        return;
-                }
-        }
-        /* No control connection: closing ours releases a bound lease (EOF), unconfirmed. */
-        l->closing = NULL;
-        lease_drop_conn(l);
-        l->phase = LEASE_CLOSED;
-        char msg[256];
-        snprintf(msg, sizeof(msg), "releasing lease %s: %s", l->id, strerror(-r));
-        (void) agen_co_fail(co, r, msg);
+        l->backoff = RECONNECT_FIRST;
+        ev_now_update(l->loop);
+        l->release_deadline = ev_now(l->loop) + lease_reconnect_window;
+        lease_send_release(l);
 }
 
 static void lease_abandon(agen_gen *gen, void *userdata) {
@@ -552,23 +656,27 @@ static void lease_abandon(agen_gen *gen, void *userdata) {
         l->phase = LEASE_CLOSED;
 }
 
+static void lease_events_free(LeaseEvent *e) {
+        while (e) {
+                LeaseEvent *next = e->next;
+                free(e->reason);
+                free(e);
+                e = next;
+        }
+}
+
 static void lease_destroy(void *userdata) {
         Lease *l = userdata;
 
         lease_stop_timers(l);
         lease_cancel_control(l);
         lease_drop_conn(l);
-        while (l->events) {
-                LeaseEvent *e = l->events;
-                l->events = e->next;
-                free(e->reason);
-                free(e);
-        }
+        lease_events_free(l->events);
+        lease_events_free(l->kept);
         if (l->secret)
                 explicit_bzero(l->secret, strlen(l->secret));
         free(l->secret);
         free(l->id);
-        free(l->current_reason);
         free(l->end_message);
         free(l->resource);
         free(l->description);
@@ -581,6 +689,7 @@ static const agen_gen_ops lease_ops = {
         .close = lease_close,
         .abandon = lease_abandon,
         .destroy = lease_destroy,
+        .cancel = lease_cancel,
 };
 
 _public_ int agen_lease_new(agen_client *client, const char *resource, const agen_lease_opts *opts,
@@ -588,6 +697,8 @@ _public_ int agen_lease_new(agen_client *client, const char *resource, const age
         assert_return(client, -EINVAL);
         assert_return(resource && *resource, -EINVAL);
         assert_return(ret, -EINVAL);
+        if (client_is_forked(client))
+                return -ECHILD;
         if (opts) {
                 assert_return(isfinite(opts->timeout) && opts->timeout >= 0, -EINVAL);
                 assert_return(isfinite(opts->ttl) && opts->ttl >= 0, -EINVAL);
@@ -614,6 +725,7 @@ _public_ int agen_lease_new(agen_client *client, const char *resource, const age
         }
         ev_timer_init(&l->renew_timer, lease_renew_cb, 0., 0.);
         ev_timer_init(&l->retry_timer, lease_retry_cb, 0., 0.);
+        ev_timer_init(&l->acquire_timer, lease_acquire_timer_cb, 0., 0.);
 
         agen_gen *g;
         int r = agen_gen_new(l->loop, &lease_ops, l, &g);
@@ -637,4 +749,18 @@ _public_ agen_gen *agen_lease(agen_client *client, const char *resource, const a
                 return NULL;
         }
         return g;
+}
+
+_public_ int agen_lease_get_current(agen_gen *lease, const char **ret_id, uint64_t *ret_token) {
+        assert_return(lease, -EINVAL);
+        assert_return(gen_get_ops(lease) == &lease_ops, -EINVAL);
+        Lease *l = agen_gen_get_userdata(lease);
+
+        if (!l->granted || l->finished || l->phase == LEASE_CLOSED)
+                return -ENODATA;
+        if (ret_id)
+                *ret_id = l->id;
+        if (ret_token)
+                *ret_token = l->token;
+        return 0;
 }

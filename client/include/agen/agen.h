@@ -15,7 +15,15 @@
  *     both accept NULL. The runtime holds its own reference while one of your callbacks
  *     runs, so dropping your last reference inside a callback is safe.
  *   - Unless a call says "any thread", call it on the thread that runs the generator's
- *     loop. agen_gen_ref() and agen_gen_unref() may be called from any thread.
+ *     loop. agen_gen_ref() and agen_gen_unref() may be called from any thread. A loop may
+ *     move to another thread between runs; a last unref from any thread outside the loop's
+ *     own run wakes the loop through an ev_async, wherever it runs.
+ *   - fork() without exec: in the child, every client, generator and per-loop state
+ *     inherited from the parent is dead (as sd-bus does). Calls on them return -ECHILD
+ *     and send nothing; ref/unref do nothing (nothing is closed, released or freed in the
+ *     child); the sockets of inherited connections are closed in the child at fork time,
+ *     so a child neither reads the parent's events nor keeps a dead parent's bound lease
+ *     alive. A child makes its own loop and client (ev_loop_fork() does not revive ours).
  *
  * The semantics mirror Python's async generators (PEP 525) and asyncio's hooks: the first
  * agen_gen_anext() registers the generator in its loop's live set (firstiter); dropping the
@@ -38,8 +46,11 @@ typedef struct agen_co agen_co;
 
 /* Status passed to an agen_next_cb: the generator finished (like StopAsyncIteration). */
 #define AGEN_STOP 1
-/* Returned by agen_gen_aclose() when a step is running: the close starts when the step
- * has ended (its agen_next_cb fires first); the agen_close_cb fires after the close. */
+/* Was returned by agen_gen_aclose() while a step ran, a positive success code that
+ * `if (r != 0)` misread as a failure. agen_gen_aclose() now returns 0 then too (the step
+ * is cancelled if the generator can be, its agen_next_cb fires first, the close after);
+ * agen_gen_get_state() still says AGEN_GEN_RUNNING right after such a close. Kept so
+ * that code naming it still compiles; never returned. */
 #define AGEN_DEFERRED 2
 
 typedef enum agen_gen_state {
@@ -90,6 +101,21 @@ typedef struct agen_gen_ops {
          * never started or has finished, this may run on the thread that dropped the last
          * reference. */
         void (*destroy)(void *userdata);
+        /* Optional: cancels the step in progress (co is its completion handle), as Python
+         * raises CancelledError at the await where a generator waits. Called on the loop,
+         * never inside a call of yours, when a close must not wait for the step:
+         * agen_gen_aclose(), the finalizer, agen_loop_shutdown(), a _sync timeout. It
+         * should complete co at once: agen_co_fail(co, -ECANCELED, ...) = interrupted, the
+         * generator still holds what it held, and its close runs next (the step's callback
+         * gets -ECANCELED first); or a yield/return if the step had its result anyway.
+         * Without it, a close waits for the step to end. */
+        void (*cancel)(agen_gen *gen, agen_co *co, void *userdata);
+        /* Optional: agen_gen_athrow() raises error at the generator's suspension point.
+         * Complete co as a step: handled (agen_co_yield(), agen_co_return()), or raised
+         * (agen_co_fail(), the generator is finished and must have freed what it held).
+         * NULL = not handled: the error unwinds the generator, its close runs, and the
+         * step fails with error (or with the close's own error). */
+        void (*athrow)(agen_gen *gen, agen_co *co, int error, const char *message, void *userdata);
 } agen_gen_ops;
 
 /* Makes a generator on loop, in state CREATED, with one reference owned by the caller.
@@ -106,6 +132,10 @@ int agen_co_return(agen_co *co);
 int agen_co_fail(agen_co *co, int error, const char *message);
 /* The generator co belongs to (not a new reference). */
 agen_gen *agen_co_get_gen(agen_co *co);
+/* In a step: the value agen_gen_asend() sent into it (the value of Python's `yield`
+ * expression); NULL for agen_gen_anext(). Owned by the sender; valid until the step
+ * completes (also from a later callback of a step that completes asynchronously). */
+const void *agen_co_get_sent(agen_co *co);
 
 /* Resumes the generator to its next yield. cb fires once, from the loop, with the result
  * (see agen_next_cb); cb may be NULL, then a failure goes to the exception handler.
@@ -114,20 +144,54 @@ agen_gen *agen_co_get_gen(agen_co *co);
  * -ESTALE once the generator is closed, finished, or a close was requested. */
 int agen_gen_anext(agen_gen *gen, agen_next_cb cb, void *userdata);
 
+/* PEP 525 asend(): resumes the generator with value, which its step reads with
+ * agen_co_get_sent() (value must stay valid until cb fires). Otherwise as
+ * agen_gen_anext(); -EINVAL for a non-NULL value into a created (never stepped)
+ * generator, which has no yield to receive it. */
+int agen_gen_asend(agen_gen *gen, const void *value, agen_next_cb cb, void *userdata);
+
+/* PEP 525 athrow(): raises error (< 0; message may be NULL, copied) at the generator's
+ * suspension point; its athrow op handles it (see agen_gen_ops), or, without one, its
+ * cleanup runs and cb gets error. A created generator ends at once with error and runs
+ * nothing. Results and errors as agen_gen_anext(). */
+int agen_gen_athrow(agen_gen *gen, int error, const char *message, agen_next_cb cb, void *userdata);
+
 /* Closes the generator: runs its cleanup on the loop if it was started and has not
  * finished, otherwise runs nothing. cb (may be NULL) fires once, from the loop, when the
- * generator is closed. Returns 0; AGEN_DEFERRED if a step is running (the close starts
- * when it ends, cb fires then); -EINVAL. Closing a closing or closed generator succeeds:
- * cb fires when the close in progress ends (with its status), or at once with 0. */
+ * generator is closed. If a step is running it is cancelled (agen_gen_ops.cancel; without
+ * that op the close waits for the step): the step's agen_next_cb fires first (with
+ * -ECANCELED when cancelled), then the cleanup runs, then cb. Returns 0 (also when a step
+ * was running: see AGEN_DEFERRED), -EINVAL, -ENOMEM, -ECHILD. Closing a closing or closed
+ * generator succeeds: cb fires when the close in progress ends (with its status), or at
+ * once with 0. */
 int agen_gen_aclose(agen_gen *gen, agen_close_cb cb, void *userdata);
 
+/* A scoped close, like Python's contextlib.aclosing(): agen_gen_aclose() without a
+ * callback (a cleanup error goes to the exception handler), then agen_gen_unref().
+ * Returns NULL. With AGEN_CLEANUP_ACLOSE on a variable, leaving its scope does this:
+ *     AGEN_CLEANUP_ACLOSE agen_gen *lease = agen_lease(client, "gpu", NULL);
+ * The close runs on the loop after the scope is left; nothing warns about it (it was
+ * not forgotten). On the loop's thread. */
+agen_gen *agen_gen_aclose_unref(agen_gen *gen);
+static inline void agen_gen_aclose_unrefp(agen_gen **gen) {
+        if (gen && *gen)
+                *gen = agen_gen_aclose_unref(*gen);
+}
+#if defined(__GNUC__) || defined(__clang__)
+#define AGEN_CLEANUP_ACLOSE __attribute__((__cleanup__(agen_gen_aclose_unrefp)))
+#endif
+
 /* Any thread. agen_gen_unref() of the last reference of a started, unfinished generator
- * does not free it (the finalizer): on the loop's thread it queues the close on the loop
- * (the pending close keeps ev_run() running until it is done); from another thread it hands
- * the generator over through an ev_async, which wakes the loop if it runs (if it does not,
- * the close runs when it runs again, or in agen_loop_shutdown()). The loop closes it,
- * reports a cleanup error to the exception handler, then frees it. Nothing of the
- * generator runs inside agen_gen_unref(), and its cleanup never runs on another thread. */
+ * does not free it (the finalizer): inside the loop's own run (a callback) it queues the
+ * close on the loop (the pending close keeps ev_run() running until it is done);
+ * anywhere else it hands the generator over through an ev_async, which wakes the loop
+ * on whatever thread runs it (if none does, the close runs when it runs again, or in
+ * agen_loop_shutdown()). A step in progress is cancelled (agen_gen_ops.cancel): the
+ * program gave the generator up, so a waiting lease leaves its queue and is never
+ * granted. The loop closes it, reports a cleanup error to the exception handler, then
+ * frees it. Nothing of the generator runs inside agen_gen_unref(), and its cleanup never
+ * runs on another thread. The runtime's own references (while a step or close is in
+ * flight) keep the memory alive but do not count as the program's. */
 agen_gen *agen_gen_ref(agen_gen *gen);
 agen_gen *agen_gen_unref(agen_gen *gen);
 
@@ -151,6 +215,16 @@ typedef void (*agen_exception_handler)(struct ev_loop *loop, agen_gen *gen, int 
 int agen_loop_set_exception_handler(struct ev_loop *loop, agen_exception_handler handler,
                                     void *userdata);
 
+/* Python's ResourceWarning for an async generator nobody closed: called on the loop when
+ * the finalizer has to close a started, unfinished generator that was dropped without
+ * agen_gen_aclose() (just before its cleanup runs), so a program can find where it forgot
+ * to close. Off by default. gen is valid during the call. */
+typedef void (*agen_finalizer_warning)(struct ev_loop *loop, agen_gen *gen, void *userdata);
+
+/* Sets (NULL: clears) the loop's finalizer warning; it lasts as the exception handler
+ * does. Returns 0, -EINVAL, -ENOMEM. */
+int agen_loop_set_finalizer_warning(struct ev_loop *loop, agen_finalizer_warning warning, void *userdata);
+
 /* Number of live generators of loop: started, not yet closed. Any thread. */
 unsigned agen_loop_live(struct ev_loop *loop);
 
@@ -163,6 +237,11 @@ unsigned agen_loop_live(struct ev_loop *loop);
  * of this library stays registered on the loop. Returns the number of generators that did
  * not finish in time (>= 0), or -EINVAL. */
 int agen_loop_shutdown(struct ev_loop *loop, double timeout);
+/* Also for agen_loop_shutdown(): a step in progress is cancelled (agen_gen_ops.cancel),
+ * so waiting leases leave their queues at once; the timeout counts from the call (not
+ * from the loop's cached clock); it may be called from inside one of the loop's
+ * callbacks (the results already on their way are delivered). -ECHILD for a loop
+ * inherited across fork(). */
 
 /* ---- Blocking convenience ----------------------------------------------------------------
  * For programs that do not run the loop themselves: these run the generator's loop
@@ -173,8 +252,14 @@ int agen_loop_shutdown(struct ev_loop *loop, double timeout);
  * step), AGEN_STOP, or -errno (-EBUSY/-ESTALE as agen_gen_anext(), -EDEADLK if the loop ran
  * out of watchers before the step finished). ret_value may be NULL. */
 int agen_gen_next_sync(agen_gen *gen, const void **ret_value);
-/* Close: returns the close status (0 or -errno), or -EDEADLK as above. */
+/* Close: returns the close status (0 or -errno), or -EDEADLK as above. A step in
+ * progress is cancelled as by agen_gen_aclose(). */
 int agen_gen_close_sync(agen_gen *gen);
+/* The same with a limit of timeout seconds (< 0: none). On -ETIMEDOUT next cancels the
+ * step and closes the generator (as asyncio.wait_for() on __anext__()); close returns
+ * while the close goes on in the loop. */
+int agen_gen_next_sync_timeout(agen_gen *gen, double timeout, const void **ret_value);
+int agen_gen_close_sync_timeout(agen_gen *gen, double timeout);
 
 /* ---- The agend client ------------------------------------------------------------------ */
 
@@ -183,7 +268,9 @@ typedef struct agen_client agen_client;
 /* Opens a client of agend on loop. address: a socket path ("unix:PATH" and "@ABSTRACT"
  * work too); NULL = $AGEND_SOCKET if set, else the default (see agen_default_address()).
  * The control connection is opened here, so a daemon that is not there fails this call
- * (-ENOENT, -ECONNREFUSED, ...); later it is reopened on demand. loop NULL: the client
+ * (-ENOENT, -ECONNREFUSED, ...); later it is reopened on demand. No connect blocks: a
+ * daemon that does not accept (listen backlog full) is retried from the loop for up to
+ * 5 s, then the calls waiting on it fail with -ETIMEDOUT. loop NULL: the client
  * makes and owns a loop, for programs without one (use the *_sync calls); the last
  * agen_client_unref() then shuts that loop down (closing its leases) and destroys it.
  * The caller owns the one reference of *ret. */
@@ -266,13 +353,17 @@ typedef enum agen_lease_event_type {
         AGEN_LEASE_LOST,      /* ended otherwise (not reclaimed, released by another, ...) */
         AGEN_LEASE_REVOKED,   /* an administrator took it back */
         AGEN_LEASE_EXPIRED,   /* its TTL ran out */
+        AGEN_LEASE_DISCONNECTED, /* the connection to agend was lost: assume the lease may
+                                  * be lost (check with the fencing token) until RECLAIMED
+                                  * or LOST, which follows within about 15 s */
         _AGEN_LEASE_EVENT_TYPE_MAX,
         _AGEN_LEASE_EVENT_TYPE_FORCE_INT32 = INT32_MAX
 } agen_lease_event_type;
 
-/* The value a lease generator yields (agen_next_cb's value). Owned by the generator, valid
- * until its next step. LOST, REVOKED and EXPIRED are the last event: the step after
- * returns AGEN_STOP. */
+/* The value a lease generator yields (agen_next_cb's value). The struct is owned by the
+ * generator and valid until its next step; the strings it points to (id, reason) stay
+ * valid until the generator is freed. LOST, REVOKED and EXPIRED are the last event: the
+ * step after returns AGEN_STOP. */
 typedef struct agen_lease_event {
         agen_lease_event_type type;
         const char *id;     /* NULL before the grant */
@@ -284,13 +375,19 @@ typedef struct agen_lease_event {
 /* A lease as a generator on the client's loop. Nothing is sent before the first
  * agen_gen_anext(); it then opens the lease's own connection and asks for the lease:
  * steps yield QUEUED while it waits, then GRANTED, then (one per step, as they happen)
- * RENEWED, RECLAIMED, and finally LOST, REVOKED or EXPIRED; a step fails with the
- * Acquire error (-ETIMEDOUT, -ENXIO, -EPERM, -EUSERS, ...) if it is not granted. Its
+ * RENEWED, DISCONNECTED, RECLAIMED, and finally LOST, REVOKED or EXPIRED; a step fails
+ * with the Acquire error (-ETIMEDOUT, -ENXIO, -EPERM, -EUSERS, ...) if it is not granted.
+ * opts.timeout (and try_once) is also enforced here: a daemon that does not answer in
+ * time (stopped) fails the step with -ETIMEDOUT about 0.5 s after it.
+ * A waiting step is cancellable: closing or dropping the generator while it waits leaves
+ * the queue at once (the step gets -ECANCELED) and nothing is ever granted to it. Its
  * cleanup (agen_gen_aclose(), the finalizer, agen_loop_shutdown()) is the release round
- * trip: Release on the client's control connection, then the lease connection is closed.
+ * trip: Release on the client's control connection, then the lease connection is closed;
+ * if agend is unreachable then, the Release is retried as it comes back (for about 15 s).
  * If even that cannot run (abandoned at shutdown), closing the lease connection releases
- * a bound lease. After a daemon restart it reconnects with back-off and reclaims the
- * lease (RECLAIMED), or ends with LOST. The caller owns the reference of *ret; the
+ * a bound lease. When the connection to agend is lost it yields DISCONNECTED at once,
+ * reconnects with back-off and reclaims the lease (RECLAIMED), or ends with LOST (not
+ * reclaimed, or agend unreachable for about 15 s). The caller owns the reference of *ret; the
  * generator holds the client. resource and opts are copied; opts may be NULL.
  * Threads: freeing a lease generator may free its client, so drop the last reference of a
  * lease generator that is closed or was never started on the loop's thread (a started,
@@ -303,6 +400,12 @@ agen_gen *agen_lease(agen_client *client, const char *resource, const agen_lease
 
 /* "queued", "granted", ...; NULL for an invalid value. Static string. */
 const char *agen_lease_event_type_to_string(agen_lease_event_type type);
+
+/* The lease a lease generator holds now: 0 and its id (valid until the generator is
+ * freed) and fencing token; -ENODATA when it holds none (not yet granted, or ended or
+ * closed; a DISCONNECTED lease still counts as held until LOST); -EINVAL if lease is not
+ * a lease generator. Either pointer may be NULL. */
+int agen_lease_get_current(agen_gen *lease, const char **ret_id, uint64_t *ret_token);
 
 #ifdef __cplusplus
 }
