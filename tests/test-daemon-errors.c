@@ -188,7 +188,7 @@ static void test_served_interface_is_the_file(void **state) {
         size_t n = 0;
         for (size_t i = 0; i < n_decls; i++)
                 n += strncmp(decls[i].name, "io.agend.Lease.", 15) == 0;
-        assert_int_equal(n, 6);
+        assert_int_equal(n, 7);
 }
 
 /* A child under another uid makes calls and writes the replies, NUL-separated, to a pipe. */
@@ -301,9 +301,12 @@ static void test_error_replies(void **state) {
         assert_int_equal(vconn_send_raw(bad, "{not json", 10), 0);
         check_reply(RECV(bad, HELPER_REPLY_TIMEOUT), LEASE_IF "ProtocolError");
 
-        /* Every declared io.agend.Lease error was driven (root only: LimitExceeded). */
+        /* Every declared io.agend.Lease error was driven (root only: LimitExceeded). A full
+         * disk needs a mount of its own: test-daemon-storage drives StorageError and checks
+         * its reason. */
         for (size_t i = 0; i < n_decls; i++)
                 if (strncmp(decls[i].name, "io.agend.Lease.", 15) == 0 && !seen[i] &&
+                    strcmp(decls[i].name, LEASE_IF "StorageError") != 0 &&
                     (geteuid() == 0 || strcmp(decls[i].name, LEASE_IF "LimitExceeded") != 0))
                         fail_msg("error %s is declared but the test never drove agend into it", decls[i].name);
 }
