@@ -5,15 +5,11 @@ interpreter meson found (Debian's /usr/bin/python3). A missing pytest, pytest-as
 trio is a skip (exit 77) on a developer's machine, and a failure under CI=true, so that
 CI never passes without having run them. Arguments are passed to pytest."""
 
+import importlib.util
 import os
 import sys
 
-missing = []
-for mod in ("pytest", "pytest_asyncio", "trio"):
-    try:
-        __import__(mod)
-    except ImportError:
-        missing.append(mod)
+missing = [m for m in ("pytest", "pytest_asyncio", "trio") if importlib.util.find_spec(m) is None]
 if missing:
     print(f"{sys.executable} lacks {', '.join(missing)}: install python3-pytest, python3-pytest-asyncio "
           "and python3-trio (scripts/setup.sh does)", file=sys.stderr)

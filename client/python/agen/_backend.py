@@ -43,6 +43,7 @@ class Backend:
     def close_socket(self, sock: socket.socket) -> None: raise NotImplementedError
     def post(self, fn: Callable[[], None]) -> bool: raise NotImplementedError
     def forget(self, handle: Handle) -> None: pass
+    async def join(self, handle: Handle) -> None: raise NotImplementedError
 
     @staticmethod
     def now() -> float:
@@ -97,6 +98,11 @@ class AsyncioBackend(Backend):
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> Handle:
         return self.loop.create_task(fn())
 
+    async def join(self, handle: Handle) -> None:
+        assert isinstance(handle, asyncio.Task)
+        if not handle.done():
+            await asyncio.wait([handle])
+
     def event(self) -> Any:
         return asyncio.Event()
 
@@ -126,9 +132,10 @@ class AsyncioBackend(Backend):
 
 
 class _TrioTask:
-    def __init__(self) -> None:
+    def __init__(self, finished: Any) -> None:
         self.scope: Any = None
         self.cancelled = False
+        self.finished = finished
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -178,18 +185,25 @@ class TrioBackend(Backend):
         # A system task: it needs no nursery from the caller, and trio cancels it when the
         # main task ends. It must not raise (trio would call that an internal error): the
         # functions passed here catch everything but cancellation.
-        task = _TrioTask()
         trio = self.trio
+        task = _TrioTask(trio.Event())
 
         async def run() -> None:
-            with trio.CancelScope() as scope:
-                task.scope = scope
-                if task.cancelled:
-                    scope.cancel()
-                await fn()
+            try:
+                with trio.CancelScope() as scope:
+                    task.scope = scope
+                    if task.cancelled:
+                        scope.cancel()
+                    await fn()
+            finally:
+                task.finished.set()
 
         trio.lowlevel.spawn_system_task(run)
         return task
+
+    async def join(self, handle: Handle) -> None:
+        assert isinstance(handle, _TrioTask)
+        await handle.finished.wait()
 
     def event(self) -> Any:
         return self.trio.Event()

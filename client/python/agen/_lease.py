@@ -96,6 +96,7 @@ class _LeaseCore:
         self.done = False           # no more events will come
         self.error: BaseException | None = None
         self.final_event: LeaseEvent | None = None
+        self.announce: LeaseEventType | None = None     # GRANTED or RECLAIMED, told when watched
         self.events: collections.deque[LeaseEvent] = collections.deque()
         self._wake: Any = None
         self.keeper: Any = None
@@ -241,8 +242,10 @@ class _LeaseCore:
                     raise BadReply(f"{what}: a queued reply that is not one: {r.parameters!r}")
                 self.push(T.QUEUED, position=pos)
             elif state == "granted":
+                # GRANTED is told once the Watch is in effect (_watch), so that every end
+                # after it is seen as what it was.
                 self._take_grant(r.parameters, what)
-                self.push(T.GRANTED)
+                self.announce = T.GRANTED
                 return
             else:
                 raise BadReply(f"{what}: unexpected reply: {r.parameters!r}")
@@ -278,7 +281,31 @@ class _LeaseCore:
                 pass
         # A detached lease is not bound to a connection: watching it again is all, and the
         # Watch answers NoSuchLease if it ended meanwhile.
-        self.push(T.RECLAIMED)
+        self.announce = T.RECLAIMED
+
+    async def _ended_before_watch(self, r: Reply) -> None:
+        """The lease ended between the grant (or reconnection) and the Watch: History
+        says how."""
+        kind, reason = None, None
+        try:
+            p = await self.client._call("io.agend.Lease.History", {"resource": self.resource})
+            for ev in reversed(p.get("events") or []):
+                if isinstance(ev, dict) and ev.get("lease") == self.id and \
+                        ev.get("type") in ("expired", "revoked", "released", "voided"):
+                    kind, reason = ev["type"], ev.get("reason")
+                    break
+        except (OSError, Error):
+            pass
+        reason = reason if isinstance(reason, str) else None
+        if kind == "expired":
+            self.push(T.EXPIRED, reason=reason or "ttl")
+        elif kind == "revoked":
+            self.push(T.REVOKED, reason=reason or "revoked")
+        elif kind is not None:
+            self.push(T.LOST, reason=f"{kind}: {reason}" if reason else kind)
+        else:
+            why = r.parameters.get("reason")
+            self.push(T.LOST, reason=f"{r.error}: {why}" if isinstance(why, str) else r.error)
 
     async def _renew(self) -> None:
         try:
@@ -297,6 +324,9 @@ class _LeaseCore:
         conn = self.conn
         await conn.send("io.agend.Lease.Watch", {"lease": self.id}, more=True, timeout=self.client.call_timeout)
         r: Reply | None = await conn.recv(self.client.call_timeout, "Watch")
+        if self.announce is not None:
+            self.push(self.announce)
+            self.announce = None
         every = self.ttl / 3 if self.ttl else None
         next_renew = None if every is None else self.backend.now() + every
         while True:
@@ -304,7 +334,7 @@ class _LeaseCore:
                 if self.closing or self.abandoned:
                     return
                 if r.error is not None:
-                    self.push(T.LOST, reason=r.error)
+                    await self._ended_before_watch(r)
                     return
                 ev = r.parameters.get("event")
                 if ev is not None:
@@ -394,6 +424,12 @@ class _LeaseCore:
             self.keeper.cancel()
         held = self.granted and not self.ended and self.id is not None
         try:
+            if not held and self.conn is not None and not self.done:
+                # The keeper waits on the socket too: one waiter per socket at a time.
+                if self.keeper is not None:
+                    await self.backend.join(self.keeper)
+                if self.conn is not None:
+                    await self._withdraw(self.conn)
             if held:
                 try:
                     await self.client._call("io.agend.Lease.Release", {"id": self.id, "secret": self.secret})
@@ -408,6 +444,19 @@ class _LeaseCore:
             raise
         finally:
             self._close_on_loop()
+
+
+    async def _withdraw(self, conn: Connection) -> None:
+        """Ends a wait and waits until agend has seen it end: we stop writing, it reads
+        end of file, drops the waiter and closes its side. Without waiting, a release of
+        the resource that agend handles first could still grant it to us."""
+        conn.sock.shutdown(socket.SHUT_WR)
+        deadline = self.backend.now() + self.client.call_timeout
+        try:
+            while await conn.recv_until(deadline, "withdrawing Acquire") is not None:
+                pass
+        except (ConnectionLost, BadReply):
+            pass
 
 
 def _release_oneway(address: str, id: str, secret: str | None) -> None:

@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: MIT
+"""The daemon goes away while a lease is held: DISCONNECTED at once, then RECLAIMED when
+a restarted agend gives it back (same id, same token), or LOST when it does not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import agen
+
+from conftest import GUARD, Waiter, assert_taken_over
+
+
+async def next_event(gen) -> agen.LeaseEvent:
+    return await asyncio.wait_for(gen.__anext__(), GUARD)
+
+
+async def test_kill9_then_reclaimed(own_agend, resource):
+    a = own_agend
+    a.start()
+    client = await agen.connect(a.socket)
+    gen = client.lease(resource)
+    granted = await next_event(gen)
+    a.kill()
+    ev = await next_event(gen)
+    assert ev.type is agen.DISCONNECTED and ev.id == granted.id
+    a.start()
+    ev = await next_event(gen)
+    assert ev.type is agen.RECLAIMED and (ev.id, ev.token) == (granted.id, granted.token)
+    w = Waiter(a.socket, resource)
+    assert w.queued
+    await gen.aclose()                   # the control connection reconnects for the Release
+    assert_taken_over(a, w)
+    await client.aclose()
+    w.close()
+    assert a.stop() == 0
+
+
+async def test_not_reclaimed_is_lost(own_agend, resource):
+    a = own_agend
+    a.grace = 0                         # unreclaimed leases are released at once
+    a.start()
+    client = await agen.connect(a.socket)
+    gen = client.lease(resource)
+    await next_event(gen)
+    a.kill()
+    assert (await next_event(gen)).type is agen.DISCONNECTED
+    a.start()
+    ev = await next_event(gen)
+    assert ev.type is agen.LOST and "not reclaimed" in ev.reason
+    await gen.aclose()
+    await client.aclose()
+    assert a.stop() == 0
