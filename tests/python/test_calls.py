@@ -242,3 +242,16 @@ asyncio.new_event_loop().run_until_complete(main())
     finally:
         os.kill(int(child), signal.SIGKILL)
     p.wait(GUARD)
+
+
+def test_example_python_break(agend, resource):
+    """examples/python-break.py: break and a loop closed without shutdown_asyncgens(),
+    each followed by a try-once that only succeeds if the lease is back."""
+    import subprocess
+    import sys
+    from conftest import AGEN_PYTHON_DIR, HERE
+    example = os.path.join(HERE, "..", "..", "examples", "python-break.py")
+    out = subprocess.run([sys.executable, example, resource], capture_output=True, text=True, timeout=GUARD,
+                         env=dict(os.environ, PYTHONPATH=os.path.abspath(AGEN_PYTHON_DIR), AGEND_SOCKET=agend.socket))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("taken again at once") == 2, out.stdout
