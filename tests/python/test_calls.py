@@ -179,29 +179,35 @@ async def _collect(gen):
 
 
 async def test_cancelled_while_queued(agend, resource):
-    """The cancelled waiter's Acquire is withdrawn: the waiter queued behind it gets the
-    lease, and the cancelled one was never granted."""
+    """The cancelled waiter's Acquire is withdrawn, and agend has seen it go when the
+    cancelled task ends: the waiter queued behind it gets the lease, and the cancelled one
+    is never granted, not even for a moment. (Repeated: without the confirmed withdrawal
+    the holder's Release can reach agend before the waiter's hang-up, a race that a single
+    run catches only sometimes.)"""
     async with await agen.connect(agend.socket) as client:
-        events = []
-        async with client.hold(resource, description="holder"):
-            queued = asyncio.Event()
+        for i in range(10):
+            res = f"{resource}-{i}"
+            events = []
+            async with client.hold(res, description="holder"):
+                queued = asyncio.Event()
 
-            async def wait():
-                async for ev in client.lease(resource, description="cancelled"):
-                    events.append(ev)
-                    queued.set()
+                async def wait():
+                    async for ev in client.lease(res, description="cancelled"):
+                        events.append(ev)
+                        queued.set()
 
-            task = asyncio.create_task(wait())
-            await asyncio.wait_for(queued.wait(), GUARD)
-            w = Waiter(agend.socket, resource)
-            assert w.first["parameters"]["position"] == 2
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        assert_taken_over(agend, w)
-        assert [e.type for e in events] == [agen.QUEUED]
-        grants = [e for e in await client.history(resource) if e.type == "granted"]
-        assert len(grants) == 2, grants
+                task = asyncio.create_task(wait())
+                await asyncio.wait_for(queued.wait(), GUARD)
+                w = Waiter(agend.socket, res)
+                assert w.first["parameters"]["position"] == 2
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert_taken_over(agend, w)
+            w.close()
+            assert [e.type for e in events] == [agen.QUEUED]
+            grants = [e for e in await client.history(res) if e.type == "granted"]
+            assert len(grants) == 2, grants
 
 
 async def test_invalid_arguments(agend):

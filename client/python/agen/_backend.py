@@ -15,6 +15,7 @@ imported and the calling code runs inside ``trio.run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import sys
@@ -44,6 +45,7 @@ class Backend:
     def post(self, fn: Callable[[], None]) -> bool: raise NotImplementedError
     def forget(self, handle: Handle) -> None: pass
     async def join(self, handle: Handle) -> None: raise NotImplementedError
+    def cleanup_scope(self, timeout: float) -> Any: raise NotImplementedError
 
     @staticmethod
     def now() -> float:
@@ -98,6 +100,11 @@ class AsyncioBackend(Backend):
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> Handle:
         return self.loop.create_task(fn())
 
+    def cleanup_scope(self, timeout: float) -> Any:
+        # asyncio delivers a cancellation once: the awaits of a cleanup that follows it
+        # run. The caller bounds them with its own timeouts.
+        return contextlib.nullcontext()
+
     async def join(self, handle: Handle) -> None:
         assert isinstance(handle, asyncio.Task)
         if not handle.done():
@@ -127,7 +134,7 @@ class AsyncioBackend(Backend):
             return False
 
     def forget(self, handle: Handle) -> None:
-        if self.loop.is_closed() and isinstance(handle, asyncio.Task):
+        if isinstance(handle, asyncio.Task):
             handle._log_destroy_pending = False  # type: ignore[attr-defined]
 
 
@@ -200,6 +207,12 @@ class TrioBackend(Backend):
 
         trio.lowlevel.spawn_system_task(run)
         return task
+
+    def cleanup_scope(self, timeout: float) -> Any:
+        # A cancelled scope stays cancelled, so a cleanup after a cancellation could not
+        # await at all: shield the release round trip, bounded by its own deadline
+        # (cancelled_caught then tells that it did not finish).
+        return self.trio.CancelScope(shield=True, deadline=self.trio.current_time() + timeout)
 
     async def join(self, handle: Handle) -> None:
         assert isinstance(handle, _TrioTask)

@@ -372,6 +372,11 @@ class _LeaseCore:
         if self.closed or self.abandoned:
             return
         self.abandoned = True
+        if self.keeper is not None:
+            # A loop that is closed, or never runs again, cannot finish the keeper; it is
+            # ours, not the program's: its end is no news ("Task was destroyed but it is
+            # pending").
+            self.backend.forget(self.keeper)
         conn = self.conn
         if self.granted and not self.ended and self.detached and self.id:
             _release_oneway(self.client.address, self.id, self.secret)
@@ -392,8 +397,6 @@ class _LeaseCore:
                 self.keeper.cancel()
             except RuntimeError:
                 pass
-            # With the loop closed the keeper can never finish; it is ours, not the
-            # program's, so its end is no news ("Task was destroyed but it is pending").
             self.backend.forget(self.keeper)
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -423,28 +426,34 @@ class _LeaseCore:
         if self.keeper is not None:
             self.keeper.cancel()
         held = self.granted and not self.ended and self.id is not None
+        finished = False
         try:
-            if not held and self.conn is not None and not self.done:
-                # The keeper waits on the socket too: one waiter per socket at a time.
-                if self.keeper is not None:
-                    await self.backend.join(self.keeper)
-                if self.conn is not None:
-                    await self._withdraw(self.conn)
-            if held:
-                try:
-                    await self.client._call("io.agend.Lease.Release", {"id": self.id, "secret": self.secret})
-                except NoSuchLease:
-                    pass        # it ended meanwhile, which is what we asked for
-                except (ConnectionLost, CallTimeout, BadReply, OSError):
-                    # No answer: closing our connection still releases a bound lease.
-                    if self.detached:
-                        raise
+            # Shielded under trio (bounded): a cleanup after a cancellation still releases
+            # with a confirmed round trip; if even that cannot finish, abandon() below.
+            with self.backend.cleanup_scope(self.client.call_timeout + 1):
+                if not held and self.conn is not None and not self.done:
+                    # The keeper waits on the socket too: one waiter per socket at a time.
+                    if self.keeper is not None:
+                        await self.backend.join(self.keeper)
+                    if self.conn is not None:
+                        await self._withdraw(self.conn)
+                if held:
+                    try:
+                        await self.client._call("io.agend.Lease.Release", {"id": self.id, "secret": self.secret})
+                    except NoSuchLease:
+                        pass        # it ended meanwhile, which is what we asked for
+                    except (ConnectionLost, CallTimeout, BadReply, OSError):
+                        # No answer: closing our connection still releases a bound lease.
+                        if self.detached:
+                            raise
+                finished = True
+            if not finished:
+                self.abandon()
         except BaseException:
             self.abandon()
             raise
         finally:
             self._close_on_loop()
-
 
     async def _withdraw(self, conn: Connection) -> None:
         """Ends a wait and waits until agend has seen it end: we stop writing, it reads
