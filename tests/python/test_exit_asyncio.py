@@ -207,3 +207,22 @@ def test_process_ends(agend, resource, how):
     err = p.stderr.read()
     assert rc == {"interpreter exit": 0, "os._exit": 3, "SIGKILL": -signal.SIGKILL}[how], err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("how", ["aclose", "break"])
+async def test_detached(agend, resource, how):
+    """A detached lease does not end with its connection: aclose() releases it with a
+    call, and the finalizer writes a one-way Release of its own before ending the socket."""
+    client = await agen.connect(agend.socket)
+    if how == "aclose":
+        gen = client.lease(resource, detached=True, ttl=60)
+        await grant(gen)
+        w = Waiter(agend.socket, resource)
+        await gen.aclose()
+    else:
+        async for ev in client.lease(resource, detached=True, ttl=60):
+            w = Waiter(agend.socket, resource)
+            break
+    assert_taken_over(agend, w)
+    assert released_by_call(end_reasons(agend.socket, resource))
+    await client.aclose()

@@ -51,3 +51,22 @@ async def test_not_reclaimed_is_lost(own_agend, resource):
     await gen.aclose()
     await client.aclose()
     assert a.stop() == 0
+
+
+async def test_disconnected_while_queued_asks_again(own_agend, resource):
+    a = own_agend
+    a.start()
+    holder = Waiter(a.socket, resource, description="holder")
+    assert holder.lease is not None
+    client = await agen.connect(a.socket)
+    gen = client.lease(resource)
+    assert (await next_event(gen)).type is agen.QUEUED
+    a.kill()
+    assert (await next_event(gen)).type is agen.DISCONNECTED
+    a.start()                           # the holder's lease waits for its reclaim
+    ev = await next_event(gen)
+    assert ev.type is agen.QUEUED and ev.position == 1
+    await gen.aclose()
+    await client.aclose()
+    holder.close()
+    assert a.stop() == 0
