@@ -226,3 +226,14 @@ async def test_detached(agend, resource, how):
     assert_taken_over(agend, w)
     assert released_by_call(end_reasons(agend.socket, resource))
     await client.aclose()
+
+
+async def test_aclose_after_the_client_was_closed(agend, resource):
+    client = await agen.connect(agend.socket)
+    gen = client.lease(resource)
+    await grant(gen)
+    w = Waiter(agend.socket, resource)
+    await client.aclose()
+    await gen.aclose()
+    assert_taken_over(agend, w)
+    assert released_by_call(end_reasons(agend.socket, resource))

@@ -30,7 +30,7 @@ def default_address() -> str:
         if xdg:
             a = f"{xdg}/agend/io.agend.Lease"
             # A user's own agend, if it runs; else the system's.
-            if os.path.lexists(a):
+            if os.path.exists(a):
                 return a
     return DEFAULT_SYSTEM_ADDRESS
 
@@ -81,7 +81,6 @@ class Client:
         self.max_message = max_message
         self._control: Connection | None = control
         self._lock = backend.lock()
-        self._closed = False
 
     async def __aenter__(self) -> Client:
         return self
@@ -90,8 +89,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Closes the control connection. Leases are not affected: each has its own."""
-        self._closed = True
+        """Closes the control connection. Leases are not affected: each has its own, and
+        a later call (a lease's release among them) opens the control connection again."""
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -102,8 +101,6 @@ class Client:
         its error reply. A call that is interrupted (timeout, cancellation, a bad reply)
         closes the connection, since its reply would come later to the next call; the next
         call reconnects."""
-        if self._closed:
-            raise RuntimeError("the client is closed")
         t = self.call_timeout if timeout is None else timeout
         async with self._lock:
             conn = self._control
