@@ -9,7 +9,7 @@ packages=(
         sqlite3 scdoc valgrind util-linux procps bash-completion
 )
 # The Python client (client/python) is tested with Debian's python3 and these.
-packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio)
+packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
 

@@ -11,12 +11,11 @@ import contextlib
 import gc
 import signal
 import threading
-import time
 
 import agen
 import pytest
 
-from conftest import GUARD, Waiter, assert_taken_over, end_reasons, holders, read_line, run_script, tell
+from conftest import GUARD, Waiter, assert_taken_over, end_reasons, read_line, run_script, tell
 
 
 async def grant(gen) -> agen.LeaseEvent:

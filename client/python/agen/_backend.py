@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Coroutine, Protocol
 
 
 class Handle(Protocol):
@@ -37,7 +37,7 @@ class Backend:
     async def wait_readable(self, sock: socket.socket, timeout: float | None) -> bool: raise NotImplementedError
     async def wait_writable(self, sock: socket.socket, timeout: float | None) -> bool: raise NotImplementedError
     async def sleep(self, seconds: float) -> None: raise NotImplementedError
-    def spawn(self, fn: Callable[[], Awaitable[None]]) -> Handle: raise NotImplementedError
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle: raise NotImplementedError
     def event(self) -> Any: raise NotImplementedError
     def lock(self) -> Any: raise NotImplementedError
     def is_cancellation(self, e: BaseException) -> bool: raise NotImplementedError
@@ -70,7 +70,7 @@ class AsyncioBackend(Backend):
         fd = sock.fileno()
         if fd < 0:
             raise OSError(9, "socket closed")
-        fut = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
 
         def ready(value: bool) -> None:
             if not fut.done():
@@ -97,7 +97,7 @@ class AsyncioBackend(Backend):
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    def spawn(self, fn: Callable[[], Awaitable[None]]) -> Handle:
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
         return self.loop.create_task(fn())
 
     def cleanup_scope(self, timeout: float) -> Any:
@@ -188,7 +188,7 @@ class TrioBackend(Backend):
     async def sleep(self, seconds: float) -> None:
         await self.trio.sleep(seconds)
 
-    def spawn(self, fn: Callable[[], Awaitable[None]]) -> Handle:
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
         # A system task: it needs no nursery from the caller, and trio cancels it when the
         # main task ends. It must not raise (trio would call that an internal error): the
         # functions passed here catch everything but cancellation.

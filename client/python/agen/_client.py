@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import math
 import os
@@ -142,7 +143,7 @@ class Client:
             raise BadReply(f"List: leases and waiters are not lists: {p!r}")
         return Listing([Lease.from_wire(x) for x in leases], [Waiter.from_wire(x) for x in waiters])
 
-    async def resources(self) -> list[Resource]:
+    async def resources(self) -> builtins.list[Resource]:
         p = await self._call("io.agend.Lease.Resources")
         rs = p.get("resources", [])
         if not isinstance(rs, list):
@@ -152,7 +153,7 @@ class Client:
     async def status(self) -> Status:
         return Status.from_wire(await self._call("io.agend.Lease.Status"))
 
-    async def history(self, resource: str | None = None, limit: int | None = None) -> list[WatchEvent]:
+    async def history(self, resource: str | None = None, limit: int | None = None) -> builtins.list[WatchEvent]:
         """The last events, oldest first."""
         params: dict[str, Any] = {}
         if resource is not None:

@@ -37,7 +37,7 @@ import socket
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncGenerator
 
-from ._errors import BadReply, CallTimeout, ConnectionLost, Error, NoSuchLease, VarlinkError, error_from_reply
+from ._errors import BadReply, CallTimeout, ConnectionLost, Error, NoSuchLease, error_from_reply
 from ._types import Lease, LeaseEvent, LeaseEventType
 from ._wire import Connection, Reply, connect_blocking, encode_call
 
@@ -53,21 +53,6 @@ T = LeaseEventType
 
 # Every lease that has a connection, for the fork handler.
 _live: weakref.WeakSet[_LeaseCore] = weakref.WeakSet()
-
-
-def _close_in_child() -> None:
-    for core in list(_live):
-        conn = core.conn
-        if conn is not None:
-            try:
-                conn.sock.close()   # this process's copy only; the parent keeps its lease
-            except OSError:
-                pass
-            core.conn = None
-        core.abandoned = True
-
-
-os.register_at_fork(after_in_child=_close_in_child)
 
 
 class _LeaseCore:
@@ -466,6 +451,21 @@ class _LeaseCore:
                 pass
         except (ConnectionLost, BadReply):
             pass
+
+
+def _close_in_child() -> None:
+    for core in list(_live):
+        conn = core.conn
+        if conn is not None:
+            try:
+                conn.sock.close()   # this process's copy only; the parent keeps its lease
+            except OSError:
+                pass
+            core.conn = None
+        core.abandoned = True
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _release_oneway(address: str, id: str, secret: str | None) -> None:
