@@ -62,11 +62,31 @@ async def test_disconnected_while_queued_asks_again(own_agend, resource):
     gen = client.lease(resource)
     assert (await next_event(gen)).type is agen.QUEUED
     a.kill()
-    assert (await next_event(gen)).type is agen.DISCONNECTED
     a.start()                           # the holder's lease waits for its reclaim
-    ev = await next_event(gen)
+    ev = await next_event(gen)          # no DISCONNECTED for a wait: it is asked again
     assert ev.type is agen.QUEUED and ev.position == 1
     await gen.aclose()
     await client.aclose()
     holder.close()
+    assert a.stop() == 0
+
+
+async def test_detached_disconnected_then_reclaimed(own_agend, resource):
+    """A detached lease needs no Reclaim; it is watched again and says RECLAIMED, so its
+    DISCONNECTED is resolved like a bound lease's."""
+    a = own_agend
+    a.start()
+    client = await agen.connect(a.socket)
+    gen = client.lease(resource, detached=True, ttl=60)
+    granted = await next_event(gen)
+    a.kill()
+    assert (await next_event(gen)).type is agen.DISCONNECTED
+    a.start()
+    ev = await next_event(gen)
+    assert ev.type is agen.RECLAIMED and (ev.id, ev.token) == (granted.id, granted.token)
+    w = Waiter(a.socket, resource)
+    await gen.aclose()
+    assert_taken_over(a, w)
+    await client.aclose()
+    w.close()
     assert a.stop() == 0

@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 RECONNECT_FIRST = 0.05      # s, doubled after each failure
 RECONNECT_MAX = 1.0         # s between attempts
-RECONNECT_WINDOW = 60.0     # s without the daemon before the lease counts as LOST
+# s without the daemon before the lease counts as LOST: covers a restart within agend's
+# default grace (10 s), as libagenclient's window does.
+RECONNECT_WINDOW = 15.0
 ABANDON_RELEASE_TIMEOUT = 0.2
 
 T = LeaseEventType
@@ -180,7 +182,10 @@ class _LeaseCore:
                 if self.conn is not None:
                     self.conn.close()
                     self.conn = None
-                self.push(T.DISCONNECTED, reason=str(e))
+                if self.granted:
+                    # Said at once: until RECLAIMED the holder must assume the lease may be
+                    # gone. A waiter just asks again (as libagenclient: no event).
+                    self.push(T.DISCONNECTED, reason=str(e))
                 if not await self._reconnect():
                     return
                 reconnected = True
