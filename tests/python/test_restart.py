@@ -8,7 +8,7 @@ import asyncio
 
 import agen
 
-from conftest import GUARD, Waiter, assert_taken_over
+from conftest import GUARD, Waiter, assert_taken_over, end_reasons
 
 
 async def next_event(gen) -> agen.LeaseEvent:
@@ -31,6 +31,7 @@ async def test_kill9_then_reclaimed(own_agend, resource):
     assert w.queued
     await gen.aclose()                   # the control connection reconnects for the Release
     assert_taken_over(a, w)
+    assert end_reasons(a.socket, resource)[-1].startswith("released by")
     await client.aclose()
     w.close()
     assert a.stop() == 0
@@ -87,6 +88,7 @@ async def test_detached_disconnected_then_reclaimed(own_agend, resource):
     w = Waiter(a.socket, resource)
     await gen.aclose()
     assert_taken_over(a, w)
+    assert end_reasons(a.socket, resource)[-1].startswith("released by")
     await client.aclose()
     w.close()
     assert a.stop() == 0

@@ -105,7 +105,12 @@ class Client:
         t = self.call_timeout if timeout is None else timeout
         async with self._lock:
             conn = self._control
-            if conn is None or conn.closed:
+            if conn is not None and not conn.looks_alive():
+                # Closed by the peer while idle (agend restarted): nothing of this call
+                # was sent on it, so a new connection is safe.
+                conn.close()
+                conn = None
+            if conn is None:
                 conn = self._control = await Connection.open(self._backend, self.address, t, self.max_message)
             try:
                 await conn.send(method, parameters, timeout=t)

@@ -120,6 +120,19 @@ class Connection:
             raise
         return cls(backend, s, address, max_message)
 
+    def looks_alive(self) -> bool:
+        """Before reusing an idle connection: False if the peer has closed it (a daemon
+        restart) or sent something nobody asked for, without waiting."""
+        if self.closed or self._buf:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True     # nothing to read: idle and open
+        except OSError:
+            pass
+        return False        # end of file, an error, or stray bytes
+
     def close(self) -> None:
         """Closes the socket (on the loop's thread). Idempotent."""
         if not self.closed:
