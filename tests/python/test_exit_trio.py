@@ -97,3 +97,26 @@ def test_trio_hold_and_cancel_while_queued(agend, resource):
         await client.aclose()
 
     trio.run(main)
+
+
+def test_trio_collected_on_another_thread(agend, resource):
+    waiters = []
+
+    async def main():
+        client = await agen.connect(agend.socket)
+        box = [client.lease(resource)]
+        with trio.fail_after(GUARD):
+            assert (await box[0].__anext__()).type is agen.GRANTED
+        waiters.append(Waiter(agend.socket, resource))
+
+        def drop() -> None:
+            box.clear()                 # the last reference dies on this thread
+            waiters[0].wait_granted()   # given back without the run's help
+
+        await trio.to_thread.run_sync(drop)
+        await trio.sleep(0.01)          # the descriptor is closed in the run
+        await client.aclose()
+
+    trio.run(main)
+    assert_taken_over(agend, waiters[0])
+    assert end_reasons(agend.socket, resource)[-1] == "connection closed"
