@@ -37,6 +37,21 @@ async def test_kill9_then_reclaimed(own_agend, resource):
     assert a.stop() == 0
 
 
+async def test_hold_says_disconnected(own_agend, resource):
+    a = own_agend
+    a.start()
+    async with await agen.connect(a.socket) as client:
+        async with client.hold(resource) as lease:
+            assert not lease.disconnected
+            a.kill()
+            assert (await next_event(lease.events)).type is agen.DISCONNECTED
+            assert lease.disconnected and lease.ended is None
+            a.start()
+            assert (await next_event(lease.events)).type is agen.RECLAIMED
+            assert not lease.disconnected
+    assert a.stop() == 0
+
+
 async def test_not_reclaimed_is_lost(own_agend, resource):
     a = own_agend
     a.grace = 0                         # unreclaimed leases are released at once

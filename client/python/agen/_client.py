@@ -64,8 +64,8 @@ class Held:
 
     @property
     def disconnected(self) -> bool:
-        """True while the daemon connection is lost and the lease not yet reclaimed."""
-        return self._core.conn is None and not self._core.done
+        """True from DISCONNECTED until RECLAIMED (or the end): the lease may be lost."""
+        return self._core.disconnected
 
 
 class Client:

@@ -10,11 +10,13 @@ through a small queue. The generator itself only takes events from that queue.
 Letting go, from the best to the last resort:
 
 - ``aclose()``, ``break`` inside ``async with aclosing(...)``, ``shutdown_asyncgens()``,
-  cancellation: the generator's ``finally`` runs on the loop. It stops the keeper, calls
-  Release on the client's control connection and waits for the reply (the release is
-  committed when ``aclose()`` returns), then closes the lease connection. If that await is
-  interrupted (trio runs finalizers in a cancelled scope; a second cancellation), it falls
-  through to the synchronous path below.
+  cancellation: the generator's ``finally`` runs on the loop. It stops the keeper; a held
+  lease gets a Release on the client's control connection, and the reply is awaited (the
+  release is committed when ``aclose()`` returns); a wait is withdrawn and agend's end of
+  the connection awaited (a cancelled waiter is never granted). Under trio this runs in a
+  shielded scope with its own deadline, since trio closes abandoned generators in a
+  cancelled scope. If it still cannot finish (the deadline, a second cancellation under
+  asyncio, no answer), it falls through to the synchronous path below.
 - The generator object dies (``break`` out of ``async for`` with no other reference, the
   last reference dropped on any thread, garbage collection after ``loop.close()`` without
   ``shutdown_asyncgens()``, interpreter exit): a ``weakref.finalize`` on the generator
@@ -84,6 +86,7 @@ class _LeaseCore:
         self.error: BaseException | None = None
         self.final_event: LeaseEvent | None = None
         self.announce: LeaseEventType | None = None     # GRANTED or RECLAIMED, told when watched
+        self.disconnected = False   # DISCONNECTED was said, RECLAIMED or the end not yet
         self.events: collections.deque[LeaseEvent] = collections.deque()
         self._wake: Any = None
         self.keeper: Any = None
@@ -105,6 +108,7 @@ class _LeaseCore:
             self.events.pop()
         ev = LeaseEvent(type, self.resource, self.id, self.token, position, reason,
                         self.lease if type in (T.GRANTED, T.RENEWED, T.RECLAIMED) else None)
+        self.disconnected = type is T.DISCONNECTED
         self.events.append(ev)
         if type.final:
             self.final_event = ev

@@ -9,8 +9,8 @@ that were wrong in the message.
 
 from __future__ import annotations
 
-import errno
 import json
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -109,11 +109,12 @@ class Connection:
                     raise CallTimeout(f"connecting to agend at {address}: no answer within {timeout:g} s") from None
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
-                    raise OSError(err, errno.errorcode.get(err, str(err)))
+                    raise OSError(err, os.strerror(err))
         except OSError as e:
             s.close()
-            if isinstance(e, (CallTimeout,)):
+            if isinstance(e, CallTimeout):
                 raise
+            # The errno's own class (FileNotFoundError, ...), naming the address.
             raise type(e)(e.errno, e.strerror, address) from None
         except BaseException:
             s.close()
