@@ -8,10 +8,10 @@ packages=(
         libev-dev libsqlite3-dev libsystemd-dev libjson-c-dev libcmocka-dev
         sqlite3 scdoc valgrind util-linux procps bash-completion
 )
-# The Python client (client/python) is tested with Debian's python3 and these.
-packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
+# The Python client (client/python) is tested with Debian's python3 and these.
+packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
 
 missing=()
 for p in "${packages[@]}"; do
