@@ -262,3 +262,10 @@ def test_example_python_break(agend, resource):
                          env=dict(os.environ, PYTHONPATH=os.path.abspath(AGEN_PYTHON_DIR), AGEND_SOCKET=agend.socket))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("taken again at once") == 2, out.stdout
+
+
+def test_connect_needs_a_loop():
+    coro = agen.connect("/nonexistent")
+    with pytest.raises(RuntimeError, match="running asyncio event loop or trio.run"):
+        coro.send(None)
+    coro.close()

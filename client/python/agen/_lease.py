@@ -189,7 +189,7 @@ class _LeaseCore:
                 if self.granted:
                     # Said at once: until RECLAIMED the holder must assume the lease may be
                     # gone. A waiter just asks again (as libagenclient: no event).
-                    self.push(T.DISCONNECTED, reason=str(e))
+                    self.push(T.DISCONNECTED, reason=f"connection to agend lost ({e})")
                 if not await self._reconnect():
                     return
                 reconnected = True
