@@ -12,6 +12,8 @@ packages=(
 packages+=(golang-go golang-github-varlink-go-dev)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
+# The Python client (client/python) is tested with Debian's python3 and these.
+packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
 
 missing=()
 for p in "${packages[@]}"; do
