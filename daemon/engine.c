@@ -118,6 +118,48 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         return 0;
 }
 
+static OwnerRecord owner_record(const Owner *o) {
+        return (OwnerRecord) { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = o->comm, .unit = o->unit };
+}
+
+static void store_event_append(Engine *e, const Event *ev) {
+        OwnerRecord o, by;
+        if (ev->owner)
+                o = owner_record(ev->owner);
+        if (ev->revoked_by)
+                by = owner_record(ev->revoked_by);
+        EventRecord r = {
+                .type = event_type_to_string(ev->type),
+                .time = ev->time,
+                .resource = ev->resource,
+                .lease = ev->lease,
+                .token = ev->token,
+                .owner = ev->owner ? &o : NULL,
+                .units = ev->units,
+                .reason = ev->reason,
+                .revoked_by = ev->revoked_by ? &by : NULL,
+        };
+        (void) e->store->ops->event_append(e->store, &r);
+}
+
+static void store_lease_save(Engine *e, const Lease *l) {
+        LeaseRecord r = {
+                .id = l->id,
+                .secret = l->secret,
+                .resource = l->resource->name,
+                .description = l->description,
+                .units = l->units,
+                .exclusive = l->exclusive,
+                .detached = l->detached,
+                .token = l->token,
+                .owner = owner_record(&l->owner),
+                .created = l->created,
+                .ttl = l->ttl,
+                .deadline = l->deadline,
+        };
+        (void) e->store->ops->lease_save(e->store, &r);
+}
+
 static void emit_by(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
                     const char *reason, const Owner *by) {
         Event ev = {
@@ -132,7 +174,7 @@ static void emit_by(Engine *e, EventType type, Resource *r, Lease *l, const Owne
                 .revoked_by = by,
         };
         if (e->store)
-                (void) e->store->ops->event_append(e->store, &ev);
+                store_event_append(e, &ev);
         if (e->cb.event)
                 e->cb.event(e, &ev, l, e->userdata);
 }
@@ -300,7 +342,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         holder_link(l, holder);
         if (e->store) {
                 (void) e->store->ops->token_save(e->store, e->last_token);
-                (void) e->store->ops->lease_save(e->store, l);
+                store_lease_save(e, l);
         }
         emit(e, EVENT_GRANTED, r, l, &l->owner, l->units, NULL);
         *ret = l;
@@ -496,7 +538,7 @@ static int lease_end(Engine *e, Lease *l, EventType type, const char *reason, co
         Resource *r = l->resource;
         emit_by(e, type, r, l, &l->owner, l->units, reason, by);
         if (e->store)
-                (void) e->store->ops->lease_delete(e->store, l);
+                (void) e->store->ops->lease_delete(e->store, l->id);
         lease_free(e, l);
         if (e->n_reclaimable == 0)
                 timer_set(e, &e->grace, USEC_INFINITY);
@@ -521,7 +563,7 @@ int engine_lease_renew(Engine *e, Lease *l, usec_t ttl) {
         l->deadline = usec_add(now_mono(e), l->ttl);
         timer_set(e, &l->expiry, l->deadline);
         if (e->store)
-                (void) e->store->ops->lease_save(e->store, l);
+                store_lease_save(e, l);
         emit(e, EVENT_RENEWED, l->resource, l, &l->owner, l->units, NULL);
         return 0;
 }
@@ -659,6 +701,9 @@ typedef struct RestoreState {
 static int restore_one(const LeaseRecord *rec, void *userdata) {
         RestoreState *s = userdata;
         Engine *e = s->engine;
+        if (!rec->id || !rec->secret || !rec->resource || rec->units == 0 ||
+            strlen(rec->id) != LEASE_ID_LEN || strlen(rec->secret) != LEASE_SECRET_LEN)
+                return -EBADMSG;
         Resource *r;
         int k = resource_get(e, rec->resource, true, &r);
         if (k < 0)
@@ -669,7 +714,14 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
         snprintf(l->id, sizeof(l->id), "%s", rec->id);
         snprintf(l->secret, sizeof(l->secret), "%s", rec->secret);
         l->description = strdup(strempty(rec->description));
-        if (!l->description || owner_copy(&l->owner, &rec->owner) < 0) {
+        Owner o = {
+                .uid = rec->owner.uid,
+                .gid = rec->owner.gid,
+                .pid = rec->owner.pid,
+                .comm = (char *) rec->owner.comm,
+                .unit = (char *) rec->owner.unit,
+        };
+        if (!l->description || owner_copy(&l->owner, &o) < 0) {
                 free(l->description);
                 free(l);
                 return -ENOMEM;
@@ -734,6 +786,46 @@ int engine_restore(Engine *e, const char *boot_id, usec_t grace) {
         if (boot_id && (!old_boot || strcmp(old_boot, boot_id) != 0))
                 (void) e->store->ops->meta_set(e->store, "boot_id", boot_id);
         return (int) s.n;
+}
+
+typedef struct HistoryState {
+        int (*cb)(const Event *e, void *userdata);
+        void *userdata;
+} HistoryState;
+
+static Owner owner_from_record(const OwnerRecord *r) {
+        return (Owner) { .uid = r->uid, .gid = r->gid, .pid = r->pid, .comm = (char *) r->comm, .unit = (char *) r->unit };
+}
+
+static int history_one(const EventRecord *r, void *userdata) {
+        HistoryState *s = userdata;
+        Owner o, by;
+        if (r->owner)
+                o = owner_from_record(r->owner);
+        if (r->revoked_by)
+                by = owner_from_record(r->revoked_by);
+        Event ev = {
+                .type = event_type_from_string(r->type),
+                .time = r->time,
+                .resource = r->resource,
+                .lease = r->lease,
+                .token = r->token,
+                .owner = r->owner ? &o : NULL,
+                .units = r->units,
+                .reason = r->reason,
+                .revoked_by = r->revoked_by ? &by : NULL,
+        };
+        if (ev.type < 0 || !ev.resource)
+                return 0;
+        return s->cb(&ev, s->userdata);
+}
+
+int engine_history(Engine *e, const char *resource, unsigned limit, int (*cb)(const Event *ev, void *userdata),
+                   void *userdata) {
+        if (!e->store)
+                return 0;
+        HistoryState s = { .cb = cb, .userdata = userdata };
+        return e->store->ops->history(e->store, resource, limit, history_one, &s);
 }
 
 Engine *engine_free(Engine *e) {

@@ -235,6 +235,10 @@ unsigned engine_n_waiters(Engine *e);
 uint64_t engine_last_token(Engine *e);
 bool engine_in_grace(Engine *e);
 
+/* The last limit events (of resource, if not NULL) from the store, oldest first. */
+int engine_history(Engine *e, const char *resource, unsigned limit, int (*cb)(const Event *ev, void *userdata),
+                   void *userdata);
+
 /* The next deadline (CLOCK_MONOTONIC) or USEC_INFINITY; and running what is due. */
 usec_t engine_next_deadline(Engine *e);
 void engine_run_timers(Engine *e);

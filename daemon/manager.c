@@ -328,7 +328,7 @@ int manager_run(Manager *m) {
         k = store_guard_new(m->opts.state_dir, &m->guard);
         if (k < 0)
                 return log_error_errno(k, "cannot set up the disk space guard: %m"), EXIT_FAILURE;
-        k = store_sqlite_open(m->opts.state_dir, m->config.sync, m->config.history_size, &m->store, &error);
+        k = store_open(m->opts.state_dir, m->config.sync, m->config.history_size, &m->store, &error);
         if (k < 0) {
                 log_error("%s", error ? error : "cannot open the database");
                 return EXIT_FAILURE;

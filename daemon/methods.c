@@ -559,8 +559,7 @@ static void method_history(Conn *c, struct json_object *p) {
         HistoryState s = { .events = json_object_new_array() };
         if (!s.events)
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        Store *st = c->manager->store;
-        int k = st->ops->history(st, resource, (unsigned) limit, history_one, &s);
+        int k = engine_history(c->manager->engine, resource, (unsigned) limit, history_one, &s);
         if (k < 0) {
                 json_object_put(s.events);
                 return error_errno(c, k, "cannot read the history", NULL, NULL);

@@ -14,7 +14,7 @@
 #include "macro.h"
 #include "store.h"
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -37,11 +37,31 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "ALTER TABLE events ADD COLUMN by_uid INTEGER; ALTER TABLE events ADD COLUMN by_gid INTEGER;"
         "ALTER TABLE events ADD COLUMN by_pid INTEGER; ALTER TABLE events ADD COLUMN by_comm TEXT;"
         "ALTER TABLE events ADD COLUMN by_unit TEXT;",
+        /* 3 → 4: the lean store. Lease changes are appended to lease_log (rowid order only:
+         * one b-tree, written at its right edge) and folded into leases in steps; History
+         * per resource is a bounded backward scan of events, which has no index to update. */
+        "CREATE TABLE lease_log ("
+        "  seq INTEGER PRIMARY KEY, op TEXT NOT NULL, id TEXT NOT NULL, secret TEXT, resource TEXT,"
+        "  units INTEGER, exclusive INTEGER, detached INTEGER, token INTEGER, uid INTEGER, gid INTEGER,"
+        "  pid INTEGER, comm TEXT, unit TEXT, description TEXT, created INTEGER, ttl INTEGER, deadline INTEGER);"
+        "DROP INDEX events_resource;"
+        /* What a restart restores: the folded snapshot, less what the log changed since,
+         * plus the log's last word per id. For sqlite3 users: SELECT * FROM current_leases. */
+        "CREATE VIEW current_leases AS"
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM leases WHERE id NOT IN (SELECT id FROM lease_log)"
+        "  UNION ALL"
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM lease_log"
+        "  WHERE seq IN (SELECT max(seq) FROM lease_log GROUP BY id) AND op = 'save';",
 };
 
 typedef enum Stmt {
-        STMT_LEASE_SAVE,
-        STMT_LEASE_DELETE,
+        STMT_LOG_SAVE,
+        STMT_LOG_DELETE,
+        STMT_FOLD_SAVE,
+        STMT_FOLD_DELETE,
+        STMT_FOLD_TRIM,
         STMT_EVENT_APPEND,
         STMT_META_SET,
         STMT_META_GET,
@@ -53,10 +73,22 @@ typedef enum Stmt {
 } Stmt;
 
 static const char *const stmt_sql[_STMT_MAX] = {
-        [STMT_LEASE_SAVE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached, token,"
-                            " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [STMT_LEASE_DELETE] = "DELETE FROM leases WHERE id = ?",
+        [STMT_LOG_SAVE] = "INSERT INTO lease_log (op, id, secret, resource, units, exclusive, detached, token,"
+                          " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
+                          " VALUES ('save',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [STMT_LOG_DELETE] = "INSERT INTO lease_log (op, id) VALUES ('delete', ?)",
+        /* Folding the log rows up to ?1: per id only its last row counts, so a lease granted
+         * and released within the window never touches the leases table. */
+        [STMT_FOLD_SAVE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached, token,"
+                           " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
+                           " SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm,"
+                           " unit, description, created, ttl, deadline FROM lease_log"
+                           " WHERE seq IN (SELECT max(seq) FROM lease_log WHERE seq <= ?1 GROUP BY id)"
+                           " AND op = 'save'",
+        [STMT_FOLD_DELETE] = "DELETE FROM leases WHERE id IN (SELECT id FROM lease_log"
+                             " WHERE seq IN (SELECT max(seq) FROM lease_log WHERE seq <= ?1 GROUP BY id)"
+                             " AND op = 'delete')",
+        [STMT_FOLD_TRIM] = "DELETE FROM lease_log WHERE seq <= ?1",
         [STMT_EVENT_APPEND] = "INSERT INTO events (time, type, resource, lease, token, uid, gid, pid, comm, unit,"
                               " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit)"
                               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -64,14 +96,14 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
         [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
                              " unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                             " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                             " WHERE seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
                                   " comm, unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                                  " WHERE resource = ?"
+                                  " WHERE resource = ? AND seq > ?"
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
-                      " description, created, ttl, deadline FROM leases ORDER BY token",
+                      " description, created, ttl, deadline FROM current_leases ORDER BY token",
 };
 
 typedef struct StoreSqlite {
@@ -84,6 +116,8 @@ typedef struct StoreSqlite {
         bool token_dirty;
         uint64_t last_token;    /* the reserved high-water mark, as stored */
         int64_t last_event_seq;
+        int64_t events_trimmed; /* every event up to this seq is deleted */
+        int64_t log_first, log_last;    /* lease_log holds at most the rows log_first..log_last */
         int error;              /* the first write error of the transaction */
         /* Every write since the last successful commit, as (statement, values), so that a
          * batch whose commit failed for lack of space can be written again once there is
@@ -182,6 +216,8 @@ static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
                 return tx_fail(s, db_errno(s, rc) ?: -EIO);
         if (k == STMT_EVENT_APPEND)
                 s->last_event_seq = sqlite3_last_insert_rowid(s->db);
+        else if (k == STMT_LOG_SAVE || k == STMT_LOG_DELETE)
+                s->log_last = sqlite3_last_insert_rowid(s->db);
         return 0;
 }
 
@@ -282,12 +318,12 @@ static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         return exec_op(s, k, v, n);
 }
 
-static int s_lease_save(Store *store, const Lease *l) {
+static int s_lease_save(Store *store, const LeaseRecord *l) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         const Value v[] = {
                 V_TEXT(l->id),
                 V_TEXT(l->secret),
-                V_TEXT(l->resource->name),
+                V_TEXT(l->resource),
                 V_INT(l->units),
                 V_INT(l->exclusive),
                 V_INT(l->detached),
@@ -297,27 +333,27 @@ static int s_lease_save(Store *store, const Lease *l) {
                 V_INT(l->owner.pid),
                 V_TEXT(l->owner.comm),
                 V_TEXT(l->owner.unit),
-                V_TEXT(l->description),
+                V_TEXT(strempty(l->description)),
                 V_INT(l->created),
                 V_INT(l->ttl),
                 l->deadline == USEC_INFINITY ? V_NULL : V_INT(l->deadline),
         };
-        return write_op(s, STMT_LEASE_SAVE, v, ELEMENTSOF(v));
+        return write_op(s, STMT_LOG_SAVE, v, ELEMENTSOF(v));
 }
 
-static int s_lease_delete(Store *store, const Lease *l) {
+static int s_lease_delete(Store *store, const char *id) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        const Value v[] = { V_TEXT(l->id) };
-        return write_op(s, STMT_LEASE_DELETE, v, ELEMENTSOF(v));
+        const Value v[] = { V_TEXT(id) };
+        return write_op(s, STMT_LOG_DELETE, v, ELEMENTSOF(v));
 }
 
-static int s_event_append(Store *store, const Event *e) {
+static int s_event_append(Store *store, const EventRecord *e) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (s->history_size == 0)
                 return 0;
         const Value v[] = {
                 V_INT(e->time),
-                V_TEXT(event_type_to_string(e->type)),
+                V_TEXT(e->type),
                 V_TEXT(e->resource),
                 V_TEXT(e->lease),
                 e->token ? V_INT(e->token) : V_NULL,
@@ -356,6 +392,33 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
         return write_op(s, STMT_META_SET, v, ELEMENTSOF(v));
 }
 
+/* The lease log is folded into the leases table once it holds more than LOG_FOLD_AT rows,
+ * down to LOG_FOLD_AT / 2 rows: a fold every LOG_FOLD_AT / 2 appends, in the commit of the
+ * batch that crossed the mark. Leases that came and went within those rows cost the
+ * leases table nothing. */
+#define LOG_FOLD_AT 4096
+/* Events beyond HistorySize are deleted in chunks of at least this many (or an eighth of
+ * HistorySize), not a few rows per commit, each of which would write the leftmost pages. */
+#define EVENTS_TRIM_MIN 256
+
+/* Work that keeps the tables small, joined to the batch's transaction (so it costs no
+ * sync of its own) and not in the redo log: if the commit fails it is simply done again. */
+static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *log_first) {
+        int64_t keep_after = s->last_event_seq - (int64_t) s->history_size;
+        if (keep_after - s->events_trimmed >= MAX((int64_t) EVENTS_TRIM_MIN, (int64_t) s->history_size / 8)) {
+                const Value v[] = { V_INT(keep_after) };
+                if (exec_op(s, STMT_EVENTS_TRIM, v, ELEMENTSOF(v)) == 0)
+                        *events_trimmed = keep_after;
+        }
+        int64_t rows = s->log_last - s->log_first + 1;
+        if (rows > LOG_FOLD_AT) {
+                const Value v[] = { V_INT(s->log_last - LOG_FOLD_AT / 2) };
+                if (exec_op(s, STMT_FOLD_SAVE, v, 1) == 0 && exec_op(s, STMT_FOLD_DELETE, v, 1) == 0 &&
+                    exec_op(s, STMT_FOLD_TRIM, v, 1) == 0)
+                        *log_first = v[0].i + 1;
+        }
+}
+
 static int s_commit(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (!s->in_transaction && !s->token_dirty && s->redo_len == 0 && s->error == 0)
@@ -366,12 +429,11 @@ static int s_commit(Store *store) {
                 (void) meta_set(s, "last_token", buf);
                 s->token_dirty = false;
         }
-        if (s->last_event_seq > (int64_t) s->history_size) {
-                const Value v[] = { V_INT(s->last_event_seq - (int64_t) s->history_size) };
-                (void) write_op(s, STMT_EVENTS_TRIM, v, ELEMENTSOF(v));
-        }
         /* A batch rolled back before, with nothing new since: write it again now. */
         (void) begin(s);
+        int64_t events_trimmed = s->events_trimmed, log_first = s->log_first;
+        if (s->error == 0 && s->in_transaction)
+                housekeeping(s, &events_trimmed, &log_first);
         int k = s->error;
         if (k == 0 && s->in_transaction) {
                 int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
@@ -383,6 +445,8 @@ static int s_commit(Store *store) {
                         (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
                 s->replay = s->redo_len > 0;
         } else {
+                s->events_trimmed = events_trimmed;
+                s->log_first = log_first;
                 s->redo_len = 0;
                 if (s->redo_size > REDO_KEEP) {
                         free(s->redo);
@@ -412,8 +476,8 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
                                 .uid = (uint32_t) sqlite3_column_int64(st, 7),
                                 .gid = (uint32_t) sqlite3_column_int64(st, 8),
                                 .pid = (int32_t) sqlite3_column_int64(st, 9),
-                                .comm = (char *) sqlite3_column_text(st, 10),
-                                .unit = (char *) sqlite3_column_text(st, 11),
+                                .comm = (const char *) sqlite3_column_text(st, 10),
+                                .unit = (const char *) sqlite3_column_text(st, 11),
                         },
                         .description = (const char *) sqlite3_column_text(st, 12),
                         .created = (usec_t) sqlite3_column_int64(st, 13),
@@ -422,11 +486,6 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
                                             ? USEC_INFINITY
                                             : (usec_t) sqlite3_column_int64(st, 15),
                 };
-                if (!r.id || !r.secret || !r.resource || r.units == 0 ||
-                    strlen(r.id) != LEASE_ID_LEN || strlen(r.secret) != LEASE_SECRET_LEN) {
-                        sqlite3_reset(st);
-                        return -EBADMSG;
-                }
                 int k = cb(&r, userdata);
                 if (k < 0) {
                         sqlite3_reset(st);
@@ -464,36 +523,42 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
 }
 
 static int s_history(Store *store, const char *resource, unsigned limit,
-                     int (*cb)(const Event *e, void *userdata), void *userdata) {
+                     int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
+        /* Rows past HistorySize wait for a trim in chunks; they are not history any more.
+         * Without an index on resource, this is a backward scan of at most HistorySize
+         * rows plus a chunk. */
+        int64_t oldest = s->last_event_seq - (int64_t) s->history_size;
         sqlite3_stmt *st;
         if (resource) {
                 st = stmt(s, STMT_HISTORY_RESOURCE);
                 sqlite3_bind_text(st, 1, resource, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(st, 2, limit);
+                sqlite3_bind_int64(st, 2, oldest);
+                sqlite3_bind_int64(st, 3, limit);
         } else {
                 st = stmt(s, STMT_HISTORY_ALL);
-                sqlite3_bind_int64(st, 1, limit);
+                sqlite3_bind_int64(st, 1, oldest);
+                sqlite3_bind_int64(st, 2, limit);
         }
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                Owner o = {
+                OwnerRecord o = {
                         .uid = (uint32_t) sqlite3_column_int64(st, 6),
                         .gid = (uint32_t) sqlite3_column_int64(st, 7),
                         .pid = (int32_t) sqlite3_column_int64(st, 8),
                         .comm = (char *) sqlite3_column_text(st, 9),
                         .unit = (char *) sqlite3_column_text(st, 10),
                 };
-                Owner by = {
+                OwnerRecord by = {
                         .uid = (uint32_t) sqlite3_column_int64(st, 13),
                         .gid = (uint32_t) sqlite3_column_int64(st, 14),
                         .pid = (int32_t) sqlite3_column_int64(st, 15),
-                        .comm = (char *) sqlite3_column_text(st, 16),
-                        .unit = (char *) sqlite3_column_text(st, 17),
+                        .comm = (const char *) sqlite3_column_text(st, 16),
+                        .unit = (const char *) sqlite3_column_text(st, 17),
                 };
-                Event e = {
+                EventRecord e = {
                         .time = (usec_t) sqlite3_column_int64(st, 1),
-                        .type = event_type_from_string((const char *) sqlite3_column_text(st, 2)),
+                        .type = (const char *) sqlite3_column_text(st, 2),
                         .resource = (const char *) sqlite3_column_text(st, 3),
                         .lease = (const char *) sqlite3_column_text(st, 4),
                         .token = (uint64_t) sqlite3_column_int64(st, 5),
@@ -502,7 +567,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                         .reason = (const char *) sqlite3_column_text(st, 12),
                         .revoked_by = sqlite3_column_type(st, 13) == SQLITE_NULL ? NULL : &by,
                 };
-                if (e.type < 0 || !e.resource)
+                if (!e.type || !e.resource)
                         continue;
                 int k = cb(&e, userdata);
                 if (k < 0) {
@@ -702,7 +767,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 goto fail;
 
         /* A quick check that the schema is what we expect and readable. */
-        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT count(*) FROM events;", NULL, NULL, &msg);
+        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT count(*) FROM events; SELECT count(*) FROM lease_log;", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
                 k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot read %s: %s", s->path, strna(msg));
                 sqlite3_free(msg);
@@ -725,10 +790,23 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         s->last_event_seq = 0;
         {
                 sqlite3_stmt *st = NULL;
-                if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM events", -1, &st, NULL) ==
-                            SQLITE_OK &&
-                    sqlite3_step(st) == SQLITE_ROW)
+                if (sqlite3_prepare_v2(s->db,
+                                       "SELECT coalesce(max(seq), 0), coalesce(min(seq), 1) - 1 FROM events;", -1,
+                                       &st, NULL) == SQLITE_OK &&
+                    sqlite3_step(st) == SQLITE_ROW) {
                         s->last_event_seq = sqlite3_column_int64(st, 0);
+                        s->events_trimmed = sqlite3_column_int64(st, 1);
+                }
+                sqlite3_finalize(st);
+                st = NULL;
+                /* seq of an INTEGER PRIMARY KEY without AUTOINCREMENT may be reused once the
+                 * table is empty: log_first..log_last only bounds what is there. */
+                if (sqlite3_prepare_v2(s->db, "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) FROM lease_log",
+                                       -1, &st, NULL) == SQLITE_OK &&
+                    sqlite3_step(st) == SQLITE_ROW) {
+                        s->log_first = sqlite3_column_int64(st, 0);
+                        s->log_last = sqlite3_column_int64(st, 1);
+                }
                 sqlite3_finalize(st);
         }
         *ret = &s->store;

@@ -1,17 +1,34 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* Durable state behind a vtable, like redis's ae backends: store-sqlite.c is the one
- * backend today. Writes join the current transaction, which the manager commits once per
- * loop iteration (group commit) before it writes any reply; so no reply reports a state
- * change that is not durable at the configured sync level. */
+/* Durable state behind a vtable, like redis's ae backends. The contract is plain data:
+ * records of strings and integers, no engine structure, so a second backend (etcd is
+ * planned, brief §7) needs nothing of the engine's internals. Backends:
+ * - store-sqlite.c, the daemon's store (an append-only lease log folded into a leases
+ *   table off the reply path, docs/architecture.md "The database");
+ * - store-memory.c, for tests: everything in memory, with fault injection.
+ *
+ * Writes join the current transaction, which the manager commits once per loop iteration
+ * (group commit) before it writes any reply; so no reply reports a state change that is
+ * not durable at the configured sync level. */
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "usec.h"
 
-/* A lease as stored. Borrowed strings, valid during the load callback. */
+typedef struct Store Store;
+
+/* Who held or acted, as stored. */
+typedef struct OwnerRecord {
+        uint32_t uid;
+        uint32_t gid;
+        int32_t pid;
+        const char *comm;       /* NULL for none */
+        const char *unit;       /* NULL for none */
+} OwnerRecord;
+
+/* A lease as stored. Borrowed strings, valid during the call (or the load callback). */
 typedef struct LeaseRecord {
         const char *id;
         const char *secret;
@@ -21,26 +38,42 @@ typedef struct LeaseRecord {
         bool exclusive;
         bool detached;
         uint64_t token;
-        Owner owner;
-        usec_t created;
-        usec_t ttl;
-        usec_t deadline;        /* CLOCK_MONOTONIC of the boot that stored it */
+        OwnerRecord owner;
+        usec_t created;         /* CLOCK_REALTIME */
+        usec_t ttl;             /* 0 = none */
+        usec_t deadline;        /* CLOCK_MONOTONIC of the boot that stored it; USEC_INFINITY = none */
 } LeaseRecord;
 
+/* An event as stored and as History reads it back. Borrowed strings. */
+typedef struct EventRecord {
+        const char *type;       /* "granted", "released", ... (the wire's names) */
+        usec_t time;            /* CLOCK_REALTIME */
+        const char *resource;
+        const char *lease;      /* NULL for none */
+        uint64_t token;         /* 0 for none */
+        const OwnerRecord *owner;       /* NULL for none */
+        unsigned units;
+        const char *reason;     /* NULL for none */
+        const OwnerRecord *revoked_by;  /* NULL for none */
+} EventRecord;
+
 typedef struct StoreOps {
-        int (*lease_save)(Store *s, const Lease *l);
-        int (*lease_delete)(Store *s, const Lease *l);
-        int (*event_append)(Store *s, const Event *e);
+        int (*lease_save)(Store *s, const LeaseRecord *l);
+        int (*lease_delete)(Store *s, const char *id);
+        int (*event_append)(Store *s, const EventRecord *e);
+        /* Every token up to last_token may have been handed out: a restart must start
+         * above it (the backend may reserve ahead). */
         int (*token_save)(Store *s, uint64_t last_token);
         /* 1 if a transaction was committed, 0 if there was nothing to commit, -errno. */
         int (*commit)(Store *s);
+        /* Every stored lease, by token. */
         int (*load)(Store *s, int (*cb)(const LeaseRecord *r, void *userdata), void *userdata);
         /* *ret is malloc'ed, NULL if unset. */
         int (*meta_get)(Store *s, const char *key, char **ret);
         int (*meta_set)(Store *s, const char *key, const char *value);
         /* The last limit events (of resource, if not NULL), oldest first. */
         int (*history)(Store *s, const char *resource, unsigned limit,
-                       int (*cb)(const Event *e, void *userdata), void *userdata);
+                       int (*cb)(const EventRecord *e, void *userdata), void *userdata);
         int64_t (*size)(Store *s);
         void (*free)(Store *s);
 } StoreOps;
@@ -58,6 +91,27 @@ typedef enum StoreSync {
  * schema, fails with a message in *ret_error (malloc'ed) and is left as it is. */
 int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret,
                       char **ret_error);
+
+/* The in-memory store, for tests. Faults: fail_commit (if > 0) makes the fail_commit-th
+ * commit that has something to commit fail with fail_errno (default -EIO), the batch rolled
+ * back; commit_delay (µs) makes every commit sleep that long first; on_commit, if set, is
+ * called after each successful commit with the number of commits so far. */
+typedef struct StoreMemoryOptions {
+        unsigned history_size;
+        unsigned fail_commit;
+        int fail_errno;
+        usec_t commit_delay;
+        void (*on_commit)(unsigned n_commits, void *userdata);
+        void *userdata;
+} StoreMemoryOptions;
+
+int store_memory_new(const StoreMemoryOptions *opts, Store **ret);
+/* Parses "memory[,fail-commit=N][,fail-errno=E][,delay-commit=USEC][,history=N]". */
+int store_memory_from_spec(const char *spec, Store **ret);
+
+/* The daemon's choice: sqlite, unless this is a build with test hooks and
+ * AGEND_TEST_STORE names the in-memory store (tests of what leaves before a commit). */
+int store_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret, char **ret_error);
 
 static inline Store *store_free(Store *s) {
         if (s)

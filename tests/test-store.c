@@ -93,10 +93,10 @@ static void test_group_commit(void **state) {
                                  0);
         }
         /* Another reader sees none of the ten before the commit ... */
-        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 0);
         assert_int_equal(s->ops->commit(s), 1);
         /* ... and all of them after it, in one transaction. */
-        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 10);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 10);
         /* The token high-water mark is reserved ahead of the tokens granted. */
         assert_true(count(f->db, "SELECT value FROM meta WHERE key = 'last_token'") >= 10);
         /* Nothing changed: nothing to commit. */
@@ -127,8 +127,10 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 3);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 1);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        /* 3 → 4 drops the index again: History scans events backwards. */
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name LIKE 'by_%'"), 5);
         Engine *e;
         assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
@@ -208,13 +210,19 @@ static void test_history_capped(void **state) {
                 engine_lease_end(e, l, EVENT_RELEASED, "test");
                 assert_int_equal(s->ops->commit(s), 1);
         }
-        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), 20);
+        /* Trimmed in chunks (not a few rows per commit), and History never reaches past the
+         * last 20. */
+        assert_true(count(f->db, "SELECT count(*) FROM events") <= 20 + 256);
         Hist hist = {};
-        assert_int_equal(s->ops->history(s, "h", 6, hist_cb, &hist), 0);
+        assert_int_equal(engine_history(e, "h", 6, hist_cb, &hist), 0);
         assert_int_equal(hist.n, 6);
         /* oldest first: the last three leases, granted then released */
         assert_int_equal(hist.first_token, 28);
         assert_int_equal(hist.last_token, 30);
+        /* Never more than HistorySize, whatever waits for the next trim. */
+        hist = (Hist) {};
+        assert_int_equal(engine_history(e, NULL, 1000, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, 20);
         engine_free(e);
         store_free(s);
 }
@@ -309,19 +317,19 @@ static void test_full_disk_batch_replayed(void **state) {
         /* Still full: the same batch fails again, plus what came since. */
         acquire_n(e, &h, "more", 2);
         assert_int_equal(s->ops->commit(s), -ENOSPC);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 5);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 5);
 
         assert_int_equal(unlink(fill), 0);
         /* The write that begins the next transaction (and so triggers the replay) is
          * written once, not replayed and then written again. */
-        Event ev = { .type = EVENT_REVOKED, .time = 1, .resource = "marker", .reason = "once" };
+        EventRecord ev = { .type = "revoked", .time = 1, .resource = "marker", .reason = "once" };
         assert_int_equal(s->ops->event_append(s, &ev), 0);
         assert_int_equal(s->ops->commit(s), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'marker'"), 1);
         assert_int_equal(s->ops->commit(s), 0);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 47);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 47);
         assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE type = 'granted'"), 47);
-        assert_int_equal(count(f->db, "SELECT count(DISTINCT token) FROM leases"), 47);
+        assert_int_equal(count(f->db, "SELECT count(DISTINCT token) FROM current_leases"), 47);
         h = (Holder) {};
         engine_free(e);
         store_free(s);
@@ -353,6 +361,141 @@ static void test_read_only(void **state) {
         assert_int_equal(helper_umount(f->dir), 0);
 }
 
+static int count_restored(const LeaseRecord *r, void *u) {
+        (*(unsigned *) u)++;
+        return 0;
+}
+
+/* The lease log: appends only on the hot path, folded into leases once it is long, and a
+ * restart sees the snapshot plus the log, before and after a fold. */
+static void test_log_folds(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        Engine *e;
+        Holder h = {};
+        Lease *l;
+        Waiter *w;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 0);
+        /* Three leases that stay, then 6000 that come and go, 20 per commit. */
+        for (int i = 0; i < 3; i++) {
+                char name[8];
+                snprintf(name, sizeof(name), "keep%d", i);
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = name, .owner = &owner, .detached = true },
+                                                &h, NULL, &l, &w),
+                                 0);
+        }
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 0);
+        for (int i = 0; i < 6000; i++) {
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, &h, NULL,
+                                                &l, &w),
+                                 0);
+                assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
+                if (i % 20 == 19)
+                        assert_int_equal(s->ops->commit(s), 1);
+        }
+        /* Folded: the log stays short, and of the 6003 leases only the three that stayed
+         * reached the leases table. */
+        assert_true(count(f->db, "SELECT count(*) FROM lease_log") <= 4096 + 40);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        /* One more that stays, in the log only: a restart restores all four. */
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "late", .owner = &owner, .detached = true },
+                                        &h, NULL, &l, &w),
+                         0);
+        assert_int_equal(s->ops->commit(s), 1);
+        h = (Holder) {};
+        engine_free(e);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 4);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 4);
+        assert_non_null(engine_resource_get(e, "late"));
+        engine_free(e);
+        store_free(s);
+}
+
+/* A database file written by the agend of schema 3 (tests/data/agend-v3.db: two detached
+ * leases, one bound lease, events), opened by this one. */
+static void test_migration_from_v3_file(void **state) {
+        Fixture *f = *state;
+        const char *data = getenv("AGEND_TEST_DATA");
+        if (!data) {
+                n_skipped++;
+                skip();
+        }
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "cp %s/agend-v3.db %s/agend.db", data, f->dir);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 3);
+        int64_t token = count(f->db, "SELECT max(token) FROM leases");
+        int64_t n_events = count(f->db, "SELECT count(*) FROM events");
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        Engine *e;
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        /* Another boot than the one that wrote it: every lease is voided and recorded. */
+        assert_int_equal(engine_restore(e, "another-boot", 0), 3);
+        assert_true(engine_last_token(e) >= (uint64_t) token);
+        assert_int_equal(engine_n_leases(e), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        Hist hist = {};
+        assert_int_equal(engine_history(e, NULL, 1000, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, n_events + 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 0);
+        engine_free(e);
+        store_free(s);
+}
+
+/* The in-memory store's faults: the Nth commit fails and leaves nothing of its batch. */
+static unsigned memory_commits;
+static void on_memory_commit(unsigned n, void *u) {
+        memory_commits = n;
+}
+
+static void test_memory_store_faults(void **state) {
+        Store *s;
+        Engine *e;
+        Holder h = {};
+        Lease *l;
+        Waiter *w;
+        StoreMemoryOptions o = { .history_size = 10, .fail_commit = 2, .on_commit = on_memory_commit };
+        assert_int_equal(store_memory_new(&o, &s), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 0);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "a", .owner = &owner }, &h, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(memory_commits, 1);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "b", .owner = &owner }, &h, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), -EIO);
+        assert_int_equal(memory_commits, 1);
+        assert_int_equal(s->ops->commit(s), 0);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 1);
+        Hist hist = {};
+        assert_int_equal(engine_history(e, NULL, 100, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, 1);
+        h = (Holder) {};
+        engine_free(e);
+        store_free(s);
+        /* The spec the daemon reads from AGEND_TEST_STORE. */
+        assert_int_equal(store_memory_from_spec("memory,fail-commit=3,delay-commit=10", &s), 0);
+        store_free(s);
+        assert_int_equal(store_memory_from_spec("memory,bogus", &s), -EINVAL);
+        assert_int_equal(store_memory_from_spec("sqlite", &s), -EINVAL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
@@ -363,6 +506,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_full_disk_batch_replayed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
+                cmocka_unit_test(test_memory_store_faults),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);
         return failed ? failed : n_skipped ? 77 : 0;
