@@ -182,6 +182,8 @@ typedef struct CycleResult {
         double secs;
         Samples cycle, acquire;
         usec_t server_cpu, client_cpu;
+        /* agend's Status at the start and end of the measured window (-1: unknown) */
+        long long wal0, wal1, commits0, commits1;
         char first_error[256];
 } CycleResult;
 

@@ -253,9 +253,25 @@ static void client_msg(Conn *c, char *msg, size_t len) {
         (void) len;
 }
 
+/* agend's wal_bytes and commits now, from Status (-1 if not known). */
+static void agend_counters(const Opts *o, long long *wal, long long *commits) {
+        *wal = *commits = -1;
+        if (o->target != TARGET_AGEND || !o->socket)
+                return;
+        char *reply = vl_call_once(o->socket, "{\"method\":\"io.agend.Lease.Status\"}", 2 * USEC_PER_SEC);
+        if (!reply)
+                return;
+        if (!json_scan_int(reply, "wal_bytes", wal))
+                *wal = -1;
+        if (!json_scan_int(reply, "commits", commits))
+                *commits = -1;
+        free(reply);
+}
+
 static void warm_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Run *run = container_of(w, Run, t_warm);
 
+        agend_counters(run->o, &run->r->wal0, &run->r->commits0);
         run->measuring = true;
         run->t_measure = now_usec();
         if (run->o->server_pid > 0)
@@ -271,6 +287,7 @@ static void end_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         if (run->o->server_pid > 0 && proc_cpu_usec(run->o->server_pid, &cpu1) == 0)
                 run->r->server_cpu = cpu1 - run->cpu0;
         run->r->client_cpu = self_cpu_usec() - run->ccpu0;
+        agend_counters(run->o, &run->r->wal1, &run->r->commits1);
         run->measuring = false;
         run->stopping = true;
         for (unsigned i = 0; i < run->o->clients; i++)
@@ -450,17 +467,27 @@ void cycle_result_print(const Opts *o, CycleResult *r, const char *kind) {
         out_num(&out, "server_cpu_us_per_cycle",
                 o->server_pid > 0 && r->cycles ? (double) r->server_cpu / (double) r->cycles : NAN);
         out_num(&out, "client_cpu_us_per_cycle", r->cycles ? (double) r->client_cpu / (double) r->cycles : NAN);
+        bool have_wal = r->wal0 >= 0 && r->wal1 >= r->wal0 && r->commits1 > r->commits0 && r->cycles > 0;
+        /* What the commits cost the disk: WAL bytes per cycle, and pages (4 KiB frames) per commit. */
+        double wal_per_cycle = have_wal ? (double) (r->wal1 - r->wal0) / (double) r->cycles : NAN;
+        double pages_per_commit = have_wal ? (double) (r->wal1 - r->wal0) / (4096.0 + 24.0) /
+                                                     (double) (r->commits1 - r->commits0)
+                                           : NAN;
+        double cycles_per_commit = have_wal ? (double) r->cycles / (double) (r->commits1 - r->commits0) : NAN;
+        out_num(&out, "wal_bytes_per_cycle", wal_per_cycle);
+        out_num(&out, "wal_pages_per_commit", pages_per_commit);
+        out_num(&out, "cycles_per_commit", cycles_per_commit);
         if (r->errors)
                 out_str(&out, "first_error", r->first_error);
         out_end(&out);
 
         if (!o->quiet)
                 logf_("%-8s %-22s c=%-3u k=%-2u %9.0f cycles/s  p50 %7.0f us  p99 %7.0f us  srv %6.1f us/cycle  "
-                      "errors %llu\n",
+                      "wal %6.0f B/cycle %5.2f pages/commit  errors %llu\n",
                       target_name(o->target), o->label ? o->label : "", o->clients, o->inflight, rate,
                       samples_pct(&r->cycle, 50), samples_pct(&r->cycle, 99),
                       o->server_pid > 0 && r->cycles ? (double) r->server_cpu / (double) r->cycles : NAN,
-                      (unsigned long long) r->errors);
+                      wal_per_cycle, pages_per_commit, (unsigned long long) r->errors);
 }
 
 void cycle_result_free(CycleResult *r) {

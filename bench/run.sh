@@ -250,21 +250,22 @@ field() {       # field JSON KEY
         sed -n "s/.*\"$2\":\(\"[^\"]*\"\|[^,}]*\).*/\1/p" <<<"$1" | tr -d '"'
 }
 tsv=$out/cycles.tsv
-printf 'config\tclients\tinflight\tcycles_per_s\tp50_us\tp99_us\tacq_p99_us\tserver_us_per_cycle\tclient_us_per_cycle\terrors\n' >"$tsv"
+printf 'config\tclients\tinflight\tcycles_per_s\tp50_us\tp99_us\tacq_p99_us\tserver_us_per_cycle\tclient_us_per_cycle\terrors\twal_bytes_per_cycle\twal_pages_per_commit\n' >"$tsv"
 while read -r line; do
         [[ $(field "$line" kind) == cycle ]] || continue
-        printf '%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%s\n' "$(field "$line" label)" \
+        printf '%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\n' "$(field "$line" label)" \
                 "$(field "$line" clients)" "$(field "$line" inflight)" "$(field "$line" cycles_per_s)" \
                 "$(field "$line" cycle_p50_us)" "$(field "$line" cycle_p99_us)" "$(field "$line" acquire_p99_us)" \
                 "$(field "$line" server_cpu_us_per_cycle)" "$(field "$line" client_cpu_us_per_cycle)" \
-                "$(field "$line" errors)" >>"$tsv"
+                "$(field "$line" errors)" "$(field "$line" wal_bytes_per_cycle)" \
+                "$(field "$line" wal_pages_per_commit)" >>"$tsv"
 done <"$results"
 
 {
-        echo "| config | clients × in flight | cycles/s | p50 µs | p99 µs | acquire p99 µs | server CPU µs/cycle | client CPU µs/cycle | errors |"
-        echo "|---|---|---|---|---|---|---|---|---|"
-        tail -n +2 "$tsv" | while IFS=$'\t' read -r cfg c k r p50 p99 a99 s cl e; do
-                echo "| $cfg | $c × $k | $r | $p50 | $p99 | $a99 | $s | $cl | $e |"
+        echo "| config | clients × in flight | cycles/s | p50 µs | p99 µs | acquire p99 µs | server CPU µs/cycle | client CPU µs/cycle | errors | WAL B/cycle | WAL pages/commit |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        tail -n +2 "$tsv" | while IFS=$'\t' read -r cfg c k r p50 p99 a99 s cl e wb wp; do
+                echo "| $cfg | $c × $k | $r | $p50 | $p99 | $a99 | $s | $cl | $e | $wb | $wp |"
         done
         echo
         grep -h '"kind":"\(floor\|contention\|scale_leases\|scale_conns\|cleanup\)"' "$results" | sed 's/^/    /'

@@ -508,6 +508,8 @@ static void method_status(Conn *c, struct json_object *p) {
         add_int(r, "connections", m->n_conns);
         add_int(r, "commits", (int64_t) m->commits);
         add_int(r, "database_size", m->store->ops->size(m->store));
+        if (m->store->ops->log_bytes)
+                add_int(r, "wal_bytes", m->store->ops->log_bytes(m->store));
         add_string(r, "sync", m->config.sync == STORE_SYNC_FULL ? "full" : "normal");
         conn_reply(c, r, false);
 }

@@ -125,6 +125,9 @@ typedef struct StoreSqlite {
         uint8_t *redo;
         size_t redo_len, redo_size;
         bool replay;            /* the redo log was rolled back: write it again at the next BEGIN */
+        int wal_frames;         /* frames in the WAL after the last commit */
+        int64_t wal_bytes;      /* appended since open */
+        int page_size;
 } StoreSqlite;
 
 /* A value bound to a statement parameter, as the redo log keeps it. */
@@ -579,6 +582,26 @@ static int s_history(Store *store, const char *resource, unsigned limit,
         return sqlite_to_errno(rc);
 }
 
+/* Replaces sqlite's own auto-checkpoint hook (same threshold, same passive checkpoint) so
+ * that it can also count what each commit appended. */
+#define WAL_CHECKPOINT_FRAMES 1000
+
+static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
+        StoreSqlite *s = userdata;
+        /* Fewer frames than after the last commit: the WAL was restarted after a checkpoint. */
+        int added = frames >= s->wal_frames ? frames - s->wal_frames : frames;
+        s->wal_bytes += (int64_t) added * (s->page_size + 24);
+        s->wal_frames = frames;
+        if (frames >= WAL_CHECKPOINT_FRAMES)
+                (void) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        return SQLITE_OK;
+}
+
+static int64_t s_log_bytes(Store *store) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        return s->wal_bytes;
+}
+
 static int64_t s_size(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         struct stat st;
@@ -614,6 +637,7 @@ static const StoreOps sqlite_ops = {
         .meta_set = s_meta_set,
         .history = s_history,
         .size = s_size,
+        .log_bytes = s_log_bytes,
         .free = s_free,
 };
 
@@ -809,6 +833,15 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 }
                 sqlite3_finalize(st);
         }
+        s->page_size = 4096;
+        {
+                sqlite3_stmt *st = NULL;
+                if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+                    sqlite3_step(st) == SQLITE_ROW)
+                        s->page_size = sqlite3_column_int(st, 0);
+                sqlite3_finalize(st);
+        }
+        sqlite3_wal_hook(s->db, wal_hook, s);
         *ret = &s->store;
         return 0;
 

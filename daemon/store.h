@@ -75,6 +75,9 @@ typedef struct StoreOps {
         int (*history)(Store *s, const char *resource, unsigned limit,
                        int (*cb)(const EventRecord *e, void *userdata), void *userdata);
         int64_t (*size)(Store *s);
+        /* Bytes appended to the durable log since the store opened (sqlite: WAL frames,
+         * headers included), for Status and the benchmark; NULL if the backend cannot say. */
+        int64_t (*log_bytes)(Store *s);
         void (*free)(Store *s);
 } StoreOps;
 
