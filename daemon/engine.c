@@ -18,6 +18,7 @@ struct Engine {
 
         Hashmap resources;      /* name → Resource */
         Hashmap leases;         /* id → Lease */
+        Hashmap strings;        /* the leases' owner names and descriptions, shared: text → Interned */
         Prioq timers;           /* lease expiries, waiter timeouts, the grace period */
         EngineTimer grace;
 
@@ -61,6 +62,64 @@ void owner_done(Owner *o) {
         free(o->comm);
         free(o->unit);
         o->comm = o->unit = NULL;
+}
+
+/* A million leases from a few programs carry a few distinct command names, units and
+ * descriptions: each lease points at one shared, counted copy instead of its own. */
+typedef struct Interned {
+        unsigned refs;
+        char s[];
+} Interned;
+
+static char *intern(Engine *e, const char *s) {
+        if (!s)
+                return NULL;
+        Interned *i = hashmap_get(&e->strings, s);
+        if (i) {
+                i->refs++;
+                return i->s;
+        }
+        size_t n = strlen(s);
+        i = malloc(offsetof(Interned, s) + n + 1);
+        if (!i)
+                return NULL;
+        i->refs = 1;
+        memcpy(i->s, s, n + 1);
+        if (hashmap_put(&e->strings, i->s, i) < 0) {
+                free(i);
+                return NULL;
+        }
+        return i->s;
+}
+
+static void unintern(Engine *e, char *s) {
+        if (!s)
+                return;
+        Interned *i = container_of(s, Interned, s[0]);
+        if (--i->refs > 0)
+                return;
+        hashmap_remove(&e->strings, i->s);
+        free(i);
+}
+
+static void lease_strings_done(Engine *e, Lease *l) {
+        unintern(e, l->owner.comm);
+        unintern(e, l->owner.unit);
+        unintern(e, l->description);
+        l->owner.comm = l->owner.unit = l->description = NULL;
+}
+
+/* The owner and description of a lease, interned. */
+static int lease_strings_set(Engine *e, Lease *l, const Owner *o, const char *description) {
+        l->owner = (Owner) { .uid = o->uid, .gid = o->gid, .pid = o->pid };
+        l->owner.comm = intern(e, o->comm);
+        l->owner.unit = intern(e, o->unit);
+        l->description = intern(e, strempty(description));
+        if ((o->comm && !l->owner.comm) || (o->unit && !l->owner.unit) || !l->description) {
+                lease_strings_done(e, l);
+                return -ENOMEM;
+        }
+        return 0;
 }
 
 static usec_t sys_monotonic(void *u) {
@@ -112,6 +171,7 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         e->allow_undeclared = true;
         hashmap_init(&e->resources);
         hashmap_init(&e->leases);
+        hashmap_init(&e->strings);
         prioq_item_init(&e->grace.pq);
         e->grace.kind = TIMER_GRACE;
         *ret = e;
@@ -187,7 +247,6 @@ static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *
 static void resource_free(Resource *r) {
         if (!r)
                 return;
-        free(r->name);
         free(r->allow_uids);
         free(r->allow_gids);
         free(r);
@@ -210,12 +269,14 @@ static int resource_get(Engine *e, const char *name, bool create, Resource **ret
         }
         if (!create)
                 return -ENXIO;
-        r = calloc(1, sizeof(*r));
+        /* The name lives in the same allocation: one malloc less per resource. */
+        size_t n = strlen(name);
+        r = calloc(1, sizeof(*r) + n + 1);
         if (!r)
                 return -ENOMEM;
-        r->name = strdup(name);
+        r->name = memcpy((char *) (r + 1), name, n + 1);
         r->capacity = 1;
-        if (!r->name || hashmap_put(&e->resources, r->name, r) < 0) {
+        if (hashmap_put(&e->resources, r->name, r) < 0) {
                 resource_free(r);
                 return -ENOMEM;
         }
@@ -281,8 +342,7 @@ static void lease_free(Engine *e, Lease *l) {
         prioq_remove(&e->timers, &l->expiry.pq);
         hashmap_remove(&e->leases, l->id);
         e->n_leases--;
-        owner_done(&l->owner);
-        free(l->description);
+        lease_strings_done(e, l);
         free(l);
 }
 
@@ -319,9 +379,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
                 free(l);
                 return -EAGAIN;
         }
-        l->description = strdup(strempty(description));
-        if (!l->description || owner_copy(&l->owner, owner) < 0) {
-                free(l->description);
+        if (lease_strings_set(e, l, owner, description) < 0) {
                 free(l);
                 return -ENOMEM;
         }
@@ -334,8 +392,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         l->ttl = ttl;
         l->deadline = ttl > 0 ? usec_add(now_mono(e), ttl) : USEC_INFINITY;
         if (lease_attach(e, l, r) < 0) {
-                owner_done(&l->owner);
-                free(l->description);
+                lease_strings_done(e, l);
                 free(l);
                 return -ENOMEM;
         }
@@ -713,7 +770,6 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
                 return -ENOMEM;
         snprintf(l->id, sizeof(l->id), "%s", rec->id);
         snprintf(l->secret, sizeof(l->secret), "%s", rec->secret);
-        l->description = strdup(strempty(rec->description));
         Owner o = {
                 .uid = rec->owner.uid,
                 .gid = rec->owner.gid,
@@ -721,8 +777,7 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
                 .comm = (char *) rec->owner.comm,
                 .unit = (char *) rec->owner.unit,
         };
-        if (!l->description || owner_copy(&l->owner, &o) < 0) {
-                free(l->description);
+        if (lease_strings_set(e, l, &o, rec->description) < 0) {
                 free(l);
                 return -ENOMEM;
         }
@@ -742,8 +797,7 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
         if (k < 0) {
                 if (l->state == LEASE_RECLAIMABLE)
                         e->n_reclaimable--;
-                owner_done(&l->owner);
-                free(l->description);
+                lease_strings_done(e, l);
                 free(l);
                 return k;
         }
@@ -836,11 +890,13 @@ Engine *engine_free(Engine *e) {
         HashmapIter i = {};
         /* The heap points into leases and waiters: empty it before they go. */
         prioq_done(&e->timers);
-        while (hashmap_iterate(&e->leases, &i, (void **) &l)) {
-                owner_done(&l->owner);
-                free(l->description);
+        while (hashmap_iterate(&e->leases, &i, (void **) &l))
                 free(l);
-        }
+        Interned *str;
+        i = (HashmapIter) {};
+        while (hashmap_iterate(&e->strings, &i, (void **) &str))
+                free(str);
+        hashmap_done(&e->strings);
         i = (HashmapIter) {};
         while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
                 for (Waiter *w = r->wait_head, *n; w; w = n) {

@@ -100,8 +100,8 @@ struct Lease {
         bool detached;                          /* ro */
         LeaseState state;                       /* ro */
         uint64_t token;                         /* ro */
-        Owner owner;                            /* ro */
-        char *description;                      /* ro, never NULL */
+        Owner owner;                            /* ro; comm and unit shared by the engine (interned) */
+        char *description;                      /* ro, never NULL; shared by the engine (interned) */
         usec_t created;                         /* ro: CLOCK_REALTIME */
         usec_t ttl;                             /* ro: 0 = none */
         usec_t deadline;                        /* ro: CLOCK_MONOTONIC, USEC_INFINITY = none */
@@ -128,7 +128,7 @@ struct Waiter {
 };
 
 struct Resource {
-        char *name;                             /* ro */
+        char *name;                             /* ro: stored after the struct */
         unsigned capacity;                      /* ro */
         unsigned used;                          /* ro: units held, reclaimable ones too */
         bool declared;                          /* ro: from the configuration */

@@ -6,12 +6,13 @@
 
 #include "hashmap.h"
 
-struct HashmapEntry {
-        HashmapEntry *next;
-        const char *key;
+struct HashmapSlot {
+        const char *key;        /* NULL: empty; TOMBSTONE: removed */
         void *value;
-        uint64_t hash;
 };
+
+static const char tombstone[1];
+#define TOMBSTONE tombstone
 
 /* FNV-1a: keys are daemon-made ids and resource names; a client can pick resource
  * names, but a per-uid lease limit bounds how many it can make. */
@@ -29,75 +30,83 @@ void hashmap_init(Hashmap *h) {
 }
 
 void hashmap_done(Hashmap *h) {
-        for (size_t b = 0; b < h->n_buckets; b++)
-                for (HashmapEntry *e = h->buckets[b], *n; e; e = n) {
-                        n = e->next;
-                        free(e);
-                }
-        free(h->buckets);
+        free(h->slots);
         *h = (Hashmap) {};
 }
 
-static int grow(Hashmap *h) {
-        size_t n = h->n_buckets ? h->n_buckets * 2 : 64;
-        HashmapEntry **b = calloc(n, sizeof(*b));
-        if (!b)
+static bool live(const HashmapSlot *s) {
+        return s->key && s->key != TOMBSTONE;
+}
+
+/* The slot holding key, or NULL. */
+static HashmapSlot *find(const Hashmap *h, const char *key) {
+        if (h->n_slots == 0)
+                return NULL;
+        size_t mask = h->n_slots - 1;
+        for (size_t i = hash_string(key) & mask;; i = (i + 1) & mask) {
+                HashmapSlot *s = &h->slots[i];
+                if (!s->key)
+                        return NULL;
+                if (s->key != TOMBSTONE && (s->key == key || strcmp(s->key, key) == 0))
+                        return s;
+        }
+}
+
+/* Rebuilds the table with room for at least want entries at load ≤ 1/2, dropping tombstones. */
+static int rehash(Hashmap *h, size_t want) {
+        size_t n = 64;
+        while (n < want * 2)
+                n *= 2;
+        HashmapSlot *slots = calloc(n, sizeof(*slots));
+        if (!slots)
                 return -ENOMEM;
-        for (size_t i = 0; i < h->n_buckets; i++)
-                for (HashmapEntry *e = h->buckets[i], *next; e; e = next) {
-                        next = e->next;
-                        size_t j = e->hash & (n - 1);
-                        e->next = b[j];
-                        b[j] = e;
-                }
-        free(h->buckets);
-        h->buckets = b;
-        h->n_buckets = n;
+        for (size_t j = 0; j < h->n_slots; j++) {
+                const HashmapSlot *s = &h->slots[j];
+                if (!live(s))
+                        continue;
+                size_t i = hash_string(s->key) & (n - 1);
+                while (slots[i].key)
+                        i = (i + 1) & (n - 1);
+                slots[i] = *s;
+        }
+        free(h->slots);
+        h->slots = slots;
+        h->n_slots = n;
+        h->n_used = h->size;
         return 0;
 }
 
-static HashmapEntry **find(const Hashmap *h, const char *key, uint64_t hash) {
-        if (h->n_buckets == 0)
-                return NULL;
-        HashmapEntry **p = &h->buckets[hash & (h->n_buckets - 1)];
-        for (; *p; p = &(*p)->next)
-                if ((*p)->hash == hash && strcmp((*p)->key, key) == 0)
-                        return p;
-        return NULL;
-}
-
 int hashmap_put(Hashmap *h, const char *key, void *value) {
-        uint64_t hash = hash_string(key);
-        if (find(h, key, hash))
+        if (find(h, key))
                 return -EEXIST;
-        if (h->size >= h->n_buckets) {
-                int r = grow(h);
+        if ((h->n_used + 1) * 4 > h->n_slots * 3) {
+                int r = rehash(h, h->size + 1);
                 if (r < 0)
                         return r;
         }
-        HashmapEntry *e = malloc(sizeof(*e));
-        if (!e)
-                return -ENOMEM;
-        size_t j = hash & (h->n_buckets - 1);
-        *e = (HashmapEntry) { .next = h->buckets[j], .key = key, .value = value, .hash = hash };
-        h->buckets[j] = e;
+        size_t mask = h->n_slots - 1, i = hash_string(key) & mask;
+        while (live(&h->slots[i]))
+                i = (i + 1) & mask;
+        if (!h->slots[i].key)
+                h->n_used++;    /* a tombstone reused was counted already */
+        h->slots[i] = (HashmapSlot) { .key = key, .value = value };
         h->size++;
         return 0;
 }
 
 void *hashmap_get(const Hashmap *h, const char *key) {
-        HashmapEntry **p = find(h, key, hash_string(key));
-        return p ? (*p)->value : NULL;
+        HashmapSlot *s = find(h, key);
+        return s ? s->value : NULL;
 }
 
 void *hashmap_remove(Hashmap *h, const char *key) {
-        HashmapEntry **p = find(h, key, hash_string(key));
-        if (!p)
+        HashmapSlot *s = find(h, key);
+        if (!s)
                 return NULL;
-        HashmapEntry *e = *p;
-        void *v = e->value;
-        *p = e->next;
-        free(e);
+        void *v = s->value;
+        /* A tombstone keeps later entries of the probe sequence reachable and iteration in
+         * progress valid; the next rehash drops it. */
+        *s = (HashmapSlot) { .key = TOMBSTONE };
         h->size--;
         return v;
 }
@@ -105,16 +114,12 @@ void *hashmap_remove(Hashmap *h, const char *key) {
 bool hashmap_iterate(const Hashmap *h, HashmapIter *i, void **ret_value) {
         if (!i->started) {
                 i->started = true;
-                i->bucket = 0;
-                i->next = h->n_buckets ? h->buckets[0] : NULL;
+                i->slot = 0;
         }
-        while (!i->next) {
-                if (++i->bucket >= h->n_buckets)
-                        return false;
-                i->next = h->buckets[i->bucket];
-        }
-        HashmapEntry *e = i->next;
-        i->next = e->next;
-        *ret_value = e->value;
-        return true;
+        for (; i->slot < h->n_slots; i->slot++)
+                if (live(&h->slots[i->slot])) {
+                        *ret_value = h->slots[i->slot++].value;
+                        return true;
+                }
+        return false;
 }

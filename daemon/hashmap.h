@@ -3,15 +3,18 @@
 
 /* A string-keyed hash map of borrowed keys and values: the key must live as long as its
  * entry (the daemon keys resources and leases by a name stored in the object itself).
- * Chained buckets, grown at load 1; lookups stay O(1) at a million leases. */
+ * Open addressing (linear probing, tombstones), kept at most 3/4 full: 16 bytes a slot and
+ * no allocation per entry, which at a million leases is 56 bytes a lease less than chained
+ * buckets (issue 12, compact per-lease memory); lookups stay O(1). */
 
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef struct HashmapEntry HashmapEntry;
+typedef struct HashmapSlot HashmapSlot;
 typedef struct Hashmap {
-        HashmapEntry **buckets; /* private */
-        size_t n_buckets;       /* private */
+        HashmapSlot *slots;     /* private */
+        size_t n_slots;         /* private: 0 or a power of two */
+        size_t n_used;          /* private: entries and tombstones */
         size_t size;            /* ro */
 } Hashmap;
 
@@ -27,8 +30,7 @@ void *hashmap_remove(Hashmap *h, const char *key);
 /* Iteration: i starts at 0 and is updated; returns false at the end. The map must not
  * change during iteration, except for removing the entry just returned. */
 typedef struct HashmapIter {
-        size_t bucket;
-        HashmapEntry *next;
+        size_t slot;
         bool started;
 } HashmapIter;
 bool hashmap_iterate(const Hashmap *h, HashmapIter *i, void **ret_value);

@@ -137,6 +137,20 @@ static void test_hashmap(void **state) {
         assert_int_equal(h.size, 0);
         it = (HashmapIter) {};
         assert_false(hashmap_iterate(&h, &it, &v));
+
+        /* Churn, as leases come and go: removed entries leave tombstones, which must not
+         * fill the table (a lookup would then never find an empty slot) or hide entries. */
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(hashmap_put(&h, keys[i], &keys[i]), 0);
+        for (int i = 10; i < N; i++) {
+                assert_int_equal(hashmap_put(&h, keys[i], &keys[i]), 0);
+                assert_ptr_equal(hashmap_remove(&h, keys[i]), &keys[i]);
+                assert_null(hashmap_get(&h, keys[i]));
+        }
+        assert_int_equal(h.size, 10);
+        for (int i = 0; i < 10; i++)
+                assert_ptr_equal(hashmap_get(&h, keys[i]), &keys[i]);
+        assert_true(h.n_used * 4 <= h.n_slots * 3);
         hashmap_done(&h);
         free(seen);
         free(keys);
