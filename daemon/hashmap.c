@@ -9,6 +9,7 @@
 struct HashmapSlot {
         const char *key;        /* NULL: empty; TOMBSTONE: removed */
         void *value;
+        uint64_t hash;          /* so that a probe past other keys reads no key (a cache miss each) */
 };
 
 static const char tombstone[1];
@@ -39,15 +40,15 @@ static bool live(const HashmapSlot *s) {
 }
 
 /* The slot holding key, or NULL. */
-static HashmapSlot *find(const Hashmap *h, const char *key) {
+static HashmapSlot *find(const Hashmap *h, const char *key, uint64_t hash) {
         if (h->n_slots == 0)
                 return NULL;
         size_t mask = h->n_slots - 1;
-        for (size_t i = hash_string(key) & mask;; i = (i + 1) & mask) {
+        for (size_t i = hash & mask;; i = (i + 1) & mask) {
                 HashmapSlot *s = &h->slots[i];
                 if (!s->key)
                         return NULL;
-                if (s->key != TOMBSTONE && (s->key == key || strcmp(s->key, key) == 0))
+                if (s->hash == hash && s->key != TOMBSTONE && (s->key == key || strcmp(s->key, key) == 0))
                         return s;
         }
 }
@@ -64,7 +65,7 @@ static int rehash(Hashmap *h, size_t want) {
                 const HashmapSlot *s = &h->slots[j];
                 if (!live(s))
                         continue;
-                size_t i = hash_string(s->key) & (n - 1);
+                size_t i = s->hash & (n - 1);
                 while (slots[i].key)
                         i = (i + 1) & (n - 1);
                 slots[i] = *s;
@@ -77,30 +78,31 @@ static int rehash(Hashmap *h, size_t want) {
 }
 
 int hashmap_put(Hashmap *h, const char *key, void *value) {
-        if (find(h, key))
+        uint64_t hash = hash_string(key);
+        if (find(h, key, hash))
                 return -EEXIST;
         if ((h->n_used + 1) * 4 > h->n_slots * 3) {
                 int r = rehash(h, h->size + 1);
                 if (r < 0)
                         return r;
         }
-        size_t mask = h->n_slots - 1, i = hash_string(key) & mask;
+        size_t mask = h->n_slots - 1, i = hash & mask;
         while (live(&h->slots[i]))
                 i = (i + 1) & mask;
         if (!h->slots[i].key)
                 h->n_used++;    /* a tombstone reused was counted already */
-        h->slots[i] = (HashmapSlot) { .key = key, .value = value };
+        h->slots[i] = (HashmapSlot) { .key = key, .value = value, .hash = hash };
         h->size++;
         return 0;
 }
 
 void *hashmap_get(const Hashmap *h, const char *key) {
-        HashmapSlot *s = find(h, key);
+        HashmapSlot *s = find(h, key, hash_string(key));
         return s ? s->value : NULL;
 }
 
 void *hashmap_remove(Hashmap *h, const char *key) {
-        HashmapSlot *s = find(h, key);
+        HashmapSlot *s = find(h, key, hash_string(key));
         if (!s)
                 return NULL;
         void *v = s->value;

@@ -3,9 +3,9 @@
 
 /* A string-keyed hash map of borrowed keys and values: the key must live as long as its
  * entry (the daemon keys resources and leases by a name stored in the object itself).
- * Open addressing (linear probing, tombstones), kept at most 3/4 full: 16 bytes a slot and
- * no allocation per entry, which at a million leases is 56 bytes a lease less than chained
- * buckets (issue 12, compact per-lease memory); lookups stay O(1). */
+ * Open addressing (linear probing, tombstones), kept at most 3/4 full: 24 bytes a slot
+ * (key, value, hash) and no allocation per entry, about 43 bytes an entry against 56 for
+ * chained buckets (issue 12, compact per-lease memory); lookups stay O(1). */
 
 #include <stdbool.h>
 #include <stddef.h>
