@@ -103,7 +103,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
-                      " description, created, ttl, deadline FROM current_leases ORDER BY token",
+                      " description, created, ttl, deadline FROM current_leases",
 };
 
 typedef struct StoreSqlite {
