@@ -525,6 +525,9 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
         return meta_set(s, key, value);
 }
 
+/* History(resource) looks back through at most this many of the newest events. */
+#define HISTORY_SCAN_MAX 200000
+
 static int s_history(Store *store, const char *resource, unsigned limit,
                      int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
@@ -534,6 +537,9 @@ static int s_history(Store *store, const char *resource, unsigned limit,
         int64_t oldest = s->last_event_seq - (int64_t) s->history_size;
         sqlite3_stmt *st;
         if (resource) {
+                /* Bounded: with a HistorySize= of millions, a rare resource must not make one
+                 * call scan them all on the loop. */
+                oldest = MAX(oldest, s->last_event_seq - (int64_t) HISTORY_SCAN_MAX);
                 st = stmt(s, STMT_HISTORY_RESOURCE);
                 sqlite3_bind_text(st, 1, resource, -1, SQLITE_STATIC);
                 sqlite3_bind_int64(st, 2, oldest);
