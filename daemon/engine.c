@@ -173,7 +173,7 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         hashmap_init(&e->leases);
         hashmap_init(&e->strings);
         prioq_item_init(&e->grace.pq);
-        e->grace.kind = TIMER_GRACE;
+        e->grace.pq.tag = TIMER_GRACE;
         *ret = e;
         return 0;
 }
@@ -350,7 +350,7 @@ static void lease_free(Engine *e, Lease *l) {
 static int lease_attach(Engine *e, Lease *l, Resource *r) {
         l->resource = r;
         prioq_item_init(&l->expiry.pq);
-        l->expiry.kind = TIMER_LEASE_EXPIRY;
+        l->expiry.pq.tag = TIMER_LEASE_EXPIRY;
         if (hashmap_put(&e->leases, l->id, l) < 0)
                 return -ENOMEM;
         l->res_next = r->leases;
@@ -564,7 +564,7 @@ int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *user
         w->holder = holder;
         w->userdata = userdata;
         prioq_item_init(&w->timeout.pq);
-        w->timeout.kind = TIMER_WAITER_TIMEOUT;
+        w->timeout.pq.tag = TIMER_WAITER_TIMEOUT;
         w->prev = r->wait_tail;
         if (r->wait_tail)
                 r->wait_tail->next = w;
@@ -723,7 +723,7 @@ void engine_run_timers(Engine *e) {
         while ((top = prioq_peek(&e->timers)) && top->when <= now) {
                 EngineTimer *t = container_of(top, EngineTimer, pq);
                 prioq_remove(&e->timers, top);
-                switch (t->kind) {
+                switch ((TimerKind) t->pq.tag) {
                 case TIMER_LEASE_EXPIRY: {
                         Lease *l = container_of(t, Lease, expiry);
                         engine_lease_end(e, l, EVENT_EXPIRED, "TTL passed without renewal");

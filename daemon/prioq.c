@@ -13,7 +13,7 @@ void prioq_done(Prioq *q) {
 
 static void set(Prioq *q, size_t k, PrioqItem *i) {
         q->items[k] = i;
-        i->idx = k;
+        i->idx = (uint32_t) k;
 }
 
 static void sift_up(Prioq *q, size_t k) {
@@ -45,6 +45,8 @@ static void sift_down(Prioq *q, size_t k) {
 }
 
 int prioq_put(Prioq *q, PrioqItem *i) {
+        if (q->n >= PRIOQ_IDX_NULL)
+                return -E2BIG;
         if (q->n >= q->allocated) {
                 size_t a = q->allocated ? q->allocated * 2 : 64;
                 PrioqItem **p = realloc(q->items, a * sizeof(*p));
