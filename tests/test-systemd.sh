@@ -91,10 +91,10 @@ pkg_build() {
         fi
         ninja -C "$PKG_BUILD" && DESTDIR=$STAGE meson install -C "$PKG_BUILD" --no-rebuild
 }
-# The maintainer script: debhelper 13.11's snippets for this package, verbatim.
-# dh_installsysusers and dh_installtmpfiles find usr/lib/sysusers.d/agend.conf and
-# usr/lib/tmpfiles.d/agend.conf; `dh_installsystemd agend.socket` enables and starts the
-# socket (the daemon starts on the first connection). The journal catalog needs no line:
+# The maintainer script: debhelper 13.11's snippets for this package, verbatim and in its
+# order (units last). dh_installsysusers and dh_installtmpfiles find
+# usr/lib/sysusers.d/agend.conf and usr/lib/tmpfiles.d/agend.conf; `dh_installsystemd
+# agend.socket` enables and starts the socket (the daemon starts on the first connection). The journal catalog needs no line:
 # systemd's dpkg trigger on /usr/lib/systemd/catalog updates it. docs/systemd.md, "Packaging".
 pkg_postinst() {
         cat <<'EOF'
@@ -104,6 +104,14 @@ set -e
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
    systemd-sysusers ${DPKG_ROOT:+--root="$DPKG_ROOT"} agend.conf
 fi
+# End automatically added section
+# Automatically added by dh_installtmpfiles/13.11.4
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+	if [ -x "$(command -v systemd-tmpfiles)" ]; then
+		systemd-tmpfiles ${DPKG_ROOT:+--root="$DPKG_ROOT"} --create agend.conf >/dev/null || true
+	fi
+fi
+# End automatically added section
 # Automatically added by dh_installsystemd/13.11.4
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
 	# The following line should be removed in trixie or trixie+1
@@ -120,6 +128,7 @@ if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-decon
 		deb-systemd-helper update-state 'agend.socket' >/dev/null || true
 	fi
 fi
+# End automatically added section
 # Automatically added by dh_installsystemd/13.11.4
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
 	if [ -d /run/systemd/system ]; then
@@ -132,12 +141,7 @@ if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-decon
 		deb-systemd-invoke $_dh_action 'agend.socket' >/dev/null || true
 	fi
 fi
-# Automatically added by dh_installtmpfiles/13.11.4
-if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
-	if [ -x "$(command -v systemd-tmpfiles)" ]; then
-		systemd-tmpfiles ${DPKG_ROOT:+--root="$DPKG_ROOT"} --create agend.conf >/dev/null || true
-	fi
-fi
+# End automatically added section
 EOF
 }
 pkg_deb() {
@@ -538,7 +542,7 @@ fi
 
 echo "1..$n"
 if ((failed)); then
-        echo "# $failed of $n checks failed; container logs in $LOG_DIR"
+        echo "# $failed of $n checks failed; container logs in $LOG_DIR; the last of $MACHINE:"
         cx journalctl -u agend --no-pager -n 60 -o short-monotonic 2>&1 | diag
         exit 1
 fi
