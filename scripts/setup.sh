@@ -8,6 +8,9 @@ packages=(
         libev-dev libsqlite3-dev libsystemd-dev libjson-c-dev libcmocka-dev
         sqlite3 scdoc valgrind util-linux procps bash-completion
 )
+# The libFuzzer harnesses (tests/fuzz, -Dfuzz=true) build with clang; libFuzzer itself is in
+# Debian's compiler-rt package.
+packages+=(clang libclang-rt-14-dev)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
 

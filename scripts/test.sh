@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then builds twice (a plain build, and an
 # ASan+UBSan build with -Werror) and runs every test suite on each. The unit suite also
-# runs under valgrind in the plain build. Exits non-zero on any failure; under CI=true a
+# runs under valgrind in the plain build, and each libFuzzer harness runs for a few seconds
+# ($AGEND_FUZZ_SECONDS, default 8) in a clang build. Exits non-zero on any failure; under CI=true a
 # skipped test is a failure too, because CI machines must have everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,30 @@ if [[ $(meson test -C build-test --list 2>/dev/null) == *unit* ]]; then
                 --wrap='valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-fds=no' \
                 --timeout-multiplier 10 || status=1
 fi
+
+# Fuzzing: each libFuzzer harness (tests/fuzz/) for a few seconds from its seed corpus, in a
+# clang build of its own; new inputs go to a scratch directory, crashes to build-fuzz/.
+fuzz_seconds=${AGEND_FUZZ_SECONDS:-8}
+CC=clang meson setup build-fuzz --reconfigure -Dbuildtype=debug -Dfuzz=true -Dbench=false \
+        -Db_sanitize=address,undefined -Db_lundef=false >/dev/null 2>&1 || \
+        CC=clang meson setup build-fuzz -Dbuildtype=debug -Dfuzz=true -Dbench=false \
+                -Db_sanitize=address,undefined -Db_lundef=false
+fuzzers=(vl json config)
+ninja -C build-fuzz "${fuzzers[@]/#/tests/fuzz/fuzz-}"
+for f in "${fuzzers[@]}"; do
+        scratch=$(mktemp -d)
+        if build-fuzz/tests/fuzz/fuzz-$f -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+                        -artifact_prefix=build-fuzz/ "$scratch" tests/fuzz/$f >build-fuzz/fuzz-$f.log 2>&1; then
+                passed=$((passed + 1))
+                echo "fuzz-$f: $(grep -o 'stat::number_of_executed_units: [0-9]*' build-fuzz/fuzz-$f.log | cut -d' ' -f2) runs, no finding"
+        else
+                failed=$((failed + 1))
+                status=1
+                tail -n 40 build-fuzz/fuzz-$f.log >&2
+                echo "fuzz-$f: FAILED (reproducer in build-fuzz/, log build-fuzz/fuzz-$f.log)" >&2
+        fi
+        rm -rf "$scratch"
+done
 
 if [[ ${CI:-} == true && $skipped -gt 0 ]]; then
         echo "CI: $skipped test(s) skipped; CI machines must run everything" >&2
