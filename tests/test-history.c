@@ -20,6 +20,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,7 +92,7 @@ static FILE *logf_;
 static uint64_t rng;
 
 static struct {
-        unsigned long kills, kills_in_startup, replies, reclaims_refused_released, reclaims_ok;
+        unsigned long kills, kills_in_startup, replies, reclaims_refused_released;
         unsigned long restart_usec_max;
 } stats;
 
@@ -111,7 +112,7 @@ static usec_t now(void) {
         return usec_now(CLOCK_MONOTONIC);
 }
 
-static void logf_line(const Client *c, const char *what, json_object *m) {
+static void log_reply(const Client *c, const char *what, json_object *m) {
         if (!logf_)
                 return;
         fprintf(logf_, "%.6f c%u e%u %s %s\n", usec_to_sec(now() - t0), c ? c->idx : 0, epoch, what,
@@ -184,7 +185,7 @@ static void client_record(Client *c) {
 
 static void client_reply(Client *c, json_object *m, usec_t t) {
         stats.replies++;
-        logf_line(c, "reply", m);
+        log_reply(c, "reply", m);
         const char *err = reply_error(m);
         switch (c->state) {
         case CLIENT_WAITING: {
@@ -355,13 +356,12 @@ static void reclaim_all(usec_t t_kill) {
                                    c->id, c->g.token, c->secret);
                 if (r < 0)
                         die("client %u: Reclaim: %s", i, strerror(-r));
-                logf_line(c, "reclaim", m);
+                log_reply(c, "reclaim", m);
                 const char *err = reply_error(m);
                 if (!err) {
                         if (jint(reply_params(m), "lease.token") != (int64_t) c->g.token)
                                 c->g.reclaim_bad_token = true;
                         c->g.reclaims++;
-                        stats.reclaims_ok++;
                         /* Held all along; a Release sent before the kill did not commit. */
                         if (c->state == CLIENT_RELEASING) {
                                 c->state = CLIENT_HOLDING;
