@@ -77,11 +77,13 @@ CC=clang meson setup build-fuzz --reconfigure -Dbuildtype=debug -Dfuzz=true -Dbe
         CC=clang meson setup build-fuzz -Dbuildtype=debug -Dfuzz=true -Dbench=false \
                 -Db_sanitize=address,undefined -Db_lundef=false
 fuzzers=(vl json config)
+# Seed corpora; the JSON parser's is the y_/n_ corpus of the unit tests.
+declare -A corpus=([vl]=tests/fuzz/vl [json]=tests/data [config]=tests/fuzz/config)
 ninja -C build-fuzz "${fuzzers[@]/#/tests/fuzz/fuzz-}"
 for f in "${fuzzers[@]}"; do
         scratch=$(mktemp -d)
         if build-fuzz/tests/fuzz/fuzz-$f -max_total_time="$fuzz_seconds" -print_final_stats=1 \
-                        -artifact_prefix=build-fuzz/ "$scratch" tests/fuzz/$f >build-fuzz/fuzz-$f.log 2>&1; then
+                        -artifact_prefix=build-fuzz/ "$scratch" "${corpus[$f]}" >build-fuzz/fuzz-$f.log 2>&1; then
                 passed=$((passed + 1))
                 echo "fuzz-$f: $(grep -o 'stat::number_of_executed_units: [0-9]*' build-fuzz/fuzz-$f.log | cut -d' ' -f2) runs, no finding"
         else
