@@ -10,6 +10,9 @@ packages=(
 )
 # tests/test-varlink-go.sh: a varlink client that is not ours (Debian's Go library).
 packages+=(golang-go golang-github-varlink-go-dev)
+# The libFuzzer harnesses (tests/fuzz, -Dfuzz=true) build with clang; libFuzzer itself is in
+# Debian's compiler-rt package.
+packages+=(clang libclang-rt-14-dev)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
 # The Python client (client/python) is tested with Debian's python3 and these.
