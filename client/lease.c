@@ -75,6 +75,9 @@ typedef struct Lease {
         char *secret;
         uint64_t token;
         double ttl;
+        char *ticket;       /* our place in the queue (queued replies): a re-sent Acquire
+                             * presents it, so a daemon restart does not cost the place */
+        ev_tstamp acquire_started; /* the first Acquire: a re-sent one waits only the rest */
 
         LeaseEvent *events, **events_tail;
         agen_co *step;      /* a step waiting for an event */
@@ -407,6 +410,13 @@ static void lease_send_watch(Lease *l) {
 
 /* ---- acquiring ---- */
 
+static void lease_forget_ticket(Lease *l) {
+        if (l->ticket)
+                explicit_bzero(l->ticket, strlen(l->ticket));
+        free(l->ticket);
+        l->ticket = NULL;
+}
+
 static int lease_parse_grant(Lease *l, json_object *params) {
         json_object *lease;
         const char *id = NULL, *secret = NULL;
@@ -452,7 +462,15 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
         (void) json_get_string(params, "state", 0, &state);
         if (streq_ptr(state, "queued")) {
                 unsigned position = 0;
+                const char *ticket = NULL;
                 (void) json_get_uint(params, "position", 0, 0, UINT_MAX, &position);
+                if (json_get_string(params, "ticket", JSON_NONEMPTY, &ticket) > 0 && !streq_ptr(ticket, l->ticket)) {
+                        char *t = strdup(ticket);
+                        if (t) {
+                                lease_forget_ticket(l);
+                                l->ticket = t;
+                        }
+                }
                 lease_emit(l, AGEN_LEASE_QUEUED, position, NULL);
                 return;
         }
@@ -461,6 +479,7 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 
         l->granted = true;
         l->phase = LEASE_HELD;
+        lease_forget_ticket(l);
         if (ev_is_active(&l->acquire_timer))
                 ev_timer_stop(l->loop, &l->acquire_timer);
         lease_emit(l, AGEN_LEASE_GRANTED, 0, NULL);
@@ -483,14 +502,26 @@ static void lease_send_acquire(Lease *l) {
                 r = json_add(p, "units", json_object_new_int64(l->opts.units));
         if (r >= 0 && l->opts.exclusive)
                 r = json_add(p, "exclusive", json_object_new_boolean(1));
-        if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0))
-                r = json_add(p, "timeout", json_object_new_double(l->opts.try_once ? 0 : l->opts.timeout));
+        if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0)) {
+                double timeout = l->opts.try_once ? 0 : l->opts.timeout;
+                if (l->ticket && timeout > 0) {
+                        /* Asked again after a daemon restart: only what is left of the wait
+                         * (at least 1 ms: 0 would mean "try once"). */
+                        ev_now_update(l->loop);
+                        timeout = MAX(timeout - (ev_now(l->loop) - l->acquire_started), 0.001);
+                }
+                r = json_add(p, "timeout", json_object_new_double(timeout));
+        }
         if (r >= 0 && l->opts.ttl > 0)
                 r = json_add(p, "ttl", json_object_new_double(l->opts.ttl));
         if (r >= 0 && l->opts.detached)
                 r = json_add(p, "detached", json_object_new_boolean(1));
         if (r >= 0 && l->description)
                 r = json_add(p, "description", json_object_new_string(l->description));
+        /* After a daemon restart: our place in the queue, which agend keeps for us during
+         * its grace period (ahead of everyone who queued after us). */
+        if (r >= 0 && l->ticket)
+                r = json_add(p, "ticket", json_object_new_string(l->ticket));
         l->phase = LEASE_WAITING;
         if (r >= 0)
                 r = conn_call(l->conn, "io.agend.Lease.Acquire", TAKE_PTR(p), VL_CALL_MORE, acquire_reply, l,
@@ -510,8 +541,9 @@ static void lease_step(agen_gen *gen, agen_co *co, void *userdata) {
                 int r = lease_connect(l);
                 if (r < 0)
                         return lease_finish(l, r, "cannot connect to agend");
+                ev_now_update(l->loop);
+                l->acquire_started = ev_now(l->loop);
                 if (l->opts.try_once || l->opts.timeout > 0) {
-                        ev_now_update(l->loop);
                         ev_timer_set(&l->acquire_timer, (l->opts.try_once ? 0 : l->opts.timeout) + ACQUIRE_TIMEOUT_SLACK,
                                      0.);
                         ev_timer_start(l->loop, &l->acquire_timer);
@@ -676,6 +708,7 @@ static void lease_destroy(void *userdata) {
         if (l->secret)
                 explicit_bzero(l->secret, strlen(l->secret));
         free(l->secret);
+        lease_forget_ticket(l);
         free(l->id);
         free(l->end_message);
         free(l->resource);

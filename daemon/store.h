@@ -27,14 +27,32 @@ typedef struct LeaseRecord {
         usec_t deadline;        /* CLOCK_MONOTONIC of the boot that stored it */
 } LeaseRecord;
 
+/* A queued waiter as stored: its place, so that the order survives a restart. Borrowed
+ * strings, valid during the load callback. */
+typedef struct WaiterRecord {
+        const char *ticket;
+        uint64_t seq;
+        const char *resource;
+        const char *description;
+        unsigned units;
+        bool exclusive;
+        Owner owner;
+        usec_t since;
+} WaiterRecord;
+
 typedef struct StoreOps {
         int (*lease_save)(Store *s, const Lease *l);
         int (*lease_delete)(Store *s, const Lease *l);
         int (*event_append)(Store *s, const Event *e);
         int (*token_save)(Store *s, uint64_t last_token);
+        /* Queued waiters, written in the same transaction as the leases (group commit). */
+        int (*waiter_save)(Store *s, const Waiter *w);
+        int (*waiter_delete)(Store *s, const Waiter *w);
         /* 1 if a transaction was committed, 0 if there was nothing to commit, -errno. */
         int (*commit)(Store *s);
         int (*load)(Store *s, int (*cb)(const LeaseRecord *r, void *userdata), void *userdata);
+        /* The stored waiters, in queue order (by seq). */
+        int (*load_waiters)(Store *s, int (*cb)(const WaiterRecord *r, void *userdata), void *userdata);
         /* *ret is malloc'ed, NULL if unset. */
         int (*meta_get)(Store *s, const char *key, char **ret);
         int (*meta_set)(Store *s, const char *key, const char *value);

@@ -127,7 +127,8 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 3);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'waiters'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name LIKE 'by_%'"), 5);
         Engine *e;
