@@ -37,9 +37,10 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "ALTER TABLE events ADD COLUMN by_uid INTEGER; ALTER TABLE events ADD COLUMN by_gid INTEGER;"
         "ALTER TABLE events ADD COLUMN by_pid INTEGER; ALTER TABLE events ADD COLUMN by_comm TEXT;"
         "ALTER TABLE events ADD COLUMN by_unit TEXT;",
-        /* 3 → 4: queued waiters, so that the queue's order survives a restart. */
+        /* 3 → 4: queued waiters, so that the queue's order survives a restart. Keyed by
+         * seq (the rowid): no second index to write on every queued Acquire. */
         "CREATE TABLE waiters ("
-        "  ticket TEXT PRIMARY KEY, seq INTEGER NOT NULL, resource TEXT NOT NULL,"
+        "  seq INTEGER PRIMARY KEY, ticket TEXT NOT NULL, resource TEXT NOT NULL,"
         "  units INTEGER NOT NULL, exclusive INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,"
         "  pid INTEGER NOT NULL, comm TEXT, unit TEXT, description TEXT NOT NULL, since INTEGER NOT NULL);",
 };
@@ -80,10 +81,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
                       " description, created, ttl, deadline FROM leases ORDER BY token",
-        [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (ticket, seq, resource, units, exclusive, uid, gid, pid,"
+        [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (seq, ticket, resource, units, exclusive, uid, gid, pid,"
                              " comm, unit, description, since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE ticket = ?",
-        [STMT_LOAD_WAITERS] = "SELECT ticket, seq, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
+        [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE seq = ?",
+        [STMT_LOAD_WAITERS] = "SELECT seq, ticket, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
                               " since FROM waiters ORDER BY seq",
 };
 
@@ -327,8 +328,8 @@ static int s_lease_delete(Store *store, const Lease *l) {
 static int s_waiter_save(Store *store, const Waiter *w) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         const Value v[] = {
-                V_TEXT(w->ticket),
                 V_INT(w->seq),
+                V_TEXT(w->ticket),
                 V_TEXT(w->resource->name),
                 V_INT(w->units),
                 V_INT(w->exclusive),
@@ -345,7 +346,7 @@ static int s_waiter_save(Store *store, const Waiter *w) {
 
 static int s_waiter_delete(Store *store, const Waiter *w) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        const Value v[] = { V_TEXT(w->ticket) };
+        const Value v[] = { V_INT(w->seq) };
         return write_op(s, STMT_WAITER_DELETE, v, ELEMENTSOF(v));
 }
 
@@ -481,8 +482,8 @@ static int s_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *u
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 WaiterRecord r = {
-                        .ticket = (const char *) sqlite3_column_text(st, 0),
-                        .seq = (uint64_t) sqlite3_column_int64(st, 1),
+                        .seq = (uint64_t) sqlite3_column_int64(st, 0),
+                        .ticket = (const char *) sqlite3_column_text(st, 1),
                         .resource = (const char *) sqlite3_column_text(st, 2),
                         .units = (unsigned) sqlite3_column_int64(st, 3),
                         .exclusive = sqlite3_column_int(st, 4),
