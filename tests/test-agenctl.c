@@ -563,6 +563,19 @@ static void test_run_status_and_env(void **state) {
         assert_string_equal(res, "gpu");
         /* The release is confirmed before run exits: nothing is left. */
         assert_int_equal(n_leases(a), 0);
+        /* ... and it was the Release round trip (a pending step cancelled, then the close),
+         * not the end of agenctl's connection. */
+        VConn *hc = OPEN(a);
+        json_object *evs = jget(CALL_OK(hc, LEASE_IF "History", "{\"resource\":\"gpu\"}"), "events");
+        const char *how = NULL;
+        for (size_t i = 0; i < json_object_array_length(evs); i++) {
+                json_object *ev = json_object_array_get_idx(evs, i);
+                if (jstr(ev, "lease") && strcmp(jstr(ev, "lease"), id) == 0 && jstr(ev, "type") &&
+                    strcmp(jstr(ev, "type"), "released") == 0)
+                        how = jstr(ev, "reason");
+        }
+        assert_non_null(how);
+        assert_string_not_equal(how, "connection closed");
 
         /* The command's own options are its own. */
         r = CTL(a, "run", "pool", "--units", "2", "--", "sh", "-c", "echo -n x; exit 3", "--units");

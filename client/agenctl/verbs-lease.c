@@ -10,16 +10,12 @@
  *      ▼                                             command's group) ──command exits──▶ done
  *    done (the queue is left by closing the lease connection)
  *
- * While waiting, a step of the generator is pending: it yields QUEUED, then GRANTED.
- * While held, the generator is left suspended and a Watch(lease) on a second client tells
- * us at once when the lease ends. Why not keep a step pending for that? A step in progress
- * cannot be cancelled, and a close requested meanwhile waits for the step to end
- * (AGEN_DEFERRED), which for a held lease may be never: then the command's exit could not
- * release the lease with a confirmed round trip. Suspended, agen_gen_aclose() runs the
- * Release at once, and agenctl exits only after agend has confirmed it, so a script's next
- * command finds the resource free. If our Watch's connection ends (agend restarted), we
- * step the generator instead: it reconnects and yields RECLAIMED (then we watch again) or
- * LOST. */
+ * A step of the generator is always pending until the lease is given back: while waiting
+ * it yields QUEUED, then GRANTED; while held, the generator's own Watch(lease) makes it
+ * yield REVOKED, EXPIRED or LOST at once when the lease ends (and DISCONNECTED, RECLAIMED
+ * across an agend restart). When the command exits, agen_gen_aclose() cancels the pending
+ * step (-ECANCELED) and runs the Release round trip, and agenctl exits only after agend
+ * has confirmed it, so a script's next command finds the resource free. */
 
 #include <errno.h>
 #include <ev.h>
@@ -65,8 +61,6 @@ typedef struct Hold {
         agen_client *client;
         agen_gen *lease;
         bool stepping;             /* an agen_gen_anext() is pending */
-        agen_client *watch_client;
-        bool watching;             /* our Watch(lease) is in flight */
         char *id;
         uint64_t token;
         HoldPhase phase;
@@ -87,9 +81,6 @@ typedef struct Hold {
         ev_timer release_timer;
 } Hold;
 
-/* Reachable until exit: a Watch call in flight holds its client, and the library cannot
- * cancel a call; keeping the pointer here keeps leak checkers quiet about it. */
-static Hold *current_hold;
 static agen_client *detach_client;
 
 static void hold_finish(Hold *h) {
@@ -311,12 +302,9 @@ static void hold_lost(Hold *h, const char *what, const char *reason) {
         }
 }
 
-static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
-                        bool continues, void *userdata);
-
 /* agend went away while we hold the lease: say so at once (the command goes on running
  * while the lease may already be gone), and give the reconnect a bound. */
-static void hold_disconnected(Hold *h, int error) {
+static void hold_disconnected(Hold *h, const char *why) {
         if (h->disconnected || h->phase != PHASE_HELD)
                 return;
         h->disconnected = true;
@@ -327,7 +315,7 @@ static void hold_disconnected(Hold *h, int error) {
         }
         log_error("lost the connection to agend at %s (%s): lease %s may be lost; trying to reclaim it for %s "
                   "(--reconnect-timeout)%s",
-                  agenctl_address(), strerror(-error), strna(h->id),
+                  agenctl_address(), why ?: "disconnected", strna(h->id),
                   format_timespan(d, sizeof(d), arg_reconnect_timeout), h->command ? ", the command keeps running" : "");
         if (arg_reconnect_timeout != USEC_INFINITY) {
                 ev_timer_set(&h->reconnect_timer, usec_to_sec(arg_reconnect_timeout), 0.);
@@ -343,57 +331,9 @@ static void reconnect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         hold_lost(h, "was lost", why);
 }
 
-static int hold_watch(Hold *h) {
-        int r;
-        if (!h->watch_client) {
-                r = agen_client_new(h->loop, agenctl_address(), &h->watch_client);
-                if (r < 0)
-                        return r;
-        }
-        _cleanup_json_ json_object *p = json_object_new_object();
-        json_object_object_add(p, "lease", json_object_new_string(h->id));
-        r = agen_client_call(h->watch_client, "io.agend.Lease.Watch",
-                             json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE, watch_reply, h);
-        if (r < 0)
-                return r;
-        h->watching = true;
-        return 0;
-}
-
 static void hold_maybe_done(Hold *h) {
-        if (h->phase == PHASE_RELEASING && h->released && !h->watching)
+        if (h->phase == PHASE_RELEASING && h->released)
                 hold_finish(h);
-}
-
-static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
-                        bool continues, void *userdata) {
-        Hold *h = userdata;
-        if (!continues)
-                h->watching = false;
-        if (h->phase != PHASE_HELD) {
-                hold_maybe_done(h);
-                return;
-        }
-        if (status < 0) {
-                /* The connection ended (agend restarted?) or the lease is already gone: the
-                 * generator knows which, and reconnects and reclaims if it can. */
-                if (!error_name)
-                        hold_disconnected(h, status);
-                hold_step(h);
-                return;
-        }
-        _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
-        json_object *ev = jobj(p, "event");
-        const char *type = jstr(ev, "type");
-        if (type && (strcmp(type, "revoked") == 0 || strcmp(type, "expired") == 0 ||
-                     strcmp(type, "released") == 0 || strcmp(type, "voided") == 0))
-                return hold_lost(h, strcmp(type, "released") == 0  ? "was released by someone else"
-                                    : strcmp(type, "expired") == 0 ? "expired"
-                                    : strcmp(type, "revoked") == 0 ? "was revoked"
-                                                                   : "was voided",
-                                 jstr(ev, "reason"));
-        if (!continues)
-                hold_step(h);
 }
 
 static int spawn_command(Hold *h);
@@ -404,9 +344,7 @@ static void on_granted(Hold *h, const agen_lease_event *ev) {
         h->id = strdup(ev->id ? ev->id : "");
         h->token = ev->token;
         h->phase = PHASE_HELD;
-
-        if (hold_watch(h) < 0)
-                hold_step(h); /* no second connection: learn of the end through the generator */
+        hold_step(h); /* the next event: the lease's end, or agend going away */
 
         if (arg_json != JSON_OFF && !h->command) {
                 _cleanup_json_ json_object *o = json_object_new_object();
@@ -453,18 +391,29 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
         case AGEN_LEASE_GRANTED:
                 on_granted(h, ev);
                 break;
+        case AGEN_LEASE_DISCONNECTED:
+                hold_disconnected(h, ev->reason);
+                hold_step(h);
+                break;
         case AGEN_LEASE_RECLAIMED:
-                /* agend restarted and the lease is ours again: watch it anew. */
+                /* agend restarted and the lease is ours again. */
                 ev_timer_stop(h->loop, &h->reconnect_timer);
                 if (h->disconnected && h->phase == PHASE_HELD)
                         log_error("agend is back: lease %s reclaimed, same id and token", strna(h->id));
                 h->disconnected = false;
-                if (h->phase == PHASE_HELD && hold_watch(h) < 0)
-                        hold_step(h);
+                hold_step(h);
                 break;
-        case AGEN_LEASE_LOST:
-                hold_lost(h, "was lost", ev->reason);
+        case AGEN_LEASE_LOST: {
+                /* The generator says how agend ended it: "released: why", "voided: why". */
+                const char *why = ev->reason;
+                if (why && strncmp(why, "released", 8) == 0)
+                        hold_lost(h, "was released by someone else", why[8] == ':' ? why + 10 : NULL);
+                else if (why && strncmp(why, "voided", 6) == 0)
+                        hold_lost(h, "was voided", why[6] == ':' ? why + 8 : NULL);
+                else
+                        hold_lost(h, "was lost", why);
                 break;
+        }
         case AGEN_LEASE_REVOKED:
                 hold_lost(h, "was revoked", ev->reason);
                 break;
@@ -472,8 +421,8 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
                 hold_lost(h, "expired", ev->reason ?: "its TTL ran out without a renewal");
                 break;
         default:
-                /* RENEWED, and anything newer: only seen while stepping; keep going. */
-                if (h->phase == PHASE_HELD && !h->watching)
+                /* RENEWED, and anything newer: keep going. */
+                if (h->phase == PHASE_HELD)
                         hold_step(h);
                 break;
         }
@@ -500,12 +449,7 @@ static void hold_release(Hold *h) {
         if (h->phase == PHASE_RELEASING || h->phase == PHASE_DONE)
                 return;
         h->phase = PHASE_RELEASING;
-        if (h->stepping) {
-                /* A step in flight cannot be cancelled; exiting closes the connection, which
-                 * releases a bound lease (agen_loop_shutdown() abandons the generator). */
-                hold_finish(h);
-                return;
-        }
+        /* A pending step is cancelled (it gets -ECANCELED), then the Release runs. */
         int r = agen_gen_aclose(h->lease, on_closed, h);
         if (r < 0) {
                 hold_finish(h);
@@ -776,7 +720,6 @@ static int hold(const char *resource, char **command) {
                 .phase = PHASE_WAITING,
                 .tty = -1,
         };
-        current_hold = &h;
 
         int r = agen_client_new(loop, agenctl_address(), &h.client);
         if (r < 0)
@@ -851,8 +794,6 @@ static int hold(const char *resource, char **command) {
         (void) agen_loop_shutdown(loop, h.stepping ? 0 : 2.0);
         h.lease = agen_gen_unref(h.lease);
         h.client = agen_client_unref(h.client);
-        if (!h.watching)
-                h.watch_client = agen_client_unref(h.watch_client);
         free(h.id);
         h.id = NULL;
         return h.exit_code;
