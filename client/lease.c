@@ -109,10 +109,10 @@ static const char *const event_type_table[_AGEN_LEASE_EVENT_TYPE_MAX] = {
         [AGEN_LEASE_DISCONNECTED] = "disconnected",
 };
 
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(event_type, agen_lease_event_type, static)
+
 _public_ const char *agen_lease_event_type_to_string(agen_lease_event_type type) {
-        if ((unsigned) type >= ELEMENTSOF(event_type_table))
-                return NULL;
-        return event_type_table[type];
+        return event_type_to_string(type);
 }
 
 static void lease_stop_timers(Lease *l) {

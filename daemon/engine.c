@@ -9,6 +9,7 @@
 #include "engine.h"
 #include "macro.h"
 #include "store.h"
+#include "string-table.h"
 
 struct Engine {
         EngineClock clock;
@@ -36,16 +37,7 @@ static const char *const event_type_table[_EVENT_TYPE_MAX] = {
         [EVENT_RECLAIMED] = "reclaimed", [EVENT_VOIDED] = "voided",
 };
 
-const char *event_type_to_string(EventType t) {
-        return t >= 0 && t < _EVENT_TYPE_MAX ? event_type_table[t] : NULL;
-}
-
-EventType event_type_from_string(const char *s) {
-        for (int i = 0; s && i < _EVENT_TYPE_MAX; i++)
-                if (strcmp(event_type_table[i], s) == 0)
-                        return (EventType) i;
-        return _EVENT_TYPE_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(event_type, EventType)
 
 int owner_copy(Owner *dst, const Owner *src) {
         Owner o = *src;
@@ -224,11 +216,7 @@ static void holder_link(Lease *l, Holder *h) {
         l->holder = h;
         if (!h)
                 return;
-        l->holder_prev = NULL;
-        l->holder_next = h->leases;
-        if (h->leases)
-                h->leases->holder_prev = l;
-        h->leases = l;
+        LIST_PREPEND(holder, h->leases, l);
         h->n_leases++;
 }
 
@@ -236,13 +224,7 @@ static void holder_unlink(Lease *l) {
         Holder *h = l->holder;
         if (!h)
                 return;
-        if (l->holder_prev)
-                l->holder_prev->holder_next = l->holder_next;
-        else
-                h->leases = l->holder_next;
-        if (l->holder_next)
-                l->holder_next->holder_prev = l->holder_prev;
-        l->holder_prev = l->holder_next = NULL;
+        LIST_REMOVE(holder, h->leases, l);
         l->holder = NULL;
         h->n_leases--;
 }
@@ -250,12 +232,7 @@ static void holder_unlink(Lease *l) {
 static void lease_free(Engine *e, Lease *l) {
         Resource *r = l->resource;
         holder_unlink(l);
-        if (l->res_prev)
-                l->res_prev->res_next = l->res_next;
-        else
-                r->leases = l->res_next;
-        if (l->res_next)
-                l->res_next->res_prev = l->res_prev;
+        LIST_REMOVE(res, r->leases, l);
         r->n_leases--;
         r->used -= l->units;
         if (l->state == LEASE_RECLAIMABLE)
@@ -275,10 +252,7 @@ static int lease_attach(Engine *e, Lease *l, Resource *r) {
         l->expiry.kind = TIMER_LEASE_EXPIRY;
         if (hashmap_put(&e->leases, l->id, l) < 0)
                 return -ENOMEM;
-        l->res_next = r->leases;
-        if (r->leases)
-                r->leases->res_prev = l;
-        r->leases = l;
+        LIST_PREPEND(res, r->leases, l);
         r->n_leases++;
         r->used += l->units;
         e->n_leases++;
@@ -670,7 +644,7 @@ bool engine_token_current(Engine *e, const char *resource, uint64_t token) {
         Resource *r = resource ? hashmap_get(&e->resources, resource) : NULL;
         if (!r || token == 0)
                 return false;
-        for (Lease *l = r->leases; l; l = l->res_next)
+        LIST_FOREACH(res, l, r->leases)
                 if (l->token == token)
                         return true;
         return false;

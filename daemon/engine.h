@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "hashmap.h"
+#include "list.h"
 #include "prioq.h"
 #include "usec.h"
 
@@ -110,8 +111,8 @@ struct Lease {
         usec_t ttl;                             /* ro: 0 = none */
         usec_t deadline;                        /* ro: CLOCK_MONOTONIC, USEC_INFINITY = none */
         Holder *holder;                         /* ro: the connection that holds it, or NULL */
-        Lease *holder_prev, *holder_next;       /* private */
-        Lease *res_prev, *res_next;             /* private */
+        LIST_FIELDS(Lease, holder);             /* private: Holder.leases */
+        LIST_FIELDS(Lease, res);                /* private: Resource.leases */
         EngineTimer expiry;                     /* private */
 };
 
