@@ -75,6 +75,9 @@ typedef struct Lease {
         char *secret;
         uint64_t token;
         double ttl;
+        char *lease_json;   /* detached: the grant's lease object, for agen_lease_hand_off() */
+        char *error_name;   /* the Acquire's error reply: agen_lease_get_error() */
+        char *error_reason;
         char *ticket;       /* our place in the queue (queued replies): a re-sent Acquire
                              * presents it, so a daemon restart does not cost the place */
         ev_tstamp acquire_started; /* the first Acquire: a re-sent one waits only the rest */
@@ -440,6 +443,13 @@ static int lease_parse_grant(Lease *l, json_object *params) {
         l->secret = TAKE_PTR(secret_copy);
         l->token = (uint64_t) token;
         l->ttl = usec_to_sec(ttl);
+        if (l->opts.detached) {
+                /* Kept for a hand-off: the lease as agend described it. */
+                const char *text = json_object_to_json_string_ext(lease, JSON_C_TO_STRING_PLAIN |
+                                                                                 JSON_C_TO_STRING_NOSLASHESCAPE);
+                free(l->lease_json);
+                l->lease_json = text ? strdup(text) : NULL;
+        }
         return 0;
 }
 
@@ -453,8 +463,16 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
         if (l->phase != LEASE_WAITING)
                 return;
         if (status < 0) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "acquiring \"%s\": %s", l->resource, error_name);
+                /* agend's words, for agen_lease_get_error() and the step's message. */
+                const char *reason = NULL;
+                (void) json_get_string(params, "reason", JSON_NONEMPTY, &reason);
+                free(l->error_name);
+                free(l->error_reason);
+                l->error_name = strdup(error_name);
+                l->error_reason = reason ? strdup(reason) : NULL;
+                char msg[512];
+                snprintf(msg, sizeof(msg), "acquiring \"%s\": %s%s%s", l->resource, error_name, reason ? ": " : "",
+                         strempty(reason));
                 return lease_finish(l, status, msg);
         }
 
@@ -709,6 +727,9 @@ static void lease_destroy(void *userdata) {
                 explicit_bzero(l->secret, strlen(l->secret));
         free(l->secret);
         lease_forget_ticket(l);
+        free(l->lease_json);
+        free(l->error_name);
+        free(l->error_reason);
         free(l->id);
         free(l->end_message);
         free(l->resource);
@@ -795,5 +816,48 @@ _public_ int agen_lease_get_current(agen_gen *lease, const char **ret_id, uint64
                 *ret_id = l->id;
         if (ret_token)
                 *ret_token = l->token;
+        return 0;
+}
+
+_public_ int agen_lease_get_error(agen_gen *lease, const char **ret_name, const char **ret_reason) {
+        assert_return(lease, -EINVAL);
+        assert_return(gen_get_ops(lease) == &lease_ops, -EINVAL);
+        Lease *l = agen_gen_get_userdata(lease);
+
+        if (!l->error_name)
+                return -ENODATA;
+        if (ret_name)
+                *ret_name = l->error_name;
+        if (ret_reason)
+                *ret_reason = l->error_reason;
+        return 0;
+}
+
+_public_ int agen_lease_hand_off(agen_gen *lease, char **ret_secret, char **ret_lease_json) {
+        assert_return(lease, -EINVAL);
+        assert_return(ret_secret, -EINVAL);
+        assert_return(gen_get_ops(lease) == &lease_ops, -EINVAL);
+        Lease *l = agen_gen_get_userdata(lease);
+
+        if (!l->granted || l->finished || l->phase == LEASE_CLOSED || l->phase == LEASE_RELEASING)
+                return -ENODATA;
+        if (!l->opts.detached)
+                return -EOPNOTSUPP;
+        _cleanup_free_ char *secret = strdup(l->secret), *json = NULL;
+        if (!secret)
+                return -ENOMEM;
+        if (ret_lease_json) {
+                json = l->lease_json ? strdup(l->lease_json) : NULL;
+                if (!json)
+                        return -ENOMEM;
+        }
+        /* The lease is not ours any more: nothing renews, watches or releases it here.
+         * Closing our connection does not end a detached lease. A step waiting for the next
+         * event gets AGEN_STOP. */
+        l->granted = false;
+        lease_finish(l, 0, NULL);
+        *ret_secret = TAKE_PTR(secret);
+        if (ret_lease_json)
+                *ret_lease_json = TAKE_PTR(json);
         return 0;
 }

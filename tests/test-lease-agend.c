@@ -550,6 +550,85 @@ static void test_default_address(void **state) {
         free(a);
 }
 
+/* The daemon's own words for a failed Acquire, and the one table of error names. */
+static void test_acquire_error_reason(void **state) {
+        Fixture *f = *state;
+        const char *name = NULL, *reason = NULL;
+
+        /* More units than an undeclared resource has (1). */
+        agen_gen *big = agen_lease(f->client, "gpu", &(agen_lease_opts) { .units = 2 });
+        assert_int_equal(agen_lease_get_error(big, &name, &reason), -ENODATA);
+        assert_int_equal(next(f, big).status, -EINVAL);
+        assert_int_equal(agen_lease_get_error(big, &name, &reason), 0);
+        assert_string_equal(name, "org.varlink.service.InvalidParameter");
+        assert_string_equal(reason, "more units than the resource's capacity");
+
+        /* Busy, try once. */
+        agen_gen *a = agen_lease(f->client, "gpu", NULL);
+        next_event(f, a, AGEN_LEASE_GRANTED);
+        agen_gen *b = agen_lease(f->client, "gpu", &(agen_lease_opts) { .try_once = true });
+        assert_int_equal(next(f, b).status, -ETIMEDOUT);
+        assert_int_equal(agen_lease_get_error(b, &name, NULL), 0);
+        assert_string_equal(name, "io.agend.Lease.Timeout");
+        assert_int_equal(agen_error_from_name(name), -ETIMEDOUT);
+        /* Granted: nothing was refused. */
+        assert_int_equal(agen_lease_get_error(a, &name, &reason), -ENODATA);
+        assert_int_equal(agen_lease_get_error((agen_gen *) NULL, NULL, NULL), -EINVAL);
+
+        assert_string_equal(agen_error_to_name(-ENOENT), "io.agend.Lease.NoSuchLease");
+        assert_string_equal(agen_error_to_name(-EINVAL), "org.varlink.service.InvalidParameter");
+        assert_null(agen_error_to_name(-EBADF));
+        assert_int_equal(agen_error_from_name("io.agend.Lease.NoSuchResource"), -ENXIO);
+        assert_int_equal(agen_error_from_name("no.such.Error"), -EPROTO);
+        assert_int_equal(agen_error_from_name(NULL), -EPROTO);
+
+        assert_int_equal(agen_gen_close_sync(a), 0);
+        agen_gen_unref(a);
+        agen_gen_unref(b);
+        agen_gen_unref(big);
+}
+
+/* A detached lease handed over: the generator lets go of it without releasing it, and
+ * whoever has the secret can. A bound lease cannot be handed over. */
+static void test_hand_off_detached(void **state) {
+        Fixture *f = *state;
+        agen_gen *bound = agen_lease(f->client, "bound", NULL);
+        next_event(f, bound, AGEN_LEASE_GRANTED);
+        char *secret = NULL, *json = NULL;
+        assert_int_equal(agen_lease_hand_off(bound, &secret, &json), -EOPNOTSUPP);
+        assert_null(secret);
+
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .detached = true, .ttl = 60 });
+        assert_int_equal(agen_lease_hand_off(g, &secret, NULL), -ENODATA); /* not granted yet */
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        assert_int_equal(agen_lease_hand_off(g, &secret, &json), 0);
+        assert_non_null(secret);
+        json_object *l = json_tokener_parse(json);
+        assert_non_null(l);
+        assert_string_equal(jstr(l, "id"), s.id);
+        assert_int_equal(jint(l, "token"), (int64_t) s.ev.token);
+        assert_true(json_object_get_boolean(jget(l, "detached")));
+        json_object_put(l);
+        assert_int_equal(agen_lease_get_current(g, NULL, NULL), -ENODATA);
+        assert_int_equal(agen_lease_hand_off(g, &secret, NULL), -ENODATA);
+
+        /* Its next step ends it, its close and its end release nothing. */
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        assert_int_equal(agen_gen_close_sync(g), 0);
+        agen_gen_unref(g);
+        run_for(f, 0.1);
+        assert_int_equal(n_leases(f, "gpu"), 1);
+
+        /* The secret is the lease's. */
+        VConn *c = OPEN(f->a);
+        CALL_OK(c, LEASE_IF "Release", "{\"id\":\"%s\",\"secret\":\"%s\"}", s.id, secret);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        free(secret);
+        free(json);
+        assert_int_equal(agen_gen_close_sync(bound), 0);
+        agen_gen_unref(bound);
+}
+
 /* ---- the queue's order across kill -9 (issue 14, item 12) ---- */
 
 #define FIFO_WAITERS 4
@@ -695,6 +774,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_restart_lost, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_and_detached_survive_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fifo_kept_across_kill9, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_acquire_error_reason, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hand_off_detached, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_daemon, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_client_call_pipelined, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_call_sync, setup, teardown),
