@@ -1406,11 +1406,16 @@ static void test_messages(void **state) {
         assert_code(r, 127);
         assert_contains(r.err, "(not found in $PATH)");
 
-        /* More units than the capacity: the numbers, not a guess. */
+        /* More units than the capacity: the daemon's reason and the numbers, not a guess. */
         r = CTL(a, "run", "gpu", "--units", "2", "--", "true");
         assert_code(r, 1);
+        assert_contains(r.err, "agend refused the request for gpu: more units than the resource's capacity");
         assert_contains(r.err, "it has 1 unit and 2 were asked for");
         assert_null(strstr(r.err, "?"));
+        /* The same through --detach, which holds nothing itself once granted. */
+        r = CTL(a, "acquire", "gpu", "--detach", "--ttl", "10", "--units", "2");
+        assert_code(r, 1);
+        assert_contains(r.err, "more units than the resource's capacity");
 
         Ctl *holder = ctl_spawn(a, NULL, "acquire", "gpu", "-d", "holder", NULL);
         assert_true(ctl_wait_output(holder, "Holding lease", CTL_TIMEOUT));
