@@ -1166,6 +1166,46 @@ static void test_list_ids_whole_and_prefixes(void **state) {
         assert_int_equal(ctl_wait(h1, CTL_TIMEOUT), 0);
 }
 
+/* Issue 14 #12: agenctl keeps its place in the queue across a kill -9 of agend, with no
+ * option: the library presents the ticket of its place when it asks again. A newcomer that
+ * queued after the restart, before agenctl was back, still goes after it. */
+static void test_run_keeps_place_across_restart(void **state) {
+        Agend *a = *state;
+        Ctl *holder = ctl_spawn(a, NULL, "acquire", "gpu", "-d", "holder", NULL);
+        assert_true(ctl_wait_output(holder, "Holding lease", CTL_TIMEOUT));
+        Ctl *w = ctl_spawn(a, NULL, "run", "gpu", "--", "sh", "-c", "echo ran; sleep 0.5", NULL);
+        assert_true(wait_count(a, true, 1, CTL_TIMEOUT));
+
+        /* Stopped, agenctl cannot come back before the newcomer has queued. */
+        assert_int_equal(kill(w->pid, SIGSTOP), 0);
+        assert_int_equal(agend_kill(a), 0);
+        snprintf(a->grace, sizeof(a->grace), "60");
+        assert_int_equal(agend_start(a), 0);
+        VConn *late = OPEN(a);
+        assert_int_equal(vconn_send(late, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"gpu\"}"), 0);
+        json_object *m = RECV(late, CTL_TIMEOUT);
+        assert_int_equal(jint(reply_params(m), "position"), 2); /* behind agenctl's place */
+        assert_int_equal(kill(w->pid, SIGCONT), 0);
+
+        /* The holder reclaims its lease by itself; let it go. */
+        assert_true(ctl_wait_stderr(holder, "agend is back", CTL_TIMEOUT));
+        kill(holder->pid, SIGTERM);
+        assert_int_equal(ctl_wait(holder, CTL_TIMEOUT), 0);
+
+        /* agenctl runs first; the newcomer is granted only after it. */
+        assert_true(ctl_wait_output(w, "ran", CTL_TIMEOUT));
+        while (vconn_recv(late, 0.05, &m) == 0)
+                if (!jstr(reply_params(m), "state") || strcmp(jstr(reply_params(m), "state"), "queued") != 0)
+                        fail_msg("the newcomer got %s while agenctl held the lease", jtext(m));
+        assert_int_equal(ctl_wait(w, CTL_TIMEOUT), 0);
+        for (;;) {
+                m = RECV(late, CTL_TIMEOUT);
+                if (strcmp(jstr(reply_params(m), "state") ?: "", "queued") != 0)
+                        break;
+        }
+        assert_string_equal(jstr(reply_params(m), "state"), "granted");
+}
+
 /* The queue position on a terminal. */
 static void test_run_queue_position_on_terminal(void **state) {
         Agend *a = *state;
@@ -1497,6 +1537,7 @@ static void test_pager(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_usage, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_keeps_place_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_status, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_resources, setup, teardown),
