@@ -229,10 +229,10 @@ static int lease_connect(Lease *l) {
 /* {"id", "secret"} (and "token" for Reclaim): how the lease is named from a connection
  * that does not hold it. NULL on OOM. */
 static json_object *lease_id_params(Lease *l, bool with_token) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
-        if (!p || json_add(p, "id", json_object_new_string(l->id)) < 0 ||
-            json_add(p, "secret", json_object_new_string(l->secret)) < 0 ||
-            (with_token && json_add(p, "token", json_object_new_int64((int64_t) l->token)) < 0))
+        _cleanup_json_ json_object *p = json_object_new_object();
+        if (!p || json_add_string(p, "id", l->id) < 0 ||
+            json_add_string(p, "secret", l->secret) < 0 ||
+            (with_token && json_add_int(p, "token", (int64_t) l->token) < 0))
                 return NULL;
         return TAKE_PTR(p);
 }
@@ -403,8 +403,8 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
 }
 
 static void lease_send_watch(Lease *l) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
-        int r = p ? json_add(p, "lease", json_object_new_string(l->id)) : -ENOMEM;
+        _cleanup_json_ json_object *p = json_object_new_object();
+        int r = p ? json_add_string(p, "lease", l->id) : -ENOMEM;
         if (r >= 0)
                 r = conn_call(l->conn, "io.agend.Lease.Watch", TAKE_PTR(p), VL_CALL_MORE, watch_reply, l, &l->call);
         if (r < 0)
@@ -511,15 +511,15 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 }
 
 static void lease_send_acquire(Lease *l) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
+        _cleanup_json_ json_object *p = json_object_new_object();
         int r = p ? 0 : -ENOMEM;
 
         if (r >= 0)
-                r = json_add(p, "resource", json_object_new_string(l->resource));
+                r = json_add_string(p, "resource", l->resource);
         if (r >= 0 && l->opts.units > 1)
-                r = json_add(p, "units", json_object_new_int64(l->opts.units));
+                r = json_add_int(p, "units", l->opts.units);
         if (r >= 0 && l->opts.exclusive)
-                r = json_add(p, "exclusive", json_object_new_boolean(1));
+                r = json_add_bool(p, "exclusive", true);
         if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0)) {
                 double timeout = l->opts.try_once ? 0 : l->opts.timeout;
                 if (l->ticket && timeout > 0) {
@@ -528,18 +528,18 @@ static void lease_send_acquire(Lease *l) {
                         ev_now_update(l->loop);
                         timeout = MAX(timeout - (ev_now(l->loop) - l->acquire_started), 0.001);
                 }
-                r = json_add(p, "timeout", json_object_new_double(timeout));
+                r = json_add_double(p, "timeout", timeout);
         }
         if (r >= 0 && l->opts.ttl > 0)
-                r = json_add(p, "ttl", json_object_new_double(l->opts.ttl));
+                r = json_add_double(p, "ttl", l->opts.ttl);
         if (r >= 0 && l->opts.detached)
-                r = json_add(p, "detached", json_object_new_boolean(1));
+                r = json_add_bool(p, "detached", true);
         if (r >= 0 && l->description)
-                r = json_add(p, "description", json_object_new_string(l->description));
+                r = json_add_string(p, "description", l->description);
         /* After a daemon restart: our place in the queue, which agend keeps for us during
          * its grace period (ahead of everyone who queued after us). */
         if (r >= 0 && l->ticket)
-                r = json_add(p, "ticket", json_object_new_string(l->ticket));
+                r = json_add_string(p, "ticket", l->ticket);
         l->phase = LEASE_WAITING;
         if (r >= 0)
                 r = conn_call(l->conn, "io.agend.Lease.Acquire", TAKE_PTR(p), VL_CALL_MORE, acquire_reply, l,
