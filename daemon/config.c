@@ -163,12 +163,10 @@ static int daemon_key(Parser *p, Config *c, const char *key, const char *v) {
                 if (parse_sec(v, &c->reclaim_grace) < 0)
                         return perr(p, "ReclaimGraceSec= wants a duration (\"10\", \"30s\", \"1min 30s\"), got \"%s\"", v);
         } else if (!strcmp(key, "Sync")) {
-                if (!strcmp(v, "normal"))
-                        c->sync = STORE_SYNC_NORMAL;
-                else if (!strcmp(v, "full"))
-                        c->sync = STORE_SYNC_FULL;
-                else
+                StoreSync sync = store_sync_from_string(v);
+                if (sync < 0)
                         return perr(p, "Sync= wants normal or full, got \"%s\"", v);
+                c->sync = sync;
         } else if (!strcmp(key, "AllowUndeclared")) {
                 if ((b = parse_bool(v)) < 0)
                         return perr(p, "AllowUndeclared= wants yes or no, got \"%s\"", v);

@@ -130,11 +130,8 @@ int main(int argc, char *argv[]) {
                         state_dir = strdup(optarg);
                         break;
                 case ARG_SYNC:
-                        if (strcmp(optarg, "normal") == 0)
-                                o.sync = STORE_SYNC_NORMAL;
-                        else if (strcmp(optarg, "full") == 0)
-                                o.sync = STORE_SYNC_FULL;
-                        else {
+                        o.sync = store_sync_from_string(optarg);
+                        if (o.sync < 0) {
                                 fprintf(stderr, "agend: --sync wants normal or full, not \"%s\"\n", optarg);
                                 return 2;
                         }

@@ -6,6 +6,7 @@
  * loop iteration (group commit) before it writes any reply; so no reply reports a state
  * change that is not durable at the configured sync level. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -70,7 +71,13 @@ struct Store {
 typedef enum StoreSync {
         STORE_SYNC_NORMAL,
         STORE_SYNC_FULL,
+        _STORE_SYNC_MAX,
+        _STORE_SYNC_INVALID = -EINVAL,
 } StoreSync;
+
+/* "normal", "full": the words of Sync= and --sync. */
+const char *store_sync_to_string(StoreSync s);
+StoreSync store_sync_from_string(const char *s);
 
 /* Opens (creating if needed) dir/agend.db. A database it cannot read, or of a newer
  * schema, fails with a message in *ret_error (malloc'ed) and is left as it is. */
