@@ -264,6 +264,48 @@ static void test_unclaimed_place_dropped_after_grace(void **state) {
         assert_int_equal(waiter_since(obs, "d", "gone", NULL), -1);
 }
 
+/* The resource is free again before the first waiter is back: its place waits for it (a
+ * newcomer is not granted past it), and its ticket is granted at once. */
+static void test_free_head_waits_for_its_waiter(void **state) {
+        Agend *a = *state;
+        VConn *h = OPEN(a), *w0 = OPEN(a), *w1 = OPEN(a);
+        char t0[128], t1[128], ignored[128];
+        Held held;
+
+        hold(h, "f", &held);
+        enqueue(w0, "f", "first", NULL, 1, t0);
+        enqueue(w1, "f", "second", NULL, 2, t1);
+        assert_int_equal(agend_kill(a), 0);
+        assert_int_equal(agend_start(a), 0);
+
+        VConn *h2 = OPEN(a);
+        CALL_OK(h2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}", held.id,
+                (long long) held.token, held.secret);
+        CALL_OK(h2, LEASE_IF "Release", "{\"id\":\"%s\"}", held.id);
+
+        /* Free, but the head's place is not claimed: a newcomer waits behind both places,
+         * and a try-once finds the resource busy. */
+        VConn *late = OPEN(a);
+        enqueue(late, "f", "late", NULL, 3, ignored);
+        VConn *once = OPEN(a);
+        CALL_ERR(once, LEASE_IF "Timeout", LEASE_IF "Acquire", "{\"resource\":\"f\",\"timeout\":0}");
+
+        /* The second comes back first: it waits behind the first's place. */
+        VConn *b1 = OPEN(a);
+        enqueue(b1, "f", "second", t1, 2, ignored);
+        assert_silent(late, 0.1);
+
+        /* The first comes back: granted in the reply to its Acquire. */
+        VConn *b0 = OPEN(a);
+        assert_int_equal(vconn_send(b0, VL_MORE, LEASE_IF "Acquire",
+                                    "{\"resource\":\"f\",\"description\":\"first\",\"ticket\":\"%s\"}", t0),
+                         0);
+        json_object *g = expect_grant(b0);
+        assert_string_equal(jstr(g, "lease.description"), "first");
+        vconn_close(b0);
+        assert_string_equal(jstr(expect_grant_after_moves(b1), "lease.description"), "second");
+}
+
 /* A clean stop (SIGTERM) keeps the places as well. */
 static void test_order_survives_sigterm(void **state) {
         Agend *a = *state;
@@ -295,6 +337,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unclaimed_place_dropped_after_grace, setup_short_grace,
                                                 helper_teardown),
                 cmocka_unit_test_setup_teardown(test_order_survives_sigterm, setup_long_grace, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_free_head_waits_for_its_waiter, setup_long_grace,
+                                                helper_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
