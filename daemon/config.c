@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "duration.h"
 #include "macro.h"
 #include "peer.h"
 
@@ -92,13 +93,17 @@ static int parse_uint(const char *v, unsigned long long max, unsigned long long 
         return 0;
 }
 
+/* The duration grammar of agenctl and --grace (base/duration.h): "30", "30s", "1min 30s".
+ * Not "infinity": a grace period that never ends would keep a dead holder's lease. */
 static int parse_sec(const char *v, usec_t *ret) {
-        char *end;
-        errno = 0;
-        double d = strtod(v, &end);
-        if (errno || end == v || *end)
-                return -EINVAL;
-        return usec_from_sec(d, ret);
+        usec_t u;
+        int k = parse_duration(v, &u);
+        if (k < 0)
+                return k;
+        if (u == USEC_INFINITY)
+                return -ERANGE;
+        *ret = u;
+        return 0;
 }
 
 /* A space-separated list of user names or numeric uids (or groups). */
@@ -156,14 +161,12 @@ static int daemon_key(Parser *p, Config *c, const char *key, const char *v) {
         int b;
         if (!strcmp(key, "ReclaimGraceSec")) {
                 if (parse_sec(v, &c->reclaim_grace) < 0)
-                        return perr(p, "ReclaimGraceSec= wants seconds, got \"%s\"", v);
+                        return perr(p, "ReclaimGraceSec= wants a duration (\"10\", \"30s\", \"1min 30s\"), got \"%s\"", v);
         } else if (!strcmp(key, "Sync")) {
-                if (!strcmp(v, "normal"))
-                        c->sync = STORE_SYNC_NORMAL;
-                else if (!strcmp(v, "full"))
-                        c->sync = STORE_SYNC_FULL;
-                else
+                StoreSync sync = store_sync_from_string(v);
+                if (sync < 0)
                         return perr(p, "Sync= wants normal or full, got \"%s\"", v);
+                c->sync = sync;
         } else if (!strcmp(key, "AllowUndeclared")) {
                 if ((b = parse_bool(v)) < 0)
                         return perr(p, "AllowUndeclared= wants yes or no, got \"%s\"", v);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "macro.h"
 
 static char dir[256];
 
@@ -182,6 +183,33 @@ static void expect_error(const char *text, unsigned line, const char *needle) {
         config_done(&c);
 }
 
+/* ReclaimGraceSec= takes the duration grammar agenctl and --grace take (base/duration.h). */
+static void test_grace_durations(void **state) {
+        static const struct {
+                const char *text;
+                usec_t usec;
+        } ok[] = {
+                { "30s", 30 * USEC_PER_SEC },           { "30", 30 * USEC_PER_SEC },
+                { "1min 30s", 90 * USEC_PER_SEC },      { "500ms", 500 * USEC_PER_MSEC },
+                { "0", 0 },                             { "1.5 s", 1500 * USEC_PER_MSEC },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
+                char text[128];
+                snprintf(text, sizeof(text), "[Daemon]\nReclaimGraceSec=%s\n", ok[i].text);
+                const char *path = write_file("agend.conf", text);
+                Config c;
+                char *error = NULL;
+                config_init_defaults(&c);
+                if (config_load(&c, path, NULL, &error) < 0)
+                        fail_msg("ReclaimGraceSec=%s refused: %s", ok[i].text, error);
+                assert_int_equal(c.reclaim_grace, ok[i].usec);
+                config_done(&c);
+        }
+        expect_error("[Daemon]\nReclaimGraceSec=infinity\n", 2, "ReclaimGraceSec");
+        expect_error("[Daemon]\nReclaimGraceSec=1e3\n", 2, "ReclaimGraceSec");
+        expect_error("[Daemon]\nReclaimGraceSec=30 s 5\n", 2, "ReclaimGraceSec");
+}
+
 static void test_errors_name_file_and_line(void **state) {
         expect_error("[Daemon]\nNoSuchKey=1\n", 2, "NoSuchKey");
         expect_error("[Daemon]\n\nSync=sometimes\n", 3, "Sync");
@@ -221,6 +249,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_one_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_directory_layout, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_errors_name_file_and_line, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grace_durations, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -73,6 +73,81 @@ static void noop_event(Engine *e, const Event *ev, Lease *l, void *u) {
 static const EngineCallbacks callbacks = { .event = noop_event };
 static const Owner owner = { .uid = 1, .gid = 1, .pid = 1, .comm = (char *) "t" };
 
+/* Queued waiters are stored with the leases: after a restart on the same boot they come
+ * back in their order as unclaimed places, and a ticket claims its place; on another boot,
+ * or when a place is granted, their rows go. */
+static void test_waiters_across_restart(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        Engine *e;
+        Holder h = {}, hw[3] = {};
+        Lease *l = NULL;
+        Waiter *w[3];
+        char tickets[3][WAITER_TICKET_LEN + 1];
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 0);
+        AcquireParams p = { .resource = "m", .owner = &owner, .timeout = USEC_INFINITY };
+        assert_int_equal(engine_acquire(e, &p, &h, NULL, &l, &w[0]), 0);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(engine_acquire(e, &p, &hw[i], NULL, &l, &w[i]), 1);
+                snprintf(tickets[i], sizeof(tickets[i]), "%s", w[i]->ticket);
+                assert_int_equal(strlen(tickets[i]), WAITER_TICKET_LEN);
+        }
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 3);
+        /* A crash: nothing of the engine is written at its end. */
+        engine_free(e);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 3);
+        assert_int_equal(engine_n_unclaimed(e), 3);
+        assert_true(engine_in_grace(e));
+        Resource *r = engine_resource_get(e, "m");
+        int i = 0;
+        for (Waiter *x = r->wait_head; x; x = x->next, i++) {
+                assert_string_equal(x->ticket, tickets[i]);
+                assert_int_equal(x->position, i + 1);
+                assert_true(x->unclaimed);
+        }
+        /* The last one claims its place: still third, ahead of a newcomer. */
+        Holder nh = {}, back = {};
+        Waiter *nw, *bw;
+        assert_int_equal(engine_acquire(e, &p, &nh, NULL, &l, &nw), 1);
+        assert_int_equal(nw->position, 4);
+        AcquireParams pt = p;
+        pt.ticket = tickets[2];
+        assert_int_equal(engine_acquire(e, &pt, &back, NULL, &l, &bw), 1);
+        assert_int_equal(bw->position, 3);
+        assert_false(bw->unclaimed);
+        assert_int_equal(engine_n_unclaimed(e), 2);
+        /* A ticket is good once. */
+        Holder again = {};
+        Waiter *aw;
+        assert_int_equal(engine_acquire(e, &pt, &again, NULL, &l, &aw), 1);
+        assert_int_equal(aw->position, 5);
+        engine_waiter_cancel(e, aw);
+        assert_int_equal(s->ops->commit(s), 1);
+        engine_free(e);
+        store_free(s);
+
+        /* Another boot: the places are gone, from memory and from the file. */
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "another boot", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 0);
+        assert_false(engine_in_grace(e));
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 0);
+        engine_free(e);
+        store_free(s);
+}
+
 static void test_group_commit(void **state) {
         Fixture *f = *state;
         Store *s;
@@ -127,7 +202,8 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 3);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'waiters'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name LIKE 'by_%'"), 5);
         Engine *e;
@@ -356,6 +432,7 @@ static void test_read_only(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiters_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v1, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_corrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_newer_schema, setup, teardown),
