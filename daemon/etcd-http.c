@@ -22,6 +22,7 @@ struct EtcdHttpRequest {
         char *buf;                      /* response bytes not yet handed out */
         size_t len, cap;
         bool sent_bytes;                /* response bytes arrived: it reached etcd */
+        bool pending_start;             /* posted from inside curl: added when it returns */
         bool cancelled;
 };
 
@@ -211,6 +212,21 @@ static void socket_action(EtcdHttp *h, curl_socket_t fd, int events) {
                         request_free(r);
         }
         check_finished(h);
+        /* Posted from inside curl. A failure to start is reported like any other, from
+         * here, outside the call that posted it. */
+        for (bool again = true; again;) {
+                again = false;
+                for (EtcdHttpRequest *r = h->requests; r; r = r->next) {
+                        if (!r->pending_start)
+                                continue;
+                        r->pending_start = false;
+                        if (request_start(r) < 0) {
+                                done(r, -ENOMEM, 0);
+                                again = true;   /* the callback may have changed the list */
+                                break;
+                        }
+                }
+        }
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents) {
@@ -330,6 +346,12 @@ EtcdHttp *etcd_http_free(EtcdHttp *h) {
 
 static int request_start(EtcdHttpRequest *r) {
         EtcdHttp *h = r->http;
+        /* curl refuses curl_multi_add_handle() from its own callbacks (a stream's line
+         * callback posting the next call): the handle is added once curl has returned. */
+        if (h->dispatching > 0) {
+                r->pending_start = true;
+                return 0;
+        }
         r->tries++;
         free(r->url);
         if (asprintf(&r->url, "%s%s", h->endpoints[r->endpoint], r->path) < 0) {
