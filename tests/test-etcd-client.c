@@ -441,6 +441,43 @@ static void test_watch_from_revision(void **state) {
         the_watch = etcd_watch_free(w);
 }
 
+/* A call posted from a watch callback: the recipe's "key ahead gone → range again". The
+ * callback runs while curl delivers the stream, where curl refuses new transfers; the
+ * client must start the call once curl has returned. */
+typedef struct Chain {
+        Reply reply;
+        int post_error;
+        bool posted;
+} Chain;
+
+static void chain_watch_cb(EtcdWatch *w, EtcdWatchStatus s, const EtcdEvent *ev, size_t n, int64_t rev, int error,
+                           void *userdata) {
+        Chain *ch = userdata;
+        if (s != ETCD_WATCH_EVENTS || ch->posted)
+                return;
+        ch->posted = true;
+        EtcdOp op = { .type = ETCD_OP_RANGE, .key = prefix(), .prefix = true };
+        ch->post_error = etcd_range(client, &op, reply_cb, &ch->reply, NULL);
+        /* And the watch may end itself from its own callback. */
+        the_watch = etcd_watch_free(w);
+}
+
+static void test_call_from_watch_callback(void **state) {
+        Chain ch = {};
+        EtcdWatch *w;
+        assert_int_equal(etcd_watch_new(client, prefix(), 0, chain_watch_cb, &ch, &w), 0);
+        the_watch = w;
+        Reply p;
+        run_for(200 * USEC_PER_MSEC);
+        put(key("k"), "v", 0, &p);
+        assert_true(run_until(&ch.posted, GUARD));
+        assert_int_equal(ch.post_error, 0);
+        wait_reply(&ch.reply);
+        assert_int_equal(ch.reply.error, 0);
+        assert_int_equal(ch.reply.n_kvs, 1);
+        assert_null(the_watch);
+}
+
 static void test_member_killed(void **state) {
         /* Everything runs through endpoint 0 first; kill it (-9) and carry on. */
         Keeper kp = {};
@@ -590,6 +627,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_expiry_deletes_keys, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_txn_grant_order, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_from_revision, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_call_from_watch_callback, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_killed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, setup, teardown_cluster),
         };
