@@ -79,13 +79,29 @@ static pid_t spawn_member(EtcdCluster *c, size_t i, bool fresh) {
                 if (null >= 0)
                         dup2(null, 0);
                 /* Short heartbeats keep elections and lease expiry quick on loopback. */
-                execl(bin, bin, "--name", m->name, "--data-dir", m->data_dir,
-                      "--listen-client-urls", m->client_url, "--advertise-client-urls", m->client_url,
-                      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                      "--initial-cluster", cluster, "--initial-cluster-state", fresh ? "new" : "existing",
-                      "--initial-cluster-token", c->dir, "--heartbeat-interval", "100",
-                      "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn",
-                      (char *) NULL);
+                char cert[192], key[192], ca[192];
+                snprintf(cert, sizeof(cert), "%s/server.pem", c->tls_dir);
+                snprintf(key, sizeof(key), "%s/server-key.pem", c->tls_dir);
+                snprintf(ca, sizeof(ca), "%s/ca.pem", c->tls_dir);
+                const char *argv[40] = {
+                        bin, "--name", m->name, "--data-dir", m->data_dir,
+                        "--listen-client-urls", m->client_url, "--advertise-client-urls", m->client_url,
+                        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                        "--initial-cluster", cluster, "--initial-cluster-state", fresh ? "new" : "existing",
+                        "--initial-cluster-token", c->dir, "--heartbeat-interval", "100",
+                        "--election-timeout", "1000", "--logger", "zap", "--log-level", "warn",
+                };
+                size_t n = 0;
+                while (argv[n])
+                        n++;
+                if (c->tls_dir[0]) {
+                        const char *more[] = { "--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                                               "--client-cert-auth" };
+                        for (size_t j = 0; j < ELEMENTSOF(more); j++)
+                                argv[n++] = more[j];
+                }
+                argv[n] = NULL;
+                execv(bin, (char **) argv);
                 _exit(127);
         }
         return pid;
@@ -115,7 +131,7 @@ static size_t discard(char *p, size_t s, size_t n, void *u) {
         return s * n;
 }
 
-static bool healthy(const EtcdMember *m) {
+static bool healthy(const EtcdCluster *c, const EtcdMember *m) {
         char url[96], body[256] = "";
         snprintf(url, sizeof(url), "%s/health", m->client_url);
         CURL *e = curl_easy_init();
@@ -126,6 +142,15 @@ static bool healthy(const EtcdMember *m) {
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, body);
+        char ca[192], cert[192], key[192];
+        if (c->tls_dir[0]) {
+                snprintf(ca, sizeof(ca), "%s/ca.pem", c->tls_dir);
+                snprintf(cert, sizeof(cert), "%s/client.pem", c->tls_dir);
+                snprintf(key, sizeof(key), "%s/client-key.pem", c->tls_dir);
+                curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+                curl_easy_setopt(e, CURLOPT_SSLCERT, cert);
+                curl_easy_setopt(e, CURLOPT_SSLKEY, key);
+        }
         CURLcode r = curl_easy_perform(e);
         curl_easy_cleanup(e);
         return r == CURLE_OK && strstr(body, "\"true\"");
@@ -141,7 +166,7 @@ int etcd_cluster_wait_healthy(EtcdCluster *c, size_t i, usec_t timeout) {
                         c->m[i].pid = 0;
                         return -ECHILD;
                 }
-                if (healthy(&c->m[i]))
+                if (healthy(c, &c->m[i]))
                         return 0;
                 if (usec_now(CLOCK_MONOTONIC) > end)
                         return -ETIMEDOUT;
@@ -149,7 +174,37 @@ int etcd_cluster_wait_healthy(EtcdCluster *c, size_t i, usec_t timeout) {
         }
 }
 
+/* A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl
+ * command (no key material in the tree). */
+static int make_certs(const char *dir) {
+        char cmd[2048];
+        snprintf(cmd, sizeof(cmd),
+                 "set -e; cd '%s'; exec >certs.log 2>&1; "
+                 "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=agend-test-ca "
+                 "  -keyout ca-key.pem -out ca.pem; "
+                 "printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >ext.cnf; "
+                 "for w in server client; do "
+                 "  openssl req -newkey rsa:2048 -nodes -subj /CN=$w -keyout $w-key.pem -out $w.csr; "
+                 "  openssl x509 -req -in $w.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 "
+                 "    -extfile ext.cnf -out $w.pem; "
+                 "done",
+                 dir);
+        return system(cmd) == 0 ? 0 : -EIO;
+}
+
+static int cluster_new(size_t n, bool tls, usec_t timeout, usec_t lifetime, EtcdCluster **ret);
+
 int etcd_cluster_new(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **ret) {
+        return cluster_new(n, false, timeout, lifetime, ret);
+}
+
+int etcd_cluster_new_tls(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **ret) {
+        if (access("/usr/bin/openssl", X_OK) < 0)
+                return -ENOENT;
+        return cluster_new(n, true, timeout, lifetime, ret);
+}
+
+static int cluster_new(size_t n, bool tls, usec_t timeout, usec_t lifetime, EtcdCluster **ret) {
         if (n == 0 || n > ETCD_CLUSTER_MAX)
                 return -EINVAL;
         if (!etcd_binary())
@@ -168,6 +223,15 @@ int etcd_cluster_new(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **re
         int k = pick_ports(ports, 2 * n);
         if (k < 0)
                 goto fail;
+        if (tls) {
+                snprintf(c->tls_dir, sizeof(c->tls_dir), "%s/tls", c->dir);
+                if (mkdir(c->tls_dir, 0700) < 0) {
+                        k = -errno;
+                        goto fail;
+                }
+                if ((k = make_certs(c->tls_dir)) < 0)
+                        goto fail;
+        }
         for (size_t i = 0; i < n; i++) {
                 EtcdMember *m = &c->m[i];
                 char name[16];
@@ -175,7 +239,8 @@ int etcd_cluster_new(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **re
                 memcpy(m->name, name, sizeof(name));
                 m->client_port = ports[2 * i];
                 m->peer_port = ports[2 * i + 1];
-                snprintf(m->client_url, sizeof(m->client_url), "http://127.0.0.1:%d", m->client_port);
+                snprintf(m->client_url, sizeof(m->client_url), "%s://127.0.0.1:%d", tls ? "https" : "http",
+                         m->client_port);
                 snprintf(m->data_dir, sizeof(m->data_dir), "%s/%s.etcd", c->dir, name);
                 snprintf(m->log, sizeof(m->log), "%s/%s.log", c->dir, name);
                 c->endpoints[i] = m->client_url;

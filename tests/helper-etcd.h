@@ -37,11 +37,17 @@ typedef struct EtcdCluster {
         EtcdMember m[ETCD_CLUSTER_MAX];
         char *endpoints[ETCD_CLUSTER_MAX + 1];  /* the client URLs, NULL-terminated */
         pid_t watchdog;
+        char tls_dir[128];      /* "" = plain http; else ca.pem, server.pem, server-key.pem,
+                                 * client.pem, client-key.pem in it, client certs required */
 } EtcdCluster;
 
 /* Starts n members and waits until every one reports healthy (a leader, a quorum read),
  * at most timeout. lifetime: the watchdog's limit (0 = 15 minutes). */
 int etcd_cluster_new(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **ret);
+/* The same with TLS on the client URLs (https://), server and client certificates made
+ * with the openssl command in c->tls_dir; members require a client certificate signed by
+ * the CA. -ENOENT without etcd or openssl. */
+int etcd_cluster_new_tls(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **ret);
 /* NULL-safe. */
 void etcd_cluster_free(EtcdCluster *c);
 

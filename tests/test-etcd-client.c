@@ -151,6 +151,12 @@ static int setup(void **state) {
         return new_client(&client, 3 * USEC_PER_SEC) < 0 ? -1 : 0;
 }
 
+static int setup_loop(void **state) {
+        test_no++;
+        loop = ev_loop_new(EVFLAG_AUTO);
+        return 0;
+}
+
 /* Tests that break the cluster take a cluster of their own. */
 static int teardown(void **state) {
         the_watch = etcd_watch_free(the_watch);
@@ -615,6 +621,51 @@ static void test_unreachable(void **state) {
         assert_int_equal(p.error, -ECANCELED);
 }
 
+static void tls_status(EtcdCluster *tc, const char *ca, const char *cert, const char *key, Reply *p) {
+        EtcdClientOptions o = {
+                .endpoints = tc->endpoints,
+                .n_endpoints = tc->n,
+                .ca_file = ca,
+                .cert_file = cert,
+                .key_file = key,
+                .request_timeout = 3 * USEC_PER_SEC,
+        };
+        EtcdClient *c;
+        assert_int_equal(etcd_client_new(loop, &o, &c), 0);
+        *p = (Reply) {};
+        assert_int_equal(etcd_status(c, -1, reply_cb, p, NULL), 0);
+        wait_reply(p);
+        etcd_client_free(c);
+}
+
+static void test_tls(void **state) {
+        /* CAFile=, CertFile=, KeyFile= reach libcurl: with all three a member that requires
+         * client certificates answers; without the client certificate, or without the CA
+         * that signed the server's, the call fails with an error, not a hang. */
+        EtcdCluster *tc;
+        int k = etcd_cluster_new_tls(1, 60 * USEC_PER_SEC, 5 * 60 * USEC_PER_SEC, &tc);
+        if (k == -ENOENT)
+                skip();
+        assert_int_equal(k, 0);
+        char ca[192], cert[192], key[192];
+        snprintf(ca, sizeof(ca), "%s/ca.pem", tc->tls_dir);
+        snprintf(cert, sizeof(cert), "%s/client.pem", tc->tls_dir);
+        snprintf(key, sizeof(key), "%s/client-key.pem", tc->tls_dir);
+        assert_int_equal(strncmp(tc->endpoints[0], "https://", 8), 0);
+        Reply p;
+        tls_status(tc, ca, cert, key, &p);
+        if (p.error != 0)
+                fail_msg("TLS status: %s (%s)", strerror(-p.error), p.message);
+        assert_true(p.leader != 0);
+        tls_status(tc, ca, NULL, NULL, &p);
+        fprintf(stderr, "# without a client certificate: %s (%s)\n", strerror(-p.error), p.message);
+        assert_true(p.error < 0);
+        tls_status(tc, NULL, cert, key, &p);
+        fprintf(stderr, "# without the CA: %s (%s)\n", strerror(-p.error), p.message);
+        assert_int_equal(p.error, -EPROTO);
+        etcd_cluster_free(tc);
+}
+
 int main(void) {
         if (access("/usr/bin/etcd", X_OK) < 0 && !getenv("ETCD_BINARY")) {
                 printf("SKIP: no etcd binary (apt-get install etcd-server)\n");
@@ -630,6 +681,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_call_from_watch_callback, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_killed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, setup, teardown_cluster),
+                cmocka_unit_test_setup_teardown(test_tls, setup_loop, teardown),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         etcd_cluster_free(cluster);
