@@ -115,6 +115,8 @@ static usec_t keepalive_interval(const EtcdLeaseKeeper *k) {
 static void keepalive_cb(EtcdClient *c, int error, const EtcdResult *r, void *userdata) {
         EtcdLeaseKeeper *k = userdata;
         k->call = NULL;
+        if (error == -ECANCELED)
+                return;         /* the client is being freed: nothing more to send */
         if (error >= 0 && r->ttl <= 0) {
                 /* etcd says the lease is gone: nothing to wait for. */
                 lost(k, -ENOENT);
@@ -136,6 +138,8 @@ static void keepalive_cb(EtcdClient *c, int error, const EtcdResult *r, void *us
 static void grant_cb(EtcdClient *c, int error, const EtcdResult *r, void *userdata) {
         EtcdLeaseKeeper *k = userdata;
         k->call = NULL;
+        if (error == -ECANCELED)
+                return;
         if (error < 0 || r->lease_id == 0 || r->ttl <= 0) {
                 k->backoff = MIN(MAX(k->backoff * 2, retry_interval(k)), 5 * USEC_PER_SEC);
                 arm_tick(k, k->backoff);

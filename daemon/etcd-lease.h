@@ -47,7 +47,7 @@ typedef struct EtcdLeaseOptions {
         usec_t retry_interval;          /* after a failure; 0 = min(TTL/10, 500 ms) */
 } EtcdLeaseOptions;
 
-/* Starts granting at once. */
+/* Starts granting at once. Free the keeper before its client. */
 int etcd_lease_keeper_new(EtcdClient *c, const EtcdLeaseOptions *o, EtcdLeaseFn cb, void *userdata,
                           EtcdLeaseKeeper **ret);
 /* Stops; with revoke, asks etcd (fire and forget) to revoke the lease, deleting its keys now

@@ -29,7 +29,7 @@ typedef struct EtcdWatch EtcdWatch;
 typedef void (*EtcdWatchFn)(EtcdWatch *w, EtcdWatchStatus status, const EtcdEvent *events, size_t n_events,
                             int64_t revision, int error, void *userdata);
 
-/* start_revision 0: from now. */
+/* start_revision 0: from now. Free the watch before its client. */
 int etcd_watch_new(EtcdClient *c, const char *prefix, int64_t start_revision, EtcdWatchFn cb, void *userdata,
                    EtcdWatch **ret);
 /* NULL-safe, returns NULL. Also from the callback. */
