@@ -433,12 +433,10 @@ int etcd_grpc_code_to_errno(int code) {
 static int parse_error(json_object *e, EtcdResult *r) {
         /* Unary: {"error": "...", "code": N, "message": "..."}; streamed: {"error": {...}}. */
         json_object *inner = json_object_is_type(e, json_type_object) ? e : NULL;
-        json_object *src = inner;
         int code = inner ? (int) get_int(inner, "grpc_code") : 0;
         if (inner && !code)
                 code = (int) get_int(inner, "code");
         const char *m = inner ? (get_str(inner, "message") ?: get_str(inner, "error")) : json_object_get_string(e);
-        (void) src;
         if (m && !(r->message = strdup(m)))
                 return -ENOMEM;
         int k = etcd_grpc_code_to_errno(code);

@@ -56,7 +56,7 @@ static int pick_ports(int *ports, size_t n) {
 static pid_t spawn_member(EtcdCluster *c, size_t i, bool fresh) {
         const char *bin = etcd_binary();
         EtcdMember *m = &c->m[i];
-        char cluster[1024] = "", peer[64], a[8][160];
+        char cluster[1024] = "", peer[64];
         for (size_t j = 0; j < c->n; j++) {
                 char one[128];
                 snprintf(one, sizeof(one), "%s%s=http://127.0.0.1:%d", j ? "," : "", c->m[j].name,
@@ -64,7 +64,6 @@ static pid_t spawn_member(EtcdCluster *c, size_t i, bool fresh) {
                 strncat(cluster, one, sizeof(cluster) - strlen(cluster) - 1);
         }
         snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", m->peer_port);
-        (void) a;
         pid_t pid = fork();
         if (pid < 0)
                 return -errno;
