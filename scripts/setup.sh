@@ -17,6 +17,9 @@ packages+=(clang libclang-rt-14-dev)
 packages+=(systemd-container debootstrap)
 # The Python client (client/python) is tested with Debian's python3 and these.
 packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
+# Cluster scope (issue 16): the etcd client is libcurl on libev; its tests and the bench run
+# a 3-member etcd cluster of Debian's etcd-server on loopback.
+packages+=(libcurl4-openssl-dev etcd-server)
 
 missing=()
 for p in "${packages[@]}"; do
