@@ -15,6 +15,19 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "duration.h"
+
+/* A duration in the grammar of agend.conf and agenctl (base/duration.h), in seconds. */
+static int bench_seconds(const char *text, double *ret) {
+        usec_t u;
+        int r = parse_duration(text, &u);
+        if (r < 0)
+                return r;
+        if (u == USEC_INFINITY)
+                return -ERANGE;
+        *ret = usec_to_sec(u);
+        return 0;
+}
 
 static void help(void) {
         printf("agen-bench MODE [OPTIONS]\n\n"
@@ -252,10 +265,16 @@ int main(int argc, char **argv) {
                         o.inflight = (unsigned) strtoul(optarg, NULL, 10);
                         break;
                 case ARG_DURATION:
-                        o.duration = strtod(optarg, NULL);
+                        if (bench_seconds(optarg, &o.duration) < 0) {
+                                logf_("agen-bench: --duration wants a duration (\"5\", \"500ms\", \"1min\"), not \"%s\"\n", optarg);
+                                return 2;
+                        }
                         break;
                 case ARG_WARMUP:
-                        o.warmup = strtod(optarg, NULL);
+                        if (bench_seconds(optarg, &o.warmup) < 0) {
+                                logf_("agen-bench: --warmup wants a duration (\"5\", \"500ms\", \"1min\"), not \"%s\"\n", optarg);
+                                return 2;
+                        }
                         break;
                 case ARG_RATE:
                         o.rate = strtod(optarg, NULL);
@@ -279,7 +298,10 @@ int main(int argc, char **argv) {
                         o.count = (unsigned) strtoul(optarg, NULL, 10);
                         break;
                 case ARG_SPREAD:
-                        o.spread = strtod(optarg, NULL);
+                        if (bench_seconds(optarg, &o.spread) < 0) {
+                                logf_("agen-bench: --spread wants a duration (\"5\", \"500ms\", \"1min\"), not \"%s\"\n", optarg);
+                                return 2;
+                        }
                         break;
                 case ARG_DIR:
                         o.dir = optarg;

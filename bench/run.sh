@@ -9,7 +9,8 @@
 #
 # Options: --out DIR (results; default a new temp dir), --build DIR (default build-bench),
 # --agend BINARY (instead of the one built), --duration S (measured seconds per point, 5),
-# --rounds N (1), --no-scale, --no-perf, --no-install.
+# --rounds N (1), --no-scale, --no-perf, --no-install, --no-cluster (skip the etcd lock recipe on
+# a 3-member cluster), --cluster-only (only that).
 #
 # Installs redis-server, etcd-server and gnuplot from Debian if missing. Every process it
 # starts listens on a Unix socket in a temp dir or on 127.0.0.1, and is stopped by its pid
@@ -18,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0 quick=0 scale=1 perf=1 install=1 out= build=build-bench duration=5 warmup=1 rounds=1 agend=
+cluster=1 cluster_only=0
 while (($#)); do
         case $1 in
         --smoke) smoke=1 ;;
@@ -25,6 +27,8 @@ while (($#)); do
         --no-scale) scale=0 ;;
         --no-perf) perf=0 ;;
         --no-install) install=0 ;;
+        --no-cluster) cluster=0 ;;
+        --cluster-only) cluster_only=1 ;;
         --out) out=$2; shift ;;
         --build) build=$2; shift ;;
         --agend) agend=$2; shift ;;
@@ -89,6 +93,7 @@ cleanup() {
                 kill -KILL "$p" 2>/dev/null || true
                 wait "$p" 2>/dev/null || true
         done
+        [[ -n ${etcd_cluster_dir:-} ]] && tests/etcd-cluster.sh stop "$etcd_cluster_dir" || true
         rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -133,6 +138,31 @@ start_etcd() {          # start_etcd NAME
         done
         cat "$tmp/$name/log" >&2; exit 1
 }
+
+# ---- cluster scope: the plain etcd lock recipe on a 3-member cluster (issue 16) ----
+# bench/etcd-lock.c: lease + txn on create revision + wait for the key ahead, N contenders
+# on one lock, on agend's own etcd client. agend's cluster-scope cycles join this block
+# once the engine serves Scope=cluster.
+run_cluster() {
+        local lock=$build/bench/agen-etcd-lock eps c
+        [[ -x $lock ]] || { log "agen-etcd-lock was not built: no cluster runs"; return 0; }
+        ((have_etcd)) || { log "no etcd: no cluster runs"; return 0; }
+        etcd_cluster_dir=$tmp/etcd-cluster
+        eps=$(tests/etcd-cluster.sh start "$etcd_cluster_dir" 3 1800)
+        for c in 1 4 16; do
+                log "etcd lock recipe, $c contenders"
+                "$lock" --endpoints "$eps" --clients "$c" --duration "$duration" --warmup "$warmup" \
+                        --label etcd-lock >>"$results" || log "etcd lock recipe ($c) had errors"
+        done
+        tests/etcd-cluster.sh stop "$etcd_cluster_dir"
+        etcd_cluster_dir=
+}
+if ((cluster_only)); then
+        run_cluster
+        grep -h '"mode":"etcd-lock"' "$results"
+        log "results in $out"
+        exit 0
+fi
 
 # ---- machine ----
 {
@@ -227,6 +257,10 @@ EOF
                 >>"$results"; then :; else log "contention (capacity 8) had errors"; fi
 fi
 
+if ((cluster)); then
+        run_cluster
+fi
+
 # ---- stop the peers before the scale runs: those want the machine to themselves ----
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -269,6 +303,7 @@ done <"$results"
         done
         echo
         grep -h '"kind":"\(floor\|contention\|scale_leases\|scale_conns\|cleanup\)"' "$results" | sed 's/^/    /'
+        grep -h '"mode":"etcd-lock"' "$results" | sed 's/^/    /' || true
 } >"$out/summary.md"
 
 if command -v gnuplot >/dev/null; then

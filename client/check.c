@@ -23,8 +23,8 @@ _public_ int agen_check_sync(const char *address, const char *resource, uint64_t
         json_object *params = json_object_new_object();
         if (!params)
                 return -ENOMEM;
-        if (json_add(params, "resource", json_object_new_string(resource)) < 0 ||
-            json_add(params, "token", json_object_new_int64((int64_t) token)) < 0) {
+        if (json_add_string(params, "resource", resource) < 0 ||
+            json_add_int(params, "token", (int64_t) token) < 0) {
                 json_object_put(params);
                 return -ENOMEM;
         }

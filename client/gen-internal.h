@@ -30,11 +30,4 @@ typedef struct agen_gen_ops agen_gen_ops;
 /* The ops a generator was made with (to tell a lease generator from others). */
 const agen_gen_ops *gen_get_ops(agen_gen *gen);
 
-#include <string.h>
-
-static inline bool streq(const char *a, const char *b) {
-        return strcmp(a, b) == 0;
-}
-static inline bool streq_ptr(const char *a, const char *b) {
-        return a && b ? strcmp(a, b) == 0 : a == b;
-}
+#include "string-table.h" /* streq(), streq_ptr() */

@@ -38,6 +38,7 @@
 #include "agen/agen.h"
 #include "fork.h"
 #include "gen-internal.h"
+#include "list.h"
 #include "macro.h"
 
 enum {
@@ -133,7 +134,7 @@ struct agen_gen {
         CloseWaiter *waiters, **waiters_tail;
 
         bool live;
-        agen_gen *live_prev, *live_next;
+        LIST_FIELDS(agen_gen, live); /* LoopState.live, under registry_lock */
         agen_gen *drop_next;
 };
 
@@ -290,11 +291,7 @@ static void gen_link_live(agen_gen *g) {
         assert(!g->live);
         pthread_mutex_lock(&registry_lock);
         g->live = true;
-        g->live_prev = NULL;
-        g->live_next = st->live;
-        if (st->live)
-                st->live->live_prev = g;
-        st->live = g;
+        LIST_PREPEND(live, st->live, g);
         if (st->n_live++ == 0) {
                 assert(!st->async_active);
                 ev_async_start(st->loop, &st->async);
@@ -312,14 +309,8 @@ static void gen_unlink_live(agen_gen *g) {
         if (!g->live)
                 return;
         pthread_mutex_lock(&registry_lock);
-        if (g->live_prev)
-                g->live_prev->live_next = g->live_next;
-        else
-                st->live = g->live_next;
-        if (g->live_next)
-                g->live_next->live_prev = g->live_prev;
+        LIST_REMOVE(live, st->live, g);
         g->live = false;
-        g->live_prev = g->live_next = NULL;
         if (--st->n_live == 0 && !st->drops) {
                 /* A drop still pending (pushed while its generator was live) keeps the
                  * ev_async until async_cb has taken it. */
@@ -779,7 +770,7 @@ _public_ void *agen_gen_get_userdata(agen_gen *gen) {
         return gen->userdata;
 }
 
-static const char *const gen_state_table[_AGEN_GEN_STATE_MAX] = {
+static const char *const agen_gen_state_table[_AGEN_GEN_STATE_MAX] = {
         [AGEN_GEN_CREATED] = "created",
         [AGEN_GEN_SUSPENDED] = "suspended",
         [AGEN_GEN_RUNNING] = "running",
@@ -787,11 +778,7 @@ static const char *const gen_state_table[_AGEN_GEN_STATE_MAX] = {
         [AGEN_GEN_CLOSED] = "closed",
 };
 
-_public_ const char *agen_gen_state_to_string(agen_gen_state state) {
-        if ((unsigned) state >= ELEMENTSOF(gen_state_table))
-                return NULL;
-        return gen_state_table[state];
-}
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(agen_gen_state, agen_gen_state, _public_)
 
 _public_ agen_gen *agen_co_get_gen(agen_co *co) {
         assert_return(co, NULL);

@@ -75,6 +75,12 @@ typedef struct Lease {
         char *secret;
         uint64_t token;
         double ttl;
+        char *lease_json;   /* detached: the grant's lease object, for agen_lease_hand_off() */
+        char *error_name;   /* the Acquire's error reply: agen_lease_get_error() */
+        char *error_reason;
+        char *ticket;       /* our place in the queue (queued replies): a re-sent Acquire
+                             * presents it, so a daemon restart does not cost the place */
+        ev_tstamp acquire_started; /* the first Acquire: a re-sent one waits only the rest */
 
         LeaseEvent *events, **events_tail;
         agen_co *step;      /* a step waiting for an event */
@@ -106,10 +112,10 @@ static const char *const event_type_table[_AGEN_LEASE_EVENT_TYPE_MAX] = {
         [AGEN_LEASE_DISCONNECTED] = "disconnected",
 };
 
+DEFINE_STRING_TABLE_LOOKUP_TO_STRING(event_type, agen_lease_event_type, static)
+
 _public_ const char *agen_lease_event_type_to_string(agen_lease_event_type type) {
-        if ((unsigned) type >= ELEMENTSOF(event_type_table))
-                return NULL;
-        return event_type_table[type];
+        return event_type_to_string(type);
 }
 
 static void lease_stop_timers(Lease *l) {
@@ -223,10 +229,10 @@ static int lease_connect(Lease *l) {
 /* {"id", "secret"} (and "token" for Reclaim): how the lease is named from a connection
  * that does not hold it. NULL on OOM. */
 static json_object *lease_id_params(Lease *l, bool with_token) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
-        if (!p || json_add(p, "id", json_object_new_string(l->id)) < 0 ||
-            json_add(p, "secret", json_object_new_string(l->secret)) < 0 ||
-            (with_token && json_add(p, "token", json_object_new_int64((int64_t) l->token)) < 0))
+        _cleanup_json_ json_object *p = json_object_new_object();
+        if (!p || json_add_string(p, "id", l->id) < 0 ||
+            json_add_string(p, "secret", l->secret) < 0 ||
+            (with_token && json_add_int(p, "token", (int64_t) l->token) < 0))
                 return NULL;
         return TAKE_PTR(p);
 }
@@ -397,8 +403,8 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
 }
 
 static void lease_send_watch(Lease *l) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
-        int r = p ? json_add(p, "lease", json_object_new_string(l->id)) : -ENOMEM;
+        _cleanup_json_ json_object *p = json_object_new_object();
+        int r = p ? json_add_string(p, "lease", l->id) : -ENOMEM;
         if (r >= 0)
                 r = conn_call(l->conn, "io.agend.Lease.Watch", TAKE_PTR(p), VL_CALL_MORE, watch_reply, l, &l->call);
         if (r < 0)
@@ -406,6 +412,13 @@ static void lease_send_watch(Lease *l) {
 }
 
 /* ---- acquiring ---- */
+
+static void lease_forget_ticket(Lease *l) {
+        if (l->ticket)
+                explicit_bzero(l->ticket, strlen(l->ticket));
+        free(l->ticket);
+        l->ticket = NULL;
+}
 
 static int lease_parse_grant(Lease *l, json_object *params) {
         json_object *lease;
@@ -430,6 +443,13 @@ static int lease_parse_grant(Lease *l, json_object *params) {
         l->secret = TAKE_PTR(secret_copy);
         l->token = (uint64_t) token;
         l->ttl = usec_to_sec(ttl);
+        if (l->opts.detached) {
+                /* Kept for a hand-off: the lease as agend described it. */
+                const char *text = json_object_to_json_string_ext(lease, JSON_C_TO_STRING_PLAIN |
+                                                                                 JSON_C_TO_STRING_NOSLASHESCAPE);
+                free(l->lease_json);
+                l->lease_json = text ? strdup(text) : NULL;
+        }
         return 0;
 }
 
@@ -443,8 +463,16 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
         if (l->phase != LEASE_WAITING)
                 return;
         if (status < 0) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "acquiring \"%s\": %s", l->resource, error_name);
+                /* agend's words, for agen_lease_get_error() and the step's message. */
+                const char *reason = NULL;
+                (void) json_get_string(params, "reason", JSON_NONEMPTY, &reason);
+                free(l->error_name);
+                free(l->error_reason);
+                l->error_name = strdup(error_name);
+                l->error_reason = reason ? strdup(reason) : NULL;
+                char msg[512];
+                snprintf(msg, sizeof(msg), "acquiring \"%s\": %s%s%s", l->resource, error_name, reason ? ": " : "",
+                         strempty(reason));
                 return lease_finish(l, status, msg);
         }
 
@@ -452,7 +480,15 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
         (void) json_get_string(params, "state", 0, &state);
         if (streq_ptr(state, "queued")) {
                 unsigned position = 0;
+                const char *ticket = NULL;
                 (void) json_get_uint(params, "position", 0, 0, UINT_MAX, &position);
+                if (json_get_string(params, "ticket", JSON_NONEMPTY, &ticket) > 0 && !streq_ptr(ticket, l->ticket)) {
+                        char *t = strdup(ticket);
+                        if (t) {
+                                lease_forget_ticket(l);
+                                l->ticket = t;
+                        }
+                }
                 lease_emit(l, AGEN_LEASE_QUEUED, position, NULL);
                 return;
         }
@@ -461,6 +497,7 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 
         l->granted = true;
         l->phase = LEASE_HELD;
+        lease_forget_ticket(l);
         if (ev_is_active(&l->acquire_timer))
                 ev_timer_stop(l->loop, &l->acquire_timer);
         lease_emit(l, AGEN_LEASE_GRANTED, 0, NULL);
@@ -474,23 +511,35 @@ static void acquire_reply(Conn *c, int status, const char *error_name, json_obje
 }
 
 static void lease_send_acquire(Lease *l) {
-        _cleanup_(json_object_putp) json_object *p = json_object_new_object();
+        _cleanup_json_ json_object *p = json_object_new_object();
         int r = p ? 0 : -ENOMEM;
 
         if (r >= 0)
-                r = json_add(p, "resource", json_object_new_string(l->resource));
+                r = json_add_string(p, "resource", l->resource);
         if (r >= 0 && l->opts.units > 1)
-                r = json_add(p, "units", json_object_new_int64(l->opts.units));
+                r = json_add_int(p, "units", l->opts.units);
         if (r >= 0 && l->opts.exclusive)
-                r = json_add(p, "exclusive", json_object_new_boolean(1));
-        if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0))
-                r = json_add(p, "timeout", json_object_new_double(l->opts.try_once ? 0 : l->opts.timeout));
+                r = json_add_bool(p, "exclusive", true);
+        if (r >= 0 && (l->opts.try_once || l->opts.timeout > 0)) {
+                double timeout = l->opts.try_once ? 0 : l->opts.timeout;
+                if (l->ticket && timeout > 0) {
+                        /* Asked again after a daemon restart: only what is left of the wait
+                         * (at least 1 ms: 0 would mean "try once"). */
+                        ev_now_update(l->loop);
+                        timeout = MAX(timeout - (ev_now(l->loop) - l->acquire_started), 0.001);
+                }
+                r = json_add_double(p, "timeout", timeout);
+        }
         if (r >= 0 && l->opts.ttl > 0)
-                r = json_add(p, "ttl", json_object_new_double(l->opts.ttl));
+                r = json_add_double(p, "ttl", l->opts.ttl);
         if (r >= 0 && l->opts.detached)
-                r = json_add(p, "detached", json_object_new_boolean(1));
+                r = json_add_bool(p, "detached", true);
         if (r >= 0 && l->description)
-                r = json_add(p, "description", json_object_new_string(l->description));
+                r = json_add_string(p, "description", l->description);
+        /* After a daemon restart: our place in the queue, which agend keeps for us during
+         * its grace period (ahead of everyone who queued after us). */
+        if (r >= 0 && l->ticket)
+                r = json_add_string(p, "ticket", l->ticket);
         l->phase = LEASE_WAITING;
         if (r >= 0)
                 r = conn_call(l->conn, "io.agend.Lease.Acquire", TAKE_PTR(p), VL_CALL_MORE, acquire_reply, l,
@@ -510,8 +559,9 @@ static void lease_step(agen_gen *gen, agen_co *co, void *userdata) {
                 int r = lease_connect(l);
                 if (r < 0)
                         return lease_finish(l, r, "cannot connect to agend");
+                ev_now_update(l->loop);
+                l->acquire_started = ev_now(l->loop);
                 if (l->opts.try_once || l->opts.timeout > 0) {
-                        ev_now_update(l->loop);
                         ev_timer_set(&l->acquire_timer, (l->opts.try_once ? 0 : l->opts.timeout) + ACQUIRE_TIMEOUT_SLACK,
                                      0.);
                         ev_timer_start(l->loop, &l->acquire_timer);
@@ -676,6 +726,10 @@ static void lease_destroy(void *userdata) {
         if (l->secret)
                 explicit_bzero(l->secret, strlen(l->secret));
         free(l->secret);
+        lease_forget_ticket(l);
+        free(l->lease_json);
+        free(l->error_name);
+        free(l->error_reason);
         free(l->id);
         free(l->end_message);
         free(l->resource);
@@ -762,5 +816,48 @@ _public_ int agen_lease_get_current(agen_gen *lease, const char **ret_id, uint64
                 *ret_id = l->id;
         if (ret_token)
                 *ret_token = l->token;
+        return 0;
+}
+
+_public_ int agen_lease_get_error(agen_gen *lease, const char **ret_name, const char **ret_reason) {
+        assert_return(lease, -EINVAL);
+        assert_return(gen_get_ops(lease) == &lease_ops, -EINVAL);
+        Lease *l = agen_gen_get_userdata(lease);
+
+        if (!l->error_name)
+                return -ENODATA;
+        if (ret_name)
+                *ret_name = l->error_name;
+        if (ret_reason)
+                *ret_reason = l->error_reason;
+        return 0;
+}
+
+_public_ int agen_lease_hand_off(agen_gen *lease, char **ret_secret, char **ret_lease_json) {
+        assert_return(lease, -EINVAL);
+        assert_return(ret_secret, -EINVAL);
+        assert_return(gen_get_ops(lease) == &lease_ops, -EINVAL);
+        Lease *l = agen_gen_get_userdata(lease);
+
+        if (!l->granted || l->finished || l->phase == LEASE_CLOSED || l->phase == LEASE_RELEASING)
+                return -ENODATA;
+        if (!l->opts.detached)
+                return -EOPNOTSUPP;
+        _cleanup_free_ char *secret = strdup(l->secret), *json = NULL;
+        if (!secret)
+                return -ENOMEM;
+        if (ret_lease_json) {
+                json = l->lease_json ? strdup(l->lease_json) : NULL;
+                if (!json)
+                        return -ENOMEM;
+        }
+        /* The lease is not ours any more: nothing renews, watches or releases it here.
+         * Closing our connection does not end a detached lease. A step waiting for the next
+         * event gets AGEN_STOP. */
+        l->granted = false;
+        lease_finish(l, 0, NULL);
+        *ret_secret = TAKE_PTR(secret);
+        if (ret_lease_json)
+                *ret_lease_json = TAKE_PTR(json);
         return 0;
 }

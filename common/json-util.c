@@ -208,14 +208,3 @@ int json_check_keys(json_object *o, const char *const *allowed, const char **ret
         }
         return 0;
 }
-
-int json_add(json_object *o, const char *key, json_object *value) {
-        assert(o);
-        if (!value)
-                return -ENOMEM;
-        if (json_object_object_add(o, key, value) < 0) {
-                json_object_put(value);
-                return -ENOMEM;
-        }
-        return 0;
-}

@@ -38,5 +38,5 @@ int json_get_seconds(json_object *o, const char *key, unsigned flags, usec_t *re
  * returns -EINVAL and the first unknown key in *ret_key (borrowed from o). */
 int json_check_keys(json_object *o, const char *const *allowed, const char **ret_key);
 
-/* Adds key: value to o, consuming value also on failure (value NULL = OOM, -ENOMEM). */
-int json_add(json_object *o, const char *key, json_object *value);
+/* Building: json_add() and friends, in base/json-build.h. */
+#include "json-build.h"

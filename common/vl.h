@@ -149,8 +149,5 @@ json_object *vl_error_new(const char *error, json_object *parameters);
 json_object *vl_error_newf(const char *error, const char *key, const char *value, const char *reason_fmt, ...)
         _printf_(4, 5);
 
-/* json_object_put() for _cleanup_(json_object_putp). */
-static inline void json_object_putp(json_object **o) {
-        if (*o)
-                json_object_put(*o);
-}
+/* json_object_putp() for _cleanup_(json_object_putp), and json_add(). */
+#include "json-build.h"

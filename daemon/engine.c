@@ -9,6 +9,7 @@
 #include "engine.h"
 #include "macro.h"
 #include "store.h"
+#include "string-table.h"
 
 struct Engine {
         EngineClock clock;
@@ -19,6 +20,7 @@ struct Engine {
         Hashmap resources;      /* name → Resource */
         Hashmap leases;         /* id → Lease */
         Hashmap strings;        /* the leases' owner names and descriptions, shared: text → Interned */
+        Hashmap unclaimed;      /* ticket's seq part → restored Waiter whose ticket is due */
         Prioq timers;           /* lease expiries, waiter timeouts, the grace period */
         EngineTimer grace;
 
@@ -26,6 +28,7 @@ struct Engine {
         unsigned n_waiters;
         unsigned n_reclaimable;
         uint64_t last_token;
+        uint64_t last_waiter_seq;
         bool allow_undeclared;
 };
 
@@ -35,16 +38,7 @@ static const char *const event_type_table[_EVENT_TYPE_MAX] = {
         [EVENT_RECLAIMED] = "reclaimed", [EVENT_VOIDED] = "voided",
 };
 
-const char *event_type_to_string(EventType t) {
-        return t >= 0 && t < _EVENT_TYPE_MAX ? event_type_table[t] : NULL;
-}
-
-EventType event_type_from_string(const char *s) {
-        for (int i = 0; s && i < _EVENT_TYPE_MAX; i++)
-                if (strcmp(event_type_table[i], s) == 0)
-                        return (EventType) i;
-        return _EVENT_TYPE_INVALID;
-}
+DEFINE_STRING_TABLE_LOOKUP(event_type, EventType)
 
 int owner_copy(Owner *dst, const Owner *src) {
         Owner o = *src;
@@ -159,6 +153,27 @@ static int random_id_secret(char id[static LEASE_ID_LEN + 1], char secret[static
         return 0;
 }
 
+/* A waiter's ticket: its sequence number and 128 random bits. */
+static int waiter_make_ticket(Waiter *w) {
+        uint8_t bytes[LEASE_SECRET_LEN / 2];
+        if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t) sizeof(bytes))
+                return errno > 0 ? -errno : -EIO;
+        snprintf(w->seq_key, sizeof(w->seq_key), "%016" PRIx64, w->seq);
+        memcpy(w->ticket, w->seq_key, WAITER_SEQ_LEN);
+        hex(bytes, sizeof(bytes), w->ticket + WAITER_SEQ_LEN);
+        return 0;
+}
+
+/* Constant time, so that a ticket cannot be guessed byte by byte from reply timing. */
+static bool ticket_eq(const char *a, const char *b) {
+        if (strlen(a) != WAITER_TICKET_LEN || strlen(b) != WAITER_TICKET_LEN)
+                return false;
+        unsigned char d = 0;
+        for (size_t i = 0; i < WAITER_TICKET_LEN; i++)
+                d |= (unsigned char) a[i] ^ (unsigned char) b[i];
+        return d == 0;
+}
+
 int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb, void *userdata,
                Engine **ret) {
         Engine *e = calloc(1, sizeof(*e));
@@ -172,6 +187,7 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         hashmap_init(&e->resources);
         hashmap_init(&e->leases);
         hashmap_init(&e->strings);
+        hashmap_init(&e->unclaimed);
         prioq_item_init(&e->grace.pq);
         e->grace.pq.tag = TIMER_GRACE;
         *ret = e;
@@ -218,6 +234,20 @@ static void store_lease_save(Engine *e, const Lease *l) {
                 .deadline = l->deadline,
         };
         (void) e->store->ops->lease_save(e->store, &r);
+}
+
+static void store_waiter_save(Engine *e, const Waiter *w) {
+        WaiterRecord r = {
+                .ticket = w->ticket,
+                .seq = w->seq,
+                .resource = w->resource->name,
+                .description = w->description,
+                .units = w->units,
+                .exclusive = w->exclusive,
+                .owner = owner_record(&w->owner),
+                .since = w->since,
+        };
+        (void) e->store->ops->waiter_save(e->store, &r);
 }
 
 static void emit_by(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
@@ -303,11 +333,7 @@ static void holder_link(Lease *l, Holder *h) {
         l->holder = h;
         if (!h)
                 return;
-        l->holder_prev = NULL;
-        l->holder_next = h->leases;
-        if (h->leases)
-                h->leases->holder_prev = l;
-        h->leases = l;
+        LIST_PREPEND(holder, h->leases, l);
         h->n_leases++;
 }
 
@@ -315,13 +341,7 @@ static void holder_unlink(Lease *l) {
         Holder *h = l->holder;
         if (!h)
                 return;
-        if (l->holder_prev)
-                l->holder_prev->holder_next = l->holder_next;
-        else
-                h->leases = l->holder_next;
-        if (l->holder_next)
-                l->holder_next->holder_prev = l->holder_prev;
-        l->holder_prev = l->holder_next = NULL;
+        LIST_REMOVE(holder, h->leases, l);
         l->holder = NULL;
         h->n_leases--;
 }
@@ -329,12 +349,7 @@ static void holder_unlink(Lease *l) {
 static void lease_free(Engine *e, Lease *l) {
         Resource *r = l->resource;
         holder_unlink(l);
-        if (l->res_prev)
-                l->res_prev->res_next = l->res_next;
-        else
-                r->leases = l->res_next;
-        if (l->res_next)
-                l->res_next->res_prev = l->res_prev;
+        LIST_REMOVE(res, r->leases, l);
         r->n_leases--;
         r->used -= l->units;
         if (l->state == LEASE_RECLAIMABLE)
@@ -353,10 +368,7 @@ static int lease_attach(Engine *e, Lease *l, Resource *r) {
         l->expiry.pq.tag = TIMER_LEASE_EXPIRY;
         if (hashmap_put(&e->leases, l->id, l) < 0)
                 return -ENOMEM;
-        l->res_next = r->leases;
-        if (r->leases)
-                r->leases->res_prev = l;
-        r->leases = l;
+        LIST_PREPEND(res, r->leases, l);
         r->n_leases++;
         r->used += l->units;
         e->n_leases++;
@@ -428,6 +440,30 @@ static void waiter_unlink(Engine *e, Waiter *w) {
         r->n_waiters--;
         e->n_waiters--;
         prioq_remove(&e->timers, &w->timeout.pq);
+        if (w->unclaimed) {
+                hashmap_remove(&e->unclaimed, w->seq_key);
+                w->unclaimed = false;
+        }
+        if (e->store)
+                (void) e->store->ops->waiter_delete(e->store, w->seq);
+}
+
+static void waiter_append(Engine *e, Resource *r, Waiter *w) {
+        w->prev = r->wait_tail;
+        if (r->wait_tail)
+                r->wait_tail->next = w;
+        else
+                r->wait_head = w;
+        r->wait_tail = w;
+        r->n_waiters++;
+        e->n_waiters++;
+        w->position = r->n_waiters;
+}
+
+/* The grace timer runs while a restored lease or a restored waiter is unclaimed. */
+static void grace_maybe_stop(Engine *e) {
+        if (e->n_reclaimable == 0 && e->unclaimed.size == 0)
+                timer_set(e, &e->grace, USEC_INFINITY);
 }
 
 static void waiter_free(Waiter *w) {
@@ -451,7 +487,9 @@ static void renumber(Engine *e, Resource *r) {
  * ones wait behind it (no starvation). */
 static void dispatch(Engine *e, Resource *r) {
         bool moved = false;
-        while (r->wait_head && fits(r, waiter_need(r->wait_head))) {
+        /* An unclaimed head (restored after a restart, its waiter not back yet) keeps its
+         * place until the grace period ends: nobody behind it goes first. */
+        while (r->wait_head && !r->wait_head->unclaimed && fits(r, waiter_need(r->wait_head))) {
                 Waiter *w = r->wait_head;
                 Lease *l;
                 if (lease_create(e, r, waiter_need(w), w->exclusive, w->detached, w->ttl, &w->owner,
@@ -516,6 +554,52 @@ int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool 
         return 0;
 }
 
+/* A restored waiter's ticket was presented: the request takes its place (and its since). */
+static int waiter_claim(Engine *e, Waiter *w, const AcquireParams *p, unsigned units, Holder *holder,
+                        void *userdata, Lease **ret_lease, Waiter **ret_waiter) {
+        Resource *r = w->resource;
+        Owner owner;
+        char *description = strdup(strempty(p->description));
+        if (!description || owner_copy(&owner, p->owner) < 0) {
+                free(description);
+                return -ENOMEM;
+        }
+        owner_done(&w->owner);
+        free(w->description);
+        w->owner = owner;
+        w->description = description;
+        w->units = units;
+        w->exclusive = p->exclusive;
+        w->detached = p->detached;
+        w->ttl = p->ttl;
+        w->holder = holder;
+        w->userdata = userdata;
+        hashmap_remove(&e->unclaimed, w->seq_key);
+        w->unclaimed = false;
+        grace_maybe_stop(e);
+        if (e->store)
+                store_waiter_save(e, w);
+
+        if (r->wait_head == w && fits(r, waiter_need(w))) {
+                Lease *l;
+                int k = lease_create(e, r, waiter_need(w), w->exclusive, w->detached, w->ttl, &w->owner,
+                                     w->description, holder, &l);
+                if (k >= 0) {
+                        waiter_unlink(e, w);
+                        waiter_free(w);
+                        dispatch(e, r);
+                        renumber(e, r);
+                        *ret_lease = l;
+                        return 0;
+                }
+                /* Could not grant now: it waits at the head and is retried at the next release. */
+        }
+        if (p->timeout != USEC_INFINITY)
+                timer_set(e, &w->timeout, usec_add(now_mono(e), p->timeout));
+        *ret_waiter = w;
+        return 1;
+}
+
 int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *userdata, Lease **ret_lease,
                    Waiter **ret_waiter) {
         Resource *r;
@@ -545,6 +629,14 @@ int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *user
                 return -ETIMEDOUT;
         }
 
+        if (p->ticket && strlen(p->ticket) == WAITER_TICKET_LEN) {
+                char key[WAITER_SEQ_LEN + 1];
+                snprintf(key, sizeof(key), "%.*s", WAITER_SEQ_LEN, p->ticket);
+                Waiter *w = hashmap_get(&e->unclaimed, key);
+                if (w && w->resource == r && ticket_eq(w->ticket, p->ticket))
+                        return waiter_claim(e, w, p, units, holder, userdata, ret_lease, ret_waiter);
+        }
+
         Waiter *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
@@ -563,17 +655,19 @@ int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *user
         w->since = now_real(e);
         w->holder = holder;
         w->userdata = userdata;
+        w->seq = e->last_waiter_seq + 1;
+        k = waiter_make_ticket(w);
+        if (k < 0) {
+                waiter_free(w);
+                resource_maybe_drop(e, r);
+                return k;
+        }
+        e->last_waiter_seq = w->seq;
         prioq_item_init(&w->timeout.pq);
         w->timeout.pq.tag = TIMER_WAITER_TIMEOUT;
-        w->prev = r->wait_tail;
-        if (r->wait_tail)
-                r->wait_tail->next = w;
-        else
-                r->wait_head = w;
-        r->wait_tail = w;
-        r->n_waiters++;
-        e->n_waiters++;
-        w->position = r->n_waiters;
+        waiter_append(e, r, w);
+        if (e->store)
+                store_waiter_save(e, w);
         if (p->timeout != USEC_INFINITY)
                 timer_set(e, &w->timeout, usec_add(now_mono(e), p->timeout));
         emit(e, EVENT_QUEUED, r, NULL, &w->owner, units, NULL);
@@ -597,8 +691,7 @@ static int lease_end(Engine *e, Lease *l, EventType type, const char *reason, co
         if (e->store)
                 (void) e->store->ops->lease_delete(e->store, l->id);
         lease_free(e, l);
-        if (e->n_reclaimable == 0)
-                timer_set(e, &e->grace, USEC_INFINITY);
+        grace_maybe_stop(e);
         dispatch(e, r);
         resource_maybe_drop(e, r);
         return 0;
@@ -637,8 +730,7 @@ int engine_lease_reclaim(Engine *e, Lease *l, Holder *holder) {
         l->state = LEASE_HELD;
         e->n_reclaimable--;
         holder_link(l, holder);
-        if (e->n_reclaimable == 0)
-                timer_set(e, &e->grace, USEC_INFINITY);
+        grace_maybe_stop(e);
         emit(e, EVENT_RECLAIMED, l->resource, l, &l->owner, l->units, NULL);
         return 0;
 }
@@ -665,7 +757,7 @@ bool engine_token_current(Engine *e, const char *resource, uint64_t token) {
         Resource *r = resource ? hashmap_get(&e->resources, resource) : NULL;
         if (!r || token == 0)
                 return false;
-        for (Lease *l = r->leases; l; l = l->res_next)
+        LIST_FOREACH(res, l, r->leases)
                 if (l->token == token)
                         return true;
         return false;
@@ -683,12 +775,16 @@ unsigned engine_n_waiters(Engine *e) {
         return e->n_waiters;
 }
 
+unsigned engine_n_unclaimed(Engine *e) {
+        return (unsigned) e->unclaimed.size;
+}
+
 uint64_t engine_last_token(Engine *e) {
         return e->last_token;
 }
 
 bool engine_in_grace(Engine *e) {
-        return e->n_reclaimable > 0;
+        return e->n_reclaimable > 0 || e->unclaimed.size > 0;
 }
 
 usec_t engine_next_deadline(Engine *e) {
@@ -713,8 +809,33 @@ static void end_leases(Engine *e, bool all, EventType type, const char *reason) 
         free(v);
 }
 
+/* Restored waiters whose ticket was not presented in time leave the queue; those behind
+ * them move up, and what now fits is granted. */
+static void drop_unclaimed(Engine *e) {
+        HashmapIter i = {};
+        Resource *r;
+        while (e->unclaimed.size > 0 && hashmap_iterate(&e->resources, &i, (void **) &r)) {
+                bool dropped = false;
+                for (Waiter *w = r->wait_head, *n; w; w = n) {
+                        n = w->next;
+                        if (!w->unclaimed)
+                                continue;
+                        waiter_unlink(e, w);
+                        waiter_free(w);
+                        dropped = true;
+                }
+                if (dropped) {
+                        dispatch(e, r);
+                        renumber(e, r);
+                        resource_maybe_drop(e, r);
+                }
+        }
+}
+
 static void end_unreclaimed(Engine *e) {
+        drop_unclaimed(e);
         end_leases(e, false, EVENT_RELEASED, "not reclaimed within the grace period");
+        grace_maybe_stop(e);
 }
 
 void engine_run_timers(Engine *e) {
@@ -754,6 +875,51 @@ typedef struct RestoreState {
         int error;
         unsigned n;
 } RestoreState;
+
+/* A stored waiter comes back as an unclaimed place at the tail (they load in seq order). */
+static int restore_waiter(const WaiterRecord *rec, void *userdata) {
+        RestoreState *s = userdata;
+        Engine *e = s->engine;
+        if (!rec->ticket || !rec->resource || rec->units == 0 || strlen(rec->ticket) != WAITER_TICKET_LEN)
+                return -EBADMSG;
+        Resource *r;
+        int k = resource_get(e, rec->resource, true, &r);
+        if (k < 0)
+                return k;
+        Waiter *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        const Owner o = {
+                .uid = rec->owner.uid,
+                .gid = rec->owner.gid,
+                .pid = rec->owner.pid,
+                .comm = (char *) rec->owner.comm,
+                .unit = (char *) rec->owner.unit,
+        };
+        w->description = strdup(strempty(rec->description));
+        if (!w->description || owner_copy(&w->owner, &o) < 0) {
+                free(w->description);
+                free(w);
+                return -ENOMEM;
+        }
+        w->resource = r;
+        w->units = rec->units;
+        w->exclusive = rec->exclusive;
+        w->since = rec->since;
+        w->seq = rec->seq;
+        snprintf(w->ticket, sizeof(w->ticket), "%s", rec->ticket);
+        snprintf(w->seq_key, sizeof(w->seq_key), "%.*s", WAITER_SEQ_LEN, rec->ticket);
+        w->unclaimed = true;
+        prioq_item_init(&w->timeout.pq);
+        w->timeout.pq.tag = TIMER_WAITER_TIMEOUT;
+        if (hashmap_put(&e->unclaimed, w->seq_key, w) < 0) {
+                waiter_free(w);
+                return -ENOMEM;
+        }
+        waiter_append(e, r, w);
+        e->last_waiter_seq = MAX(e->last_waiter_seq, w->seq);
+        return 0;
+}
 
 static int restore_one(const LeaseRecord *rec, void *userdata) {
         RestoreState *s = userdata;
@@ -826,10 +992,15 @@ int engine_restore(Engine *e, const char *boot_id, usec_t grace) {
         k = e->store->ops->load(e->store, restore_one, &s);
         if (k < 0)
                 return k;
+        k = e->store->ops->load_waiters(e->store, restore_waiter, &s);
+        if (k < 0)
+                return k;
 
         if (!s.same_boot) {
+                /* Their processes are gone with the old boot. */
+                drop_unclaimed(e);
                 end_leases(e, true, EVENT_VOIDED, "the system rebooted since the lease was granted");
-        } else if (e->n_reclaimable > 0) {
+        } else if (e->n_reclaimable > 0 || e->unclaimed.size > 0) {
                 if (grace == 0)
                         end_unreclaimed(e);
                 else
@@ -906,6 +1077,7 @@ Engine *engine_free(Engine *e) {
                 resource_free(r);
         }
         hashmap_done(&e->leases);
+        hashmap_done(&e->unclaimed);
         hashmap_done(&e->resources);
         free(e);
         return NULL;

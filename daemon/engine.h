@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "hashmap.h"
+#include "list.h"
 #include "prioq.h"
 #include "usec.h"
 
@@ -27,6 +28,10 @@ typedef struct Store Store;
 
 #define LEASE_ID_LEN 16         /* hex digits of 64 random bits */
 #define LEASE_SECRET_LEN 32     /* hex digits of 128 random bits */
+/* A waiter's ticket: its queue sequence (16 hex digits, the key it is found by) and 128
+ * random bits (32 hex digits, compared in constant time): unguessable, like a secret. */
+#define WAITER_SEQ_LEN 16
+#define WAITER_TICKET_LEN (WAITER_SEQ_LEN + LEASE_SECRET_LEN)
 
 /* Who holds or waits: from SO_PEERCRED and /proc, never from the client. */
 typedef struct Owner {
@@ -108,8 +113,8 @@ struct Lease {
         usec_t ttl;                             /* ro: 0 = none */
         usec_t deadline;                        /* ro: CLOCK_MONOTONIC, USEC_INFINITY = none */
         Holder *holder;                         /* ro: the connection that holds it, or NULL */
-        Lease *holder_prev, *holder_next;       /* private */
-        Lease *res_prev, *res_next;             /* private */
+        LIST_FIELDS(Lease, holder);             /* private: Holder.leases */
+        LIST_FIELDS(Lease, res);                /* private: Resource.leases */
         EngineTimer expiry;                     /* private */
 };
 
@@ -121,8 +126,15 @@ struct Waiter {
         usec_t ttl;                             /* ro */
         Owner owner;                            /* ro */
         char *description;                      /* ro, never NULL */
-        usec_t since;                           /* ro: CLOCK_REALTIME */
+        usec_t since;                           /* ro: CLOCK_REALTIME, kept across restarts */
         unsigned position;                      /* ro: 1-based */
+        uint64_t seq;                           /* ro: queue order, kept across restarts */
+        char ticket[WAITER_TICKET_LEN + 1];     /* ro: sent to the waiter; a re-sent Acquire
+                                                 * presents it to keep its place */
+        char seq_key[WAITER_SEQ_LEN + 1];       /* private: the ticket's sequence part */
+        bool unclaimed;                         /* ro: restored after a restart; holds its
+                                                 * place until its waiter presents the ticket
+                                                 * or the grace period ends (holder NULL) */
         Holder *holder;                         /* ro */
         void *userdata;                         /* rw: the server's */
         Waiter *prev, *next;                    /* private: the resource's FIFO */
@@ -185,6 +197,7 @@ typedef struct AcquireParams {
         bool detached;
         const char *description;
         const Owner *owner;
+        const char *ticket;     /* NULL = none: a waiter's ticket from before a restart */
 } AcquireParams;
 
 /* clock NULL = the system clocks. store may be NULL (nothing is persisted). */
@@ -198,14 +211,20 @@ int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool 
 
 /* Loads the leases of the store. Same boot: connection-bound leases become reclaimable
  * for grace (0 = released at once), detached ones keep their deadlines; another boot:
- * every lease is voided. Call once, before anything else is granted. Returns the number
- * of restored leases. */
+ * every lease is voided. The waiters of the store come back in their order as unclaimed
+ * places, for the same grace (on another boot, or with grace 0, they are dropped). Call
+ * once, before anything else is granted. Returns the number of restored leases. */
 int engine_restore(Engine *e, const char *boot_id, usec_t grace);
 
 /* Returns 0 and *ret_lease when granted at once, 1 and *ret_waiter when queued (the
  * waiter's userdata is set to userdata), -ETIMEDOUT when try_once finds it busy, -EINVAL
  * for more units than the capacity, -ENXIO for an undeclared name where only declared
- * ones are allowed, -ENOMEM. */
+ * ones are allowed, -ENOMEM.
+ *
+ * A ticket that names a waiter restored after a restart (same resource, not yet claimed,
+ * within the grace period) claims it: the request takes that waiter's place in the queue
+ * and keeps its "since"; its other parameters are the new request's. Any other ticket is
+ * ignored: the request queues at the tail like one without. */
 int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *userdata,
                    Lease **ret_lease, Waiter **ret_waiter);
 /* Removes a waiter that gives up (its connection closed). Frees it. */
@@ -236,6 +255,8 @@ bool engine_token_current(Engine *e, const char *resource, uint64_t token);
 const Hashmap *engine_resources(Engine *e);
 unsigned engine_n_leases(Engine *e);
 unsigned engine_n_waiters(Engine *e);
+/* Waiters restored after a restart whose ticket has not been presented yet. */
+unsigned engine_n_unclaimed(Engine *e);
 uint64_t engine_last_token(Engine *e);
 bool engine_in_grace(Engine *e);
 

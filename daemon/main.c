@@ -10,6 +10,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "duration.h"
 #include "fs-util.h"
 #include "log.h"
 #include "macro.h"
@@ -28,7 +29,7 @@ static void help(void) {
                "     --state-dir DIR     keep agend.db in DIR (default: $STATE_DIRECTORY, /var/lib/agend\n"
                "                         as root, $XDG_STATE_HOME/agend otherwise)\n"
                "     --sync=normal|full  sqlite synchronous mode (default normal; full survives power loss)\n"
-               "     --grace SECONDS     how long restored leases wait for their holders (default 10)\n"
+               "     --grace DURATION    how long restored leases wait for their holders (default 10s)\n"
                "     --log-level LEVEL   err, warning, notice, info (default) or debug\n",
                CONFIG_DIR_DEFAULT, CONFIG_DIR_DEFAULT);
 }
@@ -129,21 +130,18 @@ int main(int argc, char *argv[]) {
                         state_dir = strdup(optarg);
                         break;
                 case ARG_SYNC:
-                        if (strcmp(optarg, "normal") == 0)
-                                o.sync = STORE_SYNC_NORMAL;
-                        else if (strcmp(optarg, "full") == 0)
-                                o.sync = STORE_SYNC_FULL;
-                        else {
+                        o.sync = store_sync_from_string(optarg);
+                        if (o.sync < 0) {
                                 fprintf(stderr, "agend: --sync wants normal or full, not \"%s\"\n", optarg);
                                 return 2;
                         }
                         break;
                 case ARG_GRACE: {
-                        char *end;
                         usec_t u;
-                        double d = strtod(optarg, &end);
-                        if (end == optarg || *end || usec_from_sec(d, &u) < 0) {
-                                fprintf(stderr, "agend: --grace wants seconds >= 0, not \"%s\"\n", optarg);
+                        /* The grammar of ReclaimGraceSec= (base/duration.h), never endless. */
+                        if (parse_duration(optarg, &u) < 0 || u == USEC_INFINITY) {
+                                fprintf(stderr, "agend: --grace wants a duration (\"10\", \"30s\", \"500ms\"), not \"%s\"\n",
+                                        optarg);
                                 return 2;
                         }
                         o.grace = (int64_t) u;

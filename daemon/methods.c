@@ -200,20 +200,22 @@ static void reply_granted(Conn *c, const Lease *l, bool continues) {
         conn_reply(c, p, continues);
 }
 
-static void reply_queued(Conn *c, unsigned position) {
+static void reply_queued(Conn *c, const Waiter *w) {
         struct json_object *p = json_object_new_object();
         if (p) {
                 add_string(p, "state", "queued");
-                add_int(p, "position", position);
+                add_int(p, "position", w->position);
+                add_string(p, "ticket", w->ticket);
         }
         conn_reply(c, p, true);
 }
 
 static void method_acquire(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { "resource", "units",    "exclusive",   "timeout",
-                                               "ttl",      "detached", "description", NULL };
+                                               "ttl",      "detached", "description", "ticket",
+                                               NULL };
         Manager *m = c->manager;
-        const char *resource = NULL, *description = NULL;
+        const char *resource = NULL, *description = NULL, *ticket = NULL;
         int64_t units = 1;
         bool exclusive = false, detached = false;
         usec_t timeout_u = USEC_INFINITY, ttl_u = 0;
@@ -234,6 +236,8 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 return invalid(c, "detached", "a boolean");
         if (get_string(p, "description", false, DESCRIPTION_MAX, &description) < 0)
                 return invalid(c, "description", "a string of at most 1024 bytes without NUL");
+        if (get_string(p, "ticket", false, 64, &ticket) < 0)
+                return invalid(c, "ticket", "a string: the ticket of an earlier queued reply");
 
         /* The disk is full: nothing new may be added until space returns. */
         const char *full = store_guard_refusal(m->guard);
@@ -260,6 +264,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 .detached = detached,
                 .description = description,
                 .owner = &c->peer,
+                .ticket = ticket,
         };
         /* The waiter limit is checked only when the request would wait. */
         if (c->peer.uid != 0 && u && u->waiters >= m->config.max_waiters_per_user)
@@ -276,7 +281,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 if (u)
                         u->waiters++;
                 if (c->more)
-                        reply_queued(c, w->position);
+                        reply_queued(c, w);
                 return;
         }
         if (k == -ETIMEDOUT && ap.try_once && timeout_u != 0)
@@ -691,7 +696,7 @@ static void cb_timed_out(Engine *e, Waiter *w, void *userdata) {
 static void cb_moved(Engine *e, Waiter *w, void *userdata) {
         Conn *c = w->userdata;
         if (c->more)
-                reply_queued(c, w->position);
+                reply_queued(c, w);
 }
 
 static bool event_ends_lease(EventType t) {

@@ -2,7 +2,9 @@
 /* The in-memory store: the StoreOps contract with nothing durable behind it, for tests.
  * A batch is applied to the committed state only at commit, so a failed commit (injected)
  * leaves nothing of it, as sqlite's rollback does. Faults: fail the Nth commit, delay
- * every commit. Not thread-safe, like the daemon's loop. */
+ * every commit. Not thread-safe, like the daemon's loop. Nothing outlives the process: a
+ * restarted agend on this store starts empty (waiters and leases come back only to an
+ * engine restored from the same Store object, as the unit tests do). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,11 @@ typedef struct MemLease {
         LeaseRecord rec;
 } MemLease;
 
+typedef struct MemWaiter {
+        char *ticket, *resource, *description, *comm, *unit;
+        WaiterRecord rec;
+} MemWaiter;
+
 typedef struct MemEvent {
         char *type, *resource, *lease, *reason, *comm, *unit, *by_comm, *by_unit;
         OwnerRecord owner, by;
@@ -24,11 +31,13 @@ typedef struct MemEvent {
 } MemEvent;
 
 /* One pending write of the open batch. */
-typedef enum OpKind { OP_SAVE, OP_DELETE, OP_EVENT, OP_META } OpKind;
+typedef enum OpKind { OP_SAVE, OP_DELETE, OP_WAITER_SAVE, OP_WAITER_DELETE, OP_EVENT, OP_META } OpKind;
 typedef struct Op {
         OpKind kind;
         MemLease *lease;        /* OP_SAVE */
         char *id;               /* OP_DELETE */
+        MemWaiter *waiter;      /* OP_WAITER_SAVE */
+        uint64_t seq;           /* OP_WAITER_DELETE */
         MemEvent *event;        /* OP_EVENT */
         char *key, *value;      /* OP_META */
 } Op;
@@ -38,6 +47,8 @@ typedef struct StoreMemory {
         StoreMemoryOptions opts;
         MemLease **leases;
         size_t n_leases, size_leases;
+        MemWaiter **waiters;    /* by seq */
+        size_t n_waiters;
         MemEvent **events;      /* ring of history_size */
         size_t n_events, events_head;
         char **meta;            /* key, value, key, value, ... */
@@ -63,6 +74,17 @@ static void mem_lease_free(MemLease *l) {
         free(l);
 }
 
+static void mem_waiter_free(MemWaiter *w) {
+        if (!w)
+                return;
+        free(w->ticket);
+        free(w->resource);
+        free(w->description);
+        free(w->comm);
+        free(w->unit);
+        free(w);
+}
+
 static void mem_event_free(MemEvent *e) {
         if (!e)
                 return;
@@ -79,6 +101,7 @@ static void mem_event_free(MemEvent *e) {
 
 static void op_done(Op *o) {
         mem_lease_free(o->lease);
+        mem_waiter_free(o->waiter);
         mem_event_free(o->event);
         free(o->id);
         free(o->key);
@@ -134,6 +157,35 @@ static int m_lease_delete(Store *store, const char *id) {
         return op_push(s, (Op) { .kind = OP_DELETE, .id = d });
 }
 
+static int m_waiter_save(Store *store, const WaiterRecord *r) {
+        StoreMemory *s = container_of(store, StoreMemory, store);
+        MemWaiter *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->rec = *r;
+        w->ticket = dup_or_null(r->ticket);
+        w->resource = dup_or_null(r->resource);
+        w->description = strdup(strempty(r->description));
+        w->comm = dup_or_null(r->owner.comm);
+        w->unit = dup_or_null(r->owner.unit);
+        if (!w->ticket || !w->resource || !w->description || (r->owner.comm && !w->comm) ||
+            (r->owner.unit && !w->unit)) {
+                mem_waiter_free(w);
+                return -ENOMEM;
+        }
+        w->rec.ticket = w->ticket;
+        w->rec.resource = w->resource;
+        w->rec.description = w->description;
+        w->rec.owner.comm = w->comm;
+        w->rec.owner.unit = w->unit;
+        return op_push(s, (Op) { .kind = OP_WAITER_SAVE, .waiter = w });
+}
+
+static int m_waiter_delete(Store *store, uint64_t seq) {
+        StoreMemory *s = container_of(store, StoreMemory, store);
+        return op_push(s, (Op) { .kind = OP_WAITER_DELETE, .seq = seq });
+}
+
 static int m_event_append(Store *store, const EventRecord *r) {
         StoreMemory *s = container_of(store, StoreMemory, store);
         if (s->opts.history_size == 0)
@@ -186,6 +238,19 @@ static ssize_t lease_find(StoreMemory *s, const char *id) {
         return -1;
 }
 
+/* Where a waiter of seq is, or would go: the waiters stay sorted by seq. */
+static size_t waiter_find(StoreMemory *s, uint64_t seq) {
+        size_t lo = 0, hi = s->n_waiters;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (s->waiters[mid]->rec.seq < seq)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
 static ssize_t meta_find(StoreMemory *s, const char *key) {
         for (size_t i = 0; i < s->n_meta; i += 2)
                 if ((strcmp(s->meta[i], key) == 0))
@@ -219,6 +284,31 @@ static int op_apply(StoreMemory *s, Op *o) {
                 if (i >= 0) {
                         mem_lease_free(s->leases[i]);
                         s->leases[i] = s->leases[--s->n_leases];
+                }
+                return 0;
+        }
+        case OP_WAITER_SAVE: {
+                size_t i = waiter_find(s, o->waiter->rec.seq);
+                if (i < s->n_waiters && s->waiters[i]->rec.seq == o->waiter->rec.seq) {
+                        mem_waiter_free(s->waiters[i]);
+                        s->waiters[i] = TAKE_PTR(o->waiter);
+                        return 0;
+                }
+                MemWaiter **p = realloc(s->waiters, (s->n_waiters + 1) * sizeof(*p));
+                if (!p)
+                        return -ENOMEM;
+                s->waiters = p;
+                memmove(s->waiters + i + 1, s->waiters + i, (s->n_waiters - i) * sizeof(*p));
+                s->waiters[i] = TAKE_PTR(o->waiter);
+                s->n_waiters++;
+                return 0;
+        }
+        case OP_WAITER_DELETE: {
+                size_t i = waiter_find(s, o->seq);
+                if (i < s->n_waiters && s->waiters[i]->rec.seq == o->seq) {
+                        mem_waiter_free(s->waiters[i]);
+                        memmove(s->waiters + i, s->waiters + i + 1, (s->n_waiters - i - 1) * sizeof(*s->waiters));
+                        s->n_waiters--;
                 }
                 return 0;
         }
@@ -306,6 +396,16 @@ static int m_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
         return 0;
 }
 
+static int m_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *userdata), void *userdata) {
+        StoreMemory *s = container_of(store, StoreMemory, store);
+        for (size_t i = 0; i < s->n_waiters; i++) {
+                int k = cb(&s->waiters[i]->rec, userdata);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
 static int m_meta_get(Store *store, const char *key, char **ret) {
         StoreMemory *s = container_of(store, StoreMemory, store);
         ssize_t i = meta_find(s, key);
@@ -351,7 +451,8 @@ static int m_history(Store *store, const char *resource, unsigned limit,
 
 static int64_t m_size(Store *store) {
         StoreMemory *s = container_of(store, StoreMemory, store);
-        return (int64_t) (s->n_leases * sizeof(MemLease) + s->n_events * sizeof(MemEvent));
+        return (int64_t) (s->n_leases * sizeof(MemLease) + s->n_waiters * sizeof(MemWaiter) +
+                          s->n_events * sizeof(MemEvent));
 }
 
 static void m_free(Store *store) {
@@ -361,6 +462,9 @@ static void m_free(Store *store) {
         for (size_t i = 0; i < s->n_leases; i++)
                 mem_lease_free(s->leases[i]);
         free(s->leases);
+        for (size_t i = 0; i < s->n_waiters; i++)
+                mem_waiter_free(s->waiters[i]);
+        free(s->waiters);
         for (size_t i = 0; i < s->n_events; i++)
                 mem_event_free(s->events[(s->events_head + i) % s->opts.history_size]);
         free(s->events);
@@ -375,8 +479,11 @@ static const StoreOps memory_ops = {
         .lease_delete = m_lease_delete,
         .event_append = m_event_append,
         .token_save = m_token_save,
+        .waiter_save = m_waiter_save,
+        .waiter_delete = m_waiter_delete,
         .commit = m_commit,
         .load = m_load,
+        .load_waiters = m_load_waiters,
         .meta_get = m_meta_get,
         .meta_set = m_meta_set,
         .history = m_history,

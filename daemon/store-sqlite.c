@@ -13,8 +13,16 @@
 #include "log.h"
 #include "macro.h"
 #include "store.h"
+#include "string-table.h"
 
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
+
+static const char *const store_sync_table[_STORE_SYNC_MAX] = {
+        [STORE_SYNC_NORMAL] = "normal",
+        [STORE_SYNC_FULL] = "full",
+};
+
+DEFINE_STRING_TABLE_LOOKUP(store_sync, StoreSync)
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -37,7 +45,13 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "ALTER TABLE events ADD COLUMN by_uid INTEGER; ALTER TABLE events ADD COLUMN by_gid INTEGER;"
         "ALTER TABLE events ADD COLUMN by_pid INTEGER; ALTER TABLE events ADD COLUMN by_comm TEXT;"
         "ALTER TABLE events ADD COLUMN by_unit TEXT;",
-        /* 3 → 4: the lean store. Lease changes are appended to lease_log (rowid order only:
+        /* 3 → 4: queued waiters, so that the queue's order survives a restart. Keyed by
+         * seq (the rowid): no second index to write on every queued Acquire. */
+        "CREATE TABLE waiters ("
+        "  seq INTEGER PRIMARY KEY, ticket TEXT NOT NULL, resource TEXT NOT NULL,"
+        "  units INTEGER NOT NULL, exclusive INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,"
+        "  pid INTEGER NOT NULL, comm TEXT, unit TEXT, description TEXT NOT NULL, since INTEGER NOT NULL);",
+        /* 4 → 5: the lean store. Lease changes are appended to lease_log (rowid order only:
          * one b-tree, written at its right edge) and folded into leases in steps; History
          * per resource is a bounded backward scan of events, which has no index to update. */
         "CREATE TABLE lease_log ("
@@ -69,6 +83,9 @@ typedef enum Stmt {
         STMT_HISTORY_RESOURCE,
         STMT_EVENTS_TRIM,
         STMT_LOAD,
+        STMT_WAITER_SAVE,
+        STMT_WAITER_DELETE,
+        STMT_LOAD_WAITERS,
         _STMT_MAX,
 } Stmt;
 
@@ -104,6 +121,11 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
                       " description, created, ttl, deadline FROM current_leases",
+        [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (seq, ticket, resource, units, exclusive, uid, gid, pid,"
+                             " comm, unit, description, since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE seq = ?",
+        [STMT_LOAD_WAITERS] = "SELECT seq, ticket, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
+                              " since FROM waiters ORDER BY seq",
 };
 
 typedef struct StoreSqlite {
@@ -350,6 +372,31 @@ static int s_lease_delete(Store *store, const char *id) {
         return write_op(s, STMT_LOG_DELETE, v, ELEMENTSOF(v));
 }
 
+static int s_waiter_save(Store *store, const WaiterRecord *w) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        const Value v[] = {
+                V_INT(w->seq),
+                V_TEXT(w->ticket),
+                V_TEXT(w->resource),
+                V_INT(w->units),
+                V_INT(w->exclusive),
+                V_INT(w->owner.uid),
+                V_INT(w->owner.gid),
+                V_INT(w->owner.pid),
+                V_TEXT(w->owner.comm),
+                V_TEXT(w->owner.unit),
+                V_TEXT(w->description),
+                V_INT(w->since),
+        };
+        return write_op(s, STMT_WAITER_SAVE, v, ELEMENTSOF(v));
+}
+
+static int s_waiter_delete(Store *store, uint64_t seq) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        const Value v[] = { V_INT(seq) };
+        return write_op(s, STMT_WAITER_DELETE, v, ELEMENTSOF(v));
+}
+
 static int s_event_append(Store *store, const EventRecord *e) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (s->history_size == 0)
@@ -499,6 +546,41 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
         return sqlite_to_errno(rc);
 }
 
+static int s_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *userdata), void *userdata) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        sqlite3_stmt *st = stmt(s, STMT_LOAD_WAITERS);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                WaiterRecord r = {
+                        .seq = (uint64_t) sqlite3_column_int64(st, 0),
+                        .ticket = (const char *) sqlite3_column_text(st, 1),
+                        .resource = (const char *) sqlite3_column_text(st, 2),
+                        .units = (unsigned) sqlite3_column_int64(st, 3),
+                        .exclusive = sqlite3_column_int(st, 4),
+                        .owner = {
+                                .uid = (uint32_t) sqlite3_column_int64(st, 5),
+                                .gid = (uint32_t) sqlite3_column_int64(st, 6),
+                                .pid = (int32_t) sqlite3_column_int64(st, 7),
+                                .comm = (const char *) sqlite3_column_text(st, 8),
+                                .unit = (const char *) sqlite3_column_text(st, 9),
+                        },
+                        .description = (const char *) sqlite3_column_text(st, 10),
+                        .since = (usec_t) sqlite3_column_int64(st, 11),
+                };
+                if (!r.ticket || !r.resource || r.units == 0) {
+                        sqlite3_reset(st);
+                        return -EBADMSG;
+                }
+                int k = cb(&r, userdata);
+                if (k < 0) {
+                        sqlite3_reset(st);
+                        return k;
+                }
+        }
+        sqlite3_reset(st);
+        return sqlite_to_errno(rc);
+}
+
 static int s_meta_get(Store *store, const char *key, char **ret) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         sqlite3_stmt *st = stmt(s, STMT_META_GET);
@@ -637,8 +719,11 @@ static const StoreOps sqlite_ops = {
         .lease_delete = s_lease_delete,
         .event_append = s_event_append,
         .token_save = s_token_save,
+        .waiter_save = s_waiter_save,
+        .waiter_delete = s_waiter_delete,
         .commit = s_commit,
         .load = s_load,
+        .load_waiters = s_load_waiters,
         .meta_get = s_meta_get,
         .meta_set = s_meta_set,
         .history = s_history,

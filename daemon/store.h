@@ -12,6 +12,7 @@
  * (group commit) before it writes any reply; so no reply reports a state change that is
  * not durable at the configured sync level. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -57,6 +58,19 @@ typedef struct EventRecord {
         const OwnerRecord *revoked_by;  /* NULL for none */
 } EventRecord;
 
+/* A queued waiter as stored: its place, so that the order survives a restart. Borrowed
+ * strings, valid during the call (or the load callback). */
+typedef struct WaiterRecord {
+        const char *ticket;
+        uint64_t seq;
+        const char *resource;
+        const char *description;
+        unsigned units;
+        bool exclusive;
+        OwnerRecord owner;
+        usec_t since;
+} WaiterRecord;
+
 typedef struct StoreOps {
         int (*lease_save)(Store *s, const LeaseRecord *l);
         int (*lease_delete)(Store *s, const char *id);
@@ -64,11 +78,16 @@ typedef struct StoreOps {
         /* Every token up to last_token may have been handed out: a restart must start
          * above it (the backend may reserve ahead). */
         int (*token_save)(Store *s, uint64_t last_token);
+        /* Queued waiters, written in the same transaction as the leases (group commit). */
+        int (*waiter_save)(Store *s, const WaiterRecord *w);
+        int (*waiter_delete)(Store *s, uint64_t seq);
         /* 1 if a transaction was committed, 0 if there was nothing to commit, -errno. */
         int (*commit)(Store *s);
         /* Every stored lease, in no particular order (sorting a million rows would cost a
          * restart about a third of its time). */
         int (*load)(Store *s, int (*cb)(const LeaseRecord *r, void *userdata), void *userdata);
+        /* The stored waiters, in queue order (by seq). */
+        int (*load_waiters)(Store *s, int (*cb)(const WaiterRecord *r, void *userdata), void *userdata);
         /* *ret is malloc'ed, NULL if unset. */
         int (*meta_get)(Store *s, const char *key, char **ret);
         int (*meta_set)(Store *s, const char *key, const char *value);
@@ -89,7 +108,13 @@ struct Store {
 typedef enum StoreSync {
         STORE_SYNC_NORMAL,
         STORE_SYNC_FULL,
+        _STORE_SYNC_MAX,
+        _STORE_SYNC_INVALID = -EINVAL,
 } StoreSync;
+
+/* "normal", "full": the words of Sync= and --sync. */
+const char *store_sync_to_string(StoreSync s);
+StoreSync store_sync_from_string(const char *s);
 
 /* Opens (creating if needed) dir/agend.db. A database it cannot read, or of a newer
  * schema, fails with a message in *ret_error (malloc'ed) and is left as it is. */

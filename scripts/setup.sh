@@ -10,10 +10,16 @@ packages=(
 )
 # tests/test-varlink-go.sh: a varlink client that is not ours (Debian's Go library).
 packages+=(golang-go golang-github-varlink-go-dev)
+# The libFuzzer harnesses (tests/fuzz, -Dfuzz=true) build with clang; libFuzzer itself is in
+# Debian's compiler-rt package.
+packages+=(clang libclang-rt-14-dev)
 # The systemd integration tests boot a real systemd in a container.
 packages+=(systemd-container debootstrap)
 # The Python client (client/python) is tested with Debian's python3 and these.
 packages+=(python3 python3-pytest python3-pytest-asyncio python3-trio mypy)
+# Cluster scope (issue 16): the etcd client is libcurl on libev; its tests and the bench run
+# a 3-member etcd cluster of Debian's etcd-server on loopback.
+packages+=(libcurl4-openssl-dev etcd-server)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -18,12 +18,11 @@ ninja -C build
 
 if [[ -d /run/systemd/system && $(id -u) -eq 0 && -z ${AGEND_FOREGROUND:-} ]]; then
         # Units, sysusers.d/tmpfiles.d snippets and the catalog go under the prefix
-        # (/usr/local/lib/systemd/system, ...), where systemd looks too; docs/systemd.md.
+        # (/usr/local/lib/systemd/system, ...), where systemd looks too. Its install script
+        # (systemd/meson-postinstall.sh) then runs systemd-sysusers (the user "agend"),
+        # systemd-tmpfiles (/etc/agend), journalctl --update-catalog and systemctl
+        # daemon-reload, as a package's postinst would; docs/systemd.md.
         meson install -C build --quiet
-        systemd-sysusers agend.conf             # the user "agend"
-        systemd-tmpfiles --create agend.conf    # /etc/agend, default agend.conf if absent
-        journalctl --update-catalog
-        systemctl daemon-reload
         systemctl enable --now agend.socket
         # Restart, so a reinstall runs the new build; holders reclaim their leases.
         systemctl restart agend.service

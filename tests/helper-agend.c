@@ -63,6 +63,14 @@ json_object *helper_pool_add(json_object *o) {
         return o;
 }
 
+void helper_pool_put(json_object *o) {
+        if (!o)
+                return;
+        /* The most recent replies are at the end, where ptrset_remove() starts. */
+        ptrset_remove(&pool, o);
+        json_object_put(o);
+}
+
 double helper_now(void) {
         return usec_to_sec(usec_now(CLOCK_MONOTONIC));
 }

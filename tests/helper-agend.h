@@ -121,6 +121,9 @@ double jdouble(json_object *o, const char *path);      /* NAN unless a number */
 const char *jtext(json_object *o);                      /* for messages; owned by o */
 /* Gives an object to the pool (for objects a test builds). */
 json_object *helper_pool_add(json_object *o);
+/* Takes a reply back from the pool and frees it now, for loops that read many replies
+ * (the pool otherwise keeps each until helper_cleanup()). NULL is a no-op. */
+void helper_pool_put(json_object *o);
 
 typedef struct Holder {
         pid_t pid;

@@ -563,6 +563,19 @@ static void test_run_status_and_env(void **state) {
         assert_string_equal(res, "gpu");
         /* The release is confirmed before run exits: nothing is left. */
         assert_int_equal(n_leases(a), 0);
+        /* ... and it was the Release round trip (a pending step cancelled, then the close),
+         * not the end of agenctl's connection. */
+        VConn *hc = OPEN(a);
+        json_object *evs = jget(CALL_OK(hc, LEASE_IF "History", "{\"resource\":\"gpu\"}"), "events");
+        const char *how = NULL;
+        for (size_t i = 0; i < json_object_array_length(evs); i++) {
+                json_object *ev = json_object_array_get_idx(evs, i);
+                if (jstr(ev, "lease") && strcmp(jstr(ev, "lease"), id) == 0 && jstr(ev, "type") &&
+                    strcmp(jstr(ev, "type"), "released") == 0)
+                        how = jstr(ev, "reason");
+        }
+        assert_non_null(how);
+        assert_string_not_equal(how, "connection closed");
 
         /* The command's own options are its own. */
         r = CTL(a, "run", "pool", "--units", "2", "--", "sh", "-c", "echo -n x; exit 3", "--units");
@@ -1153,6 +1166,46 @@ static void test_list_ids_whole_and_prefixes(void **state) {
         assert_int_equal(ctl_wait(h1, CTL_TIMEOUT), 0);
 }
 
+/* Issue 14 #12: agenctl keeps its place in the queue across a kill -9 of agend, with no
+ * option: the library presents the ticket of its place when it asks again. A newcomer that
+ * queued after the restart, before agenctl was back, still goes after it. */
+static void test_run_keeps_place_across_restart(void **state) {
+        Agend *a = *state;
+        Ctl *holder = ctl_spawn(a, NULL, "acquire", "gpu", "-d", "holder", NULL);
+        assert_true(ctl_wait_output(holder, "Holding lease", CTL_TIMEOUT));
+        Ctl *w = ctl_spawn(a, NULL, "run", "gpu", "--", "sh", "-c", "echo ran; sleep 0.5", NULL);
+        assert_true(wait_count(a, true, 1, CTL_TIMEOUT));
+
+        /* Stopped, agenctl cannot come back before the newcomer has queued. */
+        assert_int_equal(kill(w->pid, SIGSTOP), 0);
+        assert_int_equal(agend_kill(a), 0);
+        snprintf(a->grace, sizeof(a->grace), "60");
+        assert_int_equal(agend_start(a), 0);
+        VConn *late = OPEN(a);
+        assert_int_equal(vconn_send(late, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"gpu\"}"), 0);
+        json_object *m = RECV(late, CTL_TIMEOUT);
+        assert_int_equal(jint(reply_params(m), "position"), 2); /* behind agenctl's place */
+        assert_int_equal(kill(w->pid, SIGCONT), 0);
+
+        /* The holder reclaims its lease by itself; let it go. */
+        assert_true(ctl_wait_stderr(holder, "agend is back", CTL_TIMEOUT));
+        kill(holder->pid, SIGTERM);
+        assert_int_equal(ctl_wait(holder, CTL_TIMEOUT), 0);
+
+        /* agenctl runs first; the newcomer is granted only after it. */
+        assert_true(ctl_wait_output(w, "ran", CTL_TIMEOUT));
+        while (vconn_recv(late, 0.05, &m) == 0)
+                if (!jstr(reply_params(m), "state") || strcmp(jstr(reply_params(m), "state"), "queued") != 0)
+                        fail_msg("the newcomer got %s while agenctl held the lease", jtext(m));
+        assert_int_equal(ctl_wait(w, CTL_TIMEOUT), 0);
+        for (;;) {
+                m = RECV(late, CTL_TIMEOUT);
+                if (strcmp(jstr(reply_params(m), "state") ?: "", "queued") != 0)
+                        break;
+        }
+        assert_string_equal(jstr(reply_params(m), "state"), "granted");
+}
+
 /* The queue position on a terminal. */
 static void test_run_queue_position_on_terminal(void **state) {
         Agend *a = *state;
@@ -1393,11 +1446,16 @@ static void test_messages(void **state) {
         assert_code(r, 127);
         assert_contains(r.err, "(not found in $PATH)");
 
-        /* More units than the capacity: the numbers, not a guess. */
+        /* More units than the capacity: the daemon's reason and the numbers, not a guess. */
         r = CTL(a, "run", "gpu", "--units", "2", "--", "true");
         assert_code(r, 1);
+        assert_contains(r.err, "agend refused the request for gpu: more units than the resource's capacity");
         assert_contains(r.err, "it has 1 unit and 2 were asked for");
         assert_null(strstr(r.err, "?"));
+        /* The same through --detach, which holds nothing itself once granted. */
+        r = CTL(a, "acquire", "gpu", "--detach", "--ttl", "10", "--units", "2");
+        assert_code(r, 1);
+        assert_contains(r.err, "more units than the resource's capacity");
 
         Ctl *holder = ctl_spawn(a, NULL, "acquire", "gpu", "-d", "holder", NULL);
         assert_true(ctl_wait_output(holder, "Holding lease", CTL_TIMEOUT));
@@ -1479,6 +1537,7 @@ static void test_pager(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_usage, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_keeps_place_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_status, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_resources, setup, teardown),

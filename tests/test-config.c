@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "macro.h"
 
 static char dir[256];
 
@@ -182,6 +183,33 @@ static void expect_error(const char *text, unsigned line, const char *needle) {
         config_done(&c);
 }
 
+/* ReclaimGraceSec= takes the duration grammar agenctl and --grace take (base/duration.h). */
+static void test_grace_durations(void **state) {
+        static const struct {
+                const char *text;
+                usec_t usec;
+        } ok[] = {
+                { "30s", 30 * USEC_PER_SEC },           { "30", 30 * USEC_PER_SEC },
+                { "1min 30s", 90 * USEC_PER_SEC },      { "500ms", 500 * USEC_PER_MSEC },
+                { "0", 0 },                             { "1.5 s", 1500 * USEC_PER_MSEC },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
+                char text[128];
+                snprintf(text, sizeof(text), "[Daemon]\nReclaimGraceSec=%s\n", ok[i].text);
+                const char *path = write_file("agend.conf", text);
+                Config c;
+                char *error = NULL;
+                config_init_defaults(&c);
+                if (config_load(&c, path, NULL, &error) < 0)
+                        fail_msg("ReclaimGraceSec=%s refused: %s", ok[i].text, error);
+                assert_int_equal(c.reclaim_grace, ok[i].usec);
+                config_done(&c);
+        }
+        expect_error("[Daemon]\nReclaimGraceSec=infinity\n", 2, "ReclaimGraceSec");
+        expect_error("[Daemon]\nReclaimGraceSec=1e3\n", 2, "ReclaimGraceSec");
+        expect_error("[Daemon]\nReclaimGraceSec=30 s 5\n", 2, "ReclaimGraceSec");
+}
+
 static void test_errors_name_file_and_line(void **state) {
         expect_error("[Daemon]\nNoSuchKey=1\n", 2, "NoSuchKey");
         expect_error("[Daemon]\n\nSync=sometimes\n", 3, "Sync");
@@ -199,6 +227,111 @@ static void test_errors_name_file_and_line(void **state) {
         expect_error("[Resource]\nName=\n", 2, "Name");
         expect_error("[Resource]\nCapacity=2\n[Resource]\nName=y\n", 3, "without Name");
         expect_error("[Resource]\nName=a\n[Resource]\nName=a\n", 4, "twice");
+}
+
+static void test_cluster_section(void **state) {
+        /* [Cluster] with every key, defaults for what is left out, Scope= per resource. */
+        const char *path = write_file("cluster.conf",
+                                      "[Resource]\nName=gpu\nScope=cluster\n"
+                                      "[Resource]\nName=disk\n"
+                                      "[Resource]\nName=tape\nScope=local\n"
+                                      "[Cluster]\n"
+                                      "Endpoints=http://127.0.0.1:2379  https://10.0.0.2:2379\n"
+                                      "CAFile=/etc/agend/ca.pem\nCertFile=/etc/agend/c.pem\nKeyFile=/etc/agend/k.pem\n");
+        Config c;
+        char *error = NULL;
+        config_init_defaults(&c);
+        assert_int_equal(config_load_flags(&c, path, NULL, CONFIG_CLUSTER_SERVED, &error), 0);
+        assert_null(error);
+        assert_non_null(c.cluster);
+        assert_int_equal(c.cluster->n_endpoints, 2);
+        assert_string_equal(c.cluster->endpoints[0], "http://127.0.0.1:2379");
+        assert_string_equal(c.cluster->endpoints[1], "https://10.0.0.2:2379");
+        assert_null(c.cluster->endpoints[2]);
+        assert_string_equal(c.cluster->prefix, "/agend/");
+        assert_null(c.cluster->node);
+        assert_int_equal(c.cluster->lease_ttl, 10 * USEC_PER_SEC);
+        assert_string_equal(c.cluster->ca_file, "/etc/agend/ca.pem");
+        assert_string_equal(c.cluster->cert_file, "/etc/agend/c.pem");
+        assert_string_equal(c.cluster->key_file, "/etc/agend/k.pem");
+        assert_int_equal(config_resource_scope(&c, "gpu"), RESOURCE_SCOPE_CLUSTER);
+        assert_int_equal(config_resource_scope(&c, "disk"), RESOURCE_SCOPE_LOCAL);
+        assert_int_equal(config_resource_scope(&c, "tape"), RESOURCE_SCOPE_LOCAL);
+        assert_int_equal(config_resource_scope(&c, "undeclared"), RESOURCE_SCOPE_LOCAL);
+
+        /* Node= default: the machine id; Node= given: that. */
+        char *node = NULL;
+        const char *mid = write_file("machine-id", "0123456789abcdef0123456789abcdef\n");
+        assert_int_equal(config_cluster_node(&c, mid, &node), 0);
+        assert_string_equal(node, "0123456789abcdef0123456789abcdef");
+        free(node);
+        mid = write_file("machine-id", "not an id\n");
+        assert_int_equal(config_cluster_node(&c, mid, &node), -EBADMSG);
+        config_done(&c);
+
+        path = write_file("cluster.conf", "[Cluster]\nEndpoints=http://e:2379\nPrefix=/x/y/\nNode=host-a\n"
+                                          "LeaseTTLSec=5\n");
+        config_init_defaults(&c);
+        assert_int_equal(config_load(&c, path, NULL, &error), 0);
+        assert_string_equal(c.cluster->prefix, "/x/y/");
+        assert_string_equal(c.cluster->node, "host-a");
+        assert_int_equal(c.cluster->lease_ttl, 5 * USEC_PER_SEC);
+        assert_int_equal(config_cluster_node(&c, "/nonexistent", &node), 0);
+        assert_string_equal(node, "host-a");
+        free(node);
+        config_done(&c);
+
+        /* No [Cluster]: machine-local, as before. */
+        path = write_file("cluster.conf", "[Resource]\nName=gpu\n");
+        config_init_defaults(&c);
+        assert_int_equal(config_load(&c, path, NULL, &error), 0);
+        assert_null(c.cluster);
+        assert_int_equal(config_cluster_node(&c, NULL, &node), -ENOENT);
+        config_done(&c);
+}
+
+static void test_cluster_errors(void **state) {
+        expect_error("[Resource]\nName=x\nScope=global\n", 3, "Scope=");
+        expect_error("[Cluster]\nPrefix=/agend/\n", 2, "without Endpoints");
+        expect_error("[Cluster]\nEndpoints=127.0.0.1:2379\n", 2, "Endpoints=");
+        expect_error("[Cluster]\nEndpoints=\n", 2, "Endpoints=");
+        expect_error("[Cluster]\nEndpoints=http://e\nPrefix=agend\n", 3, "Prefix=");
+        expect_error("[Cluster]\nEndpoints=http://e\nNode=a/b\n", 3, "Node=");
+        expect_error("[Cluster]\nEndpoints=http://e\nLeaseTTLSec=1\n", 3, "LeaseTTLSec=");
+        expect_error("[Cluster]\nEndpoints=http://e\nLeaseTTLSec=2.5\n", 3, "LeaseTTLSec=");
+        expect_error("[Cluster]\nEndpoints=http://e\nCAFile=ca.pem\n", 3, "CAFile=");
+        expect_error("[Cluster]\nEndpoints=http://e\nCertFile=/c.pem\n", 3, "KeyFile=");
+        expect_error("[Cluster]\nEndpoints=http://e\nColour=blue\n", 3, "Colour");
+        expect_error("[Cluster]\nEndpoints=http://e\n[Cluster]\nEndpoints=http://f\n", 3, "twice");
+        /* The error names the file and line of the Scope= that needs a [Cluster]. */
+        expect_error("[Resource]\nName=a\n[Resource]\nName=gpu\n\nScope=cluster\n", 6, "no [Cluster] section");
+        expect_error("[Resource]\nName=a\n[Resource]\nName=gpu\n\nScope=cluster\n", 6, "\"gpu\"");
+}
+
+static void test_cluster_not_served(void **state) {
+        /* Until the engine grants through etcd, Scope=cluster is refused, never served locally;
+         * across files: [Cluster] in agend.conf, the resource in resources.d/. */
+        char sub[300];
+        snprintf(sub, sizeof(sub), "%s/resources.d", dir);
+        assert_int_equal(mkdir(sub, 0755), 0);
+        write_file("agend.conf", "[Cluster]\nEndpoints=http://127.0.0.1:2379\n");
+        const char *res = write_file("resources.d/gpu.conf", "[Resource]\nName=gpu\nScope=cluster\n");
+        char want[600];
+        snprintf(want, sizeof(want), "%s:3:", res);
+        Config c;
+        char *error = NULL;
+        config_init_defaults(&c);
+        c.history_size = 4242;
+        assert_int_equal(config_load(&c, NULL, dir, &error), -EOPNOTSUPP);
+        assert_non_null(error);
+        assert_non_null(strstr(error, want));
+        assert_non_null(strstr(error, "not serve cluster scope yet"));
+        assert_int_equal(c.history_size, 4242);
+        free(error);
+        error = NULL;
+        assert_int_equal(config_load_flags(&c, NULL, dir, CONFIG_CLUSTER_SERVED, &error), 0);
+        assert_int_equal(config_resource_scope(&c, "gpu"), RESOURCE_SCOPE_CLUSTER);
+        config_done(&c);
 }
 
 static void test_missing_file(void **state) {
@@ -221,7 +354,11 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_one_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_directory_layout, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_errors_name_file_and_line, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grace_durations, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cluster_section, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cluster_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cluster_not_served, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,9 @@
  * the file descriptors it started with, and agend exiting 0 on SIGTERM. */
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
 #include <ev.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -547,6 +550,210 @@ static void test_default_address(void **state) {
         free(a);
 }
 
+/* The daemon's own words for a failed Acquire, and the one table of error names. */
+static void test_acquire_error_reason(void **state) {
+        Fixture *f = *state;
+        const char *name = NULL, *reason = NULL;
+
+        /* More units than an undeclared resource has (1). */
+        agen_gen *big = agen_lease(f->client, "gpu", &(agen_lease_opts) { .units = 2 });
+        assert_int_equal(agen_lease_get_error(big, &name, &reason), -ENODATA);
+        assert_int_equal(next(f, big).status, -EINVAL);
+        assert_int_equal(agen_lease_get_error(big, &name, &reason), 0);
+        assert_string_equal(name, "org.varlink.service.InvalidParameter");
+        assert_string_equal(reason, "more units than the resource's capacity");
+
+        /* Busy, try once. */
+        agen_gen *a = agen_lease(f->client, "gpu", NULL);
+        next_event(f, a, AGEN_LEASE_GRANTED);
+        agen_gen *b = agen_lease(f->client, "gpu", &(agen_lease_opts) { .try_once = true });
+        assert_int_equal(next(f, b).status, -ETIMEDOUT);
+        assert_int_equal(agen_lease_get_error(b, &name, NULL), 0);
+        assert_string_equal(name, "io.agend.Lease.Timeout");
+        assert_int_equal(agen_error_from_name(name), -ETIMEDOUT);
+        /* Granted: nothing was refused. */
+        assert_int_equal(agen_lease_get_error(a, &name, &reason), -ENODATA);
+        assert_int_equal(agen_lease_get_error((agen_gen *) NULL, NULL, NULL), -EINVAL);
+
+        assert_string_equal(agen_error_to_name(-ENOENT), "io.agend.Lease.NoSuchLease");
+        assert_string_equal(agen_error_to_name(-EINVAL), "org.varlink.service.InvalidParameter");
+        assert_null(agen_error_to_name(-EBADF));
+        assert_int_equal(agen_error_from_name("io.agend.Lease.NoSuchResource"), -ENXIO);
+        assert_int_equal(agen_error_from_name("no.such.Error"), -EPROTO);
+        assert_int_equal(agen_error_from_name(NULL), -EPROTO);
+
+        assert_int_equal(agen_gen_close_sync(a), 0);
+        agen_gen_unref(a);
+        agen_gen_unref(b);
+        agen_gen_unref(big);
+}
+
+/* A detached lease handed over: the generator lets go of it without releasing it, and
+ * whoever has the secret can. A bound lease cannot be handed over. */
+static void test_hand_off_detached(void **state) {
+        Fixture *f = *state;
+        agen_gen *bound = agen_lease(f->client, "bound", NULL);
+        next_event(f, bound, AGEN_LEASE_GRANTED);
+        char *secret = NULL, *json = NULL;
+        assert_int_equal(agen_lease_hand_off(bound, &secret, &json), -EOPNOTSUPP);
+        assert_null(secret);
+
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .detached = true, .ttl = 60 });
+        assert_int_equal(agen_lease_hand_off(g, &secret, NULL), -ENODATA); /* not granted yet */
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        assert_int_equal(agen_lease_hand_off(g, &secret, &json), 0);
+        assert_non_null(secret);
+        json_object *l = json_tokener_parse(json);
+        assert_non_null(l);
+        assert_string_equal(jstr(l, "id"), s.id);
+        assert_int_equal(jint(l, "token"), (int64_t) s.ev.token);
+        assert_true(json_object_get_boolean(jget(l, "detached")));
+        json_object_put(l);
+        assert_int_equal(agen_lease_get_current(g, NULL, NULL), -ENODATA);
+        assert_int_equal(agen_lease_hand_off(g, &secret, NULL), -ENODATA);
+
+        /* Its next step ends it, its close and its end release nothing. */
+        assert_int_equal(next(f, g).status, AGEN_STOP);
+        assert_int_equal(agen_gen_close_sync(g), 0);
+        agen_gen_unref(g);
+        run_for(f, 0.1);
+        assert_int_equal(n_leases(f, "gpu"), 1);
+
+        /* The secret is the lease's. */
+        VConn *c = OPEN(f->a);
+        CALL_OK(c, LEASE_IF "Release", "{\"id\":\"%s\",\"secret\":\"%s\"}", s.id, secret);
+        assert_int_equal(n_leases(f, "gpu"), 0);
+        free(secret);
+        free(json);
+        assert_int_equal(agen_gen_close_sync(bound), 0);
+        agen_gen_unref(bound);
+}
+
+/* ---- the queue's order across kill -9 (issue 14, item 12) ---- */
+
+#define FIFO_WAITERS 4
+
+/* A waiter process: its own loop, client and lease generator on "fifo"; reports its queue
+ * positions on fd ("queued N"), and its grant on the pipe all waiters share ("granted I"),
+ * written before it releases: the shared pipe's order is the order of the grants. */
+static _noreturn_ void fifo_waiter(const char *socket, int fd, int grants, int i) {
+        struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+        agen_client *c = NULL;
+        char desc[32];
+        snprintf(desc, sizeof(desc), "waiter %d", i);
+        if (!loop || agen_client_new(loop, socket, &c) < 0)
+                _exit(2);
+        agen_gen *g = agen_lease(c, "fifo", &(agen_lease_opts) { .description = desc });
+        if (!g)
+                _exit(2);
+        for (;;) {
+                const void *v = NULL;
+                int r = agen_gen_next_sync(g, &v);
+                const agen_lease_event *ev = v;
+                if (r < 0 || r == AGEN_STOP) {
+                        dprintf(fd, "error %d\n", r);
+                        _exit(1);
+                }
+                if (ev->type == AGEN_LEASE_QUEUED)
+                        dprintf(fd, "queued %u\n", ev->position);
+                else if (ev->type == AGEN_LEASE_GRANTED) {
+                        dprintf(grants, "granted %d\n", i);
+                        r = agen_gen_close_sync(g);
+                        _exit(r < 0 ? 3 : 0);
+                }
+        }
+}
+
+/* One line from fd, bounded; fails the test on a timeout or EOF. */
+static void read_line(int fd, char *buf, size_t size) {
+        size_t n = 0;
+        double deadline = helper_now() + GUARD_SEC;
+        while (n + 1 < size) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int ms = (int) ((deadline - helper_now()) * 1000);
+                if (ms <= 0 || poll(&p, 1, ms) <= 0)
+                        fail_msg("no report from a waiter process within %gs", GUARD_SEC);
+                if (read(fd, buf + n, 1) != 1)
+                        fail_msg("a waiter process ended without a report");
+                if (buf[n] == '\n')
+                        break;
+                n++;
+        }
+        buf[n] = 0;
+}
+
+static void test_fifo_kept_across_kill9(void **state) {
+        Fixture *f = *state;
+        pid_t pid[FIFO_WAITERS];
+        int fd[FIFO_WAITERS], grants[2];
+        char line[64], want[64];
+
+        VConn *h = OPEN(f->a);
+        json_object *g = GRANT(h, "{\"resource\":\"fifo\"}");
+        char id[64], secret[128];
+        snprintf(id, sizeof(id), "%s", jstr(g, "lease.id"));
+        snprintf(secret, sizeof(secret), "%s", jstr(g, "secret"));
+        int64_t token = jint(g, "lease.token");
+
+        assert_int_equal(pipe2(grants, O_CLOEXEC), 0);
+        /* One at a time, so that the queue's order is 0, 1, 2, 3. */
+        for (int i = 0; i < FIFO_WAITERS; i++) {
+                int p[2];
+                assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+                pid[i] = fork();
+                assert_true(pid[i] >= 0);
+                if (pid[i] == 0) {
+                        /* Stopped or not, it goes with a test that failed. */
+                        (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                        close(p[0]);
+                        close(grants[0]);
+                        fifo_waiter(f->a->socket, p[1], grants[1], i);
+                }
+                close(p[1]);
+                fd[i] = p[0];
+                read_line(fd[i], line, sizeof(line));
+                snprintf(want, sizeof(want), "queued %d", i + 1);
+                assert_string_equal(line, want);
+        }
+
+        /* Stopped, they cannot notice agend going away until each is let go: that fixes
+         * the order in which they come back. */
+        for (int i = 0; i < FIFO_WAITERS; i++)
+                assert_int_equal(kill(pid[i], SIGSTOP), 0);
+        assert_int_equal(agend_kill(f->a), 0);
+        assert_int_equal(agend_start(f->a), 0);
+
+        static const int order[FIFO_WAITERS] = { 3, 1, 0, 2 };
+        for (int k = 0; k < FIFO_WAITERS; k++) {
+                int i = order[k];
+                assert_int_equal(kill(pid[i], SIGCONT), 0);
+                /* Back in its own place, whoever came back before it. */
+                read_line(fd[i], line, sizeof(line));
+                snprintf(want, sizeof(want), "queued %d", i + 1);
+                assert_string_equal(line, want);
+        }
+
+        VConn *h2 = OPEN(f->a);
+        CALL_OK(h2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}", id, (long long) token,
+                secret);
+        CALL_OK(h2, LEASE_IF "Release", "{\"id\":\"%s\"}", id);
+
+        /* Granted in the original order: each one releases before the next is granted. */
+        close(grants[1]);
+        for (int i = 0; i < FIFO_WAITERS; i++) {
+                read_line(grants[0], line, sizeof(line));
+                snprintf(want, sizeof(want), "granted %d", i);
+                assert_string_equal(line, want);
+        }
+        for (int i = 0; i < FIFO_WAITERS; i++) {
+                int st;
+                assert_int_equal(waitpid(pid[i], &st, 0), pid[i]);
+                assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+                close(fd[i]);
+        }
+        close(grants[0]);
+}
+
 int main(void) {
         if (!getenv("AGEND_BINARY")) {
                 fprintf(stderr, "AGEND_BINARY not set\n");
@@ -566,6 +773,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_restart_reclaimed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_restart_lost, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_and_detached_survive_restart, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fifo_kept_across_kill9, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_acquire_error_reason, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hand_off_detached, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_daemon, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_client_call_pipelined, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_call_sync, setup, teardown),

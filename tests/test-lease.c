@@ -32,8 +32,10 @@
 #include "agen/agen.h"
 #include "conn.h"
 #include "gen-internal.h"
+#include "helper-timeout.h"
 
-#define PEER_WAIT_MS 10000 /* the longest the peer waits for the client */
+/* The longest the peer waits for the client (scaled like every guard). */
+#define PEER_WAIT_MS ((int) test_guard(10000.))
 #define MAX_CONNS 8
 #define MAX_STEPS 4
 
@@ -172,7 +174,7 @@ static void peer_start(Peer *p) {
 
 /* Waits (bounded) until the client has closed connection i. */
 static bool peer_wait_eof(Peer *p, unsigned i) {
-        for (unsigned k = 0; k < PEER_WAIT_MS / 5; k++) {
+        for (int k = 0; k < PEER_WAIT_MS / 5; k++) {
                 if (atomic_load(&p->n_conns) > i && atomic_load(&p->conns[i].eof))
                         return true;
                 usleep(5000);
@@ -215,7 +217,7 @@ static int setup(void **state) {
         assert_non_null(f);
         f->loop = ev_loop_new(EVFLAG_AUTO);
         f->peer = peer_new();
-        ev_timer_init(&f->guard, guard_cb, 10., 0.);
+        ev_timer_init(&f->guard, guard_cb, test_guard(10.), 0.);
         ev_timer_start(f->loop, &f->guard);
         ev_unref(f->loop);
         *state = f;
@@ -231,7 +233,7 @@ static void start(Fixture *f) {
 
 static int teardown(void **state) {
         Fixture *f = *state;
-        assert_int_equal(agen_loop_shutdown(f->loop, 2.0), 0);
+        assert_int_equal(agen_loop_shutdown(f->loop, test_guard(2.0)), 0);
         assert_int_equal(agen_loop_live(f->loop), 0);
         agen_client_unref(f->client);
         assert_int_equal(gen_loop_state_count(), 0);
@@ -347,7 +349,7 @@ static void test_unsolicited_reply(void **state) {
         assert_string_equal(r.json[0], "{\"n\":1}");
         /* The client's loop must run for it to read the second one. */
         bool eof = false;
-        for (unsigned i = 0; i < 200 && !eof; i++) {
+        for (int i = 0; i < (int) test_guard(200.) && !eof; i++) {
                 ev_run(f->loop, EVRUN_NOWAIT);
                 eof = atomic_load(&f->peer->conns[0].eof);
                 usleep(5000);

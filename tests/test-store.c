@@ -57,6 +57,20 @@ static int64_t count(const char *db, const char *sql) {
         return n;
 }
 
+/* The first column of the first row, malloc'ed. */
+static char *text(const char *db, const char *sql) {
+        sqlite3 *h;
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        char *v = strdup((const char *) sqlite3_column_text(st, 0));
+        assert_non_null(v);
+        sqlite3_finalize(st);
+        sqlite3_close(h);
+        return v;
+}
+
 static void exec(const char *db, const char *sql) {
         sqlite3 *h;
         assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
@@ -72,6 +86,81 @@ static void noop_event(Engine *e, const Event *ev, Lease *l, void *u) {
 }
 static const EngineCallbacks callbacks = { .event = noop_event };
 static const Owner owner = { .uid = 1, .gid = 1, .pid = 1, .comm = (char *) "t" };
+
+/* Queued waiters are stored with the leases: after a restart on the same boot they come
+ * back in their order as unclaimed places, and a ticket claims its place; on another boot,
+ * or when a place is granted, their rows go. */
+static void test_waiters_across_restart(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        Engine *e;
+        Holder h = {}, hw[3] = {};
+        Lease *l = NULL;
+        Waiter *w[3];
+        char tickets[3][WAITER_TICKET_LEN + 1];
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 0);
+        AcquireParams p = { .resource = "m", .owner = &owner, .timeout = USEC_INFINITY };
+        assert_int_equal(engine_acquire(e, &p, &h, NULL, &l, &w[0]), 0);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(engine_acquire(e, &p, &hw[i], NULL, &l, &w[i]), 1);
+                snprintf(tickets[i], sizeof(tickets[i]), "%s", w[i]->ticket);
+                assert_int_equal(strlen(tickets[i]), WAITER_TICKET_LEN);
+        }
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 3);
+        /* A crash: nothing of the engine is written at its end. */
+        engine_free(e);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 3);
+        assert_int_equal(engine_n_unclaimed(e), 3);
+        assert_true(engine_in_grace(e));
+        Resource *r = engine_resource_get(e, "m");
+        int i = 0;
+        for (Waiter *x = r->wait_head; x; x = x->next, i++) {
+                assert_string_equal(x->ticket, tickets[i]);
+                assert_int_equal(x->position, i + 1);
+                assert_true(x->unclaimed);
+        }
+        /* The last one claims its place: still third, ahead of a newcomer. */
+        Holder nh = {}, back = {};
+        Waiter *nw, *bw;
+        assert_int_equal(engine_acquire(e, &p, &nh, NULL, &l, &nw), 1);
+        assert_int_equal(nw->position, 4);
+        AcquireParams pt = p;
+        pt.ticket = tickets[2];
+        assert_int_equal(engine_acquire(e, &pt, &back, NULL, &l, &bw), 1);
+        assert_int_equal(bw->position, 3);
+        assert_false(bw->unclaimed);
+        assert_int_equal(engine_n_unclaimed(e), 2);
+        /* A ticket is good once. */
+        Holder again = {};
+        Waiter *aw;
+        assert_int_equal(engine_acquire(e, &pt, &again, NULL, &l, &aw), 1);
+        assert_int_equal(aw->position, 5);
+        engine_waiter_cancel(e, aw);
+        assert_int_equal(s->ops->commit(s), 1);
+        engine_free(e);
+        store_free(s);
+
+        /* Another boot: the places are gone, from memory and from the file. */
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "another boot", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 0);
+        assert_false(engine_in_grace(e));
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 0);
+        engine_free(e);
+        store_free(s);
+}
 
 static void test_group_commit(void **state) {
         Fixture *f = *state;
@@ -127,8 +216,9 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
-        /* 3 → 4 drops the index again: History scans events backwards. */
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'waiters'"), 1);
+        /* 4 → 5 drops the index again: History scans events backwards. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name LIKE 'by_%'"), 5);
@@ -440,7 +530,9 @@ static void test_migration_from_v3_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        /* 3 → 4 → 5: the waiters table, then the lease log. */
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
         Engine *e;
         assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
@@ -453,6 +545,107 @@ static void test_migration_from_v3_file(void **state) {
         assert_int_equal(engine_history(e, NULL, 1000, hist_cb, &hist), 0);
         assert_int_equal(hist.n, n_events + 3);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 0);
+        engine_free(e);
+        store_free(s);
+}
+
+/* A database file written by the agend of schema 4 (tests/data/agend-v4.db, killed -9
+ * with a detached lease on "db-migrate", a bound lease on "gpu" and two waiters queued
+ * behind it), opened by this one on the boot that wrote it: the leases come back, the
+ * waiters come back in their order with their tickets, and the lease log works. */
+static void test_migration_from_v4_file(void **state) {
+        Fixture *f = *state;
+        const char *data = getenv("AGEND_TEST_DATA");
+        if (!data) {
+                n_skipped++;
+                skip();
+        }
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "cp %s/agend-v4.db %s/agend.db", data, f->dir);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
+        int64_t token = count(f->db, "SELECT max(token) FROM leases");
+        char *boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'");
+        char *tickets[2] = {
+                text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1"),
+                text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1 OFFSET 1"),
+        };
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 2);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
+        Engine *e;
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, boot, 10 * USEC_PER_SEC), 2);
+        assert_true(engine_last_token(e) >= (uint64_t) token);
+        assert_int_equal(engine_n_leases(e), 2);
+        assert_int_equal(engine_n_waiters(e), 2);
+        assert_int_equal(engine_n_unclaimed(e), 2);
+        Resource *r = engine_resource_get(e, "gpu");
+        assert_non_null(r);
+        assert_int_equal(r->n_leases, 1);
+        assert_string_equal(r->leases->description, "holder");
+        assert_string_equal(r->wait_head->ticket, tickets[0]);
+        assert_string_equal(r->wait_head->description, "first waiter");
+        assert_string_equal(r->wait_tail->ticket, tickets[1]);
+        assert_int_equal(r->wait_tail->position, 2);
+        /* The second waiter claims its place: still second. */
+        Holder h = {};
+        Lease *l = NULL;
+        Waiter *w;
+        AcquireParams p = { .resource = "gpu", .owner = &owner, .timeout = USEC_INFINITY, .ticket = tickets[1] };
+        assert_int_equal(engine_acquire(e, &p, &h, NULL, &l, &w), 1);
+        assert_int_equal(w->position, 2);
+        assert_false(w->unclaimed);
+        /* A new lease goes through the log. */
+        Holder h2 = {};
+        AcquireParams pn = { .resource = "new", .owner = &owner };
+        assert_int_equal(engine_acquire(e, &pn, &h2, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE resource = 'new'"), 1);
+        engine_free(e);
+        store_free(s);
+        free(boot);
+        free(tickets[0]);
+        free(tickets[1]);
+}
+
+/* The in-memory store keeps waiters as sqlite does, for the life of the Store object: an
+ * engine restored from it finds them in their order, as unclaimed places. */
+static void test_memory_store_waiters(void **state) {
+        Store *s;
+        Engine *e;
+        Holder h = {}, hw[2] = {};
+        Lease *l;
+        Waiter *w[2];
+        char tickets[2][WAITER_TICKET_LEN + 1];
+        StoreMemoryOptions o = { .history_size = 10 };
+        assert_int_equal(store_memory_new(&o, &s), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 0);
+        AcquireParams p = { .resource = "m", .owner = &owner, .timeout = USEC_INFINITY };
+        assert_int_equal(engine_acquire(e, &p, &h, NULL, &l, &w[0]), 0);
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(engine_acquire(e, &p, &hw[i], NULL, &l, &w[i]), 1);
+                snprintf(tickets[i], sizeof(tickets[i]), "%s", w[i]->ticket);
+        }
+        /* The first waiter gives up: its row goes in the same batch. */
+        engine_waiter_cancel(e, w[0]);
+        assert_int_equal(s->ops->commit(s), 1);
+        engine_free(e);
+
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 1);
+        assert_int_equal(engine_n_unclaimed(e), 1);
+        Resource *r = engine_resource_get(e, "m");
+        assert_string_equal(r->wait_head->ticket, tickets[1]);
+        assert_true(r->wait_head->unclaimed);
         engine_free(e);
         store_free(s);
 }
@@ -499,6 +692,7 @@ static void test_memory_store_faults(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiters_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v1, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_corrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_newer_schema, setup, teardown),
@@ -508,6 +702,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
+                cmocka_unit_test(test_memory_store_waiters),
                 cmocka_unit_test(test_memory_store_faults),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -54,6 +54,8 @@ wait_for() {
 }
 is_active() { [[ $(prop agend.service ActiveState) == active && $(prop agend.service SubState) == running ]]; }
 state_is() { [[ $(cx cat "$1" 2>/dev/null) == "$2"* ]]; }
+reloads() { cx journalctl -u agend --no-pager -o cat | grep -c '^configuration reloaded'; }
+reloaded_since() { (($(reloads) > $1)); }
 restarted_since() {     # restarted_since NRESTARTS OLD_PID: systemd restarted agend and it is up
         [[ $(prop agend.service NRestarts) -gt $1 && $(prop agend.service MainPID) != "$2" ]] && is_active
 }
@@ -66,8 +68,123 @@ if "$H" check 2>/dev/null; then :; else
 fi
 "$H" setup || bail "cannot build the container's base rootfs"
 
+# --- a Debian package: -Dprefix=/usr, staged install, maintainer scripts ------------------
+# Built first, installed into a second container at the end ("the package"), the way a
+# packager builds it: dh_auto_configure's meson options with dpkg-buildflags, `meson
+# install` into a staging directory (DESTDIR), then a .deb of that tree whose postinst is
+# what debhelper writes for it. The build directory is kept inside the build directory, so
+# later runs only rebuild what changed.
+PKG_BUILD=$BUILD/systemd-test-pkg
+PKG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/agend-test-pkg.XXXXXX")
+STAGE=$PKG_DIR/stage
+DEB=$PKG_DIR/agend.deb
+
+pkg_build() {
+        if [[ ! -f $PKG_BUILD/build.ninja ]]; then
+                rm -rf "$PKG_BUILD"
+                local ma; ma=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
+                CFLAGS="$(dpkg-buildflags --get CFLAGS 2>/dev/null) $(dpkg-buildflags --get CPPFLAGS 2>/dev/null)" \
+                LDFLAGS=$(dpkg-buildflags --get LDFLAGS 2>/dev/null) LC_ALL=C.UTF-8 \
+                        meson setup "$PKG_BUILD" "$SRC" --wrap-mode=nodownload --buildtype=plain --prefix=/usr \
+                        --sysconfdir=/etc --localstatedir=/var --libdir="lib/$ma" -Dtests=false -Dbench=false ||
+                        return 1
+        fi
+        ninja -C "$PKG_BUILD" && DESTDIR=$STAGE meson install -C "$PKG_BUILD" --no-rebuild
+}
+# The maintainer script: debhelper 13.11's snippets for this package, verbatim and in its
+# order (units last). dh_installsysusers and dh_installtmpfiles find
+# usr/lib/sysusers.d/agend.conf and usr/lib/tmpfiles.d/agend.conf; `dh_installsystemd
+# agend.socket` enables and starts the socket (the daemon starts on the first connection). The journal catalog needs no line:
+# systemd's dpkg trigger on /usr/lib/systemd/catalog updates it. docs/systemd.md, "Packaging".
+pkg_postinst() {
+        cat <<'EOF'
+#!/bin/sh
+set -e
+# Automatically added by dh_installsysusers/13.11.4
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+   systemd-sysusers ${DPKG_ROOT:+--root="$DPKG_ROOT"} agend.conf
+fi
+# End automatically added section
+# Automatically added by dh_installtmpfiles/13.11.4
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+	if [ -x "$(command -v systemd-tmpfiles)" ]; then
+		systemd-tmpfiles ${DPKG_ROOT:+--root="$DPKG_ROOT"} --create agend.conf >/dev/null || true
+	fi
+fi
+# End automatically added section
+# Automatically added by dh_installsystemd/13.11.4
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+	# The following line should be removed in trixie or trixie+1
+	deb-systemd-helper unmask 'agend.socket' >/dev/null || true
+
+	# was-enabled defaults to true, so new installations run enable.
+	if deb-systemd-helper --quiet was-enabled 'agend.socket'; then
+		# Enables the unit on first installation, creates new
+		# symlinks on upgrades if the unit file has changed.
+		deb-systemd-helper enable 'agend.socket' >/dev/null || true
+	else
+		# Update the statefile to add new symlinks (if any), which need to be
+		# cleaned up on purge. Also remove old symlinks.
+		deb-systemd-helper update-state 'agend.socket' >/dev/null || true
+	fi
+fi
+# End automatically added section
+# Automatically added by dh_installsystemd/13.11.4
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+	if [ -d /run/systemd/system ]; then
+		systemctl --system daemon-reload >/dev/null || true
+		if [ -n "$2" ]; then
+			_dh_action=restart
+		else
+			_dh_action=start
+		fi
+		deb-systemd-invoke $_dh_action 'agend.socket' >/dev/null || true
+	fi
+fi
+# End automatically added section
+EOF
+}
+pkg_deb() {
+        local ver
+        ver=$(meson introspect --projectinfo "$PKG_BUILD" | python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])')
+        mkdir -p "$STAGE/DEBIAN"
+        cat >"$STAGE/DEBIAN/control" <<EOF
+Package: agend
+Version: $ver
+Architecture: $(dpkg --print-architecture)
+Maintainer: agend test suite <root@localhost>
+Depends: libev4, libjson-c5, libsqlite3-0, libsystemd0, systemd | systemd-sysusers
+Section: admin
+Priority: optional
+Description: machine-local resource-lease service (test package)
+ Built by tests/test-systemd.sh from a -Dprefix=/usr staged install.
+EOF
+        pkg_postinst >"$STAGE/DEBIAN/postinst"
+        chmod 0755 "$STAGE/DEBIAN/postinst"
+        dpkg-deb --root-owner-group -Zgzip --build "$STAGE" "$DEB"
+}
+HAVE_DEB=0
+t0=$(ms_now)
+if pkg_build >"$LOG_DIR/pkg-build.log" 2>&1; then
+        note "-Dprefix=/usr build and staged install in $(($(ms_now) - t0)) ms ($PKG_BUILD)"
+        check "the staged -Dprefix=/usr install holds only usr/ (no lib/ to replace the /lib symlink; nothing in /etc)" \
+                test "$(ls -A "$STAGE")" = usr
+        check "... its units are in usr/lib/systemd/system" \
+                test -f "$STAGE/usr/lib/systemd/system/agend.service" -a -f "$STAGE/usr/lib/systemd/system/agend.socket"
+        check "... ExecStart= names /usr/sbin/agend, which it holds" \
+                sh -c "grep -qx 'ExecStart=/usr/sbin/agend' '$STAGE/usr/lib/systemd/system/agend.service' && test -x '$STAGE/usr/sbin/agend'"
+        if pkg_deb >>"$LOG_DIR/pkg-build.log" 2>&1; then HAVE_DEB=1; else
+                tail -20 "$LOG_DIR/pkg-build.log" | diag
+                not_ok "dpkg-deb --build of the staged tree"
+        fi
+else
+        tail -30 "$LOG_DIR/pkg-build.log" | diag
+        not_ok "-Dprefix=/usr build and DESTDIR install (log: $LOG_DIR/pkg-build.log)"
+fi
+
 cleanup() {
         trap '' INT TERM        # a second signal must not cut the teardown short
+        rm -rf "$PKG_DIR"
         if [[ ${KEEP_MACHINE:-} == 1 ]]; then
                 echo "# kept: MACHINE=$MACHINE $H teardown" >&2
         else
@@ -84,10 +201,19 @@ cx true 2>/dev/null || bail "the container did not boot (logs in $LOG_DIR)"
 note "container $MACHINE booted in $(($(ms_now) - t0)) ms"
 
 # Install into the running system, as scripts/start.sh does on a machine whose PID 1 is
-# systemd: meson install, then the same steps as its systemd branch.
+# systemd: meson install, whose install script (systemd/meson-postinstall.sh) creates the
+# user and /etc/agend. --destdir skips that script, so it runs inside, as meson would.
 meson install -C "$BUILD" --no-rebuild --quiet --destdir "$ROOT" >"$LOG_DIR/install.log" 2>&1 ||
         { diag <"$LOG_DIR/install.log"; bail "meson install --destdir failed"; }
 install -D -m 0755 "$SRC/tests/systemd-varlink.py" "$ROOT$VL"
+install -D -m 0755 "$SRC/systemd/meson-postinstall.sh" "$ROOT${VL%/*}/meson-postinstall.sh"
+# Its arguments as meson passes them: the installed sysusers.d and tmpfiles.d snippets.
+read -r SYSUSERS_CONF TMPFILES_CONF < <(python3 - "$BUILD/meson-info/intro-installed.json" <<'PY'
+import json, sys
+dst = json.load(open(sys.argv[1])).values()
+print(*[next(d for d in dst if d.endswith(k + "/agend.conf")) for k in ("sysusers.d", "tmpfiles.d")])
+PY
+)
 # Test-only settings, as a drop-in an administrator would write: a short watchdog so the
 # watchdog check takes seconds, no start limit for the many restarts, and no core files.
 mkdir -p "$ROOT/etc/systemd/system/agend.service.d"
@@ -99,12 +225,11 @@ WatchdogSec=3s
 LimitCORE=0
 EOF
 cx ldconfig
-check "systemd-sysusers agend.conf creates the system user agend" \
-        sh -c "'$H' exec systemd-sysusers agend.conf && '$H' exec id -u agend >/dev/null"
-check "systemd-tmpfiles --create agend.conf creates /etc/agend with the default agend.conf" \
-        sh -c "'$H' exec systemd-tmpfiles --create agend.conf && '$H' exec test -f /etc/agend/agend.conf -a -d /etc/agend/resources.d"
-check "journalctl --update-catalog" cx journalctl --update-catalog
-cx systemctl daemon-reload
+out=$(cx "${VL%/*}/meson-postinstall.sh" "$SYSUSERS_CONF" "$TMPFILES_CONF" 2>&1); rc=$?
+diag <<<"$out"
+check "meson's install script (systemd-sysusers, systemd-tmpfiles, catalog, daemon-reload) succeeds" test $rc -eq 0
+check "... it created the system user agend" cx id -u agend
+check "... and /etc/agend with the default agend.conf" cx test -f /etc/agend/agend.conf -a -d /etc/agend/resources.d
 
 UNITDIR=$(cx systemctl show -p FragmentPath --value agend.service)
 UNITDIR=${UNITDIR%/*}
@@ -162,14 +287,16 @@ check "systemctl status agend shows the daemon's STATUS= text" \
         grep -Eq 'Status: ".*[0-9]+ leases' <<<"$out"
 pid=$(prop agend.service MainPID)
 check "agend runs as the system user agend, not root" \
-        test "$(cx ps -o user= -p "$pid" | tr -d ' ')" = agend
+        test "$(cx stat -c %U "/proc/$pid")" = agend
 check "database in the StateDirectory /var/lib/agend (agend-owned)" \
         test "$(cx stat -c %U "/var/lib/agend/agend.db" 2>/dev/null)" = agend
 check "RuntimeDirectory /run/agend owned by agend" test "$(cx stat -c %U /run/agend)" = agend
 
-pid=$(prop agend.service MainPID)
-cx systemctl reload agend
-check "systemctl reload agend (SIGHUP): same process, still running" \
+pid=$(prop agend.service MainPID); r0=$(reloads)
+check "systemctl reload agend without /bin/kill (the container has no procps)" \
+        sh -c "! '$H' exec test -e /usr/bin/kill && '$H' exec systemctl reload agend"
+check "... agend re-read its configuration (SIGHUP): the journal says so" wait_for 10 reloaded_since "$r0"
+check "... same process, still running" \
         test "$(prop agend.service MainPID)" = "$pid" -a "$(prop agend.service SubState)" = running
 
 out=$(cx "$VL" owner whoami-root)
@@ -198,7 +325,7 @@ cx systemd-run --quiet --unit=agend-test-holder --service-type=exec -p DynamicUs
         -p RuntimeDirectory=agend-test-holder "$VL" hold gpu "$HSTATE"
 wait_for 10 state_is "$HSTATE" granted || not_ok "holder got no lease"
 read -r _ lid ltok hpid _ <<<"$(cx cat "$HSTATE")"
-huid=$(cx ps -o uid= -p "$hpid" | tr -d ' ')
+huid=$(cx stat -c %u "/proc/$hpid")
 note "holder pid $hpid (uid $huid) holds lease $lid (token $ltok)"
 if ((HAVE_AGENCTL)); then
         out=$(cx systemd-run --quiet --wait --pipe --collect --service-type=exec -p DynamicUser=yes \
@@ -278,7 +405,7 @@ restart_check "systemctl kill -s KILL" do_kill
 
 do_stop() {
         local n0 p0 t0; n0=$(prop agend.service NRestarts); p0=$(prop agend.service MainPID); t0=$(ms_now)
-        cx kill -STOP "$p0"
+        cx systemctl kill -s STOP --kill-who=main agend         # no /bin/kill in the container
         wait_for 30 restarted_since "$n0" "$p0"
         check "kill -STOP: the watchdog aborted agend and systemd restarted it after $(($(ms_now) - t0)) ms" \
                 restarted_since "$n0" "$p0"
@@ -338,9 +465,84 @@ check "the daemon started and stopped without warnings or errors in the journal"
                 -e 'Main process exited' -e 'Failed with result' -e 'Killing process' -e 'code=dumped' \
                 -e 'code=killed' -e 'status=9/KILL' -e 'status=6/ABRT' | grep ."
 
+# --- the package on a fresh, minimal system ------------------------------------------------
+# A second container, fresh from the base (no procps, nothing of the first run). The .deb
+# goes into the image before it boots, as an image builder installs packages: dpkg in a
+# chroot with /proc mounted, where the postinst creates the user and /etc/agend and enables
+# agend.socket (nothing runs yet), and the triggers run ldconfig and update the journal
+# catalog. Those are checked before the boot, because the boot would also run
+# systemd-sysusers, systemd-tmpfiles and the catalog update for everything installed.
+if ((HAVE_DEB)); then
+        if [[ ${KEEP_MACHINE:-} == 1 ]]; then note "kept: MACHINE=$MACHINE $H teardown"; else
+                "$H" teardown >"$LOG_DIR/teardown.log" 2>&1
+        fi
+        export MACHINE=agend-p$$-$RANDOM
+        ROOT=$("$H" create) || bail "cannot create the package's container"
+        cp "$DEB" "$ROOT/var/cache/agend-test.deb"
+        mount -t proc proc "$ROOT/proc"
+        out=$(chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+                dpkg -i /var/cache/agend-test.deb 2>&1); rc=$?
+        umount "$ROOT/proc"
+        rm -f "$ROOT/var/cache/agend-test.deb"
+        diag <<<"$out"
+        check "package: dpkg -i into a fresh image succeeds" test $rc -eq 0
+        check "package: its postinst created the system user agend (systemd-sysusers)" \
+                grep -q '^agend:' "$ROOT/etc/passwd"
+        check "package: its postinst created /etc/agend/agend.conf from /usr/share/agend (systemd-tmpfiles)" \
+                cmp -s "$ROOT/etc/agend/agend.conf" "$ROOT/usr/share/agend/agend.conf"
+        check "package: its postinst enabled agend.socket (deb-systemd-helper)" \
+                test -L "$ROOT/etc/systemd/system/sockets.target.wants/agend.socket"
+        check "package: dpkg's trigger updated the journal catalog" \
+                sh -c "journalctl --root='$ROOT' --list-catalog | grep -q '^f3a2122229dc4db18648f38e50f14c62 '"
+        t0=$(ms_now)
+        "$H" start 2>&1 | diag
+        cx true 2>/dev/null || bail "the package's container did not boot (logs in $LOG_DIR)"
+        note "container $MACHINE booted in $(($(ms_now) - t0)) ms"
+
+        check "package: no procps on this system (no /bin/kill)" \
+                sh -c "! '$H' exec dpkg -s procps >/dev/null 2>&1 && ! '$H' exec test -e /usr/bin/kill"
+        check "package: dpkg has its units in /usr/lib/systemd/system" \
+                sh -c "'$H' exec dpkg -S /usr/lib/systemd/system/agend.service | grep -q '^agend:'"
+        # (systemd 252 searches /lib/systemd/system first, which is the same directory here.)
+        check "package: systemd loads agend.service from there" \
+                test "$(cx realpath "$(prop agend.service FragmentPath)")" = /usr/lib/systemd/system/agend.service
+        out=$(cx systemd-analyze verify /usr/lib/systemd/system/agend.socket /usr/lib/systemd/system/agend.service 2>&1); rc=$?
+        [[ -n $out ]] && diag <<<"$out"
+        check "package: systemd-analyze verify: no errors, no warnings" test $rc -eq 0 -a -z "$out"
+        check "package: agend.socket listens after the boot, agend.service not started" \
+                test "$(prop agend.socket UnitFileState)" = enabled -a "$(prop agend.socket ActiveState)" = active \
+                -a "$(prop agend.service ActiveState)" = inactive
+        out=$(cx agenctl status 2>&1); rc=$?
+        diag <<<"$out"
+        check "package: agenctl status starts agend through the socket (socket activation)" \
+                test $rc -eq 0 -a "$(prop agend.service ActiveState)" = active
+        cx systemctl stop agend 2>&1 | grep -v -e '^Warning: Stopping agend.service' -e '^  agend.socket$' | diag
+        st=$(prop agend.service ActiveState)
+        cx systemctl start agend; rc=$?
+        check "package: systemctl stop agend ($st), then systemctl start agend: active (running)" \
+                test "$st" = inactive -a $rc -eq 0
+        is_active || not_ok "package: agend.service is $(prop agend.service ActiveState)/$(prop agend.service SubState)"
+        # A second unit of pkg-slots exists only once agend has re-read the configuration.
+        pid=$(prop agend.service MainPID); r0=$(reloads)
+        printf '[Resource]\nName=pkg-slots\nCapacity=2\n' >"$ROOT/etc/agend/resources.d/pkg-slots.conf"
+        check "package: systemctl reload agend (ExecReload= without /bin/kill)" cx systemctl reload agend
+        wait_for 10 reloaded_since "$r0"; rc=$?
+        check "... agend re-read its configuration, same process" test $rc -eq 0 -a "$(prop agend.service MainPID)" = "$pid"
+        out=$(cx systemd-run --quiet --wait --pipe --collect --service-type=exec -p DynamicUser=yes \
+                agenctl run pkg-slots --units 2 --nowait -- agenctl --json list pkg-slots 2>&1); rc=$?
+        diag <<<"$out"
+        grep -q '"resource":"pkg-slots","units":2,' <<<"$out" || rc=1
+        check "package: agenctl run, as another uid, holds 2 units of pkg-slots (declared by the reload)" test $rc -eq 0
+        cx systemctl stop agend 2>&1 | grep -v -e '^Warning: Stopping agend.service' -e '^  agend.socket$' | diag
+        out=$(cx journalctl -u agend --no-pager -p warning -o cat 2>&1)
+        diag <<<"$out"
+        check "package: systemctl stop agend: exits cleanly, no warnings or errors in its journal" \
+                test "$(prop agend.service Result)" = success -a -z "$out"
+fi
+
 echo "1..$n"
 if ((failed)); then
-        echo "# $failed of $n checks failed; container logs in $LOG_DIR"
+        echo "# $failed of $n checks failed; container logs in $LOG_DIR; the last of $MACHINE:"
         cx journalctl -u agend --no-pager -n 60 -o short-monotonic 2>&1 | diag
         exit 1
 fi

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "json-build.h"
 #include "usec.h"
 
 /* Exit codes, documented in docs/agenctl.md and agenctl(1). Above the small numbers
@@ -99,6 +100,8 @@ void agenctl_print_json(json_object *o);
 
 /* Error and warning lines on stderr, prefixed "agenctl: ". */
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "out of memory", and the exit code for it. */
+int log_oom(void);
 
 /* JSON accessors tolerant of missing keys (a newer or older daemon). */
 const char *jstr(json_object *o, const char *key);

@@ -66,9 +66,7 @@ const char *format_bytes(char *buf, size_t size, uint64_t bytes);
  * exit. */
 const char *uid_to_name(uid_t uid);
 
-/* Parses a duration: a number of seconds with fraction ("1.5"), or with a unit
- * ("500ms", "30s", "2min", "1h", "1d", also combined: "1min 30s"). "infinity" gives
- * USEC_INFINITY. -EINVAL on anything else, -ERANGE if too large. */
-int parse_duration(const char *s, usec_t *ret);
+/* Durations: parse_duration() of base/duration.h, the grammar agend.conf uses too. */
+#include "duration.h"
 /* A positive integer in 1..max. */
 int parse_unsigned(const char *s, unsigned max, unsigned *ret);

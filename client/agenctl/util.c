@@ -11,14 +11,14 @@
 #include "agenctl.h"
 #include "format.h"
 #include "macro.h"
-
-static void json_object_putp(json_object **o) {
-        if (*o)
-                json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_object_putp)
+#include "string-table.h"
 
 const char *agenctl_permission_hint = NULL;
+
+int log_oom(void) {
+        log_error("out of memory");
+        return EXIT_FAILURE_OTHER;
+}
 
 /* A reply should come in milliseconds; this only catches a hung daemon. */
 #define CALL_TIMEOUT 25.0
@@ -144,46 +144,74 @@ int agenctl_report_error(int error, const char *error_name, const char *params_j
         const char *reason = jstr(p, "reason");
         int code;
 
-        if (strcmp(error_name, "io.agend.Lease.NoSuchLease") == 0) {
+        /* The library's table of error names (the daemon's own), not one of ours. An
+         * unknown name is -EPROTO, like ProtocolError: tell them apart by name. */
+        int e = agen_error_from_name(error_name);
+        if (e == -EPROTO && !streq_ptr(agen_error_to_name(-EPROTO), error_name))
+                e = 0;
+        switch (e) {
+        case -ENOENT: {
                 const char *id = jstr(p, "id") ?: what;
                 log_error("no lease %s: it has ended or never existed; see 'agenctl list'", strna(id));
                 code = EXIT_NOT_FOUND;
-        } else if (strcmp(error_name, "io.agend.Lease.NoSuchResource") == 0) {
+                break;
+        }
+        case -ENXIO: {
                 const char *res = jstr(p, "resource") ?: what;
                 log_error("no resource %s%s%s; see 'agenctl resources' for the declared ones", strna(res),
                           reason ? ": " : "", strempty(reason));
                 code = EXIT_NOT_FOUND;
-        } else if (strcmp(error_name, "io.agend.Lease.Timeout") == 0) {
+                break;
+        }
+        case -ETIMEDOUT: {
                 const char *res = jstr(p, "resource") ?: what;
                 log_error("%s is busy; see 'agenctl list %s'", strna(res), strna(res));
                 code = arg_conflict_exit_code;
-        } else if (strcmp(error_name, "io.agend.Lease.PermissionDenied") == 0) {
+                break;
+        }
+        case -EPERM: {
                 const char *id = jstr(p, "id"), *res = jstr(p, "resource");
-                _cleanup_free_ char *e = escape_display(id ? id : res ? res : what);
-                log_error("permission denied%s%s%s%s%s%s", e ? " for " : "", id ? "lease " : "", strempty(e),
+                _cleanup_free_ char *esc = escape_display(id ? id : res ? res : what);
+                log_error("permission denied%s%s%s%s%s%s", esc ? " for " : "", id ? "lease " : "", strempty(esc),
                           reason ? ": " : "", strempty(reason), strempty(agenctl_permission_hint));
                 code = EXIT_PERMISSION;
-        } else if (strcmp(error_name, "io.agend.Lease.LimitExceeded") == 0) {
+                break;
+        }
+        case -EUSERS:
                 log_error("limit exceeded (%s)%s%s; see 'agenctl list' for what you hold, or raise the limit in "
                           "agend.conf(5)",
                           strna(jstr(p, "limit")), reason ? ": " : "", strempty(reason));
                 code = EXIT_FAILURE_OTHER;
-        } else if (strcmp(error_name, "io.agend.Lease.ProtocolError") == 0) {
+                break;
+        case -EPROTO:
                 log_error("agend refused the request as malformed%s%s (is agenctl older or newer than agend?)",
                           reason ? ": " : "", strempty(reason));
                 code = EXIT_FAILURE_OTHER;
-        } else if (strcmp(error_name, "org.varlink.service.InvalidParameter") == 0 && reason) {
-                /* The daemon says why: print that, guess nothing. */
-                _cleanup_free_ char *e = escape_display(what), *er = escape_display(reason);
-                log_error("agend refused the request%s%s: %s: %s", e ? " for " : "", strempty(e),
-                          strna(jstr(p, "parameter")), strna(er));
+                break;
+        case -ENOSPC:
+                log_error("agend cannot store new leases now%s%s; see 'journalctl -u agend'", reason ? ": " : "",
+                          strempty(reason));
                 code = EXIT_FAILURE_OTHER;
-        } else if (strncmp(error_name, "org.varlink.service.", 20) == 0) {
+                break;
+        case -EINVAL:
+                if (reason) {
+                        /* The daemon says why: print that, guess nothing. */
+                        _cleanup_free_ char *ew = escape_display(what), *er = escape_display(reason);
+                        log_error("agend refused the request%s%s: %s: %s", ew ? " for " : "", strempty(ew),
+                                  strna(jstr(p, "parameter")), strna(er));
+                        code = EXIT_FAILURE_OTHER;
+                        break;
+                }
+                _fallthrough_;
+        case -EOPNOTSUPP:
+        case -EBADMSG: {
                 const char *param = jstr(p, "parameter");
                 log_error("agend does not understand this request (%s%s%s): is agenctl newer than agend?", name,
                           param ? ": " : "", strempty(param));
                 code = EXIT_FAILURE_OTHER;
-        } else {
+                break;
+        }
+        default:
                 log_error("agend failed: %s%s%s", error_name, params_json ? " " : "", strempty(params_json));
                 code = EXIT_FAILURE_OTHER;
         }

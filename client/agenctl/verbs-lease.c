@@ -10,16 +10,12 @@
  *      ▼                                             command's group) ──command exits──▶ done
  *    done (the queue is left by closing the lease connection)
  *
- * While waiting, a step of the generator is pending: it yields QUEUED, then GRANTED.
- * While held, the generator is left suspended and a Watch(lease) on a second client tells
- * us at once when the lease ends. Why not keep a step pending for that? A step in progress
- * cannot be cancelled, and a close requested meanwhile waits for the step to end
- * (AGEN_DEFERRED), which for a held lease may be never: then the command's exit could not
- * release the lease with a confirmed round trip. Suspended, agen_gen_aclose() runs the
- * Release at once, and agenctl exits only after agend has confirmed it, so a script's next
- * command finds the resource free. If our Watch's connection ends (agend restarted), we
- * step the generator instead: it reconnects and yields RECLAIMED (then we watch again) or
- * LOST. */
+ * A step of the generator is always pending until the lease is given back: while waiting
+ * it yields QUEUED, then GRANTED; while held, the generator's own Watch(lease) makes it
+ * yield REVOKED, EXPIRED or LOST at once when the lease ends (and DISCONNECTED, RECLAIMED
+ * across an agend restart). When the command exits, agen_gen_aclose() cancels the pending
+ * step (-ECANCELED) and runs the Release round trip, and agenctl exits only after agend
+ * has confirmed it, so a script's next command finds the resource free. */
 
 #include <errno.h>
 #include <ev.h>
@@ -42,12 +38,6 @@
  * (closing its connections, which releases a bound lease). */
 #define RELEASE_TIMEOUT 5.0
 
-static void json_object_putp(json_object **o) {
-        if (*o)
-                json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_object_putp)
-
 static const int forwarded_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
 
 typedef enum HoldPhase {
@@ -65,8 +55,6 @@ typedef struct Hold {
         agen_client *client;
         agen_gen *lease;
         bool stepping;             /* an agen_gen_anext() is pending */
-        agen_client *watch_client;
-        bool watching;             /* our Watch(lease) is in flight */
         char *id;
         uint64_t token;
         HoldPhase phase;
@@ -87,10 +75,6 @@ typedef struct Hold {
         ev_timer release_timer;
 } Hold;
 
-/* Reachable until exit: a Watch call in flight holds its client, and the library cannot
- * cancel a call; keeping the pointer here keeps leak checkers quiet about it. */
-static Hold *current_hold;
-static agen_client *detach_client;
 
 static void hold_finish(Hold *h) {
         h->phase = PHASE_DONE;
@@ -116,8 +100,8 @@ static void show_queue_position(Hold *h, unsigned position) {
 static char *describe_holders(const char *resource) {
         _cleanup_free_ char *reply = NULL, *error_name = NULL;
         _cleanup_json_ json_object *params = json_object_new_object(), *o = NULL;
-        json_object_object_add(params, "resource", json_object_new_string(resource));
-        if (agen_call_sync(agenctl_address(), "io.agend.Lease.List",
+        if (json_add_string(params, "resource", resource) < 0 ||
+            agen_call_sync(agenctl_address(), "io.agend.Lease.List",
                            json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN), 0, 2.0, &reply,
                            &error_name) < 0 ||
             !reply || !(o = json_tokener_parse(reply)))
@@ -163,7 +147,8 @@ static const char *format_duration_exact(char *buf, size_t size, usec_t t) {
         return format_timespan(buf, size, t);
 }
 
-/* "it has 1 unit and 2 were asked for", from the daemon's Resources, or NULL. */
+/* "it has 1 unit and 2 were asked for", from the daemon's Resources, or NULL when the
+ * request fits. */
 static char *describe_capacity(const char *resource) {
         _cleanup_free_ char *reply = NULL, *error_name = NULL;
         _cleanup_json_ json_object *o = NULL;
@@ -179,7 +164,7 @@ static char *describe_capacity(const char *resource) {
                 if ((long long) (arg_units ? arg_units : 1u) <= cap)
                         return NULL;
                 char *s = NULL;
-                if (asprintf(&s, "more units than its capacity: it has %lld unit%s and %u %s asked for (see 'agenctl resources')", cap,
+                if (asprintf(&s, "it has %lld unit%s and %u %s asked for; see 'agenctl resources'", cap,
                              cap == 1 ? "" : "s", arg_units ? arg_units : 1u, arg_units > 1 ? "were" : "was") < 0)
                         return NULL;
                 return s;
@@ -200,35 +185,36 @@ static int report_busy(const char *resource) {
         return arg_conflict_exit_code;
 }
 
-/* A lease generator's step failed before the grant. */
+/* A lease generator's step failed before the grant: agend's own reason when it refused
+ * (agen_lease_get_error()), the library's errno otherwise. */
 static int report_acquire_error(Hold *h, int error) {
         _cleanup_free_ char *res = escape_display(h->resource);
+        const char *reason = NULL;
+        (void) agen_lease_get_error(h->lease, NULL, &reason);
+        _cleanup_free_ char *why = escape_display(reason);
         switch (error) {
         case -ETIMEDOUT:
                 return report_busy(h->resource);
         case -ENXIO:
-                log_error("no resource %s here: it is not declared and the configuration does not create "
-                          "resources on first use; see 'agenctl resources'",
-                          strna(res));
+                log_error("no resource %s here%s%s; see 'agenctl resources'", strna(res), why ? ": " : "",
+                          strempty(why));
                 return EXIT_NOT_FOUND;
         case -EPERM:
         case -EACCES:
-                log_error("permission denied: you may not use %s (see AllowUsers= and AllowGroups= in "
+                log_error("permission denied: you may not use %s%s%s (see AllowUsers= and AllowGroups= in "
                           "agend.conf(5))",
-                          strna(res));
+                          strna(res), why ? ": " : "", strempty(why));
                 return EXIT_PERMISSION;
         case -EUSERS:
-                log_error("agend refused the request for %s: a limit of MaxLeasesPerUser=, MaxWaitersPerUser= or "
-                          "MaxConnectionsPerUser= (agend.conf(5)) is reached; see 'agenctl list'",
-                          strna(res));
+                log_error("agend refused the request for %s: %s; see 'agenctl list', or raise the limit in "
+                          "agend.conf(5)",
+                          strna(res), why ?: "a per-user limit is reached");
                 return EXIT_FAILURE_OTHER;
         case -EINVAL: {
-                /* The library does not hand on the daemon's words for a failed step; what it
-                 * refuses as invalid here, after agenctl checked the options, is a request for
-                 * more units than the resource has. Say it with the daemon's numbers. */
-                _cleanup_free_ char *why = describe_capacity(h->resource);
-                log_error("agend refused the request for %s as invalid%s%s", strna(res), why ? ": " : "",
-                          strempty(why));
+                /* The daemon's reason, and the numbers behind it when it is about units. */
+                _cleanup_free_ char *numbers = describe_capacity(h->resource);
+                log_error("agend refused the request for %s: %s%s%s%s", strna(res), why ?: "invalid",
+                          numbers ? " (" : "", strempty(numbers), numbers ? ")" : "");
                 return EXIT_FAILURE_OTHER;
         }
         case -ENOENT:
@@ -238,7 +224,7 @@ static int report_acquire_error(Hold *h, int error) {
         case -EPIPE:
                 return agenctl_report_error(error, NULL, NULL, h->resource);
         default:
-                log_error("acquiring %s: %s", strna(res), strerror(-error));
+                log_error("acquiring %s: %s", strna(res), why ?: strerror(-error));
                 return agenctl_exit_code_for_errno(error);
         }
 }
@@ -311,12 +297,9 @@ static void hold_lost(Hold *h, const char *what, const char *reason) {
         }
 }
 
-static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
-                        bool continues, void *userdata);
-
 /* agend went away while we hold the lease: say so at once (the command goes on running
  * while the lease may already be gone), and give the reconnect a bound. */
-static void hold_disconnected(Hold *h, int error) {
+static void hold_disconnected(Hold *h, const char *why) {
         if (h->disconnected || h->phase != PHASE_HELD)
                 return;
         h->disconnected = true;
@@ -327,7 +310,7 @@ static void hold_disconnected(Hold *h, int error) {
         }
         log_error("lost the connection to agend at %s (%s): lease %s may be lost; trying to reclaim it for %s "
                   "(--reconnect-timeout)%s",
-                  agenctl_address(), strerror(-error), strna(h->id),
+                  agenctl_address(), why ?: "disconnected", strna(h->id),
                   format_timespan(d, sizeof(d), arg_reconnect_timeout), h->command ? ", the command keeps running" : "");
         if (arg_reconnect_timeout != USEC_INFINITY) {
                 ev_timer_set(&h->reconnect_timer, usec_to_sec(arg_reconnect_timeout), 0.);
@@ -343,78 +326,83 @@ static void reconnect_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         hold_lost(h, "was lost", why);
 }
 
-static int hold_watch(Hold *h) {
-        int r;
-        if (!h->watch_client) {
-                r = agen_client_new(h->loop, agenctl_address(), &h->watch_client);
-                if (r < 0)
-                        return r;
-        }
-        _cleanup_json_ json_object *p = json_object_new_object();
-        json_object_object_add(p, "lease", json_object_new_string(h->id));
-        r = agen_client_call(h->watch_client, "io.agend.Lease.Watch",
-                             json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE, watch_reply, h);
-        if (r < 0)
-                return r;
-        h->watching = true;
-        return 0;
-}
-
 static void hold_maybe_done(Hold *h) {
-        if (h->phase == PHASE_RELEASING && h->released && !h->watching)
+        if (h->phase == PHASE_RELEASING && h->released)
                 hold_finish(h);
-}
-
-static void watch_reply(agen_client *client, int status, const char *error_name, const char *params_json,
-                        bool continues, void *userdata) {
-        Hold *h = userdata;
-        if (!continues)
-                h->watching = false;
-        if (h->phase != PHASE_HELD) {
-                hold_maybe_done(h);
-                return;
-        }
-        if (status < 0) {
-                /* The connection ended (agend restarted?) or the lease is already gone: the
-                 * generator knows which, and reconnects and reclaims if it can. */
-                if (!error_name)
-                        hold_disconnected(h, status);
-                hold_step(h);
-                return;
-        }
-        _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
-        json_object *ev = jobj(p, "event");
-        const char *type = jstr(ev, "type");
-        if (type && (strcmp(type, "revoked") == 0 || strcmp(type, "expired") == 0 ||
-                     strcmp(type, "released") == 0 || strcmp(type, "voided") == 0))
-                return hold_lost(h, strcmp(type, "released") == 0  ? "was released by someone else"
-                                    : strcmp(type, "expired") == 0 ? "expired"
-                                    : strcmp(type, "revoked") == 0 ? "was revoked"
-                                                                   : "was voided",
-                                 jstr(ev, "reason"));
-        if (!continues)
-                hold_step(h);
 }
 
 static int spawn_command(Hold *h);
 
+static void print_assignment(const char *key, const char *value) {
+        /* Shell-safe: ids and secrets are plain tokens; anything else is quoted. */
+        bool plain = *value != 0;
+        for (const char *p = value; *p; p++)
+                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+/=:", *p))
+                        plain = false;
+        if (plain) {
+                printf("%s=%s\n", key, value);
+                return;
+        }
+        printf("%s='", key);
+        for (const char *p = value; *p; p++)
+                if (*p == '\'')
+                        fputs("'\\''", stdout);
+                else
+                        putchar(*p);
+        fputs("'\n", stdout);
+}
+
+/* acquire --detach: the lease outlives agenctl. Print what the caller needs to release or
+ * renew it (the secret) and let the generator go without releasing it. */
+static void hand_off(Hold *h) {
+        _cleanup_free_ char *secret = NULL, *lease_json = NULL;
+        int r = agen_lease_hand_off(h->lease, &secret, &lease_json);
+        _cleanup_json_ json_object *lease = r >= 0 ? json_tokener_parse(lease_json) : NULL;
+        if (r < 0 || !lease || !jstr(lease, "id")) {
+                log_error("cannot hand over the detached lease on %s: %s", h->resource,
+                          r < 0 ? strerror(-r) : "agend described it in a way agenctl does not understand");
+                /* Still ours (or in an unknown state): give it back rather than leak it. */
+                h->exit_code = EXIT_FAILURE_OTHER;
+                h->phase = PHASE_HELD;
+                return hold_release(h);
+        }
+        if (arg_json != JSON_OFF) {
+                _cleanup_json_ json_object *o = json_object_new_object();
+                if (json_add(o, "lease", json_object_get(lease)) < 0 || json_add_string(o, "secret", secret) < 0) {
+                        h->exit_code = log_oom();
+                        return hold_finish(h);
+                }
+                agenctl_print_json(o);
+        } else {
+                char tok[32];
+                snprintf(tok, sizeof(tok), "%lld", (long long) jint(lease, "token", 0));
+                print_assignment("AGEN_LEASE_ID", jstr(lease, "id"));
+                print_assignment("AGEN_LEASE_TOKEN", tok);
+                print_assignment("AGEN_LEASE_SECRET", secret);
+                fflush(stdout);
+        }
+        explicit_bzero(secret, strlen(secret));
+        h->exit_code = EXIT_OK;
+        hold_finish(h);
+}
+
 static void on_granted(Hold *h, const agen_lease_event *ev) {
         clear_queue_line(h);
+        if (arg_detach)
+                return hand_off(h);
         free(h->id);
         h->id = strdup(ev->id ? ev->id : "");
         h->token = ev->token;
         h->phase = PHASE_HELD;
-
-        if (hold_watch(h) < 0)
-                hold_step(h); /* no second connection: learn of the end through the generator */
+        hold_step(h); /* the next event: the lease's end, or agend going away */
 
         if (arg_json != JSON_OFF && !h->command) {
                 _cleanup_json_ json_object *o = json_object_new_object();
-                json_object_object_add(o, "type", json_object_new_string("granted"));
-                json_object_object_add(o, "id", json_object_new_string(h->id));
-                json_object_object_add(o, "token", json_object_new_int64((int64_t) h->token));
-                json_object_object_add(o, "resource", json_object_new_string(h->resource));
-                agenctl_print_json(o);
+                if (json_add_string(o, "type", "granted") < 0 || json_add_string(o, "id", h->id) < 0 ||
+                    json_add_int(o, "token", (int64_t) h->token) < 0 || json_add_string(o, "resource", h->resource) < 0)
+                        (void) log_oom(); /* the lease is held all the same */
+                else
+                        agenctl_print_json(o);
         } else if (!h->command) {
                 _cleanup_free_ char *res = escape_display(h->resource);
                 printf("Holding lease %s on %s (token %llu) until interrupted.\n", h->id, strna(res),
@@ -453,18 +441,29 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
         case AGEN_LEASE_GRANTED:
                 on_granted(h, ev);
                 break;
+        case AGEN_LEASE_DISCONNECTED:
+                hold_disconnected(h, ev->reason);
+                hold_step(h);
+                break;
         case AGEN_LEASE_RECLAIMED:
-                /* agend restarted and the lease is ours again: watch it anew. */
+                /* agend restarted and the lease is ours again. */
                 ev_timer_stop(h->loop, &h->reconnect_timer);
                 if (h->disconnected && h->phase == PHASE_HELD)
                         log_error("agend is back: lease %s reclaimed, same id and token", strna(h->id));
                 h->disconnected = false;
-                if (h->phase == PHASE_HELD && hold_watch(h) < 0)
-                        hold_step(h);
+                hold_step(h);
                 break;
-        case AGEN_LEASE_LOST:
-                hold_lost(h, "was lost", ev->reason);
+        case AGEN_LEASE_LOST: {
+                /* The generator says how agend ended it: "released: why", "voided: why". */
+                const char *why = ev->reason;
+                if (why && strncmp(why, "released", 8) == 0)
+                        hold_lost(h, "was released by someone else", why[8] == ':' ? why + 10 : NULL);
+                else if (why && strncmp(why, "voided", 6) == 0)
+                        hold_lost(h, "was voided", why[6] == ':' ? why + 8 : NULL);
+                else
+                        hold_lost(h, "was lost", why);
                 break;
+        }
         case AGEN_LEASE_REVOKED:
                 hold_lost(h, "was revoked", ev->reason);
                 break;
@@ -472,8 +471,8 @@ static void on_lease_event(agen_gen *gen, int status, const void *value, void *u
                 hold_lost(h, "expired", ev->reason ?: "its TTL ran out without a renewal");
                 break;
         default:
-                /* RENEWED, and anything newer: only seen while stepping; keep going. */
-                if (h->phase == PHASE_HELD && !h->watching)
+                /* RENEWED, and anything newer: keep going. */
+                if (h->phase == PHASE_HELD)
                         hold_step(h);
                 break;
         }
@@ -500,12 +499,7 @@ static void hold_release(Hold *h) {
         if (h->phase == PHASE_RELEASING || h->phase == PHASE_DONE)
                 return;
         h->phase = PHASE_RELEASING;
-        if (h->stepping) {
-                /* A step in flight cannot be cancelled; exiting closes the connection, which
-                 * releases a bound lease (agen_loop_shutdown() abandons the generator). */
-                hold_finish(h);
-                return;
-        }
+        /* A pending step is cancelled (it gets -ECANCELED), then the Release runs. */
         int r = agen_gen_aclose(h->lease, on_closed, h);
         if (r < 0) {
                 hold_finish(h);
@@ -776,7 +770,6 @@ static int hold(const char *resource, char **command) {
                 .phase = PHASE_WAITING,
                 .tty = -1,
         };
-        current_hold = &h;
 
         int r = agen_client_new(loop, agenctl_address(), &h.client);
         if (r < 0)
@@ -789,6 +782,7 @@ static int hold(const char *resource, char **command) {
                 .try_once = arg_nowait || (arg_timeout_set && arg_timeout == 0),
                 .timeout = arg_timeout_set && arg_timeout != USEC_INFINITY ? usec_to_sec(arg_timeout) : 0,
                 .ttl = arg_ttl_set ? usec_to_sec(arg_ttl) : 0,
+                .detached = arg_detach,
                 .description = arg_description,
         };
         /* run: the command line says why, as systemd-inhibit's --who defaults to it; the
@@ -851,8 +845,6 @@ static int hold(const char *resource, char **command) {
         (void) agen_loop_shutdown(loop, h.stepping ? 0 : 2.0);
         h.lease = agen_gen_unref(h.lease);
         h.client = agen_client_unref(h.client);
-        if (!h.watching)
-                h.watch_client = agen_client_unref(h.watch_client);
         free(h.id);
         h.id = NULL;
         return h.exit_code;
@@ -863,148 +855,6 @@ int verb_run(int argc, char **argv) {
         return hold(argv[1], argv + 2);
 }
 
-/* ---- acquire --detach ---- */
-
-typedef struct Detach {
-        struct ev_loop *loop;
-        const char *resource;
-        int exit_code;
-        bool done;
-        bool queue_line;
-} Detach;
-
-static void print_assignment(const char *key, const char *value) {
-        /* Shell-safe: ids and secrets are plain tokens; anything else is quoted. */
-        bool plain = *value != 0;
-        for (const char *p = value; *p; p++)
-                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+/=:", *p))
-                        plain = false;
-        if (plain) {
-                printf("%s=%s\n", key, value);
-                return;
-        }
-        printf("%s='", key);
-        for (const char *p = value; *p; p++)
-                if (*p == '\'')
-                        fputs("'\\''", stdout);
-                else
-                        putchar(*p);
-        fputs("'\n", stdout);
-}
-
-static void detach_reply(agen_client *client, int status, const char *error_name, const char *params_json,
-                         bool continues, void *userdata) {
-        Detach *d = userdata;
-        if (d->done)
-                return;
-        if (d->queue_line) {
-                fputs("\r\033[K", stderr);
-                d->queue_line = false;
-        }
-        if (status < 0) {
-                if (error_name && strcmp(error_name, "io.agend.Lease.Timeout") == 0)
-                        d->exit_code = report_busy(d->resource);
-                else
-                        d->exit_code = agenctl_report_error(status, error_name, params_json, d->resource);
-                d->done = true;
-                ev_break(d->loop, EVBREAK_ALL);
-                return;
-        }
-        _cleanup_json_ json_object *p = params_json ? json_tokener_parse(params_json) : NULL;
-        const char *state = jstr(p, "state");
-        if (state && strcmp(state, "queued") == 0) {
-                if (!arg_quiet && isatty(STDERR_FILENO) > 0) {
-                        _cleanup_free_ char *res = escape_display(d->resource);
-                        fprintf(stderr, "\r\033[KWaiting for %s: position %lld in the queue%s", strna(res),
-                                (long long) jint(p, "position", 0), ellipsis());
-                        d->queue_line = true;
-                }
-                return;
-        }
-        json_object *lease = jobj(p, "lease");
-        const char *secret = jstr(p, "secret");
-        if (!state || strcmp(state, "granted") != 0 || !lease || !jstr(lease, "id") || !secret) {
-                log_error("agend sent an Acquire reply agenctl does not understand: %s", strna(params_json));
-                d->exit_code = EXIT_FAILURE_OTHER;
-        } else if (arg_json != JSON_OFF) {
-                _cleanup_json_ json_object *o = json_object_new_object();
-                json_object_object_add(o, "lease", json_object_get(lease));
-                json_object_object_add(o, "secret", json_object_new_string(secret));
-                agenctl_print_json(o);
-                d->exit_code = EXIT_OK;
-        } else {
-                char tok[32];
-                snprintf(tok, sizeof(tok), "%lld", (long long) jint(lease, "token", 0));
-                print_assignment("AGEN_LEASE_ID", jstr(lease, "id"));
-                print_assignment("AGEN_LEASE_TOKEN", tok);
-                print_assignment("AGEN_LEASE_SECRET", secret);
-                fflush(stdout);
-                d->exit_code = EXIT_OK;
-        }
-        d->done = true;
-        ev_break(d->loop, EVBREAK_ALL);
-}
-
-static void detach_signal(struct ev_loop *loop, ev_signal *w, int revents) {
-        Detach *d = w->data;
-        if (d->queue_line)
-                fputs("\r\033[K", stderr);
-        d->queue_line = false;
-        d->exit_code = 128 + w->signum;
-        d->done = true;
-        ev_break(loop, EVBREAK_ALL);
-}
-
-static int acquire_detached(const char *resource) {
-        struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
-        if (!loop) {
-                log_error("cannot make an event loop");
-                return EXIT_FAILURE_OTHER;
-        }
-        Detach d = { .loop = loop, .resource = resource };
-
-        int r = agen_client_new(loop, agenctl_address(), &detach_client);
-        if (r < 0)
-                return agenctl_report_error(r, NULL, NULL, resource);
-
-        _cleanup_json_ json_object *p = json_object_new_object();
-        json_object_object_add(p, "resource", json_object_new_string(resource));
-        if (arg_exclusive)
-                json_object_object_add(p, "exclusive", json_object_new_boolean(1));
-        else if (arg_units)
-                json_object_object_add(p, "units", json_object_new_int64(arg_units));
-        if (arg_nowait)
-                json_object_object_add(p, "timeout", json_object_new_double(0));
-        else if (arg_timeout_set && arg_timeout != USEC_INFINITY)
-                json_object_object_add(p, "timeout", json_object_new_double(usec_to_sec(arg_timeout)));
-        json_object_object_add(p, "ttl", json_object_new_double(usec_to_sec(arg_ttl)));
-        json_object_object_add(p, "detached", json_object_new_boolean(1));
-        if (arg_description)
-                json_object_object_add(p, "description", json_object_new_string(arg_description));
-
-        r = agen_client_call(detach_client, "io.agend.Lease.Acquire",
-                             json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN), AGEN_CALL_MORE, detach_reply, &d);
-        if (r < 0)
-                return agenctl_report_error(r, NULL, NULL, resource);
-
-        ev_signal sigint, sigterm;
-        ev_signal_init(&sigint, detach_signal, SIGINT);
-        ev_signal_init(&sigterm, detach_signal, SIGTERM);
-        sigint.data = sigterm.data = &d;
-        ev_signal_start(loop, &sigint);
-        ev_signal_start(loop, &sigterm);
-        while (!d.done)
-                if (!ev_run(loop, 0))
-                        break;
-        ev_signal_stop(loop, &sigint);
-        ev_signal_stop(loop, &sigterm);
-        if (!d.done) {
-                log_error("the connection to agend ended without a reply");
-                return EXIT_UNREACHABLE;
-        }
-        return d.exit_code;
-}
-
 int verb_acquire(int argc, char **argv) {
         if (arg_detach) {
                 if (!arg_ttl_set) {
@@ -1012,7 +862,6 @@ int verb_acquire(int argc, char **argv) {
                                   "one whose secret is lost would otherwise stay forever");
                         return EXIT_USAGE;
                 }
-                return acquire_detached(argv[1]);
         }
         return hold(argv[1], NULL);
 }
@@ -1025,9 +874,8 @@ int verb_release(int argc, char **argv) {
         if (k > 0)
                 return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
-        json_object_object_add(p, "id", json_object_new_string(id));
-        if (arg_secret)
-                json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        if (json_add_string(p, "id", id) < 0 || (arg_secret && json_add_string(p, "secret", arg_secret) < 0))
+                return log_oom();
         agenctl_permission_hint = "; only its holder (its connection, or whoever gives its secret with --secret) "
                                   "and root may release it";
         int r = agenctl_call("io.agend.Lease.Release", p, id, &reply);
@@ -1044,11 +892,10 @@ int verb_renew(int argc, char **argv) {
         if (k > 0)
                 return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
-        json_object_object_add(p, "id", json_object_new_string(id));
-        if (arg_ttl_set)
-                json_object_object_add(p, "ttl", json_object_new_double(usec_to_sec(arg_ttl)));
-        if (arg_secret)
-                json_object_object_add(p, "secret", json_object_new_string(arg_secret));
+        if (json_add_string(p, "id", id) < 0 ||
+            (arg_ttl_set && json_add_double(p, "ttl", usec_to_sec(arg_ttl)) < 0) ||
+            (arg_secret && json_add_string(p, "secret", arg_secret) < 0))
+                return log_oom();
         agenctl_permission_hint = "; only its holder (its connection, or whoever gives its secret with --secret) "
                                   "and root may renew it";
         int r = agenctl_call("io.agend.Lease.Renew", p, id, &reply);
@@ -1075,8 +922,8 @@ int verb_revoke(int argc, char **argv) {
         if (k > 0)
                 return k;
         _cleanup_json_ json_object *p = json_object_new_object(), *reply = NULL;
-        json_object_object_add(p, "id", json_object_new_string(id));
-        json_object_object_add(p, "reason", json_object_new_string(arg_reason));
+        if (json_add_string(p, "id", id) < 0 || json_add_string(p, "reason", arg_reason) < 0)
+                return log_oom();
         agenctl_permission_hint = "; revoking needs root, or a user or group in RevokeUsers= or RevokeGroups= of "
                                   "agend.conf(5)";
         int r = agenctl_call("io.agend.Lease.Revoke", p, id, &reply);

@@ -19,12 +19,6 @@
 #include "macro.h"
 #include "table.h"
 
-static void json_object_putp(json_object **o) {
-        if (*o)
-                json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_object_putp)
-
 static size_t table_width(void) {
         return arg_full ? 0 : columns();
 }
@@ -156,8 +150,8 @@ static int print_waiters(json_object *waiters) {
 int verb_list(int argc, char **argv) {
         const char *resource = argc > 1 ? argv[1] : NULL;
         _cleanup_json_ json_object *params = json_object_new_object(), *reply = NULL;
-        if (resource)
-                json_object_object_add(params, "resource", json_object_new_string(resource));
+        if (!params || (resource && json_add_string(params, "resource", resource) < 0))
+                return log_oom();
 
         int r = agenctl_call("io.agend.Lease.List", params, resource, &reply);
         if (r > 0)
@@ -292,11 +286,11 @@ int verb_show(int argc, char **argv) {
 
         /* The recent events of this lease, from the history of its resource. */
         _cleanup_json_ json_object *params = json_object_new_object(), *hist = NULL;
-        if (resource)
-                json_object_object_add(params, "resource", json_object_new_string(resource));
-        json_object_object_add(params, "limit", json_object_new_int(1000));
         _cleanup_free_ char *error_name = NULL, *hj = NULL;
-        if (agen_call_sync(agenctl_address(), "io.agend.Lease.History",
+        /* Best effort: without the history (or memory for it), show prints the lease alone. */
+        if (params && (!resource || json_add_string(params, "resource", resource) >= 0) &&
+            json_add_int(params, "limit", 1000) >= 0 &&
+            agen_call_sync(agenctl_address(), "io.agend.Lease.History",
                            json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN), 0, 5.0, &hj,
                            &error_name) >= 0 &&
             hj && (hist = json_tokener_parse(hj))) {
@@ -406,11 +400,10 @@ static unsigned screenful(void) {
 int verb_history(int argc, char **argv) {
         const char *resource = argc > 1 ? argv[1] : NULL;
         _cleanup_json_ json_object *params = json_object_new_object(), *reply = NULL;
-        if (resource)
-                json_object_object_add(params, "resource", json_object_new_string(resource));
         unsigned limit = arg_lines > 0 ? arg_lines : screenful();
-        if (limit > 0)
-                json_object_object_add(params, "limit", json_object_new_int((int) limit));
+        if (!params || (resource && json_add_string(params, "resource", resource) < 0) ||
+            (limit > 0 && json_add_int(params, "limit", limit) < 0))
+                return log_oom();
 
         int r = agenctl_call("io.agend.Lease.History", params, resource, &reply);
         if (r > 0)
@@ -595,8 +588,8 @@ static int watch_start(WatchState *w) {
         watch_clients[n_watch_clients++] = c;
 
         _cleanup_json_ json_object *params = json_object_new_object();
-        if (w->resource)
-                json_object_object_add(params, "resource", json_object_new_string(w->resource));
+        if (!params || (w->resource && json_add_string(params, "resource", w->resource) < 0))
+                return -ENOMEM;
         return agen_client_call(c, "io.agend.Lease.Watch", json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN),
                                 AGEN_CALL_MORE, watch_reply, w);
 }
@@ -652,8 +645,8 @@ int verb_check(int argc, char **argv) {
                 return EXIT_USAGE;
         }
         _cleanup_json_ json_object *params = json_object_new_object(), *reply = NULL;
-        json_object_object_add(params, "resource", json_object_new_string(resource));
-        json_object_object_add(params, "token", json_object_new_int64((int64_t) token));
+        if (json_add_string(params, "resource", resource) < 0 || json_add_int(params, "token", (int64_t) token) < 0)
+                return log_oom();
         int r = agenctl_call("io.agend.Lease.Check", params, resource, &reply);
         if (r > 0)
                 return r;

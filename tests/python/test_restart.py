@@ -80,6 +80,8 @@ async def test_disconnected_while_queued_asks_again(own_agend, resource):
     a.kill()
     a.start()                           # the holder's lease waits for its reclaim
     ev = await next_event(gen)          # no DISCONNECTED for a wait: it is asked again
+    # ... with its ticket, so it takes its own restored place (1) instead of queueing
+    # behind that place (2) until the grace ends.
     assert ev.type is agen.QUEUED and ev.position == 1
     await gen.aclose()
     await client.aclose()

@@ -407,6 +407,34 @@ const char *agen_lease_event_type_to_string(agen_lease_event_type type);
  * a lease generator. Either pointer may be NULL. */
 int agen_lease_get_current(agen_gen *lease, const char **ret_id, uint64_t *ret_token);
 
+/* Why agend refused the lease, after a step failed with the Acquire's error: 0, the
+ * varlink error name in *ret_name ("io.agend.Lease.Timeout", ...) and agend's reason in
+ * words for a person in *ret_reason (may be NULL if agend gave none), both valid until the
+ * generator is freed; -ENODATA if agend refused nothing (not failed, or failed for a local
+ * reason such as -ECANCELED or an unreachable agend); -EINVAL if lease is not a lease
+ * generator. Either pointer may be NULL. */
+int agen_lease_get_error(agen_gen *lease, const char **ret_name, const char **ret_reason);
+
+/* Hands a granted detached lease (opts.detached) over to the caller, who will release or
+ * renew it with its secret from elsewhere (another process, a script): 0, the secret in
+ * *ret_secret and, if ret_lease_json is not NULL, the lease as agend described it at the
+ * grant (a JSON object, the Lease type of the interface) in *ret_lease_json, both the
+ * caller's to free(). Afterwards the generator holds nothing: it stops watching and
+ * renewing, its next step returns AGEN_STOP and its close releases nothing. -ENODATA if it
+ * holds no lease (not granted yet, ended); -EOPNOTSUPP for a lease bound to the
+ * connection (it cannot outlive the generator's connection); -EINVAL if lease is not a
+ * lease generator; -ENOMEM (the generator still holds the lease). */
+int agen_lease_hand_off(agen_gen *lease, char **ret_secret, char **ret_lease_json);
+
+/* ---- Error names ----------------------------------------------------------------------- */
+
+/* The varlink error name agend answers for a negative errno ("io.agend.Lease.Timeout" for
+ * -ETIMEDOUT), or NULL if none; a static string. agen_error_from_name() is the reverse:
+ * the negative errno the library reports for an error name (-EPROTO for NULL or a name it
+ * does not know). One table, shared with agend. */
+const char *agen_error_to_name(int error);
+int agen_error_from_name(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

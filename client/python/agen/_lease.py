@@ -234,6 +234,10 @@ class _LeaseCore:
                 pos = r.parameters.get("position", 0)
                 if not isinstance(pos, int) or isinstance(pos, bool) or not r.continues:
                     raise BadReply(f"{what}: a queued reply that is not one: {r.parameters!r}")
+                ticket = r.parameters.get("ticket")
+                if isinstance(ticket, str):
+                    # Asked again after a restart, the ticket keeps this waiter's place.
+                    self.params["ticket"] = ticket
                 self.push(T.QUEUED, position=pos)
             elif state == "granted":
                 # GRANTED is told once the Watch is in effect (_watch), so that every end

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -31,4 +33,15 @@ static inline double usec_to_sec(usec_t u) {
 
 /* Seconds (a JSON number) to usec_t, to the nearest µs but never 0 for a positive number
  * (1e-7 is 1 µs, not "no TTL"); negative, NaN or overflowing input is -ERANGE. */
-int usec_from_sec(double sec, usec_t *ret);
+static inline int usec_from_sec(double sec, usec_t *ret) {
+        if (!isfinite(sec) || sec < 0)
+                return -ERANGE;
+        double u = sec * (double) USEC_PER_SEC;
+        if (u >= (double) (USEC_INFINITY - 1))
+                return -ERANGE;
+        /* A positive duration never becomes 0, which means "none" (no TTL) or "at once" to
+         * every caller: it rounds up to the clock's resolution, 1 µs. */
+        usec_t r = (usec_t) llround(u);
+        *ret = r == 0 && sec > 0 ? 1 : r;
+        return 0;
+}

@@ -19,6 +19,9 @@
 #define _printf_(a, b) __attribute__((__format__(printf, a, b)))
 #define _noreturn_ __attribute__((__noreturn__))
 #define _warn_unused_result_ __attribute__((__warn_unused_result__))
+#ifndef _fallthrough_
+#define _fallthrough_ __attribute__((__fallthrough__))
+#endif
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
