@@ -268,7 +268,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 c->waiter = w;
                 if (u)
                         u->waiters++;
-                if (c->more)
+                if (conn_more(c))
                         reply_queued(c, w->position);
                 return;
         }
@@ -480,7 +480,7 @@ static void method_status(Conn *c, struct json_object *p) {
         add_string(r, "boot_id", m->boot_id);
         add_int(r, "leases", engine_n_leases(m->engine));
         add_int(r, "waiters", engine_n_waiters(m->engine));
-        add_int(r, "connections", m->n_conns);
+        add_int(r, "connections", varlink_server_n_connections(m->server));
         add_int(r, "commits", (int64_t) m->commits);
         add_int(r, "database_size", m->store->ops->size(m->store));
         add_string(r, "sync", m->config.sync == STORE_SYNC_FULL ? "full" : "normal");
@@ -498,7 +498,7 @@ static void method_watch(Conn *c, struct json_object *p) {
                 return invalid(c, "lease", "a lease id");
         if (lease && !engine_lease_get(c->manager->engine, lease))
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", lease);
-        if (!c->more)
+        if (!conn_more(c))
                 return conn_error_reason(c, "org.varlink.service.ExpectedMore", "Watch streams: call it with \"more\"",
                                          NULL, NULL);
         c->watch_resource = resource ? strdup(resource) : NULL;
@@ -603,10 +603,12 @@ static void method_get_interface_description(Conn *c, struct json_object *p) {
         conn_reply(c, r, false);
 }
 
-static const struct {
+typedef struct MethodEntry {
         const char *name;
         void (*func)(Conn *c, struct json_object *p);
-} methods[] = {
+} MethodEntry;
+
+static const MethodEntry methods[] = {
         { "io.agend.Lease.Acquire", method_acquire },
         { "io.agend.Lease.Release", method_release },
         { "io.agend.Lease.Renew", method_renew },
@@ -621,22 +623,18 @@ static const struct {
         { "org.varlink.service.GetInterfaceDescription", method_get_interface_description },
 };
 
-void methods_dispatch(Conn *c, const VlCall *call) {
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++)
-                if (strcmp(methods[i].name, call->method) == 0)
-                        return methods[i].func(c, call->parameters);
+static void method_call(VarlinkConn *link, struct json_object *p, void *userdata) {
+        const MethodEntry *e = userdata;
+        e->func(varlink_conn_get_userdata(link), p);
+}
 
-        const char *dot = strrchr(call->method, '.');
-        size_t n = (size_t) (dot - call->method);
-        if ((n == strlen("io.agend.Lease") && strncmp(call->method, "io.agend.Lease", n) == 0) ||
-            (n == strlen("org.varlink.service") && strncmp(call->method, "org.varlink.service", n) == 0))
-                conn_error_reason(c, "org.varlink.service.MethodNotFound", "no such method", "method", call->method);
-        else {
-                char iface[256];
-                snprintf(iface, sizeof(iface), "%.*s", (int) MIN(n, sizeof(iface) - 1), call->method);
-                conn_error_reason(c, "org.varlink.service.InterfaceNotFound", "no such interface", "interface",
-                                  iface);
+int methods_bind(VarlinkServer *s) {
+        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
+                int k = varlink_server_bind_method(s, methods[i].name, method_call, (void *) &methods[i]);
+                if (k < 0)
+                        return k;
         }
+        return 0;
 }
 
 /* ---- Engine callbacks ---------------------------------------------------------------- */
@@ -662,7 +660,7 @@ static void cb_timed_out(Engine *e, Waiter *w, void *userdata) {
 
 static void cb_moved(Engine *e, Waiter *w, void *userdata) {
         Conn *c = w->userdata;
-        if (c->more)
+        if (conn_more(c))
                 reply_queued(c, w->position);
 }
 
@@ -688,6 +686,17 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
 
         if (!m->watchers)
                 return;
+        /* Serialized once for all subscribers (and once more, lazily, as the final reply
+         * of Watch(lease) calls that this event ends). */
+        _cleanup_(json_object_putp) struct json_object *params = json_object_new_object();
+        if (!params)
+                return;
+        json_object_object_add(params, "event", event_to_json(ev));
+        const char *text[2] = {};
+        size_t len[2] = {};
+        _cleanup_(json_object_putp) struct json_object *msg_more = NULL;
+        _cleanup_(json_object_putp) struct json_object *msg_last = NULL;
+        struct json_object **msg[2] = { &msg_last, &msg_more };
         for (Conn *c = m->watchers, *next; c; c = next) {
                 next = c->watch_next;
                 if (c->watch_lease) {
@@ -695,11 +704,19 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                                 continue;
                 } else if (c->watch_resource && strcmp(c->watch_resource, ev->resource) != 0)
                         continue;
-                struct json_object *r = json_object_new_object();
-                if (r)
-                        json_object_object_add(r, "event", event_to_json(ev));
                 bool ends = c->watch_lease && event_ends_lease(ev->type);
-                conn_reply(c, r, !ends);
+                int i = ends ? 0 : 1;
+                if (!text[i]) {
+                        *msg[i] = vl_reply_new(json_object_get(params), !ends);
+                        text[i] = *msg[i] ? json_object_to_json_string_length(
+                                                    *msg[i], JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                    &len[i])
+                                          : NULL;
+                }
+                if (text[i])
+                        (void) varlink_conn_reply_serialized(c->link, text[i], len[i], !ends);
+                else
+                        varlink_conn_close(c->link);    /* out of memory: better closed than silent */
                 if (ends)
                         conn_watch_end(c);
         }
