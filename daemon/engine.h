@@ -66,6 +66,7 @@ typedef struct Event {
         const Owner *owner;     /* NULL for none */
         unsigned units;
         const char *reason;     /* NULL for none */
+        uint64_t seq;           /* its number in the history; set only by Store.history */
 } Event;
 
 /* The leases and pending waiter of one connection. Embedded in the connection. */

@@ -22,6 +22,11 @@
 #define DESCRIPTION_MAX 1024
 #define HISTORY_LIMIT_DEFAULT 100
 #define HISTORY_LIMIT_MAX 100000
+/* The most events or leases one History or List reply carries (about 200 kB): a larger
+ * request is answered in pages, with a cursor for the rest (see the interface). One reply
+ * of 100 000 events would be 20 MB built in one go while every other client waits. */
+#define HISTORY_PAGE_MAX 1000
+#define LIST_PAGE_MAX 1000
 
 #define ERR_INVALID "org.varlink.service.InvalidParameter"
 
@@ -399,43 +404,101 @@ static void method_revoke(Conn *c, struct json_object *p) {
         conn_reply(c, NULL, false);
 }
 
-static int list_resource(Resource *r, struct json_object *leases, struct json_object *waiters) {
-        for (Lease *l = r->leases; l; l = l->res_next)
-                if (json_object_array_add(leases, lease_to_json(l)) < 0)
+typedef struct ListState {
+        Lease **leases;
+        size_t n_leases, size;
+        uint64_t after;
+        struct json_object *waiters;
+        bool waiters_cut;
+} ListState;
+
+static int list_resource(Resource *r, ListState *s) {
+        for (Lease *l = r->leases; l; l = l->res_next) {
+                if (l->token <= s->after)
+                        continue;
+                if (s->n_leases == s->size) {
+                        size_t n = MAX(s->size * 2, (size_t) 64);
+                        Lease **a = realloc(s->leases, n * sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        s->leases = a;
+                        s->size = n;
+                }
+                s->leases[s->n_leases++] = l;
+        }
+        if (!s->waiters)
+                return 0;
+        for (Waiter *w = r->wait_head; w; w = w->next) {
+                if (json_object_array_length(s->waiters) >= LIST_PAGE_MAX) {
+                        s->waiters_cut = true;
+                        break;
+                }
+                if (json_object_array_add(s->waiters, waiter_to_json(w)) < 0)
                         return -ENOMEM;
-        for (Waiter *w = r->wait_head; w; w = w->next)
-                if (json_object_array_add(waiters, waiter_to_json(w)) < 0)
-                        return -ENOMEM;
+        }
         return 0;
 }
 
+static int lease_token_cmp(const void *a, const void *b) {
+        const Lease *x = *(Lease *const *) a, *y = *(Lease *const *) b;
+        return x->token < y->token ? -1 : x->token > y->token;
+}
+
+/* Leases in token order (tokens are unique and only grow), so "after" is a stable cursor
+ * while leases come and go; waiters on the first page only. */
 static void method_list(Conn *c, struct json_object *p) {
-        static const char *const allowed[] = { "resource", NULL };
+        static const char *const allowed[] = { "resource", "limit", "after", NULL };
         const char *resource = NULL;
+        int64_t limit = LIST_PAGE_MAX, after = 0;
         if (!check_members(c, p, allowed))
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
-        struct json_object *r = json_object_new_object(), *leases = json_object_new_array(),
-                           *waiters = json_object_new_array();
-        if (!r || !leases || !waiters) {
+        if (json_get_int64(p, "limit", 0, 1, INT64_MAX, &limit) < 0)
+                return invalid(c, "limit", "an integer >= 1");
+        if (json_get_int64(p, "after", 0, 0, INT64_MAX, &after) < 0)
+                return invalid(c, "after", "a continue_after value of an earlier reply");
+        size_t page = (size_t) MIN(limit, (int64_t) LIST_PAGE_MAX);
+        _cleanup_free_ Lease **leases_buf = NULL;
+        ListState s = { .after = (uint64_t) after };
+        struct json_object *r = json_object_new_object(), *leases = json_object_new_array();
+        if (after == 0)
+                s.waiters = json_object_new_array();
+        if (!r || !leases || (after == 0 && !s.waiters)) {
                 json_object_put(r);
                 json_object_put(leases);
-                json_object_put(waiters);
+                json_object_put(s.waiters);
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         }
-        json_object_object_add(r, "leases", leases);
-        json_object_object_add(r, "waiters", waiters);
+        int k = 0;
         if (resource) {
                 Resource *res = engine_resource_get(c->manager->engine, resource);
                 if (res)
-                        (void) list_resource(res, leases, waiters);
+                        k = list_resource(res, &s);
         } else {
                 HashmapIter i = {};
                 Resource *res;
-                while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
-                        (void) list_resource(res, leases, waiters);
+                while (k >= 0 && hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
+                        k = list_resource(res, &s);
         }
+        leases_buf = s.leases;
+        if (k < 0) {
+                json_object_put(r);
+                json_object_put(leases);
+                json_object_put(s.waiters);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        if (s.n_leases > 0)
+                qsort(s.leases, s.n_leases, sizeof(*s.leases), lease_token_cmp);
+        size_t n = MIN(page, s.n_leases);
+        for (size_t i = 0; i < n; i++)
+                json_object_array_add(leases, lease_to_json(s.leases[i]));
+        json_object_object_add(r, "leases", leases);
+        json_object_object_add(r, "waiters", s.waiters ? s.waiters : json_object_new_array());
+        if (n < s.n_leases)
+                add_int(r, "continue_after", (int64_t) s.leases[n - 1]->token);
+        if (s.waiters_cut)
+                add_bool(r, "waiters_truncated", true);
         conn_reply(c, r, false);
 }
 
@@ -514,28 +577,34 @@ static void method_watch(Conn *c, struct json_object *p) {
 
 typedef struct HistoryState {
         struct json_object *events;
+        uint64_t oldest;        /* seq of the first (oldest) event */
 } HistoryState;
 
 static int history_one(const Event *e, void *userdata) {
         HistoryState *s = userdata;
+        if (s->oldest == 0)
+                s->oldest = e->seq;
         return json_object_array_add(s->events, event_to_json(e)) < 0 ? -ENOMEM : 0;
 }
 
 static void method_history(Conn *c, struct json_object *p) {
-        static const char *const allowed[] = { "resource", "limit", NULL };
+        static const char *const allowed[] = { "resource", "limit", "before", NULL };
         const char *resource = NULL;
-        int64_t limit = HISTORY_LIMIT_DEFAULT;
+        int64_t limit = HISTORY_LIMIT_DEFAULT, before = 0;
         if (!check_members(c, p, allowed))
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
         if (json_get_int64(p, "limit", 0, 1, HISTORY_LIMIT_MAX, &limit) < 0)
                 return invalid(c, "limit", "an integer in 1..100000");
+        if (json_get_int64(p, "before", 0, 1, INT64_MAX, &before) < 0)
+                return invalid(c, "before", "a continue_before value of an earlier reply");
+        unsigned page = (unsigned) MIN(limit, (int64_t) HISTORY_PAGE_MAX);
         HistoryState s = { .events = json_object_new_array() };
         if (!s.events)
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         Store *st = c->manager->store;
-        int k = st->ops->history(st, resource, (unsigned) limit, history_one, &s);
+        int k = st->ops->history(st, resource, (uint64_t) before, page, history_one, &s);
         if (k < 0) {
                 json_object_put(s.events);
                 return error_errno(c, k, "cannot read the history", NULL, NULL);
@@ -545,6 +614,8 @@ static void method_history(Conn *c, struct json_object *p) {
                 json_object_put(s.events);
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         }
+        if (s.oldest > 0 && json_object_array_length(s.events) == page)
+                add_int(r, "continue_before", (int64_t) s.oldest);
         json_object_object_add(r, "events", s.events);
         conn_reply(c, r, false);
 }

@@ -54,9 +54,9 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
         [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
-                             " unit, units, reason FROM events ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                             " unit, units, reason FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
-                                  " comm, unit, units, reason FROM events WHERE resource = ?"
+                                  " comm, unit, units, reason FROM events WHERE resource = ? AND seq < ?"
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
@@ -329,17 +329,20 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
         return meta_set(s, key, value);
 }
 
-static int s_history(Store *store, const char *resource, unsigned limit,
+static int s_history(Store *store, const char *resource, uint64_t before, unsigned limit,
                      int (*cb)(const Event *e, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         sqlite3_stmt *st;
+        int64_t below = before == 0 || before > INT64_MAX ? INT64_MAX : (int64_t) before;
         if (resource) {
                 st = stmt(s, STMT_HISTORY_RESOURCE);
                 bind_text(st, 1, resource);
-                sqlite3_bind_int64(st, 2, limit);
+                sqlite3_bind_int64(st, 2, below);
+                sqlite3_bind_int64(st, 3, limit);
         } else {
                 st = stmt(s, STMT_HISTORY_ALL);
-                sqlite3_bind_int64(st, 1, limit);
+                sqlite3_bind_int64(st, 1, below);
+                sqlite3_bind_int64(st, 2, limit);
         }
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -351,6 +354,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                         .unit = (char *) sqlite3_column_text(st, 10),
                 };
                 Event e = {
+                        .seq = (uint64_t) sqlite3_column_int64(st, 0),
                         .time = (usec_t) sqlite3_column_int64(st, 1),
                         .type = event_type_from_string((const char *) sqlite3_column_text(st, 2)),
                         .resource = (const char *) sqlite3_column_text(st, 3),

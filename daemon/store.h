@@ -38,8 +38,9 @@ typedef struct StoreOps {
         /* *ret is malloc'ed, NULL if unset. */
         int (*meta_get)(Store *s, const char *key, char **ret);
         int (*meta_set)(Store *s, const char *key, const char *value);
-        /* The last limit events (of resource, if not NULL), oldest first. */
-        int (*history)(Store *s, const char *resource, unsigned limit,
+        /* The last limit events (of resource, if not NULL) older than the event numbered
+         * before (0 = the newest), oldest first. Event.seq is set. */
+        int (*history)(Store *s, const char *resource, uint64_t before, unsigned limit,
                        int (*cb)(const Event *e, void *userdata), void *userdata);
         int64_t (*size)(Store *s);
         void (*free)(Store *s);

@@ -201,7 +201,7 @@ static void test_history_capped(void **state) {
         }
         assert_int_equal(count(f->db, "SELECT count(*) FROM events"), 20);
         Hist hist = {};
-        assert_int_equal(s->ops->history(s, "h", 6, hist_cb, &hist), 0);
+        assert_int_equal(s->ops->history(s, "h", 0, 6, hist_cb, &hist), 0);
         assert_int_equal(hist.n, 6);
         /* oldest first: the last three leases, granted then released */
         assert_int_equal(hist.first_token, 28);
