@@ -286,6 +286,19 @@ void vl_writer_discard(VlWriter *w) {
         w->sealed = MIN(w->sealed, keep);
         if (w->start == w->end)
                 w->start = w->end = w->sealed = 0;
+        /* Give the memory back: what is kept is at most one message. */
+        size_t left = w->end - w->start;
+        if (w->size > 2 * MAX(left, (size_t) 4096)) {
+                memmove(w->buf, w->buf + w->start, left);
+                w->sealed -= MIN(w->sealed, w->start);
+                w->start = 0;
+                w->end = left;
+                char *b = realloc(w->buf, MAX(left, (size_t) 4096));
+                if (b) {
+                        w->buf = b;
+                        w->size = MAX(left, (size_t) 4096);
+                }
+        }
 }
 
 void vl_writer_shrink(VlWriter *w) {

@@ -16,6 +16,10 @@
 /* How long the listener stays stopped at EMFILE when no connection closes meanwhile
  * (another part of the daemon may free descriptors). */
 #define ACCEPT_RETRY_SEC 1.0
+/* How long a connection to be closed may wait for its last words (an error saying why) to
+ * be written, at least: the client timeout if longer. A peer that does not read does not
+ * keep its descriptor longer; its queued output was dropped, so it costs little. */
+#define CLOSE_LINGER_USEC (5 * USEC_PER_SEC)
 
 typedef struct UidStat {
         char key[16];           /* the uid in decimal: the hashmap key */
@@ -42,7 +46,10 @@ struct VarlinkConn {
         void *userdata;
         usec_t created;
         usec_t partial_since;   /* CLOCK_MONOTONIC when the message in progress began; 0 = none */
+        usec_t close_deadline;  /* with close_now: closed by then even if output remains */
         size_t out_accounted;   /* output bytes counted in stat and the server's total */
+        unsigned turn_iteration; /* ev_iteration() of its last turn, and the calls handled in it */
+        unsigned turn_calls;
 
         bool accepted;          /* connect() said yes: disconnect() is owed */
         bool in_call, more, oneway;
@@ -96,6 +103,16 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_dispatch(VarlinkConn *c);
 static void conn_update_io(VarlinkConn *c);
+
+static void conn_arm_timer(VarlinkConn *c);
+
+static void set_close_now(VarlinkConn *c) {
+        if (c->close_now)
+                return;
+        c->close_now = true;
+        c->close_deadline = usec_now(CLOCK_MONOTONIC) + MAX(c->server->limits.client_timeout, CLOSE_LINGER_USEC);
+        conn_arm_timer(c);
+}
 
 /* ---- per-uid accounting ---- */
 
@@ -260,7 +277,14 @@ static void conn_update_io(VarlinkConn *c) {
 static void conn_arm_timer(VarlinkConn *c) {
         VarlinkServer *s = c->server;
         usec_t t = s->limits.client_timeout, deadline = USEC_INFINITY;
-        if (t == 0 || c->close_now || c->dead) {
+        if (c->close_now && !c->dead) {
+                usec_t now = usec_now(CLOCK_MONOTONIC);
+                ev_timer_stop(s->loop, &c->timer);
+                ev_timer_set(&c->timer, c->close_deadline > now ? usec_to_sec(c->close_deadline - now) : 0.0, 0.0);
+                ev_timer_start(s->loop, &c->timer);
+                return;
+        }
+        if (t == 0 || c->dead) {
                 ev_timer_stop(s->loop, &c->timer);
                 return;
         }
@@ -324,9 +348,10 @@ static int add_connection(VarlinkServer *s, int fd, bool check_limit, VarlinkCon
                 /* Answered and closed at the next flush; never counted, never seen by the
                  * owner. */
                 c->in_call = true;
-                c->close_now = true;
+                c->dispatching = true;  /* no turn for its calls: it is closed after this */
                 varlink_conn_error_reason(c, s->opts.error_limit, "too many connections for this user", "limit",
                                           "connections");
+                set_close_now(c);
                 mark_dirty(c);
                 return -EUSERS;
         }
@@ -383,7 +408,7 @@ static void drop(VarlinkConn *c, const char *scope, size_t limit) {
                                                                     reason);
         if (msg)
                 (void) vl_writer_append_json(&c->out, msg);
-        c->close_now = true;
+        set_close_now(c);
         account(c);
         mark_dirty(c);
 }
@@ -482,13 +507,13 @@ void varlink_conn_protocol_error(VarlinkConn *c, const char *reason) {
                 if (msg && vl_writer_append_json(&c->out, msg) >= 0)
                         account(c);
         }
-        c->close_now = true;
+        set_close_now(c);
         mark_dirty(c);
         conn_update_io(c);
 }
 
 void varlink_conn_close(VarlinkConn *c) {
-        c->close_now = true;
+        set_close_now(c);
         mark_dirty(c);
         conn_update_io(c);
 }
@@ -541,13 +566,17 @@ static void conn_track_partial(VarlinkConn *c) {
 static void conn_dispatch(VarlinkConn *c) {
         VarlinkServer *s = c->server;
         char reason[160];
-        unsigned n = 0;
+        unsigned iteration = ev_iteration(s->loop);
+        if (c->turn_iteration != iteration) {
+                c->turn_iteration = iteration;
+                c->turn_calls = 0;
+        }
 
         c->dispatching = true;
         while (!c->in_call && !c->close_now && !c->dead && !c->freeing) {
                 if (vl_writer_pending(&c->out) > s->limits.output_high_water)
                         break;          /* resumed by the flush that drains it */
-                if (n >= VARLINK_CALLS_PER_TURN) {
+                if (c->turn_calls >= VARLINK_CALLS_PER_TURN) {
                         /* The others' turn; this one goes on in the next iteration. */
                         if (vl_reader_has_message(&c->in))
                                 defer(c);
@@ -579,7 +608,7 @@ static void conn_dispatch(VarlinkConn *c) {
                                                                  "supported)");
                         break;
                 }
-                n++;
+                c->turn_calls++;
                 c->sent_call = true;
                 c->in_call = true;
                 c->more = call.more;
@@ -639,6 +668,10 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         VarlinkConn *c = container_of(w, VarlinkConn, timer);
         VarlinkServer *s = c->server;
         usec_t now = usec_now(CLOCK_MONOTONIC), t = s->limits.client_timeout;
+        if (c->close_now) {
+                mark_dirty(c);  /* the flush closes it: its time to linger is up */
+                return;
+        }
         if (t > 0 && c->partial_since > 0 && now >= c->partial_since + t) {
                 char reason[160];
                 snprintf(reason, sizeof(reason), "an incomplete message was held for more than %.1f s",
@@ -839,7 +872,7 @@ unsigned varlink_server_flush(VarlinkServer *s) {
                         account(c);
                 }
                 bool out_empty = vl_writer_pending(&c->out) == 0;
-                if (c->dead || c->close_now ||
+                if (c->dead || (c->close_now && (out_empty || usec_now(CLOCK_MONOTONIC) >= c->close_deadline)) ||
                     (c->eof && !c->in_call && out_empty && !vl_reader_has_message(&c->in))) {
                         if (!c->is_gone) {
                                 c->is_gone = true;
@@ -848,12 +881,17 @@ unsigned varlink_server_flush(VarlinkServer *s) {
                         }
                         continue;
                 }
+                if (c->close_now) {
+                        conn_update_io(c);      /* lingers for POLLOUT until the deadline */
+                        continue;
+                }
                 if (out_empty)
                         vl_writer_shrink(&c->out);
-                /* Drained below the mark: the calls it sent meanwhile get their turn. */
+                /* Drained below the mark: the calls it sent meanwhile get their turn in the
+                 * next iteration (the flush is the last step of this one). */
                 if (!c->in_call && vl_writer_pending(&c->out) <= s->limits.output_high_water &&
-                    vl_reader_has_message(&c->in) && !c->is_deferred)
-                        mark_pending(c);
+                    vl_reader_has_message(&c->in))
+                        defer(c);
                 conn_update_io(c);
         }
         unsigned n = 0;
