@@ -293,6 +293,7 @@ static void test_history_flood(void **state) {
                 helper_sleep(0.1);
         }
         long rss1 = rss_kb(a->pid);
+        fprintf(stderr, "History flood: agend grew by %ld kB\n", rss1 - rss0);
         /* Before: 500 replies of 6000 events, about 1 GB. Now: a few pages of 1000. */
         if (rss1 - rss0 > 48 * 1024)
                 fail_msg("agend grew by %ld kB while a client flooded History and did not read", rss1 - rss0);
@@ -377,6 +378,7 @@ static void test_emfile(void **state) {
         double cpu0 = cpu_sec(a->pid);
         helper_sleep(2.0);
         double cpu1 = cpu_sec(a->pid);
+        fprintf(stderr, "EMFILE: %.2f s of CPU in 2 s\n", cpu1 - cpu0);
         /* Spinning on accept burnt the whole 2 s. */
         if (cpu1 - cpu0 > 0.5)
                 fail_msg("agend used %.2f s of CPU in 2 s while out of descriptors", cpu1 - cpu0);
@@ -417,6 +419,7 @@ static void test_watchers_not_reading(void **state) {
         VConn *st = OPEN(a);
         assert_int_equal(wait_status(st, "leases", 0, GUARD), 0);
         long rss1 = rss_kb(a->pid);
+        fprintf(stderr, "watchers: agend grew by %ld kB\n", rss1 - rss0);
         /* The per-uid cap is 32 MiB (all of these are root's); allow the allocator its due. */
         if (rss1 - rss0 > 64 * 1024)
                 fail_msg("agend grew by %ld kB for %d subscribers that do not read", rss1 - rss0, W);
@@ -468,6 +471,7 @@ static void test_one_byte_connections(void **state) {
         status_int(st, "connections");
         long rss1 = rss_kb(a->pid);
         long per = (rss1 - rss0) * 1024 / N;
+        fprintf(stderr, "one-byte connections: %ld bytes each\n", per);
         if (per > 8 * 1024)
                 fail_msg("%ld bytes of agend's memory per one-byte connection", per);
 }
