@@ -131,6 +131,8 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static int on_connect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
         Conn *c;
         int k = conn_new(userdata, link, &c);
+        if (k == -EMFILE || k == -ENFILE)
+                return k;       /* the server pauses accepting and logs it once */
         if (k < 0)
                 return log_warning_errno(k, "cannot identify the peer of a new connection: %m");
         varlink_conn_set_userdata(link, c);

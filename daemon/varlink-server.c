@@ -730,11 +730,17 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
                         log_warning_errno(-e, "cannot accept a connection: %m");
                         return;
                 }
+                int k = add_connection(s, fd, true, NULL);
+                if (k == -EMFILE || k == -ENFILE) {
+                        /* Accepted, but identifying the peer needed one more descriptor:
+                         * the same episode as above, and the same cure. */
+                        accept_pause(s, k);
+                        return;
+                }
                 if (s->accept_logged) {
                         log_info("accepting connections again");
                         s->accept_logged = false;
                 }
-                int k = add_connection(s, fd, true, NULL);
                 if (k < 0 && k != -EUSERS)
                         log_warning_errno(k, "cannot set up a connection: %m");
         }
