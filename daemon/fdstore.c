@@ -57,8 +57,10 @@ static void store_remove(const char *name) {
 static int adopt_one(Manager *m, int fd, const char *name) {
         bool watch = name[0] == 'w';
         _cleanup_free_ char *ids = strdup(name + 2);
-        if (!ids)
+        if (!ids) {
+                safe_close(fd);
                 return -ENOMEM;
+        }
         VarlinkConn *link;
         int k = varlink_server_add_connection(m->server, fd, &link);
         if (k < 0)
