@@ -757,17 +757,13 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
 
         if (!m->watchers)
                 return;
-        /* Serialized once for all subscribers (and once more, lazily, as the final reply
-         * of Watch(lease) calls that this event ends). */
+        /* Serialized once and queued by reference to every subscriber (and once more,
+         * lazily, as the final reply of the Watch(lease) calls this event ends). */
         _cleanup_(json_object_putp) struct json_object *params = json_object_new_object();
         if (!params)
                 return;
         json_object_object_add(params, "event", event_to_json(ev));
-        const char *text[2] = {};
-        size_t len[2] = {};
-        _cleanup_(json_object_putp) struct json_object *msg_more = NULL;
-        _cleanup_(json_object_putp) struct json_object *msg_last = NULL;
-        struct json_object **msg[2] = { &msg_last, &msg_more };
+        VarlinkBuf *buf[2] = {};        /* [0]: final reply, [1]: continues */
         for (Conn *c = m->watchers, *next; c; c = next) {
                 next = c->watch_next;
                 if (c->watch_lease) {
@@ -777,20 +773,26 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                         continue;
                 bool ends = c->watch_lease && event_ends_lease(ev->type);
                 int i = ends ? 0 : 1;
-                if (!text[i]) {
-                        *msg[i] = vl_reply_new(json_object_get(params), !ends);
-                        text[i] = *msg[i] ? json_object_to_json_string_length(
-                                                    *msg[i], JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-                                                    &len[i])
-                                          : NULL;
+                if (!buf[i]) {
+                        _cleanup_(json_object_putp) struct json_object *msg = vl_reply_new(json_object_get(params),
+                                                                                           !ends);
+                        size_t len = 0;
+                        const char *text = msg ? json_object_to_json_string_length(
+                                                         msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                         &len)
+                                               : NULL;
+                        if (text)
+                                (void) varlink_buf_new(text, len, &buf[i]);
                 }
-                if (text[i])
-                        (void) varlink_conn_reply_serialized(c->link, text[i], len[i], !ends);
+                if (buf[i])
+                        (void) varlink_conn_reply_shared(c->link, buf[i], !ends);
                 else
                         varlink_conn_close(c->link);    /* out of memory: better closed than silent */
                 if (ends)
                         conn_watch_end(c);
         }
+        varlink_buf_unref(buf[0]);
+        varlink_buf_unref(buf[1]);
 }
 
 const EngineCallbacks methods_engine_callbacks = {

@@ -28,6 +28,21 @@ typedef struct UidStat {
         size_t output;          /* queued output bytes of its connections */
 } UidStat;
 
+/* Queued output that is not in the connection's VlWriter: a shared message (one event for
+ * many subscribers, serialized once) or, once such a message is queued, the private ones
+ * behind it, so that order is kept. */
+typedef struct OutChunk {
+        VarlinkBuf *buf;
+        size_t off;             /* bytes of buf already written */
+        struct OutChunk *next;
+} OutChunk;
+
+struct VarlinkBuf {
+        unsigned n_ref;
+        size_t len;             /* with the NUL */
+        char data[];
+};
+
 typedef struct Method {
         char *name;
         VarlinkMethodFn fn;
@@ -40,7 +55,9 @@ struct VarlinkConn {
         ev_io io;
         ev_timer timer;
         VlReader in;
-        VlWriter out;
+        VlWriter out;           /* written first */
+        OutChunk *chunks, *chunks_tail; /* then these */
+        size_t chunks_bytes;    /* unwritten bytes in chunks */
         uid_t uid;
         UidStat *stat;
         void *userdata;
@@ -114,6 +131,139 @@ static void set_close_now(VarlinkConn *c) {
         conn_arm_timer(c);
 }
 
+/* ---- shared output ---- */
+
+int varlink_buf_new(const char *msg, size_t len, VarlinkBuf **ret) {
+        assert_return(msg || len == 0, -EINVAL);
+        assert_return(ret, -EINVAL);
+        if (len > SIZE_MAX - sizeof(VarlinkBuf) - 1)
+                return -ENOMEM;
+        VarlinkBuf *b = malloc(sizeof(*b) + len + 1);
+        if (!b)
+                return -ENOMEM;
+        b->n_ref = 1;
+        b->len = len + 1;
+        memcpy(b->data, msg, len);
+        b->data[len] = 0;
+        *ret = b;
+        return 0;
+}
+
+VarlinkBuf *varlink_buf_ref(VarlinkBuf *b) {
+        if (b)
+                b->n_ref++;
+        return b;
+}
+
+VarlinkBuf *varlink_buf_unref(VarlinkBuf *b) {
+        if (b && --b->n_ref == 0)
+                free(b);
+        return NULL;
+}
+
+static size_t out_pending(const VarlinkConn *c) {
+        return vl_writer_pending(&c->out) + c->chunks_bytes;
+}
+
+static int chunk_append(VarlinkConn *c, VarlinkBuf *b) {
+        OutChunk *k = malloc(sizeof(*k));
+        if (!k)
+                return -ENOMEM;
+        *k = (OutChunk) { .buf = varlink_buf_ref(b) };
+        if (c->chunks_tail)
+                c->chunks_tail->next = k;
+        else
+                c->chunks = k;
+        c->chunks_tail = k;
+        c->chunks_bytes += b->len;
+        return 0;
+}
+
+static void chunk_pop(VarlinkConn *c) {
+        OutChunk *k = c->chunks;
+        c->chunks = k->next;
+        if (!c->chunks)
+                c->chunks_tail = NULL;
+        c->chunks_bytes -= k->buf->len - k->off;
+        varlink_buf_unref(k->buf);
+        free(k);
+}
+
+/* Writes the VlWriter, then the chunks, until all is out or the socket is full. */
+static int out_write(VarlinkConn *c) {
+        if (vl_writer_pending(&c->out) > 0) {
+                int k = vl_writer_flush(&c->out, c->fd);
+                if (k < 0)
+                        return k;
+        }
+        while (c->chunks) {
+                OutChunk *k = c->chunks;
+                ssize_t l = send(c->fd, k->buf->data + k->off, k->buf->len - k->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (l < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+                }
+                k->off += (size_t) l;
+                c->chunks_bytes -= (size_t) l;
+                if (k->off == k->buf->len) {
+                        OutChunk *next = k->next;
+                        varlink_buf_unref(k->buf);
+                        free(k);
+                        c->chunks = next;
+                        if (!next)
+                                c->chunks_tail = NULL;
+                }
+        }
+        return 0;
+}
+
+/* Drops queued messages not written yet, except the rest of one partly written. */
+static void out_discard(VarlinkConn *c) {
+        vl_writer_discard(&c->out);
+        bool keep_head = vl_writer_pending(&c->out) == 0 && c->chunks && c->chunks->off > 0;
+        OutChunk *head = keep_head ? c->chunks : NULL;
+        if (head) {
+                c->chunks = head->next;
+                c->chunks_bytes -= head->buf->len - head->off;
+        }
+        while (c->chunks)
+                chunk_pop(c);
+        if (head) {
+                head->next = NULL;
+                c->chunks = c->chunks_tail = head;
+                c->chunks_bytes = head->buf->len - head->off;
+        }
+}
+
+/* Queues one message (without its NUL), behind everything queued before. */
+static int out_append(VarlinkConn *c, const char *p, size_t n) {
+        if (!c->chunks)
+                return vl_writer_append_raw(&c->out, p, n);
+        VarlinkBuf *b;
+        int k = varlink_buf_new(p, n, &b);
+        if (k < 0)
+                return k;
+        k = chunk_append(c, b);
+        varlink_buf_unref(b);
+        return k;
+}
+
+static int out_append_json(VarlinkConn *c, json_object *o) {
+        size_t n;
+        const char *p = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                          &n);
+        if (!p)
+                return -ENOMEM;
+        return out_append(c, p, n);
+}
+
+static void out_done(VarlinkConn *c) {
+        while (c->chunks)
+                chunk_pop(c);
+        vl_writer_done(&c->out);
+}
+
 /* ---- per-uid accounting ---- */
 
 static UidStat *uid_stat(VarlinkServer *s, uid_t uid) {
@@ -143,7 +293,7 @@ static void uid_stat_maybe_free(VarlinkServer *s, UidStat *u) {
 
 static void account(VarlinkConn *c) {
         VarlinkServer *s = c->server;
-        size_t now = vl_writer_pending(&c->out);
+        size_t now = out_pending(c);
         s->output_total = s->output_total - c->out_accounted + now;
         if (c->stat)
                 c->stat->output = c->stat->output - c->out_accounted + now;
@@ -239,7 +389,7 @@ static void conn_free(VarlinkConn *c) {
                 c->next->prev = c->prev;
         if (c->accepted)
                 s->n_conns--;
-        vl_writer_done(&c->out);
+        out_done(c);
         account(c);
         if (c->stat) {
                 if (c->accepted)
@@ -257,7 +407,7 @@ static void conn_free(VarlinkConn *c) {
 
 static void conn_update_io(VarlinkConn *c) {
         VarlinkServer *s = c->server;
-        size_t out = vl_writer_pending(&c->out);
+        size_t out = out_pending(c);
         int events = 0;
         /* Not read while its output is above the high-water mark (it would only make more)
          * or while its calls wait for their turn; read otherwise, also during a call in
@@ -388,7 +538,7 @@ static VarlinkConn *biggest_output(VarlinkServer *s, const UidStat *only) {
         for (VarlinkConn *c = s->conns; c; c = c->next) {
                 if (c->close_now || c->dead || c->freeing || (only && c->stat != only))
                         continue;
-                if (!best || vl_writer_pending(&c->out) > vl_writer_pending(&best->out))
+                if (!best || out_pending(c) > out_pending(best))
                         best = c;
         }
         return best;
@@ -403,11 +553,11 @@ static void drop(VarlinkConn *c, const char *scope, size_t limit) {
                  "the client does not read its replies: more than %zu bytes queued %s; disconnected", limit,
                  scope);
         log_info("dropping a connection of uid %u: %s", (unsigned) c->uid, reason);
-        vl_writer_discard(&c->out);
+        out_discard(c);
         _cleanup_(json_object_putp) json_object *msg = vl_error_newf(s->opts.error_limit, "limit", "output", "%s",
                                                                     reason);
         if (msg)
-                (void) vl_writer_append_json(&c->out, msg);
+                (void) out_append_json(c, msg);
         set_close_now(c);
         account(c);
         mark_dirty(c);
@@ -416,7 +566,7 @@ static void drop(VarlinkConn *c, const char *scope, size_t limit) {
 static void enforce_output(VarlinkConn *c) {
         VarlinkServer *s = c->server;
         const VarlinkServerLimits *l = &s->limits;
-        if (l->max_output_per_conn > 0 && vl_writer_pending(&c->out) > l->max_output_per_conn && !c->close_now)
+        if (l->max_output_per_conn > 0 && out_pending(c) > l->max_output_per_conn && !c->close_now)
                 drop(c, "on this connection", l->max_output_per_conn);
         while (l->max_output_per_uid > 0 && c->stat && c->stat->output > l->max_output_per_uid) {
                 VarlinkConn *v = biggest_output(s, c->stat);
@@ -438,7 +588,8 @@ static void end_call(VarlinkConn *c) {
                 mark_pending(c);
 }
 
-static int queue(VarlinkConn *c, json_object *msg, const char *raw, size_t raw_len, bool continues) {
+static int queue(VarlinkConn *c, json_object *msg, const char *raw, size_t raw_len, VarlinkBuf *shared,
+                 bool continues) {
         bool silent = c->oneway;
         if (c->in_call && !continues)
                 end_call(c);
@@ -447,10 +598,12 @@ static int queue(VarlinkConn *c, json_object *msg, const char *raw, size_t raw_l
                 return 0;
         }
         int k;
-        if (raw)
-                k = vl_writer_append_raw(&c->out, raw, raw_len);
+        if (shared)
+                k = chunk_append(c, shared);
+        else if (raw)
+                k = out_append(c, raw, raw_len);
         else if (msg)
-                k = vl_writer_append_json(&c->out, msg);
+                k = out_append_json(c, msg);
         else
                 k = -ENOMEM;
         json_object_put(msg);
@@ -470,32 +623,38 @@ int varlink_conn_reply(VarlinkConn *c, json_object *parameters, bool continues) 
         assert(c);
         if (c->oneway) {
                 json_object_put(parameters);
-                return queue(c, NULL, NULL, 0, continues);
+                return queue(c, NULL, NULL, 0, NULL, continues);
         }
-        return queue(c, vl_reply_new(parameters, continues), NULL, 0, continues);
+        return queue(c, vl_reply_new(parameters, continues), NULL, 0, NULL, continues);
 }
 
 int varlink_conn_error(VarlinkConn *c, const char *error, json_object *parameters) {
         assert(c);
         if (c->oneway) {
                 json_object_put(parameters);
-                return queue(c, NULL, NULL, 0, false);
+                return queue(c, NULL, NULL, 0, NULL, false);
         }
-        return queue(c, vl_error_new(error, parameters), NULL, 0, false);
+        return queue(c, vl_error_new(error, parameters), NULL, 0, NULL, false);
 }
 
 int varlink_conn_error_reason(VarlinkConn *c, const char *error, const char *reason, const char *key,
                               const char *value) {
         assert(c);
         if (c->oneway)
-                return queue(c, NULL, NULL, 0, false);
-        return queue(c, vl_error_newf(error, key, value, "%s", reason), NULL, 0, false);
+                return queue(c, NULL, NULL, 0, NULL, false);
+        return queue(c, vl_error_newf(error, key, value, "%s", reason), NULL, 0, NULL, false);
 }
 
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues) {
         assert(c);
         assert(msg);
-        return queue(c, NULL, msg, len, continues);
+        return queue(c, NULL, msg, len, NULL, continues);
+}
+
+int varlink_conn_reply_shared(VarlinkConn *c, VarlinkBuf *msg, bool continues) {
+        assert(c);
+        assert(msg);
+        return queue(c, NULL, NULL, 0, msg, continues);
 }
 
 void varlink_conn_protocol_error(VarlinkConn *c, const char *reason) {
@@ -504,7 +663,7 @@ void varlink_conn_protocol_error(VarlinkConn *c, const char *reason) {
         if (!c->close_now && !c->dead && !c->freeing) {
                 _cleanup_(json_object_putp) json_object *msg = vl_error_newf(s->opts.error_protocol, NULL, NULL,
                                                                             "%s", reason);
-                if (msg && vl_writer_append_json(&c->out, msg) >= 0)
+                if (msg && out_append_json(c, msg) >= 0)
                         account(c);
         }
         set_close_now(c);
@@ -574,7 +733,7 @@ static void conn_dispatch(VarlinkConn *c) {
 
         c->dispatching = true;
         while (!c->in_call && !c->close_now && !c->dead && !c->freeing) {
-                if (vl_writer_pending(&c->out) > s->limits.output_high_water)
+                if (out_pending(c) > s->limits.output_high_water)
                         break;          /* resumed by the flush that drains it */
                 if (c->turn_calls >= VARLINK_CALLS_PER_TURN) {
                         /* The others' turn; this one goes on in the next iteration. */
@@ -871,13 +1030,13 @@ unsigned varlink_server_flush(VarlinkServer *s) {
                 s->dirty = c->dirty_next;
                 c->dirty_next = NULL;
                 c->is_dirty = false;
-                if (!c->dead && vl_writer_pending(&c->out) > 0) {
-                        int k = vl_writer_flush(&c->out, c->fd);
+                if (!c->dead && out_pending(c) > 0) {
+                        int k = out_write(c);
                         if (k < 0 && k != -EAGAIN)
                                 c->dead = true;
                         account(c);
                 }
-                bool out_empty = vl_writer_pending(&c->out) == 0;
+                bool out_empty = out_pending(c) == 0;
                 if (c->dead || (c->close_now && (out_empty || usec_now(CLOCK_MONOTONIC) >= c->close_deadline)) ||
                     (c->eof && !c->in_call && out_empty && !vl_reader_has_message(&c->in))) {
                         if (!c->is_gone) {
@@ -895,7 +1054,7 @@ unsigned varlink_server_flush(VarlinkServer *s) {
                         vl_writer_shrink(&c->out);
                 /* Drained below the mark: the calls it sent meanwhile get their turn in the
                  * next iteration (the flush is the last step of this one). */
-                if (!c->in_call && vl_writer_pending(&c->out) <= s->limits.output_high_water &&
+                if (!c->in_call && out_pending(c) <= s->limits.output_high_water &&
                     vl_reader_has_message(&c->in))
                         defer(c);
                 conn_update_io(c);
@@ -959,9 +1118,9 @@ bool varlink_conn_in_call(const VarlinkConn *c) {
 bool varlink_conn_quiet(VarlinkConn *c) {
         if (c->dead || c->close_now || c->eof || vl_reader_pending(&c->in) > 0)
                 return false;
-        (void) vl_writer_flush(&c->out, c->fd);
+        (void) out_write(c);
         account(c);
-        return vl_writer_pending(&c->out) == 0;
+        return out_pending(c) == 0;
 }
 
 void varlink_conn_resume_call(VarlinkConn *c, bool more) {

@@ -133,6 +133,14 @@ int varlink_conn_error_reason(VarlinkConn *c, const char *error, const char *rea
 /* A reply already serialized as a whole varlink message (no NUL), for one event sent to
  * many subscribers: the JSON is built once. */
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues);
+/* One message serialized once and queued, by reference, to many connections (a Watch
+ * event to every subscriber): refcounted, immutable. len excludes the NUL. */
+typedef struct VarlinkBuf VarlinkBuf;
+int varlink_buf_new(const char *msg, size_t len, VarlinkBuf **ret);
+VarlinkBuf *varlink_buf_ref(VarlinkBuf *b);
+VarlinkBuf *varlink_buf_unref(VarlinkBuf *b);
+/* Like varlink_conn_reply_serialized(), without a copy: the connection takes a reference. */
+int varlink_conn_reply_shared(VarlinkConn *c, VarlinkBuf *msg, bool continues);
 /* Sends error_protocol with the reason, then closes. */
 void varlink_conn_protocol_error(VarlinkConn *c, const char *reason);
 /* Closes the connection at the next flush (after what is queued, at most one attempt). */

@@ -468,6 +468,47 @@ static void test_partial_timeout(void **state) {
         t_free(t);
 }
 
+/* One message queued by reference to several connections, between private replies: each
+ * gets them in order; the buffer lives as long as a connection still has it queued. */
+static void test_shared_output(void **state) {
+        T *t = t_new(NULL);
+        enum { N = 3 };
+        int fd[N];
+        for (int i = 0; i < N; i++) {
+                fd[i] = t_connect(t, NULL);
+                send_str(fd[i], "{\"method\":\"t.Subscribe\",\"more\":true}");
+        }
+        for (int i = 0; i < 100 && t->n_subs < N; i++) {
+                ev_run(t->loop, EVRUN_NOWAIT);
+                varlink_server_dispatch(t->server);
+        }
+        assert_int_equal(t->n_subs, N);
+        /* The Subscribe replies are still queued (no flush yet). */
+        static const char shared[] = "{\"parameters\":{\"n\":1},\"continues\":true}";
+        static const char after[] = "{\"parameters\":{\"n\":2},\"continues\":true}";
+        VarlinkBuf *b;
+        assert_int_equal(varlink_buf_new(shared, strlen(shared), &b), 0);
+        for (size_t i = 0; i < t->n_subs; i++) {
+                assert_int_equal(varlink_conn_reply_shared(t->subs[i], b, true), 0);
+                assert_int_equal(varlink_conn_reply_serialized(t->subs[i], after, strlen(after), true), 0);
+        }
+        varlink_buf_unref(b);   /* the connections keep their references */
+        for (int i = 0; i < N; i++) {
+                json_object *r = recv_msg(t, fd[i]);
+                assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { }, \"continues\": true }");
+                json_object_put(r);
+                r = recv_msg(t, fd[i]);
+                assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { \"n\": 1 }, \"continues\": true }");
+                json_object_put(r);
+                r = recv_msg(t, fd[i]);
+                assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { \"n\": 2 }, \"continues\": true }");
+                json_object_put(r);
+        }
+        for (int i = 0; i < N; i++)
+                close(fd[i]);
+        t_free(t);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_dispatch),
@@ -477,6 +518,7 @@ int main(void) {
                 cmocka_unit_test(test_high_water),
                 cmocka_unit_test(test_calls_per_turn),
                 cmocka_unit_test(test_output_caps),
+                cmocka_unit_test(test_shared_output),
                 cmocka_unit_test(test_partial_timeout),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
