@@ -89,9 +89,13 @@ ssize_t vl_reader_read(VlReader *r, int fd) {
         size_t held = r->end - r->start;
         const char *last = held > 0 ? memrchr(r->buf + r->start, 0, held) : NULL;
         size_t partial = last ? (size_t) (r->buf + r->end - last - 1) : held;
-        size_t n = MIN(VL_READ_CHUNK, partial < r->max_message ? r->max_message + 1 - partial : (size_t) 1);
+        size_t limit = partial < r->max_message ? r->max_message + 1 - partial : (size_t) 1;
+        size_t space = r->size - r->end;
 
-        bool direct = r->size - r->end >= n;
+        /* Into the buffer when it has room for a chunk (as much as fits: a large message
+         * then takes few reads, and the scan above stays cheap), else into the scratch. */
+        bool direct = space >= MIN(limit, VL_READ_CHUNK);
+        size_t n = direct ? MIN(space, limit) : MIN(limit, VL_READ_CHUNK);
         for (;;) {
                 ssize_t l = read(fd, direct ? r->buf + r->end : scratch, n);
                 if (l < 0) {
@@ -101,8 +105,8 @@ ssize_t vl_reader_read(VlReader *r, int fd) {
                 }
                 if (!direct && l > 0) {
                         void *p;
-                        size_t space;
-                        int k = vl_reader_get_space(r, (size_t) l, &p, &space);
+                        size_t room;
+                        int k = vl_reader_get_space(r, (size_t) l, &p, &room);
                         if (k < 0)
                                 return k;
                         memcpy(p, scratch, (size_t) l);
