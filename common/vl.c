@@ -10,6 +10,9 @@
 #include "vl.h"
 
 #define VL_READ_CHUNK ((size_t) 64 * 1024)
+/* The smallest buffer a reader allocates: a peer that sends one byte costs this much, not
+ * a whole read chunk. */
+#define VL_BUF_MIN ((size_t) 512)
 
 /* ---- reader ---- */
 
@@ -49,7 +52,7 @@ int vl_reader_get_space(VlReader *r, size_t min, void **ret_p, size_t *ret_n) {
         }
         if (r->size - r->end < min) {
                 size_t want = r->end + min;
-                size_t sz = MAX(r->size, (size_t) 4096);
+                size_t sz = MAX(r->size, VL_BUF_MIN);
                 while (sz < want) {
                         if (sz > SIZE_MAX / 2)
                                 return -ENOMEM;
@@ -73,28 +76,40 @@ void vl_reader_advance(VlReader *r, size_t n) {
 }
 
 ssize_t vl_reader_read(VlReader *r, int fd) {
-        void *p;
-        size_t n;
-        int k;
+        /* Bytes arrive into a scratch chunk and only what came is kept, so the buffer
+         * grows with the data held, not with the size of a read: a peer that sends one
+         * byte and stalls costs VL_BUF_MIN, not VL_READ_CHUNK. */
+        static _Thread_local char scratch[VL_READ_CHUNK];
 
         /* Never read far past what one message may be: a peer streaming an oversized
-         * message is stopped after about max_message bytes, not after the whole thing. */
-        k = vl_reader_get_space(r, MIN(VL_READ_CHUNK, r->max_message + 1), &p, &n);
-        if (k < 0)
-                return k;
-        /* The message in progress is what follows the last NUL held (whole messages the
+         * message is stopped after about max_message bytes, not after the whole thing.
+         * The message in progress is what follows the last NUL held (whole messages the
          * caller has not taken yet do not count: a busy caller must not be slowed to
          * one-byte reads). memrchr stops at that NUL, so this is cheap. */
         size_t held = r->end - r->start;
         const char *last = held > 0 ? memrchr(r->buf + r->start, 0, held) : NULL;
         size_t partial = last ? (size_t) (r->buf + r->end - last - 1) : held;
-        n = MIN(n, partial < r->max_message ? r->max_message + 1 - partial : (size_t) 1);
+        size_t limit = partial < r->max_message ? r->max_message + 1 - partial : (size_t) 1;
+        size_t space = r->size - r->end;
+
+        /* Into the buffer when it has room for a chunk (as much as fits: a large message
+         * then takes few reads, and the scan above stays cheap), else into the scratch. */
+        bool direct = space >= MIN(limit, VL_READ_CHUNK);
+        size_t n = direct ? MIN(space, limit) : MIN(limit, VL_READ_CHUNK);
         for (;;) {
-                ssize_t l = read(fd, p, n);
+                ssize_t l = read(fd, direct ? r->buf + r->end : scratch, n);
                 if (l < 0) {
                         if (errno == EINTR)
                                 continue;
                         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+                }
+                if (!direct && l > 0) {
+                        void *p;
+                        size_t room;
+                        int k = vl_reader_get_space(r, (size_t) l, &p, &room);
+                        if (k < 0)
+                                return k;
+                        memcpy(p, scratch, (size_t) l);
                 }
                 vl_reader_advance(r, (size_t) l);
                 return l;
@@ -138,6 +153,27 @@ int vl_reader_next(VlReader *r, char **ret_msg, size_t *ret_len) {
 size_t vl_reader_pending(const VlReader *r) {
         assert(r);
         return r->end - r->start;
+}
+
+bool vl_reader_has_message(const VlReader *r) {
+        assert(r);
+        return r->end > r->start && memchr(r->buf + r->start, 0, r->end - r->start);
+}
+
+size_t vl_reader_partial(const VlReader *r) {
+        assert(r);
+        size_t held = r->end - r->start;
+        const char *last = held > 0 ? memrchr(r->buf + r->start, 0, held) : NULL;
+        return last ? (size_t) (r->buf + r->end - last - 1) : held;
+}
+
+void vl_reader_shrink(VlReader *r) {
+        assert(r);
+        if (r->end > r->start || r->size <= VL_READ_CHUNK / 16)
+                return;
+        free(r->buf);
+        r->buf = NULL;
+        r->size = r->start = r->end = r->scanned = 0;
 }
 
 /* ---- writer ---- */
@@ -216,6 +252,7 @@ static int writer_flush_to(VlWriter *w, int fd, size_t until) {
                         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
                 }
                 w->start += (size_t) l;
+                w->mid_message = w->buf[w->start - 1] != 0;
         }
         if (w->start == w->end)
                 w->start = w->end = w->sealed = 0;
@@ -240,6 +277,40 @@ int vl_writer_flush_sealed(VlWriter *w, int fd) {
         if (w->sealed <= w->start)
                 return 0;
         return writer_flush_to(w, fd, w->sealed);
+}
+
+void vl_writer_discard(VlWriter *w) {
+        assert(w);
+        size_t keep = w->start;
+        if (w->mid_message) {
+                const char *nul = memchr(w->buf + w->start, 0, w->end - w->start);
+                keep = nul ? (size_t) (nul - w->buf) + 1 : w->end;
+        }
+        w->end = keep;
+        w->sealed = MIN(w->sealed, keep);
+        if (w->start == w->end)
+                w->start = w->end = w->sealed = 0;
+        /* Give the memory back: what is kept is at most one message. */
+        size_t left = w->end - w->start;
+        if (w->size > 2 * MAX(left, (size_t) 4096)) {
+                memmove(w->buf, w->buf + w->start, left);
+                w->sealed -= MIN(w->sealed, w->start);
+                w->start = 0;
+                w->end = left;
+                char *b = realloc(w->buf, MAX(left, (size_t) 4096));
+                if (b) {
+                        w->buf = b;
+                        w->size = MAX(left, (size_t) 4096);
+                }
+        }
+}
+
+void vl_writer_shrink(VlWriter *w) {
+        assert(w);
+        if (w->end > w->start || w->size <= VL_READ_CHUNK)
+                return;
+        free(w->buf);
+        *w = (VlWriter) {};
 }
 
 size_t vl_writer_pending(const VlWriter *w) {

@@ -67,6 +67,13 @@ int vl_reader_next(VlReader *r, char **ret_msg, size_t *ret_len);
 /* Bytes held that were not returned as messages yet (a partial message and any whole
  * messages the caller did not take yet). */
 size_t vl_reader_pending(const VlReader *r);
+/* Whether a whole message is held (one vl_reader_next() would return 1). */
+bool vl_reader_has_message(const VlReader *r);
+/* Bytes of the message in progress: those after the last NUL held. */
+size_t vl_reader_partial(const VlReader *r);
+/* Frees the buffer if nothing is held and it is larger than a small one, so a connection
+ * that is quiet between calls does not keep the buffer of its largest message. */
+void vl_reader_shrink(VlReader *r);
 
 /* ---- writer ---- */
 
@@ -76,6 +83,7 @@ typedef struct VlWriter {
         size_t start;           /* private: first byte not yet written to the fd */
         size_t end;             /* private: bytes queued */
         size_t sealed;          /* private: bytes up to here may be flushed by _flush_sealed */
+        bool mid_message;       /* private: the last byte written was not a NUL */
 } VlWriter;
 
 void vl_writer_init(VlWriter *w);
@@ -93,6 +101,11 @@ int vl_writer_flush(VlWriter *w, int fd);
  * uncommitted change can leave early through a write watcher. */
 void vl_writer_seal(VlWriter *w);
 int vl_writer_flush_sealed(VlWriter *w, int fd);
+/* Drops the queued messages not written yet, except the rest of one already partly
+ * written (the stream stays well framed), e.g. to queue an error instead of them. */
+void vl_writer_discard(VlWriter *w);
+/* Frees a large buffer once everything is written. */
+void vl_writer_shrink(VlWriter *w);
 /* Queued bytes not written yet; and those of them that are sealed. */
 size_t vl_writer_pending(const VlWriter *w);
 size_t vl_writer_pending_sealed(const VlWriter *w);

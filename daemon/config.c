@@ -25,6 +25,10 @@ void config_init_defaults(Config *c) {
                 .max_connections_per_user = 1024,
                 .max_leases_per_user = 100000,
                 .max_waiters_per_user = 10000,
+                .client_timeout = 30 * USEC_PER_SEC,
+                .max_output_per_connection = 4 * 1024 * 1024,
+                .max_output_per_user = 32 * 1024 * 1024,
+                .max_output_total = 128 * 1024 * 1024,
                 .allow_undeclared = true,
         };
 }
@@ -200,6 +204,9 @@ static int daemon_key(Parser *p, Config *c, const char *key, const char *v) {
         if (!strcmp(key, "ReclaimGraceSec")) {
                 if (parse_sec(v, &c->reclaim_grace) < 0)
                         return perr(p, "ReclaimGraceSec= wants a duration (\"10\", \"30s\", \"1min 30s\"), got \"%s\"", v);
+        } else if (!strcmp(key, "ClientTimeoutSec")) {
+                if (parse_sec(v, &c->client_timeout) < 0)
+                        return perr(p, "ClientTimeoutSec= wants a duration (\"10\", \"30s\", 0 = none), got \"%s\"", v);
         } else if (!strcmp(key, "Sync")) {
                 StoreSync sync = store_sync_from_string(v);
                 if (sync < 0)
@@ -230,6 +237,10 @@ static int daemon_key(Parser *p, Config *c, const char *key, const char *v) {
                         { "MaxConnectionsPerUser", offsetof(Config, max_connections_per_user), false, 1, UINT_MAX },
                         { "MaxLeasesPerUser", offsetof(Config, max_leases_per_user), false, 1, UINT_MAX },
                         { "MaxWaitersPerUser", offsetof(Config, max_waiters_per_user), false, 1, UINT_MAX },
+                        { "MaxOutputPerConnection", offsetof(Config, max_output_per_connection), true, 65536,
+                          1ULL << 32 },
+                        { "MaxOutputPerUser", offsetof(Config, max_output_per_user), true, 65536, 1ULL << 40 },
+                        { "MaxOutputTotal", offsetof(Config, max_output_total), true, 65536, 1ULL << 40 },
                 };
                 for (size_t i = 0; i < ELEMENTSOF(nums); i++) {
                         if (strcmp(key, nums[i].key) != 0)

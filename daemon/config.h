@@ -8,6 +8,8 @@
  *   ReclaimGraceSec=10          Sync=normal|full       HistorySize=10000
  *   MaxMessageSize=1048576      MaxUnansweredInput=4194304
  *   MaxConnectionsPerUser=1024  MaxLeasesPerUser=100000  MaxWaitersPerUser=10000
+ *   ClientTimeoutSec=30         MaxOutputPerConnection=4194304
+ *   MaxOutputPerUser=33554432   MaxOutputTotal=134217728
  *   AllowUndeclared=yes         RevokeUsers=alice 1001   RevokeGroups=wheel
  *
  *   [Resource]                  (one section per resource)
@@ -56,6 +58,10 @@ typedef struct Config {
         unsigned max_connections_per_user;
         unsigned max_leases_per_user;
         unsigned max_waiters_per_user;
+        usec_t client_timeout;          /* partial message / no call at all; 0 = none */
+        size_t max_output_per_connection;
+        size_t max_output_per_user;
+        size_t max_output_total;
         bool allow_undeclared;
         uid_t *revoke_uids;
         size_t n_revoke_uids;

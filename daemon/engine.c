@@ -1039,18 +1039,19 @@ static int history_one(const EventRecord *r, void *userdata) {
                 .units = r->units,
                 .reason = r->reason,
                 .revoked_by = r->revoked_by ? &by : NULL,
+                .seq = r->seq,
         };
         if (ev.type < 0 || !ev.resource)
                 return 0;
         return s->cb(&ev, s->userdata);
 }
 
-int engine_history(Engine *e, const char *resource, unsigned limit, int (*cb)(const Event *ev, void *userdata),
-                   void *userdata) {
+int engine_history(Engine *e, const char *resource, uint64_t before, unsigned limit,
+                   int (*cb)(const Event *ev, void *userdata), void *userdata) {
         if (!e->store)
                 return 0;
         HistoryState s = { .cb = cb, .userdata = userdata };
-        return e->store->ops->history(e->store, resource, limit, history_one, &s);
+        return e->store->ops->history(e->store, resource, before, limit, history_one, &s);
 }
 
 Engine *engine_free(Engine *e) {

@@ -72,6 +72,7 @@ typedef struct Event {
         unsigned units;
         const char *reason;     /* NULL for none */
         const Owner *revoked_by; /* revoked: who revoked it (from SO_PEERCRED); else NULL */
+        uint64_t seq;           /* its number in the history; set only by engine_history() */
 } Event;
 
 /* The leases and pending waiter of one connection. Embedded in the connection. */
@@ -260,9 +261,10 @@ unsigned engine_n_unclaimed(Engine *e);
 uint64_t engine_last_token(Engine *e);
 bool engine_in_grace(Engine *e);
 
-/* The last limit events (of resource, if not NULL) from the store, oldest first. */
-int engine_history(Engine *e, const char *resource, unsigned limit, int (*cb)(const Event *ev, void *userdata),
-                   void *userdata);
+/* The last limit events (of resource, if not NULL) from the store older than the event
+ * numbered before (0 = the newest), oldest first; Event.seq is set (the History cursor). */
+int engine_history(Engine *e, const char *resource, uint64_t before, unsigned limit,
+                   int (*cb)(const Event *ev, void *userdata), void *userdata);
 
 /* The next deadline (CLOCK_MONOTONIC) or USEC_INFINITY; and running what is due. */
 usec_t engine_next_deadline(Engine *e);

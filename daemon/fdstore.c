@@ -57,15 +57,15 @@ static void store_remove(const char *name) {
 static int adopt_one(Manager *m, int fd, const char *name) {
         bool watch = name[0] == 'w';
         _cleanup_free_ char *ids = strdup(name + 2);
-        if (!ids)
+        if (!ids) {
+                safe_close(fd);
                 return -ENOMEM;
-        Conn *c;
-        int k = conn_new(m, fd, &c);
+        }
+        VarlinkConn *link;
+        int k = varlink_server_add_connection(m->server, fd, &link);
         if (k < 0)
                 return k;
-        c->user = manager_user(m, c->peer.uid, true);
-        if (c->user)
-                c->user->connections++;
+        Conn *c = varlink_conn_get_userdata(link);
 
         const char *watched = NULL;
         unsigned n = 0;
@@ -85,15 +85,15 @@ static int adopt_one(Manager *m, int fd, const char *name) {
                 if (!l || l->holder != &c->holder) {
                         /* The watched lease is gone: the client's Watch would never end.
                          * Closing makes it reconnect and find out. */
-                        conn_free(c, true);
+                        varlink_conn_close(link);
                         return 0;
                 }
                 c->watch_lease = strdup(watched);
                 if (!c->watch_lease) {
-                        conn_free(c, true);
+                        varlink_conn_close(link);
                         return -ENOMEM;
                 }
-                c->more = true;
+                varlink_conn_resume_call(link, true);
                 conn_watch_start(c);
         }
         log_info("kept the connection of pid %d across the restart (%u leases)", c->peer.pid, n);
@@ -105,10 +105,9 @@ int fdstore_adopt(Manager *m) {
         for (size_t i = 0; i < m->n_stored; i++) {
                 store_remove(m->stored[i].name);
                 int k = adopt_one(m, m->stored[i].fd, m->stored[i].name);
-                if (k < 0) {
+                if (k < 0)
                         log_warning_errno(k, "cannot take back a kept connection: %m");
-                        safe_close(m->stored[i].fd);
-                } else
+                else
                         adopted += k;
                 free(m->stored[i].name);
         }
@@ -119,12 +118,11 @@ int fdstore_adopt(Manager *m) {
 }
 
 static bool quiet(Conn *c) {
-        if (c->dead || c->closing || vl_reader_pending(&c->in) > 0 || c->holder.n_leases == 0)
+        if (c->holder.n_leases == 0)
                 return false;
         if (c->busy == CONN_ACQUIRE || (c->busy == CONN_WATCH && !c->watch_lease))
                 return false;
-        (void) vl_writer_flush(&c->out, c->fd);
-        return vl_writer_pending(&c->out) == 0;
+        return varlink_conn_quiet(c->link);
 }
 
 int fdstore_save(Manager *m) {
@@ -132,7 +130,8 @@ int fdstore_save(Manager *m) {
         if (!getenv("NOTIFY_SOCKET"))
                 return 0;
         int saved = 0;
-        for (Conn *c = m->conns; c; c = c->next) {
+        for (VarlinkConn *link = varlink_server_first(m->server); link; link = varlink_conn_next(link)) {
+                Conn *c = varlink_conn_get_userdata(link);
                 if (!quiet(c))
                         continue;
                 char name[FDNAME_MAX + 1];
@@ -152,7 +151,7 @@ int fdstore_save(Manager *m) {
                         continue;       /* too many leases to name: the holder reclaims */
                 char msg[FDNAME_MAX + 32];
                 snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
-                if (sd_pid_notify_with_fds(0, false, msg, &c->fd, 1) > 0)
+                if (sd_pid_notify_with_fds(0, false, msg, &(int) { varlink_conn_fd(link) }, 1) > 0)
                         saved++;
         }
         if (saved > 0)

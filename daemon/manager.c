@@ -58,21 +58,6 @@ void manager_user_maybe_free(Manager *m, UserStat *u) {
         free(u);
 }
 
-void manager_mark_dirty(Manager *m, Conn *c) {
-        if (c->is_dirty)
-                return;
-        c->is_dirty = true;
-        c->dirty_next = m->dirty;
-        m->dirty = c;
-}
-
-void manager_mark_pending(Manager *m, Conn *c) {
-        if (c->is_pending)
-                return;
-        c->is_pending = true;
-        c->pending_next = m->pending;
-        m->pending = c;
-}
 
 static void arm_timer(Manager *m) {
         usec_t next = engine_next_deadline(m->engine);
@@ -87,15 +72,16 @@ static void arm_timer(Manager *m) {
 
 static void send_status(Manager *m) {
 #if HAVE_LIBSYSTEMD
+        unsigned n_conns = varlink_server_n_connections(m->server);
         uint64_t sig = ((uint64_t) engine_n_leases(m->engine) << 40) ^ ((uint64_t) engine_n_waiters(m->engine) << 20) ^
-                       m->n_conns;
+                       n_conns;
         usec_t now = usec_now(CLOCK_MONOTONIC);
         if (sig == m->status_sent || now - m->status_time < USEC_PER_SEC)
                 return;
         m->status_sent = sig;
         m->status_time = now;
         (void) sd_notifyf(false, "STATUS=%u leases, %u waiters, %u connections%s%s", engine_n_leases(m->engine),
-                          engine_n_waiters(m->engine), m->n_conns,
+                          engine_n_waiters(m->engine), n_conns,
                           engine_in_grace(m->engine) ? " (waiting for holders to reclaim)" : "",
                           store_guard_status(m->guard));
 #endif
@@ -109,13 +95,7 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
 
         for (int round = 0; round < PREPARE_ROUNDS; round++) {
                 /* Calls queued behind a call that just ended. */
-                while (m->pending) {
-                        Conn *c = m->pending;
-                        m->pending = c->pending_next;
-                        c->is_pending = false;
-                        c->pending_next = NULL;
-                        conn_process(c);
-                }
+                varlink_server_dispatch(m->server);
 
                 int k = store_guard_commit(m->guard);
                 if (k == -EAGAIN)
@@ -132,27 +112,10 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
                 if (k > 0)
                         m->commits++;
 
-                Conn *gone = NULL;
-                while (m->dirty) {
-                        Conn *c = m->dirty;
-                        m->dirty = c->dirty_next;
-                        c->is_dirty = false;
-                        c->dirty_next = NULL;
-                        if (conn_flush(c) < 0) {
-                                c->dirty_next = gone;
-                                gone = c;
-                        }
-                }
-                if (!gone)
+                /* Closing connections releases leases and may grant others: another
+                 * round commits and answers that. */
+                if (varlink_server_flush(m->server) == 0)
                         break;
-                /* Closing releases leases and may grant others: another round commits
-                 * and answers that. */
-                while (gone) {
-                        Conn *c = gone;
-                        gone = c->dirty_next;
-                        c->dirty_next = NULL;
-                        conn_free(c, true);
-                }
         }
         arm_timer(m);
         send_status(m);
@@ -169,37 +132,35 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         notify(w->data, "WATCHDOG=1");
 }
 
-static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
-        Manager *m = w->data;
-        for (int i = 0; i < 64; i++) {
-                int fd = accept4(m->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) {
-                        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
-                                return;
-                        log_warning_errno(-errno, "cannot accept a connection: %m");
-                        return;
-                }
-                Conn *c;
-                int k = conn_new(m, fd, &c);
-                if (k < 0) {
-                        log_warning_errno(k, "cannot set up a connection: %m");
-                        safe_close(fd);
-                        continue;
-                }
-                c->user = manager_user(m, c->peer.uid, true);
-                if (!c->user) {
-                        conn_free(c, true);
-                        continue;
-                }
-                c->user->connections++;
-                if (c->peer.uid != 0 && c->user->connections > m->config.max_connections_per_user) {
-                        conn_error_reason(c, "io.agend.Lease.LimitExceeded", "too many connections for this user",
-                                          "limit", "connections");
-                        c->closing = true;
-                        ev_io_stop(loop, &c->io);
-                }
-        }
+static int on_connect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
+        Conn *c;
+        int k = conn_new(userdata, link, &c);
+        if (k == -EMFILE || k == -ENFILE)
+                return k;       /* the server pauses accepting and logs it once */
+        if (k < 0)
+                return log_warning_errno(k, "cannot identify the peer of a new connection: %m");
+        varlink_conn_set_userdata(link, c);
+        return 0;
 }
+
+static void on_disconnect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
+        Manager *m = userdata;
+        Conn *c = varlink_conn_get_userdata(link);
+        if (c)
+                conn_free(c, !m->shutting_down);
+}
+
+/* A silent connection is closed unless it holds leases (fd-store adoptions do). */
+static bool may_time_out(VarlinkConn *link, void *userdata) {
+        Conn *c = varlink_conn_get_userdata(link);
+        return !c || (c->holder.n_leases == 0 && c->busy == CONN_IDLE);
+}
+
+static const VarlinkServerCallbacks server_callbacks = {
+        .connect = on_connect,
+        .disconnect = on_disconnect,
+        .may_time_out = may_time_out,
+};
 
 static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         Manager *m = w->data;
@@ -213,8 +174,16 @@ static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
 }
 
 static void apply_limits(Manager *m) {
-        for (Conn *c = m->conns; c; c = c->next)
-                c->in.max_message = m->config.max_message_size;
+        varlink_server_set_limits(m->server, &(VarlinkServerLimits) {
+                .max_message_size = m->config.max_message_size,
+                .max_unanswered_input = m->config.max_unanswered_input,
+                .max_connections_per_uid = m->config.max_connections_per_user,
+                .output_high_water = VARLINK_OUTPUT_HIGH_WATER,
+                .max_output_per_conn = m->config.max_output_per_connection,
+                .max_output_per_uid = m->config.max_output_per_user,
+                .max_output_total = m->config.max_output_total,
+                .client_timeout = m->config.client_timeout,
+        });
 }
 
 int manager_reload(Manager *m) {
@@ -264,7 +233,6 @@ int manager_new(const ManagerOptions *opts, Manager **ret) {
         if (!m)
                 return -ENOMEM;
         m->opts = *opts;
-        m->listen_fd = -EBADF;
         m->exit_code = EXIT_SUCCESS;
         hashmap_init(&m->users);
         config_init_defaults(&m->config);
@@ -275,8 +243,9 @@ int manager_new(const ManagerOptions *opts, Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
-        while (m->conns)
-                conn_free(m->conns, false);
+        /* Connections close without releasing: their leases stay for the next start. */
+        m->shutting_down = true;
+        m->server = varlink_server_free(m->server);
         engine_free(m->engine);
         store_free(m->store);
         store_guard_free(m->guard);
@@ -284,12 +253,10 @@ Manager *manager_free(Manager *m) {
                 ev_prepare_stop(m->loop, &m->prepare);
                 ev_timer_stop(m->loop, &m->timer);
                 ev_timer_stop(m->loop, &m->watchdog);
-                ev_io_stop(m->loop, &m->listen_io);
                 ev_signal_stop(m->loop, &m->sigterm);
                 ev_signal_stop(m->loop, &m->sigint);
                 ev_signal_stop(m->loop, &m->sighup);
         }
-        safe_close(m->listen_fd);
         for (size_t j = 0; j < m->n_stored; j++) {
                 safe_close(m->stored[j].fd);
                 free(m->stored[j].name);
@@ -346,13 +313,28 @@ int manager_run(Manager *m) {
         k = engine_configure(m->engine, m->config.resources, m->config.n_resources, m->config.allow_undeclared);
         if (k < 0)
                 return log_error_errno(k, "cannot apply the configuration: %m"), EXIT_FAILURE;
+        k = varlink_server_new(m->loop,
+                               &(VarlinkServerOptions) { .error_protocol = "io.agend.Lease.ProtocolError",
+                                                         .error_limit = "io.agend.Lease.LimitExceeded" },
+                               &server_callbacks, m, &m->server);
+        if (k >= 0)
+                k = methods_bind(m->server);
+        if (k < 0)
+                return log_error_errno(k, "cannot set up the varlink server: %m"), EXIT_FAILURE;
+        apply_limits(m);
 
         /* Listen before restoring, so clients can connect meanwhile; nothing is read from
          * them (the listening watcher starts below) until the leases are back. */
         (void) fdstore_collect(m);
-        k = server_listen(m->opts.socket_path, &m->listen_fd, &m->socket_activated);
+        int listen_fd;
+        k = server_listen(m->opts.socket_path, &listen_fd, &m->socket_activated);
         if (k < 0)
                 return EXIT_FAILURE;
+        k = varlink_server_listen_fd(m->server, listen_fd);
+        if (k < 0) {
+                safe_close(listen_fd);
+                return log_error_errno(k, "cannot listen: %m"), EXIT_FAILURE;
+        }
 
         usec_t t0 = usec_now(CLOCK_MONOTONIC);
         k = engine_restore(m->engine, m->boot_id[0] ? m->boot_id : NULL, m->config.reclaim_grace);
@@ -394,9 +376,7 @@ int manager_run(Manager *m) {
         ev_prepare_start(m->loop, &m->prepare);
         ev_init(&m->timer, timer_cb);
         m->timer.data = m;
-        ev_io_init(&m->listen_io, accept_cb, m->listen_fd, EV_READ);
-        m->listen_io.data = m;
-        ev_io_start(m->loop, &m->listen_io);
+        varlink_server_start(m->server);
         ev_signal_init(&m->sigterm, stop_cb, SIGTERM);
         ev_signal_init(&m->sigint, stop_cb, SIGINT);
         ev_signal_init(&m->sighup, hup_cb, SIGHUP);
@@ -422,7 +402,7 @@ int manager_run(Manager *m) {
         notify(m, "STOPPING=1");
         /* Stop accepting; commit what the last iteration changed; close. Bound leases stay
          * in the store for the next start (which gives their holders the grace period). */
-        ev_io_stop(m->loop, &m->listen_io);
+        varlink_server_stop(m->server);
         if (!m->store_failed) {
                 k = m->store->ops->commit(m->store);
                 if (k < 0) {

@@ -15,15 +15,17 @@
 #include "hashmap.h"
 #include "store.h"
 #include "usec.h"
+#include "varlink-server.h"
 
 typedef struct Conn Conn;
 typedef struct StoreGuard StoreGuard;
 
-/* Per-uid usage, for the limits. */
+/* Per-uid usage of the lease service, for its limits (connections per uid are the
+ * transport's). */
 typedef struct UserStat {
         char key[16];           /* the uid in decimal: the hashmap key */
         uint32_t uid;
-        unsigned connections;
+        unsigned connections;   /* Conns pointing here (keeps the entry alive) */
         unsigned leases;
         unsigned waiters;
 } UserStat;
@@ -51,18 +53,14 @@ typedef struct Manager {
         StoreGuard *guard;              /* disk space: the reserve, StorageError (store-guard.c) */
         Engine *engine;
 
-        int listen_fd;
+        VarlinkServer *server;
         bool socket_activated;
-        ev_io listen_io;
+        bool shutting_down;             /* connections close without releasing their leases */
         ev_prepare prepare;
         ev_timer timer;                 /* the engine's next deadline */
         ev_timer watchdog;
         ev_signal sigterm, sigint, sighup;
 
-        Conn *conns;                    /* all connections */
-        unsigned n_conns;
-        Conn *dirty;                    /* connections with output to flush after the commit */
-        Conn *pending;                  /* connections whose queued input must be processed */
         Conn *watchers;                 /* connections with a Watch in progress */
         Hashmap users;                  /* uid → UserStat */
         StoredConn *stored;             /* connections to adopt after the restore */
@@ -86,6 +84,3 @@ int manager_reload(Manager *m);
 
 UserStat *manager_user(Manager *m, uint32_t uid, bool create);
 void manager_user_maybe_free(Manager *m, UserStat *u);
-
-void manager_mark_dirty(Manager *m, Conn *c);
-void manager_mark_pending(Manager *m, Conn *c);

@@ -23,6 +23,11 @@
 #define DESCRIPTION_MAX 1024
 #define HISTORY_LIMIT_DEFAULT 100
 #define HISTORY_LIMIT_MAX 100000
+/* The most events or leases one History or List reply carries (about 200 kB): a larger
+ * request is answered in pages, with a cursor for the rest (see the interface). One reply
+ * of 100 000 events would be 20 MB built in one go while every other client waits. */
+#define HISTORY_PAGE_MAX 1000
+#define LIST_PAGE_MAX 1000
 
 #define ERR_INVALID "org.varlink.service.InvalidParameter"
 
@@ -280,7 +285,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 c->waiter = w;
                 if (u)
                         u->waiters++;
-                if (c->more)
+                if (conn_more(c))
                         reply_queued(c, w);
                 return;
         }
@@ -429,43 +434,101 @@ static void method_check(Conn *c, struct json_object *p) {
         conn_reply(c, r, false);
 }
 
-static int list_resource(Resource *r, struct json_object *leases, struct json_object *waiters) {
-        for (Lease *l = r->leases; l; l = l->res_next)
-                if (json_object_array_add(leases, lease_to_json(l)) < 0)
+typedef struct ListState {
+        Lease **leases;
+        size_t n_leases, size;
+        uint64_t after;
+        struct json_object *waiters;
+        bool waiters_cut;
+} ListState;
+
+static int list_resource(Resource *r, ListState *s) {
+        for (Lease *l = r->leases; l; l = l->res_next) {
+                if (l->token <= s->after)
+                        continue;
+                if (s->n_leases == s->size) {
+                        size_t n = MAX(s->size * 2, (size_t) 64);
+                        Lease **a = realloc(s->leases, n * sizeof(*a));
+                        if (!a)
+                                return -ENOMEM;
+                        s->leases = a;
+                        s->size = n;
+                }
+                s->leases[s->n_leases++] = l;
+        }
+        if (!s->waiters)
+                return 0;
+        for (Waiter *w = r->wait_head; w; w = w->next) {
+                if (json_object_array_length(s->waiters) >= LIST_PAGE_MAX) {
+                        s->waiters_cut = true;
+                        break;
+                }
+                if (json_object_array_add(s->waiters, waiter_to_json(w)) < 0)
                         return -ENOMEM;
-        for (Waiter *w = r->wait_head; w; w = w->next)
-                if (json_object_array_add(waiters, waiter_to_json(w)) < 0)
-                        return -ENOMEM;
+        }
         return 0;
 }
 
+static int lease_token_cmp(const void *a, const void *b) {
+        const Lease *x = *(Lease *const *) a, *y = *(Lease *const *) b;
+        return x->token < y->token ? -1 : x->token > y->token;
+}
+
+/* Leases in token order (tokens are unique and only grow), so "after" is a stable cursor
+ * while leases come and go; waiters on the first page only. */
 static void method_list(Conn *c, struct json_object *p) {
-        static const char *const allowed[] = { "resource", NULL };
+        static const char *const allowed[] = { "resource", "limit", "after", NULL };
         const char *resource = NULL;
+        int64_t limit = LIST_PAGE_MAX, after = 0;
         if (!check_members(c, p, allowed))
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
-        struct json_object *r = json_object_new_object(), *leases = json_object_new_array(),
-                           *waiters = json_object_new_array();
-        if (!r || !leases || !waiters) {
+        if (json_get_int64(p, "limit", 0, 1, INT64_MAX, &limit) < 0)
+                return invalid(c, "limit", "an integer >= 1");
+        if (json_get_int64(p, "after", 0, 0, INT64_MAX, &after) < 0)
+                return invalid(c, "after", "a continue_after value of an earlier reply");
+        size_t page = (size_t) MIN(limit, (int64_t) LIST_PAGE_MAX);
+        _cleanup_free_ Lease **leases_buf = NULL;
+        ListState s = { .after = (uint64_t) after };
+        struct json_object *r = json_object_new_object(), *leases = json_object_new_array();
+        if (after == 0)
+                s.waiters = json_object_new_array();
+        if (!r || !leases || (after == 0 && !s.waiters)) {
                 json_object_put(r);
                 json_object_put(leases);
-                json_object_put(waiters);
+                json_object_put(s.waiters);
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         }
-        json_object_object_add(r, "leases", leases);
-        json_object_object_add(r, "waiters", waiters);
+        int k = 0;
         if (resource) {
                 Resource *res = engine_resource_get(c->manager->engine, resource);
                 if (res)
-                        (void) list_resource(res, leases, waiters);
+                        k = list_resource(res, &s);
         } else {
                 HashmapIter i = {};
                 Resource *res;
-                while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
-                        (void) list_resource(res, leases, waiters);
+                while (k >= 0 && hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
+                        k = list_resource(res, &s);
         }
+        leases_buf = s.leases;
+        if (k < 0) {
+                json_object_put(r);
+                json_object_put(leases);
+                json_object_put(s.waiters);
+                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        }
+        if (s.n_leases > 0)
+                qsort(s.leases, s.n_leases, sizeof(*s.leases), lease_token_cmp);
+        size_t n = MIN(page, s.n_leases);
+        for (size_t i = 0; i < n; i++)
+                json_object_array_add(leases, lease_to_json(s.leases[i]));
+        json_object_object_add(r, "leases", leases);
+        json_object_object_add(r, "waiters", s.waiters ? s.waiters : json_object_new_array());
+        if (n < s.n_leases)
+                add_int(r, "continue_after", (int64_t) s.leases[n - 1]->token);
+        if (s.waiters_cut)
+                add_bool(r, "waiters_truncated", true);
         conn_reply(c, r, false);
 }
 
@@ -510,7 +573,7 @@ static void method_status(Conn *c, struct json_object *p) {
         add_string(r, "boot_id", m->boot_id);
         add_int(r, "leases", engine_n_leases(m->engine));
         add_int(r, "waiters", engine_n_waiters(m->engine));
-        add_int(r, "connections", m->n_conns);
+        add_int(r, "connections", varlink_server_n_connections(m->server));
         add_int(r, "commits", (int64_t) m->commits);
         add_int(r, "database_size", m->store->ops->size(m->store));
         if (m->store->ops->log_bytes)
@@ -530,7 +593,7 @@ static void method_watch(Conn *c, struct json_object *p) {
                 return invalid(c, "lease", "a lease id");
         if (lease && !engine_lease_get(c->manager->engine, lease))
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", lease);
-        if (!c->more)
+        if (!conn_more(c))
                 return conn_error_reason(c, "org.varlink.service.ExpectedMore", "Watch streams: call it with \"more\"",
                                          NULL, NULL);
         c->watch_resource = resource ? strdup(resource) : NULL;
@@ -546,27 +609,33 @@ static void method_watch(Conn *c, struct json_object *p) {
 
 typedef struct HistoryState {
         struct json_object *events;
+        uint64_t oldest;        /* seq of the first (oldest) event */
 } HistoryState;
 
 static int history_one(const Event *e, void *userdata) {
         HistoryState *s = userdata;
+        if (s->oldest == 0)
+                s->oldest = e->seq;
         return json_object_array_add(s->events, event_to_json(e)) < 0 ? -ENOMEM : 0;
 }
 
 static void method_history(Conn *c, struct json_object *p) {
-        static const char *const allowed[] = { "resource", "limit", NULL };
+        static const char *const allowed[] = { "resource", "limit", "before", NULL };
         const char *resource = NULL;
-        int64_t limit = HISTORY_LIMIT_DEFAULT;
+        int64_t limit = HISTORY_LIMIT_DEFAULT, before = 0;
         if (!check_members(c, p, allowed))
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
         if (json_get_int64(p, "limit", 0, 1, HISTORY_LIMIT_MAX, &limit) < 0)
                 return invalid(c, "limit", "an integer in 1..100000");
+        if (json_get_int64(p, "before", 0, 1, INT64_MAX, &before) < 0)
+                return invalid(c, "before", "a continue_before value of an earlier reply");
+        unsigned page = (unsigned) MIN(limit, (int64_t) HISTORY_PAGE_MAX);
         HistoryState s = { .events = json_object_new_array() };
         if (!s.events)
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        int k = engine_history(c->manager->engine, resource, (unsigned) limit, history_one, &s);
+        int k = engine_history(c->manager->engine, resource, (uint64_t) before, page, history_one, &s);
         if (k < 0) {
                 json_object_put(s.events);
                 return error_errno(c, k, "cannot read the history", NULL, NULL);
@@ -576,6 +645,8 @@ static void method_history(Conn *c, struct json_object *p) {
                 json_object_put(s.events);
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         }
+        if (s.oldest > 0 && json_object_array_length(s.events) == page)
+                add_int(r, "continue_before", (int64_t) s.oldest);
         json_object_object_add(r, "events", s.events);
         conn_reply(c, r, false);
 }
@@ -635,10 +706,12 @@ static void method_get_interface_description(Conn *c, struct json_object *p) {
         conn_reply(c, r, false);
 }
 
-static const struct {
+typedef struct MethodEntry {
         const char *name;
         void (*func)(Conn *c, struct json_object *p);
-} methods[] = {
+} MethodEntry;
+
+static const MethodEntry methods[] = {
         { "io.agend.Lease.Acquire", method_acquire },
         { "io.agend.Lease.Release", method_release },
         { "io.agend.Lease.Renew", method_renew },
@@ -654,22 +727,18 @@ static const struct {
         { "org.varlink.service.GetInterfaceDescription", method_get_interface_description },
 };
 
-void methods_dispatch(Conn *c, const VlCall *call) {
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++)
-                if (strcmp(methods[i].name, call->method) == 0)
-                        return methods[i].func(c, call->parameters);
+static void method_call(VarlinkConn *link, struct json_object *p, void *userdata) {
+        const MethodEntry *e = userdata;
+        e->func(varlink_conn_get_userdata(link), p);
+}
 
-        const char *dot = strrchr(call->method, '.');
-        size_t n = (size_t) (dot - call->method);
-        if ((n == strlen("io.agend.Lease") && strncmp(call->method, "io.agend.Lease", n) == 0) ||
-            (n == strlen("org.varlink.service") && strncmp(call->method, "org.varlink.service", n) == 0))
-                conn_error_reason(c, "org.varlink.service.MethodNotFound", "no such method", "method", call->method);
-        else {
-                char iface[256];
-                snprintf(iface, sizeof(iface), "%.*s", (int) MIN(n, sizeof(iface) - 1), call->method);
-                conn_error_reason(c, "org.varlink.service.InterfaceNotFound", "no such interface", "interface",
-                                  iface);
+int methods_bind(VarlinkServer *s) {
+        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
+                int k = varlink_server_bind_method(s, methods[i].name, method_call, (void *) &methods[i]);
+                if (k < 0)
+                        return k;
         }
+        return 0;
 }
 
 /* ---- Engine callbacks ---------------------------------------------------------------- */
@@ -695,7 +764,7 @@ static void cb_timed_out(Engine *e, Waiter *w, void *userdata) {
 
 static void cb_moved(Engine *e, Waiter *w, void *userdata) {
         Conn *c = w->userdata;
-        if (c->more)
+        if (conn_more(c))
                 reply_queued(c, w);
 }
 
@@ -721,6 +790,13 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
 
         if (!m->watchers)
                 return;
+        /* Serialized once and queued by reference to every subscriber (and once more,
+         * lazily, as the final reply of the Watch(lease) calls this event ends). */
+        _cleanup_(json_object_putp) struct json_object *params = json_object_new_object();
+        if (!params)
+                return;
+        json_object_object_add(params, "event", event_to_json(ev));
+        VarlinkBuf *buf[2] = {};        /* [0]: final reply, [1]: continues */
         for (Conn *c = m->watchers, *next; c; c = next) {
                 next = c->watch_next;
                 if (c->watch_lease) {
@@ -728,14 +804,28 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                                 continue;
                 } else if (c->watch_resource && strcmp(c->watch_resource, ev->resource) != 0)
                         continue;
-                struct json_object *r = json_object_new_object();
-                if (r)
-                        json_object_object_add(r, "event", event_to_json(ev));
                 bool ends = c->watch_lease && event_ends_lease(ev->type);
-                conn_reply(c, r, !ends);
+                int i = ends ? 0 : 1;
+                if (!buf[i]) {
+                        _cleanup_(json_object_putp) struct json_object *msg = vl_reply_new(json_object_get(params),
+                                                                                           !ends);
+                        size_t len = 0;
+                        const char *text = msg ? json_object_to_json_string_length(
+                                                         msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                         &len)
+                                               : NULL;
+                        if (text)
+                                (void) varlink_buf_new(text, len, &buf[i]);
+                }
+                if (buf[i])
+                        (void) varlink_conn_reply_shared(c->link, buf[i], !ends);
+                else
+                        varlink_conn_close(c->link);    /* out of memory: better closed than silent */
                 if (ends)
                         conn_watch_end(c);
         }
+        varlink_buf_unref(buf[0]);
+        varlink_buf_unref(buf[1]);
 }
 
 const EngineCallbacks methods_engine_callbacks = {

@@ -51,6 +51,7 @@ typedef struct StoreMemory {
         size_t n_waiters;
         MemEvent **events;      /* ring of history_size */
         size_t n_events, events_head;
+        uint64_t last_event_seq;        /* numbers the events as they commit, like sqlite's seq */
         char **meta;            /* key, value, key, value, ... */
         size_t n_meta;
         Op *ops;
@@ -321,6 +322,7 @@ static int op_apply(StoreMemory *s, Op *o) {
                         s->events_head = (s->events_head + 1) % cap;
                 } else
                         s->n_events++;
+                o->event->rec.seq = ++s->last_event_seq;
                 s->events[slot] = TAKE_PTR(o->event);
                 return 0;
         }
@@ -427,10 +429,14 @@ static int m_meta_set(Store *store, const char *key, const char *value) {
         return op_push(s, (Op) { .kind = OP_META, .key = k, .value = v });
 }
 
-static int m_history(Store *store, const char *resource, unsigned limit,
+static int m_history(Store *store, const char *resource, uint64_t before, unsigned limit,
                      int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
         StoreMemory *s = container_of(store, StoreMemory, store);
-        size_t cap = s->opts.history_size, n = 0, start = s->n_events;
+        size_t cap = s->opts.history_size, n = 0, end = s->n_events;
+        /* Skip back past the events numbered before or later (the cursor of a paged History). */
+        while (before != 0 && end > 0 && s->events[(s->events_head + end - 1) % cap]->rec.seq >= before)
+                end--;
+        size_t start = end;
         /* Walk back to find where the last limit matching events start. */
         while (start > 0 && n < limit) {
                 start--;
@@ -438,7 +444,7 @@ static int m_history(Store *store, const char *resource, unsigned limit,
                 if (!resource || (strcmp(e->resource, resource) == 0))
                         n++;
         }
-        for (size_t i = start; i < s->n_events; i++) {
+        for (size_t i = start; i < end; i++) {
                 const MemEvent *e = s->events[(s->events_head + i) % cap];
                 if (resource && !(strcmp(e->resource, resource) == 0))
                         continue;

@@ -113,10 +113,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
         [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
                              " unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                             " WHERE seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                             " WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
                                   " comm, unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                                  " WHERE resource = ? AND seq > ?"
+                                  " WHERE resource = ? AND seq > ? AND seq < ?"
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
@@ -610,7 +610,7 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
 /* History(resource) looks back through at most this many of the newest events. */
 #define HISTORY_SCAN_MAX 200000
 
-static int s_history(Store *store, const char *resource, unsigned limit,
+static int s_history(Store *store, const char *resource, uint64_t before, unsigned limit,
                      int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         /* Rows past HistorySize wait for a trim in chunks; they are not history any more.
@@ -618,6 +618,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
          * rows plus a chunk. */
         int64_t oldest = s->last_event_seq - (int64_t) s->history_size;
         sqlite3_stmt *st;
+        int64_t below = before == 0 || before > INT64_MAX ? INT64_MAX : (int64_t) before;
         if (resource) {
                 /* Bounded: with a HistorySize= of millions, a rare resource must not make one
                  * call scan them all on the loop. */
@@ -625,11 +626,13 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                 st = stmt(s, STMT_HISTORY_RESOURCE);
                 sqlite3_bind_text(st, 1, resource, -1, SQLITE_STATIC);
                 sqlite3_bind_int64(st, 2, oldest);
-                sqlite3_bind_int64(st, 3, limit);
+                sqlite3_bind_int64(st, 3, below);
+                sqlite3_bind_int64(st, 4, limit);
         } else {
                 st = stmt(s, STMT_HISTORY_ALL);
                 sqlite3_bind_int64(st, 1, oldest);
-                sqlite3_bind_int64(st, 2, limit);
+                sqlite3_bind_int64(st, 2, below);
+                sqlite3_bind_int64(st, 3, limit);
         }
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -648,6 +651,7 @@ static int s_history(Store *store, const char *resource, unsigned limit,
                         .unit = (const char *) sqlite3_column_text(st, 17),
                 };
                 EventRecord e = {
+                        .seq = (uint64_t) sqlite3_column_int64(st, 0),
                         .time = (usec_t) sqlite3_column_int64(st, 1),
                         .type = (const char *) sqlite3_column_text(st, 2),
                         .resource = (const char *) sqlite3_column_text(st, 3),

@@ -56,6 +56,7 @@ typedef struct EventRecord {
         unsigned units;
         const char *reason;     /* NULL for none */
         const OwnerRecord *revoked_by;  /* NULL for none */
+        uint64_t seq;           /* its number in the history; set only by Store.history */
 } EventRecord;
 
 /* A queued waiter as stored: its place, so that the order survives a restart. Borrowed
@@ -91,8 +92,9 @@ typedef struct StoreOps {
         /* *ret is malloc'ed, NULL if unset. */
         int (*meta_get)(Store *s, const char *key, char **ret);
         int (*meta_set)(Store *s, const char *key, const char *value);
-        /* The last limit events (of resource, if not NULL), oldest first. */
-        int (*history)(Store *s, const char *resource, unsigned limit,
+        /* The last limit events (of resource, if not NULL) older than the event numbered
+         * before (0 = the newest), oldest first. EventRecord.seq is set. */
+        int (*history)(Store *s, const char *resource, uint64_t before, unsigned limit,
                        int (*cb)(const EventRecord *e, void *userdata), void *userdata);
         int64_t (*size)(Store *s);
         /* Bytes appended to the durable log since the store opened (sqlite: WAL frames,

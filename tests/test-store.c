@@ -304,14 +304,14 @@ static void test_history_capped(void **state) {
          * last 20. */
         assert_true(count(f->db, "SELECT count(*) FROM events") <= 20 + 256);
         Hist hist = {};
-        assert_int_equal(engine_history(e, "h", 6, hist_cb, &hist), 0);
+        assert_int_equal(engine_history(e, "h", 0, 6, hist_cb, &hist), 0);
         assert_int_equal(hist.n, 6);
         /* oldest first: the last three leases, granted then released */
         assert_int_equal(hist.first_token, 28);
         assert_int_equal(hist.last_token, 30);
         /* Never more than HistorySize, whatever waits for the next trim. */
         hist = (Hist) {};
-        assert_int_equal(engine_history(e, NULL, 1000, hist_cb, &hist), 0);
+        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
         assert_int_equal(hist.n, 20);
         engine_free(e);
         store_free(s);
@@ -542,7 +542,7 @@ static void test_migration_from_v3_file(void **state) {
         assert_int_equal(engine_n_leases(e), 0);
         assert_int_equal(s->ops->commit(s), 1);
         Hist hist = {};
-        assert_int_equal(engine_history(e, NULL, 1000, hist_cb, &hist), 0);
+        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
         assert_int_equal(hist.n, n_events + 3);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 0);
         engine_free(e);
@@ -677,7 +677,7 @@ static void test_memory_store_faults(void **state) {
         assert_int_equal(s->ops->load(s, count_restored, &n), 0);
         assert_int_equal(n, 1);
         Hist hist = {};
-        assert_int_equal(engine_history(e, NULL, 100, hist_cb, &hist), 0);
+        assert_int_equal(engine_history(e, NULL, 0, 100, hist_cb, &hist), 0);
         assert_int_equal(hist.n, 1);
         h = (Holder) {};
         engine_free(e);

@@ -539,6 +539,93 @@ static void test_parse_fuzz(void **state) {
         }
 }
 
+/* A peer that sends one byte costs a small buffer, not a read chunk; the buffer grows with
+ * the data held and is given back once empty (issue 11, defect 8). */
+static void test_buffer_grows_with_data(void **state) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        VlReader r;
+        vl_reader_init(&r, 0);
+        assert_int_equal(send(sv[1], "{", 1, 0), 1);
+        assert_int_equal(vl_reader_read(&r, sv[0]), 1);
+        assert_true(r.size <= 1024);
+        /* 200 kB without a NUL, then its end: read whole, buffer grown as needed. */
+        static char big[200 * 1024];
+        memset(big, ' ', sizeof(big));
+        big[sizeof(big) - 2] = '}';
+        big[sizeof(big) - 1] = 0;
+        size_t sent = 0, got = 1;
+        char *msg;
+        size_t len;
+        int k = 0;
+        while (k == 0) {
+                if (sent < sizeof(big)) {
+                        ssize_t l = send(sv[1], big + sent, sizeof(big) - sent, 0);
+                        if (l > 0)
+                                sent += (size_t) l;
+                }
+                ssize_t n = vl_reader_read(&r, sv[0]);
+                if (n > 0)
+                        got += (size_t) n;
+                k = vl_reader_next(&r, &msg, &len);
+        }
+        assert_int_equal(k, 1);
+        assert_int_equal(len, sizeof(big));
+        assert_int_equal(got, sizeof(big) + 1);
+        assert_true(r.size >= sizeof(big));
+        assert_int_equal(vl_reader_pending(&r), 0);
+        vl_reader_shrink(&r);
+        assert_null(r.buf);
+        vl_reader_done(&r);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+/* vl_writer_discard() keeps the rest of a message already partly written, drops the others. */
+static void test_writer_discard(void **state) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        VlWriter w;
+        vl_writer_init(&w);
+        assert_int_equal(vl_writer_append_raw(&w, "aaaa", 4), 0);
+        assert_int_equal(vl_writer_append_raw(&w, "bbbb", 4), 0);
+        vl_writer_discard(&w);
+        assert_int_equal(vl_writer_pending(&w), 0);   /* nothing written yet: all dropped */
+
+        static char big[300 * 1024];
+        memset(big, 'x', sizeof(big));
+        assert_int_equal(vl_writer_append_raw(&w, big, sizeof(big)), 0);
+        assert_int_equal(vl_writer_append_raw(&w, "next", 4), 0);
+        assert_int_equal(vl_writer_flush(&w, sv[0]), -EAGAIN);      /* partly written */
+        size_t left = vl_writer_pending(&w);
+        assert_true(left > 5 && left < sizeof(big) + 1 + 5);
+        vl_writer_discard(&w);
+        assert_int_equal(vl_writer_pending(&w), left - 5);          /* the rest of big and its NUL */
+        assert_int_equal(vl_writer_append_raw(&w, "err", 3), 0);
+        /* The reader sees big whole, then err: the stream stays framed. */
+        VlReader r;
+        vl_reader_init(&r, 0);
+        char *msg;
+        size_t len;
+        int seen = 0;
+        for (int i = 0; i < 100000 && seen < 2; i++) {
+                (void) vl_writer_flush(&w, sv[0]);
+                (void) vl_reader_read(&r, sv[1]);
+                while (vl_reader_next(&r, &msg, &len) == 1) {
+                        if (seen == 0)
+                                assert_int_equal(len, sizeof(big));
+                        else
+                                assert_string_equal(msg, "err");
+                        seen++;
+                }
+        }
+        assert_int_equal(seen, 2);
+        vl_reader_done(&r);
+        vl_writer_done(&w);
+        close(sv[0]);
+        close(sv[1]);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_split_at_every_byte),
@@ -548,6 +635,8 @@ int main(void) {
                 cmocka_unit_test(test_read_bounded),
                 cmocka_unit_test(test_writer),
                 cmocka_unit_test(test_writer_seal_compaction),
+                cmocka_unit_test(test_buffer_grows_with_data),
+                cmocka_unit_test(test_writer_discard),
                 cmocka_unit_test(test_call_parse),
                 cmocka_unit_test(test_reply_parse_and_build),
                 cmocka_unit_test(test_framing_property),
