@@ -389,7 +389,8 @@ static int cmp_token(const void *a, const void *b) {
 
 static int m_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata), void *userdata) {
         StoreMemory *s = container_of(store, StoreMemory, store);
-        qsort(s->leases, s->n_leases, sizeof(*s->leases), cmp_token);
+        if (s->n_leases > 0)    /* qsort(NULL, 0) is undefined behaviour */
+                qsort(s->leases, s->n_leases, sizeof(*s->leases), cmp_token);
         for (size_t i = 0; i < s->n_leases; i++) {
                 int k = cb(&s->leases[i]->rec, userdata);
                 if (k < 0)
