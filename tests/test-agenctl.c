@@ -545,6 +545,55 @@ static void test_list_show_history(void **state) {
         assert_int_equal(n_leases(a), 0);
 }
 
+/* agend answers List and History in pages of at most 1000 (with a cursor): agenctl follows
+ * the cursor, so list shows every lease and history as many events as asked for. */
+static void test_list_history_pages(void **state) {
+        Agend *a = *state;
+        enum { N = 1200, BATCH = 200 };
+        VConn *c = NULL;
+        assert_int_equal(vconn_open_agend(a, &c), 0);
+        char *buf = malloc(128 * BATCH);
+        assert_non_null(buf);
+        for (unsigned i = 0; i < N; i += BATCH) {
+                size_t len = 0;
+                for (unsigned j = 0; j < BATCH; j++)
+                        len += (size_t) snprintf(buf + len, 128,
+                                                 "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":"
+                                                 "{\"resource\":\"page%u\"}}",
+                                                 i + j) +
+                               1;
+                assert_int_equal(vconn_send_raw(c, buf, len), 0);
+                for (unsigned j = 0; j < BATCH; j++) {
+                        json_object *m = NULL;
+                        assert_int_equal(vconn_recv(c, CTL_TIMEOUT, &m), 0);
+                        assert_granted(m);
+                }
+        }
+        free(buf);
+
+        /* Every lease, each once, in token order. */
+        json_object *leases = jget(list_json(a), "leases");
+        assert_int_equal(json_object_array_length(leases), N);
+        for (size_t i = 1; i < N; i++)
+                assert_true(jint(json_object_array_get_idx(leases, i), "token") >
+                            jint(json_object_array_get_idx(leases, i - 1), "token"));
+        Result r = CTL(a, "list");
+        assert_code(r, 0);
+        assert_contains(r.out, "1200 leases, 0 waiters.");
+
+        /* 1100 of the 1200 grants: two pages, the newest last, oldest first. */
+        r = CTL(a, "--json=short", "history", "-n", "1100");
+        assert_code(r, 0);
+        json_object *events = jget(parse_json(r.out), "events");
+        assert_int_equal(json_object_array_length(events), 1100);
+        for (size_t i = 1; i < 1100; i++)
+                assert_true(jint(json_object_array_get_idx(events, i), "token") >
+                            jint(json_object_array_get_idx(events, i - 1), "token"));
+        assert_int_equal(jint(json_object_array_get_idx(events, 1099), "token"),
+                         jint(json_object_array_get_idx(leases, N - 1), "token"));
+        vconn_close(c);
+}
+
 /* ---- run ---- */
 
 static void test_run_status_and_env(void **state) {
@@ -1542,6 +1591,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_status, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_resources, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_show_history, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_list_history_pages, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_status_and_env, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_busy, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_revoked, setup, teardown),

@@ -219,7 +219,7 @@ int agenctl_report_error(int error, const char *error_name, const char *params_j
         return code;
 }
 
-int agenctl_call(const char *method, json_object *params, const char *what, json_object **ret) {
+static int call_once(const char *method, json_object *params, const char *what, json_object **ret) {
         _cleanup_free_ char *reply = NULL, *error_name = NULL;
         const char *pj = params ? json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN) : NULL;
 
@@ -234,6 +234,72 @@ int agenctl_call(const char *method, json_object *params, const char *what, json
                 return EXIT_FAILURE_OTHER;
         }
         *ret = o;
+        return 0;
+}
+
+/* Appends (or, at_front, prepends) the elements of page's array key to whole's. */
+static int join_array(json_object *whole, json_object *page, const char *key, bool at_front) {
+        json_object *a = jobj(whole, key), *b = jobj(page, key);
+        size_t na = a ? json_object_array_length(a) : 0, nb = b ? json_object_array_length(b) : 0;
+        json_object *n = json_object_new_array_ext((int) (na + nb));
+        if (!n)
+                return -ENOMEM;
+        for (int pass = 0; pass < 2; pass++) {
+                json_object *from = (pass == 0) == at_front ? b : a;
+                size_t len = (pass == 0) == at_front ? nb : na;
+                for (size_t i = 0; i < len; i++)
+                        if (json_object_array_add(n, json_object_get(json_object_array_get_idx(from, i))) < 0) {
+                                json_object_put(n);
+                                return -ENOMEM;
+                        }
+        }
+        json_object_object_add(whole, key, n);
+        return 0;
+}
+
+/* List and History answer at most 1000 items per reply, with a cursor for the rest
+ * (docs/io.agend.Lease.varlink): follow it, so a command sees every lease, and as many
+ * events as it asked for. */
+int agenctl_call(const char *method, json_object *params, const char *what, json_object **ret) {
+        bool list = strcmp(method, "io.agend.Lease.List") == 0,
+             history = strcmp(method, "io.agend.Lease.History") == 0;
+        json_object *o = NULL;
+        int r = call_once(method, params, what, &o);
+        if (r > 0 || (!list && !history)) {
+                *ret = o;
+                return r;
+        }
+        /* The next pages' parameters: the same resource, and the cursor. */
+        _cleanup_json_ json_object *whole = o, *p = json_object_new_object();
+        json_object *resource = jobj(params, "resource");
+        if (!p || (resource && json_object_object_add(p, "resource", json_object_get(resource)) < 0))
+                return log_oom();
+        /* History's limit: what was asked for, or the daemon's default of 100. */
+        int64_t want = history ? jint(params, "limit", 100) : INT64_MAX;
+        for (;;) {
+                const char *cursor = list ? "continue_after" : "continue_before";
+                json_object *c = jobj(whole, cursor);
+                json_object *items = jobj(whole, list ? "leases" : "events");
+                size_t have = items ? json_object_array_length(items) : 0;
+                if (!c || (int64_t) have >= want)
+                        break;
+                json_object_object_add(p, list ? "after" : "before", json_object_get(c));
+                if (history)
+                        json_object_object_add(p, "limit", json_object_new_int64(want - (int64_t) have));
+                _cleanup_json_ json_object *page = NULL;
+                r = call_once(method, p, what, &page);
+                if (r > 0)
+                        return r;
+                if (join_array(whole, page, list ? "leases" : "events", history) < 0)
+                        return log_oom();
+                json_object *next = jobj(page, cursor);
+                if (next)
+                        json_object_object_add(whole, cursor, json_object_get(next));
+                else
+                        json_object_object_del(whole, cursor);
+        }
+        json_object_object_del(whole, list ? "continue_after" : "continue_before");
+        *ret = TAKE_PTR(whole);
         return 0;
 }
 

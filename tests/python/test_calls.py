@@ -56,6 +56,39 @@ async def test_list_resources_history(agend, resource):
         assert types[:4] == ["granted", "queued", "released", "granted"], types
 
 
+async def test_list_history_follow_pages(agend, resource):
+    # agend answers List and History in pages of at most 1000: the client follows the
+    # cursor. 1200 leases held by one raw connection (pipelined Acquires).
+    import json
+    import socket
+    n = 1200
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(agend.socket)
+        s.settimeout(GUARD)
+        buf = b""
+        for start in range(0, n, 200):
+            s.sendall(b"".join(json.dumps({"method": "io.agend.Lease.Acquire",
+                                           "parameters": {"resource": f"{resource}-{i}"}}).encode() + b"\0"
+                               for i in range(start, start + 200)))
+            got = 0
+            while got < 200:
+                while b"\0" not in buf:
+                    chunk = s.recv(65536)
+                    assert chunk, "agend closed the connection"
+                    buf += chunk
+                msg, buf = buf.split(b"\0", 1)
+                assert "error" not in json.loads(msg), msg
+                got += 1
+        async with await agen.connect(agend.socket) as client:
+            mine = [l for l in (await client.list()).leases if l.resource.startswith(resource + "-")]
+            assert len(mine) == n
+            assert len({l.id for l in mine}) == n
+            evs = await client.history(limit=1100)
+            assert len(evs) == 1100
+            tokens = [e.token for e in evs]
+            assert tokens == sorted(tokens) and tokens[-1] == max(l.token for l in mine)
+
+
 async def test_check(agend, resource):
     async with await agen.connect(agend.socket) as client:
         try:

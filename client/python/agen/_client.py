@@ -142,10 +142,18 @@ class Client:
 
     async def list(self, resource: str | None = None) -> Listing:
         """Leases held and waiters, of one resource or all."""
-        p = await self._call("io.agend.Lease.List", {"resource": resource} if resource is not None else None)
+        params: dict[str, Any] = {"resource": resource} if resource is not None else {}
+        p = await self._call("io.agend.Lease.List", params)
         leases, waiters = p.get("leases", []), p.get("waiters", [])
         if not isinstance(leases, list) or not isinstance(waiters, list):
             raise BadReply(f"List: leases and waiters are not lists: {p!r}")
+        # agend answers at most 1000 leases per reply; continue_after asks for the rest.
+        while isinstance(p.get("continue_after"), int):
+            p = await self._call("io.agend.Lease.List", {**params, "after": p["continue_after"]})
+            more = p.get("leases", [])
+            if not isinstance(more, list):
+                raise BadReply(f"List: leases is not a list: {p!r}")
+            leases = leases + more
         return Listing([Lease.from_wire(x) for x in leases], [Waiter.from_wire(x) for x in waiters])
 
     async def resources(self) -> builtins.list[Resource]:
@@ -169,6 +177,16 @@ class Client:
         evs = p.get("events", [])
         if not isinstance(evs, list):
             raise BadReply(f"History: not a list: {p!r}")
+        # agend answers at most 1000 events per reply; continue_before asks for older ones.
+        want = limit if limit is not None else 100
+        while isinstance(p.get("continue_before"), int) and len(evs) < want:
+            params["before"] = p["continue_before"]
+            params["limit"] = want - len(evs)
+            p = await self._call("io.agend.Lease.History", params)
+            older = p.get("events", [])
+            if not isinstance(older, list):
+                raise BadReply(f"History: not a list: {p!r}")
+            evs = older + evs
         return [WatchEvent.from_wire(x) for x in evs]
 
     async def release(self, id: str, secret: str | None = None) -> None:
