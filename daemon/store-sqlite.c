@@ -13,16 +13,8 @@
 #include "log.h"
 #include "macro.h"
 #include "store.h"
-#include "string-table.h"
 
 #define STORE_SCHEMA_VERSION 5
-
-static const char *const store_sync_table[_STORE_SYNC_MAX] = {
-        [STORE_SYNC_NORMAL] = "normal",
-        [STORE_SYNC_FULL] = "full",
-};
-
-DEFINE_STRING_TABLE_LOOKUP(store_sync, StoreSync)
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
