@@ -988,61 +988,61 @@ _public_ int agen_gen_aclose(agen_gen *gen, agen_close_cb cb, void *userdata) {
         }
 }
 
-_public_ int agen_loop_set_exception_handler(struct ev_loop *loop, agen_exception_handler handler,
-                                             void *userdata) {
-        assert_return(loop, -EINVAL);
-
+/* Setting a hook: takes the registry lock and the loop's state (NULL and *ret_error if
+ * the loop was inherited across fork or memory ran out; the lock is then not held). */
+static LoopState *loop_hook_begin(struct ev_loop *loop, int *ret_error) {
         pthread_once(&fork_hooks_once, register_fork_hooks);
         pthread_mutex_lock(&registry_lock);
         if (loop_state_inherited_locked(loop) && !loop_state_find_locked(loop)) {
                 pthread_mutex_unlock(&registry_lock);
-                return -ECHILD;
+                *ret_error = -ECHILD;
+                return NULL;
         }
         LoopState *st = loop_state_acquire_locked(loop);
         if (!st) {
                 pthread_mutex_unlock(&registry_lock);
-                return -ENOMEM;
+                *ret_error = -ENOMEM;
         }
-        st->handler = handler;
-        st->handler_userdata = handler ? userdata : NULL;
-        if (handler && !st->handler_pinned) {
-                st->handler_pinned = true;
+        return st;
+}
+
+/* A loop state with a hook set keeps one reference, so the hook outlives the loop's last
+ * generator; clearing the hook drops it. Ends what loop_hook_begin() began. */
+static void loop_hook_end(LoopState *st, bool set, bool *pinned) {
+        if (set && !*pinned) {
+                *pinned = true;
                 st->n_ref++;
-        } else if (!handler && st->handler_pinned) {
-                st->handler_pinned = false;
+        } else if (!set && *pinned) {
+                *pinned = false;
                 loop_state_unref_locked(st);
         }
         loop_state_unref_locked(st);
         pthread_mutex_unlock(&registry_lock);
+}
+
+_public_ int agen_loop_set_exception_handler(struct ev_loop *loop, agen_exception_handler handler,
+                                             void *userdata) {
+        assert_return(loop, -EINVAL);
+        int r;
+        LoopState *st = loop_hook_begin(loop, &r);
+        if (!st)
+                return r;
+        st->handler = handler;
+        st->handler_userdata = handler ? userdata : NULL;
+        loop_hook_end(st, handler, &st->handler_pinned);
         return 0;
 }
 
 _public_ int agen_loop_set_finalizer_warning(struct ev_loop *loop, agen_finalizer_warning warning,
                                              void *userdata) {
         assert_return(loop, -EINVAL);
-
-        pthread_once(&fork_hooks_once, register_fork_hooks);
-        pthread_mutex_lock(&registry_lock);
-        if (loop_state_inherited_locked(loop) && !loop_state_find_locked(loop)) {
-                pthread_mutex_unlock(&registry_lock);
-                return -ECHILD;
-        }
-        LoopState *st = loop_state_acquire_locked(loop);
-        if (!st) {
-                pthread_mutex_unlock(&registry_lock);
-                return -ENOMEM;
-        }
+        int r;
+        LoopState *st = loop_hook_begin(loop, &r);
+        if (!st)
+                return r;
         st->warning = warning;
         st->warning_userdata = warning ? userdata : NULL;
-        if (warning && !st->warning_pinned) {
-                st->warning_pinned = true;
-                st->n_ref++;
-        } else if (!warning && st->warning_pinned) {
-                st->warning_pinned = false;
-                loop_state_unref_locked(st);
-        }
-        loop_state_unref_locked(st);
-        pthread_mutex_unlock(&registry_lock);
+        loop_hook_end(st, warning, &st->warning_pinned);
         return 0;
 }
 
