@@ -444,7 +444,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (unsigned i = 0; i < f.n_clients; i++)
                 if (f.clients[i].fd >= 0)
                         hang_up(&f, &f.clients[i]);
-        for (int i = 0; i < 16 && varlink_server_n_connections(f.m->server) > 0; i++)
+        /* The server sees a hang-up after the bytes before it; it reads at least one byte
+         * per loop turn, so that many turns and a few more suffice. */
+        for (size_t i = 0; i < 64 + n && varlink_server_n_connections(f.m->server) > 0; i++)
                 iterate(&f);
         /* A hang-up ends a client's waiter and its connection-bound leases; only detached
          * leases may stay, and they are the store's, not a connection's. */
