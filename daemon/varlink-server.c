@@ -777,6 +777,13 @@ static void conn_dispatch(VarlinkConn *c) {
         }
         c->dispatching = false;
 
+        /* A message over the limit is an error whenever it comes: behind a call in progress
+         * (a Watch, a wait) it would otherwise be read a byte at a time (the reader's
+         * bound) until the unanswered-input bound, a busy loop. */
+        if (c->in_call && !c->close_now && !c->dead && vl_reader_partial(&c->in) > c->in.max_message) {
+                snprintf(reason, sizeof(reason), "message exceeds the limit of %zu bytes", c->in.max_message);
+                varlink_conn_protocol_error(c, reason);
+        }
         if (!c->close_now && !c->dead && vl_reader_pending(&c->in) > s->limits.max_unanswered_input &&
             s->limits.max_unanswered_input > 0) {
                 snprintf(reason, sizeof(reason), "more than %zu bytes of unanswered input",

@@ -468,6 +468,40 @@ static void test_partial_timeout(void **state) {
         t_free(t);
 }
 
+/* A message over the size limit sent while a call is in progress (a Watch, a wait) is a
+ * protocol error at once. It used to wait for the call to end: meanwhile the reader, held
+ * at the limit, took one byte per read (4 per loop iteration) until the unanswered-input
+ * bound, a spinning loop of millions of one-byte reads, and a client that hung up after
+ * such a message was only seen gone once all of it had been read that way. */
+static void test_oversized_behind_call(void **state) {
+        VarlinkServerLimits l = {
+                .max_message_size = 1024,
+                .max_unanswered_input = 1 << 20,
+        };
+        T *t = t_new(&l);
+        int fd = t_connect(t, NULL);
+        send_str(fd, "{\"method\":\"t.Subscribe\",\"more\":true}");
+        json_object *r = recv_msg(t, fd);
+        assert_null(error_of(r));
+        json_object_put(r);
+        assert_int_equal(t->n_subs, 1);
+        static char big[64 * 1024];
+        memset(big, 'x', sizeof(big));
+        assert_int_equal(send(fd, big, sizeof(big), MSG_NOSIGNAL), (ssize_t) sizeof(big));
+        for (int i = 0; i < 50 && t->disconnects == 0; i++) {
+                t_iterate(t);
+                while (readable(fd)) {
+                        char b[4096];
+                        if (recv(fd, b, sizeof(b), 0) <= 0)
+                                break;
+                }
+        }
+        assert_int_equal(t->disconnects, 1);
+        assert_int_equal(t->n_subs, 0);
+        close(fd);
+        t_free(t);
+}
+
 /* One message queued by reference to several connections, between private replies: each
  * gets them in order; the buffer lives as long as a connection still has it queued. */
 static void test_shared_output(void **state) {
@@ -520,6 +554,7 @@ int main(void) {
                 cmocka_unit_test(test_output_caps),
                 cmocka_unit_test(test_shared_output),
                 cmocka_unit_test(test_partial_timeout),
+                cmocka_unit_test(test_oversized_behind_call),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,468 @@
+/* SPDX-License-Identifier: MIT */
+/* libFuzzer: method dispatch, as a connected client reaches it. The real varlink server
+ * (daemon/varlink-server.c) with agend's method table (methods.c), connections (conn.c),
+ * engine and an in-memory store, driven the way agend's loop drives them: read, dispatch,
+ * commit, flush, for a few rounds; between any two writes of the clients.
+ *
+ * Input: byte 0 seeds a generator that decides everything the stream does not: how the
+ * stream is cut into writes (1..64 bytes, sometimes up to 4 KiB), which client each
+ * message goes to, when the clock moves (so TTLs and Acquire timeouts fire), and when a
+ * client hangs up early. Byte 1: bits 0-1 the number of clients (1..3, so that a waiter
+ * can be granted by another client's release or hang-up), bit 2 "a client may hang up
+ * midway", bits 4-7 the message size limit (0: agend's default, else 256 bytes × n, so
+ * that the limit is hit). The rest is the byte stream: NUL-separated varlink messages,
+ * the i-th going whole to one client; an unterminated tail goes to the last one. In a
+ * message, @ID@, @SECRET@ and @TOKEN@ stand for what the last grant a client saw said
+ * (lease ids and secrets are random), so that Release, Renew, Reclaim, Revoke, Check and
+ * Watch(lease) reach real leases.
+ *
+ * Each input gets a fresh service (one ev loop, one store), so inputs do not depend on
+ * each other and ASan's leak check covers what one input leaves. Replies are read and
+ * dropped. The checks are the daemon's own promises: no crash, no sanitizer report, no
+ * leak, no hang (every loop is bounded, and a connection whose replies are read is read
+ * from), and once every client has hung up and the service has settled, no connection,
+ * waiter, watcher or queued output is left, and no lease but detached ones, within their
+ * resource's capacity. */
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "engine.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "store.h"
+#include "varlink-server.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+#define MAX_CLIENTS 3
+#define ROUNDS 8
+#define MAX_REPLY_KEPT ((size_t) 256 * 1024)
+
+typedef struct Span {
+        size_t at, len;         /* in the input, NUL included (absent for the tail) */
+} Span;
+
+typedef struct Client {
+        int fd;                 /* -1 once hung up */
+        Span *msgs;             /* its messages, in order */
+        size_t n_msgs, next_msg;
+        char *out;              /* the message being sent, placeholders filled in */
+        size_t n_out, sent;
+        char *in;               /* reply bytes up to the next NUL */
+        size_t n_in;
+        bool in_skip;           /* a reply too long to keep: dropped up to its NUL */
+} Client;
+
+/* What the replies told the clients, for the placeholders of later calls: lease ids and
+ * secrets are random, so a fuzzer could never guess them. */
+typedef struct Seen {
+        char id[65], secret[65];
+        char token[24];
+} Seen;
+
+typedef struct Fuzz {
+        Manager *m;
+        usec_t mono, real;      /* the engine's clock, moved by the input */
+        const char *input;
+        Client clients[MAX_CLIENTS];
+        unsigned n_clients;
+        uint32_t rng;
+        Seen seen;
+} Fuzz;
+
+/* AGEND_FUZZ_VERBOSE=1: every call and reply on stderr, to read what a reproducer does. */
+static bool verbose;
+
+static uint32_t next(Fuzz *f) {
+        f->rng = f->rng * 1103515245u + 12345u;
+        return f->rng >> 16;
+}
+
+static usec_t clock_mono(void *userdata) {
+        return ((Fuzz *) userdata)->mono;
+}
+
+static usec_t clock_real(void *userdata) {
+        return ((Fuzz *) userdata)->real;
+}
+
+/* The connect and disconnect callbacks of manager.c (static there), unchanged. */
+static int on_connect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
+        Conn *c;
+        int k = conn_new(userdata, link, &c);
+        if (k < 0)
+                return k;
+        varlink_conn_set_userdata(link, c);
+        return 0;
+}
+
+static void on_disconnect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
+        Manager *m = userdata;
+        Conn *c = varlink_conn_get_userdata(link);
+        if (c)
+                conn_free(c, !m->shutting_down);
+}
+
+static bool may_time_out(VarlinkConn *link, void *userdata) {
+        Conn *c = varlink_conn_get_userdata(link);
+        return !c || (c->holder.n_leases == 0 && c->busy == CONN_IDLE);
+}
+
+static const VarlinkServerCallbacks server_callbacks = {
+        .connect = on_connect,
+        .disconnect = on_disconnect,
+        .may_time_out = may_time_out,
+};
+
+/* What manager_run() sets up, minus the listening socket, the signals and sqlite. */
+static void service_new(Fuzz *f, size_t max_message_size) {
+        int k = manager_new(&(ManagerOptions) { .sync = -1, .grace = -1 }, &f->m);
+        assert(k == 0);
+        Manager *m = f->m;
+        if (max_message_size > 0)
+                m->config.max_message_size = max_message_size;
+        snprintf(m->boot_id, sizeof(m->boot_id), "fuzz");
+        k = store_memory_new(&(StoreMemoryOptions) { .history_size = 64 }, &m->store);
+        assert(k == 0);
+        m->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+        assert(m->loop);
+        k = engine_new(&(EngineClock) { clock_mono, clock_real, f }, m->store, &methods_engine_callbacks, m,
+                       &m->engine);
+        assert(k == 0);
+        k = engine_configure(m->engine, m->config.resources, m->config.n_resources, m->config.allow_undeclared);
+        assert(k == 0);
+        k = varlink_server_new(m->loop,
+                               &(VarlinkServerOptions) { .error_protocol = "io.agend.Lease.ProtocolError",
+                                                         .error_limit = "io.agend.Lease.LimitExceeded" },
+                               &server_callbacks, m, &m->server);
+        assert(k == 0);
+        k = methods_bind(m->server);
+        assert(k == 0);
+        varlink_server_set_limits(m->server, &(VarlinkServerLimits) {
+                .max_message_size = m->config.max_message_size,
+                .max_unanswered_input = m->config.max_unanswered_input,
+                .max_connections_per_uid = m->config.max_connections_per_user,
+                .output_high_water = VARLINK_OUTPUT_HIGH_WATER,
+                .max_output_per_conn = m->config.max_output_per_connection,
+                .max_output_per_uid = m->config.max_output_per_user,
+                .max_output_total = m->config.max_output_total,
+                .client_timeout = m->config.client_timeout,
+        });
+        k = engine_restore(m->engine, m->boot_id, 0);
+        assert(k == 0);
+        k = m->store->ops->commit(m->store);
+        assert(k >= 0);
+        m->started = f->mono;
+}
+
+static void copy_string(json_object *o, const char *key, char *buf, size_t size) {
+        json_object *v;
+        if (json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string))
+                snprintf(buf, size, "%s", json_object_get_string(v));
+}
+
+/* A grant (Acquire, Renew, Reclaim, a Watch event, a List entry): remembers its lease. */
+static void learn(Fuzz *f, const char *msg) {
+        json_object *o = json_tokener_parse(msg), *p, *l, *v;
+        if (!o)
+                return;
+        if (json_object_object_get_ex(o, "parameters", &p)) {
+                copy_string(p, "secret", f->seen.secret, sizeof(f->seen.secret));
+                if ((json_object_object_get_ex(p, "lease", &l) && json_object_is_type(l, json_type_object)) ||
+                    (json_object_object_get_ex(p, "event", &l) && json_object_is_type(l, json_type_object))) {
+                        copy_string(l, "id", f->seen.id, sizeof(f->seen.id));
+                        copy_string(l, "lease", f->seen.id, sizeof(f->seen.id));
+                        if (json_object_object_get_ex(l, "token", &v) && json_object_is_type(v, json_type_int))
+                                snprintf(f->seen.token, sizeof(f->seen.token), "%" PRId64,
+                                         json_object_get_int64(v));
+                }
+        }
+        json_object_put(o);
+}
+
+/* Reads what the server sent, learns from the replies, drops them; notices a hang-up by
+ * the server. */
+static void drain(Fuzz *f, Client *cl) {
+        static char buf[65536];
+        while (cl->fd >= 0) {
+                ssize_t n = recv(cl->fd, buf, sizeof(buf), MSG_DONTWAIT);
+                if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                        return;
+                if (n <= 0) {
+                        /* The server closed it (protocol error, limit): the client is done. */
+                        cl->fd = safe_close(cl->fd);
+                        return;
+                }
+                for (const char *p = buf, *e = buf + n; p < e;) {
+                        const char *nul = memchr(p, 0, (size_t) (e - p));
+                        size_t len = nul ? (size_t) (nul - p) : (size_t) (e - p);
+                        if (!cl->in_skip && cl->n_in + len <= MAX_REPLY_KEPT) {
+                                char *q = realloc(cl->in, cl->n_in + len + 1);
+                                assert(q);
+                                memcpy(q + cl->n_in, p, len);
+                                cl->in = q;
+                                cl->n_in += len;
+                                q[cl->n_in] = 0;
+                        } else
+                                cl->in_skip = true;
+                        if (!nul)
+                                break;
+                        if (verbose)
+                                fprintf(stderr, "<%u %s\n", (unsigned) (cl - f->clients),
+                                        cl->in_skip ? "(long reply)" : cl->n_in > 0 ? cl->in : "");
+                        if (!cl->in_skip && cl->n_in > 0)
+                                learn(f, cl->in);
+                        cl->n_in = 0;
+                        cl->in_skip = false;
+                        p = nul + 1;
+                }
+        }
+}
+
+static void fill(Client *cl, const char *text, size_t len) {
+        char *o = realloc(cl->out, cl->n_out + len);
+        assert(o || cl->n_out + len == 0);
+        if (len > 0)
+                memcpy(o + cl->n_out, text, len);
+        cl->out = o;
+        cl->n_out += len;
+}
+
+/* The client's next message, with @ID@, @SECRET@ and @TOKEN@ replaced by what the last
+ * grant said (empty before any). */
+static void next_message(Fuzz *f, Client *cl) {
+        static const struct {
+                const char *name;
+                size_t offset;
+        } holes[] = {
+                { "@ID@", offsetof(Seen, id) },
+                { "@SECRET@", offsetof(Seen, secret) },
+                { "@TOKEN@", offsetof(Seen, token) },
+        };
+        const Span *m = &cl->msgs[cl->next_msg++];
+        const char *p = f->input + m->at, *e = p + m->len;
+        cl->n_out = cl->sent = 0;
+        while (p < e) {
+                const char *at = memchr(p, '@', (size_t) (e - p));
+                if (!at) {
+                        fill(cl, p, (size_t) (e - p));
+                        break;
+                }
+                fill(cl, p, (size_t) (at - p));
+                p = at;
+                size_t i;
+                for (i = 0; i < ELEMENTSOF(holes); i++) {
+                        size_t l = strlen(holes[i].name);
+                        if ((size_t) (e - p) >= l && memcmp(p, holes[i].name, l) == 0) {
+                                const char *v = (const char *) &f->seen + holes[i].offset;
+                                fill(cl, v, strlen(v));
+                                p += l;
+                                break;
+                        }
+                }
+                if (i == ELEMENTSOF(holes)) {
+                        fill(cl, p, 1);
+                        p++;
+                }
+        }
+        if (verbose)
+                fprintf(stderr, ">%u %.*s\n", (unsigned) (cl - f->clients), (int) MIN(cl->n_out, 300), cl->out);
+}
+
+static bool has_more(const Client *cl) {
+        return cl->fd >= 0 && (cl->sent < cl->n_out || cl->next_msg < cl->n_msgs);
+}
+
+/* One turn of agend's loop: I/O, timers, then prepare_cb()'s rounds of dispatch → commit
+ * → flush (the store cannot fail here: the memory store injects no fault). */
+static void iterate(Fuzz *f) {
+        Manager *m = f->m;
+        ev_run(m->loop, EVRUN_NOWAIT);
+        engine_run_timers(m->engine);
+        for (int round = 0; round < ROUNDS; round++) {
+                varlink_server_dispatch(m->server);
+                int k = m->store->ops->commit(m->store);
+                assert(k >= 0);
+                if (k > 0)
+                        m->commits++;
+                if (varlink_server_flush(m->server) == 0)
+                        break;
+        }
+        for (unsigned i = 0; i < f->n_clients; i++)
+                drain(f, &f->clients[i]);
+}
+
+/* What is left once every client has hung up: detached leases only, within capacity. */
+static void check_leases(Fuzz *f) {
+        HashmapIter i = {};
+        Resource *r;
+        while (hashmap_iterate(engine_resources(f->m->engine), &i, (void **) &r)) {
+                unsigned units = 0, n = 0;
+                for (Lease *l = r->leases; l; l = l->res_next) {
+                        assert(l->detached && !l->holder);
+                        units += l->units;
+                        n++;
+                }
+                assert(n == r->n_leases && units == r->used && units <= r->capacity);
+                assert(r->n_waiters == 0 && !r->wait_head);
+        }
+}
+
+static void hang_up(Fuzz *f, Client *cl) {
+        cl->fd = safe_close(cl->fd);
+        iterate(f);
+}
+
+/* Writes the next piece of cl's stream. A full socket buffer gets loop turns. The server
+ * may stop reading a connection while its output is above the high-water mark or its
+ * calls wait for their turn, but the client reads every reply and the input is far below
+ * the unanswered-input bound: a connection that is never read again is a hang. */
+static void send_chunk(Fuzz *f, Client *cl) {
+        if (cl->sent == cl->n_out)
+                next_message(f, cl);
+        if (cl->n_out == 0)
+                return;
+        size_t want = next(f) % 16 == 0 ? 1 + next(f) % 4096 : 1 + next(f) % 64;
+        want = MIN(want, cl->n_out - cl->sent);
+        for (int tries = 0; tries < 256; tries++) {
+                ssize_t n = send(cl->fd, cl->out + cl->sent, want, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (n > 0) {
+                        cl->sent += (size_t) n;
+                        return;
+                }
+                if (n < 0 && errno != EAGAIN && errno != EINTR) {
+                        hang_up(f, cl);         /* EPIPE, ECONNRESET: the server closed it */
+                        return;
+                }
+                iterate(f);
+                if (cl->fd < 0)
+                        return;
+        }
+        assert(!"the server stopped reading a connection whose replies are read");
+}
+
+static int client_add(Fuzz *f, Client *cl) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+                return -errno;
+        VarlinkConn *c;
+        int k = varlink_server_add_connection(f->m->server, sv[0], &c);
+        if (k < 0) {
+                safe_close(sv[1]);
+                return k;
+        }
+        cl->fd = sv[1];
+        return 0;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+        /* Refusals and protocol errors are logged at warning level: thousands a second. */
+        verbose = getenv("AGEND_FUZZ_VERBOSE");
+        log_set_max_level(verbose ? LOG_DEBUG : LOG_ERR);
+        return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        if (size < 2)
+                return 0;
+        Fuzz f = {
+                .mono = 1000 * USEC_PER_SEC,
+                .real = (usec_t) 1700000000 * USEC_PER_SEC,
+                .rng = data[0] * 2654435761u + 1,
+                .n_clients = 1 + (data[1] & 3) % MAX_CLIENTS,
+        };
+        bool early_hang_up = data[1] & 4;
+        size_t max_message_size = (size_t) (data[1] >> 4) * 256;
+        const char *in = (const char *) data + 2;
+        size_t n = size - 2;
+        for (unsigned i = 0; i < MAX_CLIENTS; i++)
+                f.clients[i].fd = -1;
+
+        /* Each message goes whole to one client. */
+        f.input = in;
+        for (size_t at = 0; at < n;) {
+                const char *nul = memchr(in + at, 0, n - at);
+                size_t len = nul ? (size_t) (nul - (in + at)) + 1 : n - at;
+                Client *cl = &f.clients[nul ? next(&f) % f.n_clients : f.n_clients - 1];
+                Span *q = realloc(cl->msgs, (cl->n_msgs + 1) * sizeof(Span));
+                assert(q);
+                cl->msgs = q;
+                cl->msgs[cl->n_msgs++] = (Span) { at, len };
+                at += len;
+        }
+
+        service_new(&f, max_message_size);
+        for (unsigned i = 0; i < f.n_clients; i++)
+                if (client_add(&f, &f.clients[i]) < 0)
+                        goto out;
+        iterate(&f);
+
+        for (;;) {
+                /* A client with something left to send, from a random start. */
+                unsigned start = next(&f) % f.n_clients, i;
+                Client *cl = NULL;
+                for (i = 0; i < f.n_clients; i++) {
+                        Client *c = &f.clients[(start + i) % f.n_clients];
+                        if (has_more(c)) {
+                                cl = c;
+                                break;
+                        }
+                }
+                if (!cl)
+                        break;
+                uint32_t r = next(&f) % 64;
+                if (r < 4)
+                        f.mono += (usec_t) (1 + next(&f) % 2000) * USEC_PER_MSEC;  /* up to 2 s */
+                else if (r == 4)
+                        f.mono += (usec_t) (1 + next(&f) % 120) * USEC_PER_SEC;    /* TTLs, timeouts */
+                if (early_hang_up && r == 5) {
+                        hang_up(&f, cl);
+                        continue;
+                }
+                send_chunk(&f, cl);
+                iterate(&f);
+        }
+
+        /* Let what the calls started run on (grants, expiries), then every client hangs up:
+         * their leases end, the waiters behind them are granted, and then end too. */
+        for (int i = 0; i < 4; i++) {
+                f.mono += 30 * USEC_PER_SEC;
+                iterate(&f);
+        }
+        for (unsigned i = 0; i < f.n_clients; i++)
+                if (f.clients[i].fd >= 0)
+                        hang_up(&f, &f.clients[i]);
+        /* The server sees a hang-up after the bytes before it; it reads at least one byte
+         * per loop turn, so that many turns and a few more suffice. */
+        for (size_t i = 0; i < 64 + n && varlink_server_n_connections(f.m->server) > 0; i++)
+                iterate(&f);
+        /* A hang-up ends a client's waiter and its connection-bound leases; only detached
+         * leases may stay, and they are the store's, not a connection's. */
+        assert(varlink_server_n_connections(f.m->server) == 0);
+        assert(engine_n_waiters(f.m->engine) == 0);
+        assert(varlink_server_output_bytes(f.m->server) == 0);
+        assert(f.m->watchers == NULL);
+        check_leases(&f);
+
+out:
+        for (unsigned i = 0; i < f.n_clients; i++) {
+                safe_close(f.clients[i].fd);
+                free(f.clients[i].msgs);
+                free(f.clients[i].out);
+                free(f.clients[i].in);
+        }
+        manager_free(f.m);
+        return 0;
+}
