@@ -107,6 +107,14 @@ void varlink_server_dispatch(VarlinkServer *s);
  * the caller commits and flushes again). */
 unsigned varlink_server_flush(VarlinkServer *s);
 
+/* The pipelined commit (agend's manager.c): with hold on, queued output is written only
+ * once released. seal() ends a batch: what is queued so far goes out with the next
+ * release(false), which releases the last sealed batch; release(true) releases everything
+ * queued. Turning hold off releases everything. */
+void varlink_server_hold_output(VarlinkServer *s, bool hold);
+void varlink_server_seal(VarlinkServer *s);
+void varlink_server_release(VarlinkServer *s, bool all);
+
 unsigned varlink_server_n_connections(const VarlinkServer *s);
 /* Total queued output bytes (for tests and status). */
 size_t varlink_server_output_bytes(const VarlinkServer *s);
