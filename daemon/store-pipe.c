@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "macro.h"
 #include "store-pipe.h"
@@ -52,6 +53,7 @@ struct StorePipe {
         bool finished;          /* under lock: the thread is done with them; result is set */
         bool stop;
         int result;
+        usec_t delay;           /* test builds: AGEND_TEST_COMMIT_DELAY µs before each commit */
 };
 
 /* ---- batch encoding ---- */
@@ -238,6 +240,12 @@ static void *thread_main(void *userdata) {
                         break;
                 pthread_mutex_unlock(&p->lock);
 
+                if (p->delay > 0) {
+                        struct timespec ts = { .tv_sec = (time_t) (p->delay / USEC_PER_SEC),
+                                               .tv_nsec = (long) (p->delay % USEC_PER_SEC) * 1000 };
+                        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                                ;
+                }
                 /* A batch that could not be recorded whole is not committed at all. */
                 int k = batch_apply(p->inner, &p->flight);
                 int c = p->inner->ops->commit(p->inner);
@@ -508,6 +516,13 @@ int store_pipe_new(struct ev_loop *loop, Store *inner, StorePipeDone done, void 
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->work_cond, NULL);
         pthread_cond_init(&p->idle_cond, NULL);
+#ifdef AGEND_TEST_HOOKS
+        /* The kill -9 tests widen the window in which a commit is in flight, replies held
+         * and the next batch decided (tests/meson.build, history-*-pipelined). */
+        const char *d = getenv("AGEND_TEST_COMMIT_DELAY");
+        if (d && *d)
+                p->delay = strtoull(d, NULL, 10);
+#endif
         ev_async_init(&p->async, async_cb);
         p->async.data = p;
         ev_async_start(loop, &p->async);
