@@ -24,7 +24,8 @@
  * (a waiting call, a stream) holds the later calls, whose bytes wait in the reader.
  *
  * Replies are only queued by the methods; nothing is written until the owner calls
- * varlink_server_flush(). agend calls it right after its group commit, so no reply leaves
+ * varlink_server_flush(), and with output held (varlink_server_hold_output()) only what was
+ * released. agend releases a batch's output once its commit is durable, so no reply leaves
  * before the change it reports is committed. */
 
 #include <ev.h>
