@@ -44,6 +44,7 @@ struct StorePipe {
         Batch flight;           /* the thread's while in_flight */
         bool dirty;             /* pending, or applied to inner by a read, since the last submit */
         bool in_flight;         /* loop side: submitted, done() not yet called */
+        int owed_error;         /* a batch applied by a read was not recorded whole: the next commit fails */
 
         pthread_t thread;
         bool thread_started;
@@ -293,6 +294,9 @@ int store_pipe_submit(StorePipe *p) {
         Batch t = p->flight;
         p->flight = p->pending;
         p->pending = t;
+        if (p->flight.error == 0)
+                p->flight.error = p->owed_error;
+        p->owed_error = 0;
         p->dirty = false;
         p->in_flight = true;
         pthread_mutex_lock(&p->lock);
@@ -418,6 +422,8 @@ static int take_inner(StorePipe *p) {
         int k = batch_apply(p->inner, &p->pending);
         batch_clear(&p->pending);
         p->dirty = true;
+        if (k < 0 && p->owed_error == 0)
+                p->owed_error = k;      /* reported by the commit that takes this batch */
         return k;
 }
 
@@ -435,7 +441,9 @@ static int p_commit(Store *s) {
                 if (k < 0 && k != -ENOSPC)
                         return k;
         }
-        int k = take_inner(p);
+        (void) take_inner(p);
+        int k = p->owed_error;
+        p->owed_error = 0;
         int c = p->inner->ops->commit(p->inner);
         p->dirty = false;
         return k < 0 ? k : c;
