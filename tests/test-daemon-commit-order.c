@@ -135,6 +135,33 @@ static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
 }
 
+/* The classic pipelining mistake: output decided while commit N is in flight must wait
+ * for commit N + 1, not go out with N. Every commit takes 1 s; commit 2 (a grant) succeeds,
+ * commit 3 fails. An Acquire sent while commit 2 is in flight is decided into batch 3:
+ * the grant must arrive, that Acquire's reply never. */
+static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) {
+        Agend *a = NULL;
+        assert_int_equal(setenv("AGEND_TEST_STORE", "memory,fail-commit=3,delay-commit=1000000", 1), 0);
+        assert_int_equal(agend_new(&a), 0);
+        int r = agend_start(a);
+        unsetenv("AGEND_TEST_STORE");
+        assert_int_equal(r, 0);
+
+        VConn *holder = OPEN(a), *other = OPEN(a);
+        assert_int_equal(vconn_send(holder, 0, LEASE_IF "Acquire", "{\"resource\":\"r\"}"), 0);
+        /* Commit 2 is in flight for 1 s (the pause only makes that likely, see above). */
+        helper_sleep(0.2);
+        assert_int_equal(vconn_send(other, 0, LEASE_IF "Acquire", "{\"resource\":\"r2\"}"), 0);
+
+        json_object *m = RECV(holder, HELPER_START_TIMEOUT);
+        if (reply_error(m) || !jget(m, "parameters.lease"))
+                fail_msg("the grant of commit 2 did not arrive: %s", jtext(m));
+        expect_silence(other, "an Acquire decided while commit 2 was in flight (its own commit failed)");
+        int st = 0;
+        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+}
+
 static int teardown(void **state) {
         helper_cleanup();
         return 0;
@@ -148,6 +175,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_teardown(test_nothing_before_commit, teardown),
                 cmocka_unit_test_teardown(test_delayed_and_failed_commit_holds_later_batches, teardown),
+                cmocka_unit_test_teardown(test_batch_decided_in_flight_waits_for_its_own_commit, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
