@@ -267,6 +267,14 @@ int vl_writer_flush(VlWriter *w, int fd) {
         return r;
 }
 
+int vl_writer_flush_some(VlWriter *w, int fd, size_t n) {
+        assert(w);
+        int r = writer_flush_to(w, fd, w->start + MIN(n, w->end - w->start));
+        if (w->sealed < w->start)
+                w->sealed = w->start;
+        return r;
+}
+
 void vl_writer_seal(VlWriter *w) {
         assert(w);
         w->sealed = w->end;

@@ -96,6 +96,9 @@ int vl_writer_append_json(VlWriter *w, json_object *o);
  * are out (0) or the fd would block (-EAGAIN, the rest stays queued); other errors are
  * returned as they are (-EPIPE, -ECONNRESET, ...). */
 int vl_writer_flush(VlWriter *w, int fd);
+/* Writes at most the first n queued bytes, like vl_writer_flush() (agend's pipelined
+ * commit: the bytes of replies whose commit is not yet durable stay queued). */
+int vl_writer_flush_some(VlWriter *w, int fd, size_t n);
 /* Marks everything queued so far as ready; vl_writer_flush_sealed() writes only those
  * bytes. The daemon seals after its group commit, so that no reply reporting an
  * uncommitted change can leave early through a write watcher. */

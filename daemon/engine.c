@@ -839,9 +839,15 @@ static void end_unreclaimed(Engine *e) {
 }
 
 void engine_run_timers(Engine *e) {
+        (void) engine_run_timers_max(e, 0);
+}
+
+unsigned engine_run_timers_max(Engine *e, unsigned max) {
         usec_t now = now_mono(e);
         PrioqItem *top;
-        while ((top = prioq_peek(&e->timers)) && top->when <= now) {
+        unsigned n = 0;
+        while ((max == 0 || n < max) && (top = prioq_peek(&e->timers)) && top->when <= now) {
+                n++;
                 EngineTimer *t = container_of(top, EngineTimer, pq);
                 prioq_remove(&e->timers, top);
                 switch ((TimerKind) t->pq.tag) {
@@ -867,6 +873,7 @@ void engine_run_timers(Engine *e) {
                         break;
                 }
         }
+        return n;
 }
 
 typedef struct RestoreState {

@@ -269,3 +269,7 @@ int engine_history(Engine *e, const char *resource, uint64_t before, unsigned li
 /* The next deadline (CLOCK_MONOTONIC) or USEC_INFINITY; and running what is due. */
 usec_t engine_next_deadline(Engine *e);
 void engine_run_timers(Engine *e);
+/* At most max of what is due (0 = all); returns how many ran. The daemon runs a bounded
+ * number per loop iteration, so that a mass expiry does not stall the other clients: the
+ * rest is due at once, in the next iteration, after the I/O that arrived meanwhile. */
+unsigned engine_run_timers_max(Engine *e, unsigned max);

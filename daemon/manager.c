@@ -18,6 +18,7 @@
 #include "manager.h"
 #include "server.h"
 #include "store-guard.h"
+#include "store-pipe.h"
 
 #if HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
@@ -87,33 +88,71 @@ static void send_status(Manager *m) {
 #endif
 }
 
-/* The group commit. Everything the iteration changed is committed in one transaction,
- * and only then are replies written, so no reply reports a change that is not durable.
- * Like redis's beforeSleep(): the loop sleeps only after the commit and the writes. */
+static void store_failed(Manager *m, int k) {
+        /* Answering now would report changes that are not durable. Stop; the next start
+         * restores from what was committed. */
+        log_error_errno(k, "cannot commit to the database: %m; stopping without answering");
+        m->store_failed = true;
+        m->exit_code = EXIT_FAILURE;
+        ev_break(m->loop, EVBREAK_ALL);
+}
+
+/* The pipelined group commit (store-pipe.c). The loop decides a batch (every call and
+ * timer of an iteration), hands its writes to the commit thread and goes on with the next
+ * batch while the disk works; the batch's replies and events are held in the varlink
+ * server, sealed with the batch, and released when its commit is durable (commit_done),
+ * in commit order: one commit is in flight at a time, and the next takes all that was
+ * decided meanwhile. Output of an iteration that changed nothing may still report a state
+ * that is not durable yet (a Status, a Watch snapshot): it is released with the commit in
+ * flight, or at once if there is none. */
+static void commit_step(Manager *m) {
+        bool in_flight = store_pipe_in_flight(m->pipe);
+        if (!store_pipe_dirty(m->pipe) && !m->commit_owed) {
+                if (in_flight || m->commit_held)
+                        varlink_server_seal(m->server);
+                else
+                        varlink_server_release(m->server, true);
+                return;
+        }
+        if (in_flight || !store_guard_may_commit(m->guard))
+                return;         /* this batch waits and grows: the next commit takes it */
+        if (store_pipe_submit(m->pipe) < 0)
+                return;
+        m->commit_owed = false;
+        varlink_server_seal(m->server);
+}
+
+static void commit_done(StorePipe *p, int k, void *userdata) {
+        Manager *m = userdata;
+        k = store_guard_finish(m->guard, k);
+        if (k == -EINPROGRESS || k == -EAGAIN) {
+                /* Not durable: its replies stay held; the same batch (with what came
+                 * since) is committed again, now or when the guard allows. */
+                m->commit_owed = true;
+                m->commit_held = true;
+                return;
+        }
+        if (k < 0) {
+                store_failed(m, k);
+                return;
+        }
+        m->commit_held = false;
+        if (k > 0)
+                m->commits++;
+        varlink_server_release(m->server, false);
+}
+
+/* Once per loop iteration, before it sleeps (like redis's beforeSleep()): handle the
+ * calls that became free, hand the batch to the commit, write what may be written. */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
         Manager *m = w->data;
 
-        for (int round = 0; round < PREPARE_ROUNDS; round++) {
+        for (int round = 0; round < PREPARE_ROUNDS && !m->store_failed; round++) {
                 /* Calls queued behind a call that just ended. */
                 varlink_server_dispatch(m->server);
-
-                int k = store_guard_commit(m->guard);
-                if (k == -EAGAIN)
-                        break;  /* not committed for lack of space: no reply goes out */
-                if (k < 0) {
-                        /* Answering now would report changes that are not durable. Stop; the
-                         * next start restores from what was committed. */
-                        log_error_errno(k, "cannot commit to the database: %m; stopping without answering");
-                        m->store_failed = true;
-                        m->exit_code = EXIT_FAILURE;
-                        ev_break(loop, EVBREAK_ALL);
-                        return;
-                }
-                if (k > 0)
-                        m->commits++;
-
+                commit_step(m);
                 /* Closing connections releases leases and may grant others: another
-                 * round commits and answers that. */
+                 * round hands that on and writes what may go. */
                 if (varlink_server_flush(m->server) == 0)
                         break;
         }
@@ -121,9 +160,14 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
         send_status(m);
 }
 
+/* Expiries, timeouts and the end of the grace period: at most this many per loop
+ * iteration (issue 12 item 5). Their changes join the iteration's batch; the rest wait one
+ * iteration (arm_timer() sets the timer due at once), behind the I/O that is ready. */
+#define TIMERS_PER_ITERATION 256
+
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Manager *m = w->data;
-        engine_run_timers(m->engine);
+        (void) engine_run_timers_max(m->engine, TIMERS_PER_ITERATION);
 }
 
 static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -306,6 +350,14 @@ int manager_run(Manager *m) {
                 log_error("cannot create the event loop");
                 return EXIT_FAILURE;
         }
+        Store *inner = m->store;
+        k = store_pipe_new(m->loop, inner, commit_done, m, &m->pipe);
+        if (k < 0) {
+                m->store = NULL;
+                store_free(inner);
+                return log_error_errno(k, "cannot start the commit thread: %m"), EXIT_FAILURE;
+        }
+        m->store = store_pipe_store(m->pipe);
         store_guard_start(m->guard, m->loop, m->store);
         k = engine_new(NULL, m->store, &methods_engine_callbacks, m, &m->engine);
         if (k < 0)
@@ -371,6 +423,7 @@ int manager_run(Manager *m) {
 
         m->started = usec_now(CLOCK_MONOTONIC);
 
+        varlink_server_hold_output(m->server, true);
         ev_prepare_init(&m->prepare, prepare_cb);
         m->prepare.data = m;
         ev_prepare_start(m->loop, &m->prepare);
@@ -408,7 +461,8 @@ int manager_run(Manager *m) {
                 if (k < 0) {
                         log_error_errno(k, "cannot commit at shutdown: %m");
                         m->exit_code = EXIT_FAILURE;
-                }
+                } else
+                        varlink_server_release(m->server, true);   /* all durable now */
         }
         if (!m->store_failed && m->exit_code == EXIT_SUCCESS)
                 (void) fdstore_save(m);

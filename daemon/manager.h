@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "hashmap.h"
 #include "store.h"
+#include "store-pipe.h"
 #include "usec.h"
 #include "varlink-server.h"
 
@@ -49,7 +50,10 @@ typedef struct Manager {
         struct ev_loop *loop;
         ManagerOptions opts;
         Config config;
-        Store *store;
+        Store *store;                   /* the commit pipeline's face (store-pipe.h) */
+        StorePipe *pipe;
+        bool commit_owed;               /* a batch failed for lack of space: commit it again */
+        bool commit_held;               /* ... and until then nothing is released */
         StoreGuard *guard;              /* disk space: the reserve, StorageError (store-guard.c) */
         Engine *engine;
 

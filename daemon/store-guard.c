@@ -30,6 +30,7 @@ struct StoreGuard {
         bool degraded;          /* Acquire refused */
         bool held;              /* a batch is waiting for space: no reply may go out */
         bool reserve_warned;    /* a failure to make the reserve is logged once */
+        bool released;          /* the reserve was just released for the batch being retried */
         usec_t retry_at;        /* CLOCK_MONOTONIC: the next commit attempt while held */
         char reason[256];
 };
@@ -190,31 +191,44 @@ StoreGuard *store_guard_free(StoreGuard *g) {
         return NULL;
 }
 
-int store_guard_commit(StoreGuard *g) {
-        if (g->held && usec_now(CLOCK_MONOTONIC) < g->retry_at)
-                return -EAGAIN;
-        int k = g->store->ops->commit(g->store), r = 0;
+bool store_guard_may_commit(const StoreGuard *g) {
+        return !g->held || usec_now(CLOCK_MONOTONIC) >= g->retry_at;
+}
+
+int store_guard_finish(StoreGuard *g, int k) {
         if (k == -ENOSPC) {
-                r = reserve_release(g);
-                enter_degraded(g, r > 0 ? "a commit failed; the reserve was released to complete it"
-                                        : "a commit failed");
-                if (r > 0)
-                        k = g->store->ops->commit(g->store);
-        }
-        if (k == -ENOSPC) {
+                int r = reserve_release(g);
+                enter_degraded(g, r > 0 || g->released ? "a commit failed; the reserve was released to complete it"
+                                                       : "a commit failed");
+                if (r > 0) {
+                        g->released = true;
+                        return -EINPROGRESS;    /* the same batch again, now */
+                }
                 if (!g->held)
                         log_error("cannot commit to the database in \"%s\": no space left%s; holding the replies "
                                   "of the calls not yet committed and retrying every %.0f s",
-                                  g->dir, r > 0 ? " even after releasing the reserve" : " and no reserve to release",
+                                  g->dir, g->released ? " even after releasing the reserve" : " and no reserve to release",
                                   CHECK_INTERVAL);
+                g->released = false;
                 g->held = true;
                 g->retry_at = usec_now(CLOCK_MONOTONIC) + (usec_t) (CHECK_INTERVAL * USEC_PER_SEC);
                 return -EAGAIN;
         }
+        g->released = false;
         if (k >= 0 && g->held) {
                 g->held = false;
                 log_notice("the database in \"%s\" accepts writes again: the held replies go out", g->dir);
         }
+        return k;
+}
+
+int store_guard_commit(StoreGuard *g) {
+        if (!store_guard_may_commit(g))
+                return -EAGAIN;
+        int k;
+        do
+                k = store_guard_finish(g, g->store->ops->commit(g->store));
+        while (k == -EINPROGRESS);
         return k;
 }
 

@@ -46,7 +46,15 @@ int store_guard_new(const char *dir, StoreGuard **ret);
 void store_guard_start(StoreGuard *g, struct ev_loop *loop, Store *store);
 StoreGuard *store_guard_free(StoreGuard *g);
 
-/* The group commit. 1 committed, 0 nothing to commit, -EAGAIN: not committed for lack
+/* The pipelined commit (manager.c, store-pipe.c): whether a batch may be handed to the
+ * commit thread now (not while a batch held for lack of space waits for its retry time);
+ * and what a commit's result k means: >= 0 durable; -EINPROGRESS: the reserve was freed,
+ * commit the same batch again now; -EAGAIN: held, committed again once may_commit says
+ * so, no reply goes out meanwhile; any other negative errno: the store failed. */
+bool store_guard_may_commit(const StoreGuard *g);
+int store_guard_finish(StoreGuard *g, int k);
+
+/* A synchronous commit (start-up). 1 committed, 0 nothing to commit, -EAGAIN: not committed for lack
  * of space, retried later: send no reply; any other negative errno: the store failed. */
 int store_guard_commit(StoreGuard *g);
 

@@ -8,9 +8,11 @@
  *   table off the reply path, docs/architecture.md "The database");
  * - store-memory.c, for tests: everything in memory, with fault injection.
  *
- * Writes join the current transaction, which the manager commits once per loop iteration
- * (group commit) before it writes any reply; so no reply reports a state change that is
- * not durable at the configured sync level. */
+ * Writes join the current transaction, which commit() commits. The daemon calls the real
+ * store from its commit thread (store-pipe.h: the loop records a batch, the thread replays
+ * and commits it, the batch's replies wait for that), so no reply reports a state change
+ * that is not durable at the configured sync level. A backend is used by one thread at a
+ * time, not always the same one. */
 
 #include <errno.h>
 #include <stdbool.h>

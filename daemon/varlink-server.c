@@ -65,6 +65,11 @@ struct VarlinkConn {
         usec_t partial_since;   /* CLOCK_MONOTONIC when the message in progress began; 0 = none */
         usec_t close_deadline;  /* with close_now: closed by then even if output remains */
         size_t out_accounted;   /* output bytes counted in stat and the server's total */
+        /* The pipelined commit holds output (varlink_server_hold_output()): offsets in the
+         * stream of bytes ever queued, of which `consumed` are written or discarded (so the
+         * stream's end is consumed + out_pending()). Bytes before release_upto may be
+         * written; seal_upto ends the batch whose commit is in flight. */
+        uint64_t consumed, release_upto, seal_upto;
         unsigned turn_iteration; /* ev_iteration() of its last turn, and the calls handled in it */
         unsigned turn_calls;
 
@@ -109,6 +114,7 @@ struct VarlinkServer {
 
         VarlinkConn *conns;
         unsigned n_conns;
+        bool hold;              /* output waits for varlink_server_release() */
         size_t output_total;
         Hashmap uids;           /* uid → UidStat */
         VarlinkConn *dirty;     /* output to flush, or to close */
@@ -189,16 +195,31 @@ static void chunk_pop(VarlinkConn *c) {
         free(k);
 }
 
-/* Writes the VlWriter, then the chunks, until all is out or the socket is full. */
+/* Queued bytes that may be written now. */
+static size_t out_releasable(const VarlinkConn *c) {
+        size_t n = out_pending(c);
+        if (!c->server->hold)
+                return n;
+        uint64_t r = c->release_upto > c->consumed ? c->release_upto - c->consumed : 0;
+        return (size_t) MIN((uint64_t) n, r);
+}
+
+/* Writes the VlWriter, then the chunks, until all that may go is out or the socket is full. */
 static int out_write(VarlinkConn *c) {
-        if (vl_writer_pending(&c->out) > 0) {
-                int k = vl_writer_flush(&c->out, c->fd);
+        size_t limit = out_releasable(c);
+        size_t before = vl_writer_pending(&c->out);
+        if (before > 0 && limit > 0) {
+                int k = vl_writer_flush_some(&c->out, c->fd, limit);
+                size_t n = before - vl_writer_pending(&c->out);
+                c->consumed += n;
+                limit -= n;
                 if (k < 0)
                         return k;
         }
-        while (c->chunks) {
+        while (c->chunks && limit > 0 && vl_writer_pending(&c->out) == 0) {
                 OutChunk *k = c->chunks;
-                ssize_t l = send(c->fd, k->buf->data + k->off, k->buf->len - k->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                ssize_t l = send(c->fd, k->buf->data + k->off, MIN(k->buf->len - k->off, limit),
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (l < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -206,6 +227,8 @@ static int out_write(VarlinkConn *c) {
                 }
                 k->off += (size_t) l;
                 c->chunks_bytes -= (size_t) l;
+                c->consumed += (size_t) l;
+                limit -= (size_t) l;
                 if (k->off == k->buf->len) {
                         OutChunk *next = k->next;
                         varlink_buf_unref(k->buf);
@@ -220,6 +243,7 @@ static int out_write(VarlinkConn *c) {
 
 /* Drops queued messages not written yet, except the rest of one partly written. */
 static void out_discard(VarlinkConn *c) {
+        size_t before = out_pending(c);
         vl_writer_discard(&c->out);
         bool keep_head = vl_writer_pending(&c->out) == 0 && c->chunks && c->chunks->off > 0;
         OutChunk *head = keep_head ? c->chunks : NULL;
@@ -234,6 +258,7 @@ static void out_discard(VarlinkConn *c) {
                 c->chunks = c->chunks_tail = head;
                 c->chunks_bytes = head->buf->len - head->off;
         }
+        c->consumed += before - out_pending(c);
 }
 
 /* Queues one message (without its NUL), behind everything queued before. */
@@ -414,7 +439,7 @@ static void conn_update_io(VarlinkConn *c) {
          * progress, so that a hang-up is seen at once. */
         if (!c->eof && !c->close_now && !c->dead && !c->is_deferred && out <= s->limits.output_high_water)
                 events |= EV_READ;
-        if (out > 0 && !c->dead && !c->is_dirty)
+        if (out_releasable(c) > 0 && !c->dead && !c->is_dirty)
                 events |= EV_WRITE;
         if ((c->io.events & (EV_READ | EV_WRITE)) == events && ev_is_active(&c->io) == (events != 0))
                 return;
@@ -1074,6 +1099,29 @@ unsigned varlink_server_flush(VarlinkServer *s) {
                 n++;
         }
         return n;
+}
+
+void varlink_server_hold_output(VarlinkServer *s, bool hold) {
+        if (s->hold && !hold)
+                varlink_server_release(s, true);
+        s->hold = hold;
+}
+
+void varlink_server_seal(VarlinkServer *s) {
+        for (VarlinkConn *c = s->conns; c; c = c->next)
+                c->seal_upto = c->consumed + out_pending(c);
+}
+
+void varlink_server_release(VarlinkServer *s, bool all) {
+        for (VarlinkConn *c = s->conns; c; c = c->next) {
+                if (all)
+                        c->seal_upto = c->consumed + out_pending(c);
+                if (c->release_upto == c->seal_upto)
+                        continue;
+                c->release_upto = c->seal_upto;
+                if (out_releasable(c) > 0)
+                        mark_dirty(c);
+        }
 }
 
 unsigned varlink_server_n_connections(const VarlinkServer *s) {

@@ -24,7 +24,8 @@
  * (a waiting call, a stream) holds the later calls, whose bytes wait in the reader.
  *
  * Replies are only queued by the methods; nothing is written until the owner calls
- * varlink_server_flush(). agend calls it right after its group commit, so no reply leaves
+ * varlink_server_flush(), and with output held (varlink_server_hold_output()) only what was
+ * released. agend releases a batch's output once its commit is durable, so no reply leaves
  * before the change it reports is committed. */
 
 #include <ev.h>
@@ -106,6 +107,14 @@ void varlink_server_dispatch(VarlinkServer *s);
  * Returns the number closed (their disconnect callbacks may have queued more replies:
  * the caller commits and flushes again). */
 unsigned varlink_server_flush(VarlinkServer *s);
+
+/* The pipelined commit (agend's manager.c): with hold on, queued output is written only
+ * once released. seal() ends a batch: what is queued so far goes out with the next
+ * release(false), which releases the last sealed batch; release(true) releases everything
+ * queued. Turning hold off releases everything. */
+void varlink_server_hold_output(VarlinkServer *s, bool hold);
+void varlink_server_seal(VarlinkServer *s);
+void varlink_server_release(VarlinkServer *s, bool all);
 
 unsigned varlink_server_n_connections(const VarlinkServer *s);
 /* Total queued output bytes (for tests and status). */

@@ -75,6 +75,93 @@ static void test_nothing_before_commit(void **state) {
                 fail_msg("agend did not stop for the failed commit:\n%s", log ? log : "(no log)");
 }
 
+/* Reads conn until agend closes it; fails if any reply (no error) or a "released"/"granted"
+ * event for resource arrives: what the failed commit, or a batch after it, decided. */
+static void expect_silence(VConn *c, const char *what) {
+        for (;;) {
+                json_object *m;
+                int r = vconn_recv(c, HELPER_START_TIMEOUT, &m);
+                if (r == -ECONNRESET)
+                        return;
+                if (r < 0)
+                        fail_msg("agend neither answered %s nor closed: %s", what, strerror(-r));
+                if (!reply_error(m))
+                        fail_msg("%s was answered although its commit, or one before it, failed: %s", what,
+                                 jtext(m));
+        }
+}
+
+/* The pipelined commit (issue 12 item 1): every commit takes 1 s; the third (a Release)
+ * fails after its delay. While it is in flight the loop goes on: it reads and decides the
+ * calls that arrive meanwhile (an Acquire of another resource; an Acquire of the resource
+ * being released, queued behind it), in a later batch. None of them may be
+ * answered: they come after a commit that failed. Commit 2 (the grant), delayed too, must
+ * answer, so the test cannot pass by answering nothing. */
+static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
+        Agend *a = NULL;
+        assert_int_equal(setenv("AGEND_TEST_STORE", "memory,fail-commit=3,delay-commit=1000000", 1), 0);
+        assert_int_equal(agend_new(&a), 0);
+        int r = agend_start(a);
+        unsetenv("AGEND_TEST_STORE");
+        assert_int_equal(r, 0);
+
+        VConn *holder = OPEN(a), *other = OPEN(a), *next = OPEN(a);
+        const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
+        assert_non_null(id);
+
+        /* Commit 3: the release, in flight for 1 s, then failing. */
+        assert_int_equal(vconn_send(holder, 0, LEASE_IF "Release", "{\"id\":\"%s\"}", id), 0);
+        /* Decided while it is in flight, in the next batch (the pause only makes that likely;
+         * a slow machine can make the test weaker, never make it fail wrongly). */
+        helper_sleep(0.2);
+        assert_int_equal(vconn_send(other, 0, LEASE_IF "Acquire", "{\"resource\":\"r2\"}"), 0);
+        assert_int_equal(vconn_send(next, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"r\"}"),
+                         0);
+
+        expect_silence(holder, "the Release");
+        expect_silence(other, "an Acquire decided after the failed batch");
+        for (;;) {
+                json_object *m;
+                r = vconn_recv(next, HELPER_START_TIMEOUT, &m);
+                if (r == -ECONNRESET)
+                        break;
+                if (r < 0)
+                        fail_msg("agend neither answered nor closed: %s", strerror(-r));
+                if (!reply_error(m) && jget(m, "parameters.lease"))
+                        fail_msg("a grant made possible by the failed release was sent: %s", jtext(m));
+        }
+        int st = 0;
+        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+}
+
+/* The classic pipelining mistake: output decided while commit N is in flight must wait
+ * for commit N + 1, not go out with N. Every commit takes 1 s; commit 2 (a grant) succeeds,
+ * commit 3 fails. An Acquire sent while commit 2 is in flight is decided into batch 3:
+ * the grant must arrive, that Acquire's reply never. */
+static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) {
+        Agend *a = NULL;
+        assert_int_equal(setenv("AGEND_TEST_STORE", "memory,fail-commit=3,delay-commit=1000000", 1), 0);
+        assert_int_equal(agend_new(&a), 0);
+        int r = agend_start(a);
+        unsetenv("AGEND_TEST_STORE");
+        assert_int_equal(r, 0);
+
+        VConn *holder = OPEN(a), *other = OPEN(a);
+        assert_int_equal(vconn_send(holder, 0, LEASE_IF "Acquire", "{\"resource\":\"r\"}"), 0);
+        /* Commit 2 is in flight for 1 s (the pause only makes that likely, see above). */
+        helper_sleep(0.2);
+        assert_int_equal(vconn_send(other, 0, LEASE_IF "Acquire", "{\"resource\":\"r2\"}"), 0);
+
+        json_object *m = RECV(holder, HELPER_START_TIMEOUT);
+        if (reply_error(m) || !jget(m, "parameters.lease"))
+                fail_msg("the grant of commit 2 did not arrive: %s", jtext(m));
+        expect_silence(other, "an Acquire decided while commit 2 was in flight (its own commit failed)");
+        int st = 0;
+        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+}
+
 static int teardown(void **state) {
         helper_cleanup();
         return 0;
@@ -87,6 +174,8 @@ int main(void) {
 #endif
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_teardown(test_nothing_before_commit, teardown),
+                cmocka_unit_test_teardown(test_delayed_and_failed_commit_holds_later_batches, teardown),
+                cmocka_unit_test_teardown(test_batch_decided_in_flight_waits_for_its_own_commit, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

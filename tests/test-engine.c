@@ -208,6 +208,27 @@ static void test_tokens_increase(void **state) {
         assert_int_equal(engine_last_token(f->engine), last);
 }
 
+/* A mass expiry in bounded steps: each run ends at most max leases; the rest stay due. */
+static void test_timers_bounded(void **state) {
+        Fixture *f = *state;
+        for (unsigned i = 0; i < 600; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "b%u", i);
+                assert_int_equal(acquire(f, name, 1, false, USEC_INFINITY, USEC_PER_SEC, i % 8, NULL, NULL, NULL),
+                                 0);
+        }
+        f->mono += 2 * USEC_PER_SEC;
+        assert_int_equal(engine_run_timers_max(f->engine, 256), 256);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 256);
+        assert_true(engine_next_deadline(f->engine) <= f->mono);
+        assert_int_equal(engine_run_timers_max(f->engine, 256), 256);
+        assert_int_equal(engine_run_timers_max(f->engine, 256), 88);
+        assert_int_equal(f->n_events[EVENT_EXPIRED], 600);
+        assert_int_equal(engine_n_leases(f->engine), 0);
+        assert_int_equal(engine_run_timers_max(f->engine, 256), 0);
+        assert_int_equal(engine_next_deadline(f->engine), USEC_INFINITY);
+}
+
 static void test_ttl_expiry_on_clock(void **state) {
         Fixture *f = *state;
         Lease *l;
@@ -408,6 +429,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_exclusive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokens_increase, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_expiry_on_clock, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_timers_bounded, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_timeout_unblocks_smaller, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_holder_gone, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_undeclared_forbidden, setup, teardown),

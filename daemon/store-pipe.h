@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The pipelined group commit (issue 12 item 1): the loop never waits on the disk.
+ *
+ * A StorePipe wraps the real store (sqlite, or the in-memory one of the tests). Its Store
+ * face, which the engine writes to, only records each write as plain data in a batch
+ * buffer on the loop thread. store_pipe_submit() hands the batch to the commit thread,
+ * which replays it into the real store and commits it; an ev_async then calls done() on
+ * the loop with the commit's result. Meanwhile the loop reads and decides the next batch,
+ * which collects in a second buffer: at most one commit is in flight, and the next one
+ * takes everything that arrived meanwhile (group commit).
+ *
+ * The real store belongs to the commit thread while a commit is in flight: the loop
+ * touches it only through the wrapper's reads (History, the boot id, Status figures),
+ * which first wait for the thread to be done, then apply the recorded batch so far to the
+ * real store's open transaction, so that they see every decided change, as before.
+ *
+ * Replies are the caller's business (manager.c holds them per batch in the varlink server
+ * and releases them in commit order when done() reports the commit durable). */
+
+#include <ev.h>
+#include <stdbool.h>
+
+#include "store.h"
+
+typedef struct StorePipe StorePipe;
+
+/* done(k) runs on the loop thread once per submitted batch, in order: k is the real
+ * store's commit result (1 or 0 committed, -errno failed). */
+typedef void (*StorePipeDone)(StorePipe *p, int k, void *userdata);
+
+/* Takes inner (freed with the pipe). */
+int store_pipe_new(struct ev_loop *loop, Store *inner, StorePipeDone done, void *userdata, StorePipe **ret);
+/* Waits for a commit in flight; the real store is freed (which commits what it still
+ * holds, as a store does when freed). */
+StorePipe *store_pipe_free(StorePipe *p);
+
+/* The face the engine writes to. Its commit() is synchronous: it waits for the commit in
+ * flight, then commits what is recorded, on the loop thread (start-up and shutdown). */
+Store *store_pipe_store(StorePipe *p);
+
+/* Writes recorded (or applied by a read) since the last submit. */
+bool store_pipe_dirty(const StorePipe *p);
+/* A batch was submitted and its done() has not run yet. */
+bool store_pipe_in_flight(const StorePipe *p);
+/* Hands the recorded batch to the commit thread (also with nothing recorded: the real store
+ * may hold a batch whose commit failed for lack of space, to be committed again).
+ * -EBUSY while a commit is in flight. */
+int store_pipe_submit(StorePipe *p);
