@@ -167,6 +167,17 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
         lease_free(cl);
 }
 
+/* The etcd lease cannot be renewed (the keeper's TROUBLE): said at once on the lease's
+ * Watch, so the holder stops relying on it; "reclaimed" when a keepalive is answered again
+ * before the deadline. The end (LOST at the deadline) comes through on_ended. */
+static void on_disconnected(Cluster *cluster, ClusterWaiter *w, bool recovered, void *userdata) {
+        ClusterLease *cl = cluster_waiter_get_userdata(w);
+        if (!cl->granted || !cl->conn)
+                return;
+        emit(cl->service, recovered ? EVENT_RECLAIMED : EVENT_DISCONNECTED, cl,
+             recovered ? "agend renewed its etcd lease in time" : "agend cannot renew its etcd lease", NULL);
+}
+
 static void on_keeper(Cluster *cluster, EtcdLeaseState st, int error, void *userdata) {
         ClusterService *s = userdata;
         if (st == s->keeper_state)
@@ -183,6 +194,7 @@ static const ClusterCallbacks callbacks = {
         .queued = on_queued,
         .granted = on_granted,
         .ended = on_ended,
+        .disconnected = on_disconnected,
         .keeper = on_keeper,
 };
 

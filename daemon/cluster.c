@@ -49,6 +49,10 @@ struct ClusterWaiter {
         bool disconnected;
         void *userdata;
         EtcdCall *call;
+        char *value;                    /* the key's value, kept for a re-sent put */
+        int64_t lease;
+        unsigned attempts;
+        ev_timer retry;
         CKey *entry;
         LIST_FIELDS(ClusterWaiter, waiters);
 };
@@ -251,6 +255,7 @@ static void waiter_end(Cluster *c, ClusterWaiter *w, int error, const char *reas
                 w->entry->local = NULL;
         w->entry = NULL;
         etcd_call_cancel(TAKE_PTR(w->call));
+        ev_timer_stop(c->loop, &w->retry);
         w->state = CLUSTER_WAITER_ENDED;
         if (c->cb.ended)
                 c->cb.ended(c, w, error, reason, w->userdata);
@@ -489,7 +494,9 @@ static void waiter_free(ClusterWaiter *w) {
         if (w->entry)
                 w->entry->local = NULL;
         etcd_call_cancel(w->call);
+        ev_timer_stop(w->cluster->loop, &w->retry);
         LIST_REMOVE(waiters, w->cluster->waiters, w);
+        free(w->value);
         free(w->key);
         free(w->resource);
         free(w);
@@ -561,24 +568,48 @@ int cluster_declare(Cluster *c, const char *resource, unsigned capacity) {
         return 0;
 }
 
+static int send_put(ClusterWaiter *w);
+
 static void on_put(EtcdClient *ec, int error, const EtcdResult *res, void *userdata) {
         ClusterWaiter *w = userdata;
         Cluster *c = w->cluster;
         w->call = NULL;
         if (w->entry || w->state == CLUSTER_WAITER_ENDED)
                 return;         /* the watch saw the key already */
-        if (error == 0 && !res->succeeded)
-                error = -EEXIST;
-        if (error < 0) {
-                /* After a timeout the put may have happened: delete the key rather than put
-                 * it twice, so it cannot block anyone. */
-                EtcdOp op = { .type = ETCD_OP_DELETE, .key = w->key };
-                EtcdTxn t = { .success = &op, .n_success = 1 };
-                if (error == -ETIMEDOUT)
-                        (void) etcd_txn(c->client, &t, NULL, NULL, NULL);
-                waiter_end(c, w, error, res && res->message ? res->message : "cannot put the key in etcd");
+        if (error == 0)
+                return;         /* put, or (compare failed) put by an earlier attempt: the
+                                 * watch brings the key and decides */
+        /* No answer (a member killed, an election): the put may or may not have happened.
+         * Sending it again is safe, as it creates the key only if it does not exist
+         * (version 0); after too many tries, give up and delete whatever may be there. */
+        bool transient = error == -ETIMEDOUT || error == -ECONNREFUSED || error == -EAGAIN ||
+                         error == -ECONNRESET || error == -EIO;
+        if (transient && ++w->attempts < 10) {
+                ev_timer_set(&w->retry, 0.1 * w->attempts, 0.);
+                ev_timer_start(c->loop, &w->retry);
+                return;
         }
-        /* Success: the watch brings the key and decides. */
+        EtcdOp op = { .type = ETCD_OP_DELETE, .key = w->key };
+        EtcdTxn t = { .success = &op, .n_success = 1 };
+        (void) etcd_txn(c->client, &t, NULL, NULL, NULL);
+        waiter_end(c, w, error, res && res->message ? res->message : "cannot put the key in etcd");
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        ClusterWaiter *w = container_of(t, ClusterWaiter, retry);
+        if (w->entry || w->state == CLUSTER_WAITER_ENDED)
+                return;
+        int k = send_put(w);
+        if (k < 0)
+                waiter_end(w->cluster, w, k, "cannot put the key in etcd");
+}
+
+static int send_put(ClusterWaiter *w) {
+        /* Create only: the key is new (version 0), so a repeated put cannot move it. */
+        EtcdCompare cmp = { .key = w->key, .target = ETCD_TARGET_VERSION, .result = ETCD_EQUAL, .number = 0 };
+        EtcdOp op = { .type = ETCD_OP_PUT, .key = w->key, .value = w->value, .lease = w->lease };
+        EtcdTxn t = { .compare = &cmp, .n_compare = 1, .success = &op, .n_success = 1 };
+        return etcd_txn(w->cluster->client, &t, on_put, w, &w->call);
 }
 
 int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
@@ -626,13 +657,12 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         w->cluster = c;
         w->userdata = a->userdata;
         w->state = CLUSTER_WAITER_PUTTING;
+        w->value = TAKE_PTR(value);
+        w->lease = lease;
+        ev_timer_init(&w->retry, retry_cb, 0., 0.);
         LIST_PREPEND(waiters, c->waiters, w);
 
-        /* Create only: the key is new (version 0), so a repeated put cannot move it. */
-        EtcdCompare cmp = { .key = w->key, .target = ETCD_TARGET_VERSION, .result = ETCD_EQUAL, .number = 0 };
-        EtcdOp op = { .type = ETCD_OP_PUT, .key = w->key, .value = value, .lease = lease };
-        EtcdTxn t = { .compare = &cmp, .n_compare = 1, .success = &op, .n_success = 1 };
-        int k = etcd_txn(c->client, &t, on_put, w, &w->call);
+        int k = send_put(w);
         if (k < 0) {
                 waiter_free(w);
                 return k;

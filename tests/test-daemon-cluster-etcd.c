@@ -32,12 +32,15 @@
 
 static EtcdCluster *etcd;
 static unsigned test_no;
+/* LeaseTTLSec= of the hosts a test starts: TTL, or longer where an etcd election must not
+ * cost the etcd lease (an election on a loaded machine can take longer than 2 s). */
+static int ttl = TTL;
 
 static void write_config(const Agend *a, const char *node, const char *resources) {
         FILE *f = fopen(a->config, "we");
         assert_non_null(f);
         fprintf(f, "[Cluster]\nEndpoints=%s\nNode=%s\nPrefix=/agend-t%u/\nLeaseTTLSec=%d\n\n%s",
-                etcd_cluster_endpoints_string(etcd), node, test_no, TTL, resources);
+                etcd_cluster_endpoints_string(etcd), node, test_no, ttl, resources);
         fclose(f);
 }
 
@@ -237,8 +240,76 @@ static void test_killed_host(void **state) {
         vconn_close(a1);
 }
 
+/* One etcd member killed: the agends go on granting through the other two. */
+static void test_member_killed(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        ttl = 15;
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b);
+        assert_int_equal(etcd_cluster_signal(etcd, 0, SIGKILL), 0);
+        uint64_t last = 0;
+        for (unsigned i = 0; i < 5; i++) {
+                VConn *c = i % 2 ? b1 : a1;
+                /* While etcd elects a leader and agend's watch moves to another member, a
+                 * grant may take seconds: waited for with a generous guard. */
+                assert_int_equal(vconn_send(c, 0, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 30}"), 0);
+                json_object *l = jget(assert_granted(next_final(c, 40.0)), "lease");
+                assert_true(token_of(l) > last);
+                last = token_of(l);
+                CALL_OK(c, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l, "id"));
+        }
+        assert_int_equal(etcd_cluster_restart(etcd, 0), 0);
+        assert_int_equal(etcd_cluster_wait_healthy(etcd, 0, 60 * USEC_PER_SEC), 0);
+}
+
+/* The next event on a Watch(lease) stream. */
+static const char *next_event(VConn *c, double guard, json_object **ret) {
+        json_object *m = RECV(c, guard);
+        if (reply_error(m))
+                fail_msg("Watch: %s", jtext(m));
+        json_object *ev = jget(reply_params(m), "event");
+        if (ret)
+                *ret = ev;
+        return ev ? jstr(ev, "type") : NULL;
+}
+
+/* Quorum lost (two of three members killed): the holder hears "disconnected" at once and
+ * "voided" (its LOST) no later than etcd could expire agend's lease; Acquire on the cluster
+ * resource gives a clear error; local resources are granted as ever. Last: it breaks the
+ * cluster. */
+static void test_quorum_lost(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n[Resource]\nName=disk\n\n";
+        Agend *a = host("a", res);
+        VConn *holder = OPEN(a), *watch = OPEN(a), *other = OPEN(a);
+        json_object *l = GRANT_LEASE(holder, "{\"resource\": \"gpu\"}");
+        assert_int_equal(vconn_send(watch, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", jstr(l, "id")), 0);
+        assert_null(next_event(watch, HELPER_REPLY_TIMEOUT, NULL));
+        double killed = helper_now();
+        assert_int_equal(etcd_cluster_signal(etcd, 1, SIGKILL), 0);
+        assert_int_equal(etcd_cluster_signal(etcd, 2, SIGKILL), 0);
+        json_object *ev;
+        const char *type = next_event(watch, 10.0, &ev);
+        double t_disc = helper_now() - killed;
+        assert_string_equal(type, "disconnected");
+        type = next_event(watch, 10.0, &ev);
+        double t_lost = helper_now() - killed;
+        assert_string_equal(type, "voided");
+        fprintf(stderr, "quorum lost: disconnected after %.2f s, voided after %.2f s (TTL %d s): %s\n", t_disc,
+                t_lost, TTL, strna(jstr(ev, "reason")));
+        /* agend's deadline is the send time of the last answered keepalive (before the
+         * kill) + TTL - margin (min(TTL/5, 1 s)), margin before etcd can expire the lease: so
+         * voided comes no later than the kill + TTL - margin (0.3 s slack for delivery). */
+        assert_true(t_disc < t_lost);
+        assert_true(t_lost <= TTL - MIN(TTL / 5.0, 1.0) + 0.3);
+        json_object *e = CALL_ERR(other, LEASE_IF "Timeout", LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 1}");
+        assert_non_null(strstr(jstr(e, "reason"), "etcd"));
+        json_object *d = GRANT_LEASE(other, "{\"resource\": \"disk\"}");
+        assert_string_equal(jstr(d, "resource"), "disk");
+}
+
 static int setup(void **state) {
         test_no++;
+        ttl = TTL;
         return 0;
 }
 
@@ -252,6 +323,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_two_hosts_fifo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_member_killed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_quorum_lost, setup, teardown),
         };
         int k = etcd_cluster_new(3, 60 * USEC_PER_SEC, 10 * 60 * USEC_PER_SEC, &etcd);
         if (k == -ENOENT) {
