@@ -250,7 +250,6 @@ Manager *manager_free(Manager *m) {
         /* Connections close without releasing: their leases stay for the next start. */
         m->shutting_down = true;
         m->server = varlink_server_free(m->server);
-        m->cluster = cluster_service_free(m->cluster);
         engine_free(m->engine);
         store_free(m->store);
         store_guard_free(m->guard);
@@ -262,6 +261,9 @@ Manager *manager_free(Manager *m) {
                 ev_signal_stop(m->loop, &m->sigint);
                 ev_signal_stop(m->loop, &m->sighup);
         }
+        /* Last of the loop's users: it runs the loop until etcd answers the revoke, so
+         * nothing else may be left on it. */
+        m->cluster = cluster_service_free(m->cluster);
         for (size_t j = 0; j < m->n_stored; j++) {
                 safe_close(m->stored[j].fd);
                 free(m->stored[j].name);
