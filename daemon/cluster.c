@@ -319,6 +319,24 @@ static void decide_all(Cluster *c) {
                 decide(c, r);
 }
 
+/* Whether the etcd lease may be gone by now: past the keeper's deadline (or none). The
+ * keeper says LOST from its timer; this is for paths that must not wait for it (a request
+ * served in the loop iteration that follows a pause). */
+static bool past_deadline(const Cluster *c) {
+        if (!c->keeper)
+                return true;
+        usec_t d = etcd_lease_keeper_get_deadline(c->keeper);
+        return d == 0 || usec_now(CLOCK_MONOTONIC) >= d;
+}
+
+static void end_all(Cluster *c, int error, const char *reason) {
+        for (ClusterWaiter *w = c->waiters, *next; w; w = next) {
+                next = w->waiters_next;
+                if (w->state != CLUSTER_WAITER_ENDED)
+                        waiter_end(c, w, error, reason);
+        }
+}
+
 /* ---- the watch and the initial read ---------------------------------------------------- */
 
 static void start_sync(Cluster *c);
@@ -335,6 +353,8 @@ static void on_watch(EtcdWatch *wt, EtcdWatchStatus s, const EtcdEvent *ev, size
         }
         if (s != ETCD_WATCH_EVENTS)
                 return;
+        if (past_deadline(c))
+                end_all(c, -ENOLINK, "the etcd lease was lost");
         /* Apply the batch, then decide once per resource touched. */
         CResource *touched[16];
         size_t n_touched = 0;
@@ -435,11 +455,7 @@ static void on_keeper(EtcdLeaseKeeper *k, EtcdLeaseState s, int64_t id, int erro
         case ETCD_LEASE_LOST:
                 /* Every key of this agend is gone or about to be: nothing local holds. */
                 c->trouble = false;
-                for (ClusterWaiter *w = c->waiters, *next; w; w = next) {
-                        next = w->waiters_next;
-                        if (w->state != CLUSTER_WAITER_ENDED)
-                                waiter_end(c, w, -ENOLINK, "the etcd lease was lost");
-                }
+                end_all(c, -ENOLINK, "the etcd lease was lost");
                 break;
         default:
                 break;
@@ -548,7 +564,8 @@ int cluster_stop(Cluster *c, ClusterStopFn done, void *userdata) {
 }
 
 bool cluster_ready(const Cluster *c) {
-        return c && c->keeper && c->synced && etcd_lease_keeper_get_state(c->keeper) == ETCD_LEASE_ALIVE;
+        return c && c->keeper && c->synced && etcd_lease_keeper_get_state(c->keeper) == ETCD_LEASE_ALIVE &&
+               !past_deadline(c);
 }
 
 EtcdLeaseState cluster_keeper_state(const Cluster *c) {

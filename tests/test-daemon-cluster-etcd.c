@@ -214,7 +214,7 @@ static void test_history_three_hosts(void **state) {
                 }
                 helper_sleep(0.001);
         }
-        assert_int_equal(grants, target);
+        assert_true(grants >= target);     /* the last round may add a few */
         unsigned v = checker_run(ck);
         CheckStats st;
         checker_get_stats(ck, &st);
@@ -246,6 +246,17 @@ static void test_killed_host(void **state) {
         vconn_close(a1);
 }
 
+/* The next event on a Watch(lease) stream. */
+static const char *next_event(VConn *c, double guard, json_object **ret) {
+        json_object *m = RECV(c, guard);
+        if (reply_error(m))
+                fail_msg("Watch: %s", jtext(m));
+        json_object *ev = jget(reply_params(m), "event");
+        if (ret)
+                *ret = ev;
+        return ev ? jstr(ev, "type") : NULL;
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -268,6 +279,35 @@ static void test_clean_stop_hands_on(void **state) {
         vconn_close(a1);
 }
 
+/* SIGSTOP of the agend holding the unit, past its TTL: the other host is granted meanwhile
+ * (etcd expired the lease); after SIGCONT the holder's Watch says "voided" and a request
+ * that waited in the socket is not granted on the stale state. */
+static void test_stopped_host(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *watch = OPEN(a), *late = OPEN(a), *b1 = OPEN(b);
+        json_object *l = GRANT_LEASE(a1, "{\"resource\": \"gpu\"}");
+        uint64_t t1 = token_of(l);
+        assert_int_equal(vconn_send(watch, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", jstr(l, "id")), 0);
+        assert_null(next_event(watch, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+
+        assert_int_equal(kill(a->pid, SIGSTOP), 0);
+        json_object *g = next_final(b1, 30.0);
+        uint64_t t2 = token_of(jget(assert_granted(g), "lease"));
+        assert_true(t2 > t1);
+        assert_int_equal(vconn_send(late, 0, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 0}"), 0);
+        assert_int_equal(kill(a->pid, SIGCONT), 0);
+
+        json_object *ev;
+        assert_string_equal(next_event(watch, 10.0, &ev), "voided");
+        json_object *r = RECV(late, 10.0);
+        if (!reply_error(r))
+                fail_msg("a stopped agend granted on stale state: %s", jtext(r));
+        CALL_OK(b1, LEASE_IF "Check", "{\"resource\": \"gpu\", \"token\": %" PRIu64 "}", t2);
+}
+
 /* One etcd member killed: the agends go on granting through the other two. */
 static void test_member_killed(void **state) {
         const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
@@ -288,17 +328,6 @@ static void test_member_killed(void **state) {
         }
         assert_int_equal(etcd_cluster_restart(etcd, 0), 0);
         assert_int_equal(etcd_cluster_wait_healthy(etcd, 0, 60 * USEC_PER_SEC), 0);
-}
-
-/* The next event on a Watch(lease) stream. */
-static const char *next_event(VConn *c, double guard, json_object **ret) {
-        json_object *m = RECV(c, guard);
-        if (reply_error(m))
-                fail_msg("Watch: %s", jtext(m));
-        json_object *ev = jget(reply_params(m), "event");
-        if (ret)
-                *ret = ev;
-        return ev ? jstr(ev, "type") : NULL;
 }
 
 /* Quorum lost (two of three members killed): the holder hears "disconnected" at once and
@@ -363,6 +392,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_killed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, setup, teardown),
         };
