@@ -62,6 +62,8 @@ typedef struct Lease {
         bool granted;       /* was granted once: reconnecting means reclaiming */
         bool rewatching;    /* a detached lease watched again after DISCONNECTED: its first
                              * Watch reply says it is still there (RECLAIMED) */
+        bool daemon_disconnected; /* the Watch said "disconnected" (a cluster lease whose etcd
+                                   * lease agend cannot renew) and not yet "reclaimed" */
         bool finished;      /* no more events will come */
         int end_error;      /* the step after the events fails with it (0: returns) */
         char *end_message;
@@ -385,6 +387,15 @@ static void watch_reply(Conn *c, int status, const char *error_name, json_object
                         return lease_end_with(l, AGEN_LEASE_EXPIRED, reason ?: "ttl");
                 if (streq(type, "revoked"))
                         return lease_end_with(l, AGEN_LEASE_REVOKED, reason ?: "revoked");
+                /* A Scope=cluster lease: agend cannot renew its etcd lease (DISCONNECTED
+                 * until "reclaimed" or an ending event, "voided" when it is lost). */
+                if (streq(type, "disconnected")) {
+                        l->daemon_disconnected = true;
+                        lease_emit(l, AGEN_LEASE_DISCONNECTED, 0, NULL);
+                } else if (streq(type, "reclaimed") && l->daemon_disconnected) {
+                        l->daemon_disconnected = false;
+                        lease_emit(l, AGEN_LEASE_RECLAIMED, 0, NULL);
+                }
                 if (streq(type, "released") || streq(type, "voided")) {
                         char buf[256];
                         snprintf(buf, sizeof(buf), "%s%s%s", type, reason ? ": " : "", strempty(reason));

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "cluster-service.h"
 #include "conn.h"
 #include "log.h"
 #include "macro.h"
@@ -71,6 +72,7 @@ void conn_free(Conn *c, bool release) {
         /* Off the watcher list first: the events of its own leases ending must not be
          * queued to a connection that is going away. */
         watcher_unlink(c);
+        cluster_service_conn_gone(m->cluster, c, release);
         if (release) {
                 if (c->waiter) {
                         if (c->user && c->user->waiters > 0)

@@ -37,7 +37,7 @@ struct Conn {
         Holder holder;
 
         ConnBusy busy;
-        Waiter *waiter;
+        Waiter *waiter;         /* a local resource's; a cluster one's is in cluster-service.c */
         char *watch_resource;   /* Watch(resource) filter, NULL = all */
         char *watch_lease;      /* Watch(lease): only this lease, ends with it */
 

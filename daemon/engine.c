@@ -35,7 +35,7 @@ struct Engine {
 static const char *const event_type_table[_EVENT_TYPE_MAX] = {
         [EVENT_QUEUED] = "queued",       [EVENT_GRANTED] = "granted",     [EVENT_RENEWED] = "renewed",
         [EVENT_RELEASED] = "released",   [EVENT_EXPIRED] = "expired",     [EVENT_REVOKED] = "revoked",
-        [EVENT_RECLAIMED] = "reclaimed", [EVENT_VOIDED] = "voided",
+        [EVENT_RECLAIMED] = "reclaimed", [EVENT_VOIDED] = "voided",     [EVENT_DISCONNECTED] = "disconnected",
 };
 
 DEFINE_STRING_TABLE_LOOKUP(event_type, EventType)

@@ -54,6 +54,9 @@ typedef enum EventType {
         EVENT_REVOKED,
         EVENT_RECLAIMED,
         EVENT_VOIDED,
+        /* A Scope=cluster lease whose etcd lease agend cannot renew (cluster-service.c):
+         * the holder must assume it may be lost until "reclaimed" or an ending event. */
+        EVENT_DISCONNECTED,
         _EVENT_TYPE_MAX,
         _EVENT_TYPE_INVALID = -EINVAL,
 } EventType;

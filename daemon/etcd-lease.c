@@ -198,6 +198,9 @@ int etcd_lease_keeper_new(EtcdClient *c, const EtcdLeaseOptions *o, EtcdLeaseFn 
         };
         ev_timer_init(&k->tick, tick_cb, 0., 0.);
         ev_timer_init(&k->expire, expire_cb, 0., 0.);
+        /* Before any I/O of the same loop iteration: after a pause (SIGSTOP, a frozen VM) the
+         * loss must be said before a request that arrived meanwhile is served. */
+        ev_set_priority(&k->expire, EV_MAXPRI);
         arm_tick(k, 0);         /* from the loop, never from inside this call */
         *ret = k;
         return 0;

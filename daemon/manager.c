@@ -15,6 +15,7 @@
 #include "fdstore.h"
 #include "log.h"
 #include "macro.h"
+#include "cluster-service.h"
 #include "manager.h"
 #include "server.h"
 #include "store-guard.h"
@@ -234,7 +235,9 @@ int manager_reload(Manager *m) {
         _cleanup_free_ char *error = NULL;
         Config n;
         config_init_defaults(&n);
-        int k = config_load(&n, m->opts.config_path, m->opts.config_dir, &error);
+        /* Cluster scope is served only if the cluster service started with the daemon. */
+        int k = config_load_flags(&n, m->opts.config_path, m->opts.config_dir, m->cluster ? CONFIG_CLUSTER_SERVED : 0,
+                                  &error);
         if (k < 0) {
                 config_done(&n);
                 return log_warning_errno(k, "configuration not reloaded, keeping the old one: %s", strna(error));
@@ -254,6 +257,7 @@ int manager_reload(Manager *m) {
         }
         config_done(&m->config);
         m->config = n;
+        (void) cluster_service_configure(m->cluster, &m->config);
         apply_limits(m);
         log_info("configuration reloaded: %zu declared resources", m->config.n_resources);
         return 0;
@@ -301,6 +305,9 @@ Manager *manager_free(Manager *m) {
                 ev_signal_stop(m->loop, &m->sigint);
                 ev_signal_stop(m->loop, &m->sighup);
         }
+        /* Last of the loop's users: it runs the loop until etcd answers the revoke, so
+         * nothing else may be left on it. */
+        m->cluster = cluster_service_free(m->cluster);
         for (size_t j = 0; j < m->n_stored; j++) {
                 safe_close(m->stored[j].fd);
                 free(m->stored[j].name);
@@ -320,7 +327,7 @@ Manager *manager_free(Manager *m) {
 
 int manager_run(Manager *m) {
         _cleanup_free_ char *error = NULL;
-        int k = config_load(&m->config, m->opts.config_path, m->opts.config_dir, &error);
+        int k = config_load_flags(&m->config, m->opts.config_path, m->opts.config_dir, CONFIG_CLUSTER_SERVED, &error);
         if (k < 0) {
                 log_error("%s", error ? error : "cannot load the configuration");
                 return EXIT_FAILURE;
@@ -365,6 +372,8 @@ int manager_run(Manager *m) {
         k = engine_configure(m->engine, m->config.resources, m->config.n_resources, m->config.allow_undeclared);
         if (k < 0)
                 return log_error_errno(k, "cannot apply the configuration: %m"), EXIT_FAILURE;
+        if (cluster_service_new(m, &m->cluster) < 0)
+                return EXIT_FAILURE;
         k = varlink_server_new(m->loop,
                                &(VarlinkServerOptions) { .error_protocol = "io.agend.Lease.ProtocolError",
                                                          .error_limit = "io.agend.Lease.LimitExceeded" },

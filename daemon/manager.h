@@ -19,6 +19,7 @@
 #include "varlink-server.h"
 
 typedef struct Conn Conn;
+typedef struct ClusterService ClusterService;
 typedef struct StoreGuard StoreGuard;
 
 /* Per-uid usage of the lease service, for its limits (connections per uid are the
@@ -56,6 +57,7 @@ typedef struct Manager {
         bool commit_held;               /* ... and until then nothing is released */
         StoreGuard *guard;              /* disk space: the reserve, StorageError (store-guard.c) */
         Engine *engine;
+        ClusterService *cluster;        /* Scope=cluster resources; NULL without [Cluster] */
 
         VarlinkServer *server;
         bool socket_activated;

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "build-config.h"
+#include "cluster-service.h"
 #include "config.h"
 #include "conn.h"
 #include "errmap.h"
@@ -275,6 +276,9 @@ static void method_acquire(Conn *c, struct json_object *p) {
         if (c->peer.uid != 0 && u && u->waiters >= m->config.max_waiters_per_user)
                 ap.try_once = true;
 
+        if (cluster_service_serves(m->cluster, resource))
+                return cluster_service_acquire(m->cluster, c, &ap);
+
         Lease *l = NULL;
         Waiter *w = NULL;
         int k = engine_acquire(m->engine, &ap, &c->holder, c, &l, &w);
@@ -328,10 +332,41 @@ static Lease *lease_for_caller(Conn *c, struct json_object *p, bool allow_secret
         return NULL;
 }
 
+/* lease_for_caller() for the leases of cluster resources: NULL if the id is not one (the
+ * local lookup follows), CLUSTER_LEASE_REFUSED after an error reply. */
+#define CLUSTER_LEASE_REFUSED ((ClusterLease *) 1)
+static ClusterLease *cluster_lease_for_caller(Conn *c, struct json_object *p) {
+        const char *id = NULL, *secret = NULL;
+        if (!c->manager->cluster || get_string(p, "id", true, 64, &id) < 0 ||
+            get_string(p, "secret", false, 64, &secret) < 0)
+                return NULL;
+        ClusterLease *cl = cluster_service_lease(c->manager->cluster, id);
+        if (!cl)
+                return NULL;
+        const Lease *l = cluster_lease_get_lease(cl);
+        if (l->holder == &c->holder || c->peer.uid == 0 || (secret && secret_eq(secret, l->secret)))
+                return cl;
+        conn_error_reason(c, "io.agend.Lease.PermissionDenied",
+                          secret ? "the secret does not match" : "not the holder: give the lease's secret", "id", id);
+        return CLUSTER_LEASE_REFUSED;
+}
+
 static void method_release(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { "id", "secret", NULL };
         if (!check_members(c, p, allowed))
                 return;
+        ClusterLease *cl = cluster_lease_for_caller(c, p);
+        if (cl) {
+                if (cl != CLUSTER_LEASE_REFUSED) {
+                        const Lease *x = cluster_lease_get_lease(cl);
+                        cluster_service_release(c->manager->cluster, cl,
+                                                x->holder == &c->holder ? "released by the holder"
+                                                : c->peer.uid == 0      ? "released by root"
+                                                                        : "released with the secret");
+                        conn_reply(c, NULL, false);
+                }
+                return;
+        }
         Lease *l = lease_for_caller(c, p, true);
         if (!l)
                 return;
@@ -349,6 +384,12 @@ static void method_renew(Conn *c, struct json_object *p) {
                 return;
         if (json_get_seconds(p, "ttl", 0, &t) < 0)
                 return invalid(c, "ttl", "seconds, a number > 0");
+        ClusterLease *cl = cluster_lease_for_caller(c, p);
+        if (cl) {
+                if (cl != CLUSTER_LEASE_REFUSED)
+                        invalid(c, "ttl", "a lease of a cluster resource has no TTL (bound to its connection)");
+                return;
+        }
         Lease *l = lease_for_caller(c, p, true);
         if (!l)
                 return;
@@ -401,14 +442,19 @@ static void method_revoke(Conn *c, struct json_object *p) {
         if (!config_may_revoke(&c->manager->config, c->peer.uid, c->peer.gid, c->groups, c->n_groups))
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "revoking needs root or RevokeUsers=/RevokeGroups= in agend.conf", "id", id);
-        Lease *l = engine_lease_get(c->manager->engine, id);
-        if (!l)
-                return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", id);
         char buf[64];
         if (!reason) {
                 snprintf(buf, sizeof(buf), "revoked by uid %u", c->peer.uid);
                 reason = buf;
         }
+        ClusterLease *cl = cluster_service_lease(c->manager->cluster, id);
+        if (cl) {
+                cluster_service_revoke(c->manager->cluster, cl, reason, &c->peer);
+                return conn_reply(c, NULL, false);
+        }
+        Lease *l = engine_lease_get(c->manager->engine, id);
+        if (!l)
+                return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", id);
         /* The revoke's own log entry (log_lease_event()) names the revoker, with its
          * journal fields; History keeps it in the event's revoked_by. */
         engine_lease_revoke(c->manager->engine, l, reason, &c->peer);
@@ -427,6 +473,8 @@ static void method_check(Conn *c, struct json_object *p) {
                 return invalid(c, "resource", "a resource name");
         if (json_get_int64(p, "token", JSON_REQUIRED, 0, INT64_MAX, &token) < 0)
                 return invalid(c, "token", "a fencing token: an integer >= 0");
+        if (cluster_service_serves(c->manager->cluster, resource))
+                return cluster_service_check(c->manager->cluster, c, resource, (uint64_t) token);
         struct json_object *r = json_object_new_object();
         if (!r)
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
@@ -466,6 +514,25 @@ static int list_resource(Resource *r, ListState *s) {
                 if (json_object_array_add(s->waiters, waiter_to_json(w)) < 0)
                         return -ENOMEM;
         }
+        return 0;
+}
+
+static int list_cluster(Conn *c, const char *resource, ListState *s, ClusterListing *cl) {
+        int k = cluster_service_list(c->manager->cluster, resource, s->after, cl);
+        if (k < 0)
+                return k;
+        if (cl->n_leases > 0) {
+                Lease **a = realloc(s->leases, (s->n_leases + cl->n_leases) * sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
+                s->leases = a;
+                s->size = s->n_leases + cl->n_leases;
+                memcpy(a + s->n_leases, cl->leases, cl->n_leases * sizeof(*a));
+                s->n_leases += cl->n_leases;
+        }
+        for (size_t i = 0; s->waiters && cl->waiters && i < json_object_array_length(cl->waiters); i++)
+                if (json_object_array_add(s->waiters, json_object_get(json_object_array_get_idx(cl->waiters, i))) < 0)
+                        return -ENOMEM;
         return 0;
 }
 
@@ -511,6 +578,11 @@ static void method_list(Conn *c, struct json_object *p) {
                 while (k >= 0 && hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
                         k = list_resource(res, &s);
         }
+        /* Cluster resources: their holders and waiters on every host, as this host's mirror
+         * of etcd has them. */
+        _cleanup_(cluster_listing_done) ClusterListing cl = {};
+        if (k >= 0)
+                k = list_cluster(c, resource, &s, &cl);
         leases_buf = s.leases;
         if (k < 0) {
                 json_object_put(r);
@@ -591,7 +663,7 @@ static void method_watch(Conn *c, struct json_object *p) {
                 return invalid(c, "resource", "a resource name");
         if (get_string(p, "lease", false, 64, &lease) < 0)
                 return invalid(c, "lease", "a lease id");
-        if (lease && !engine_lease_get(c->manager->engine, lease))
+        if (lease && !engine_lease_get(c->manager->engine, lease) && !cluster_service_lease(c->manager->cluster, lease))
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", lease);
         if (!conn_more(c))
                 return conn_error_reason(c, "org.varlink.service.ExpectedMore", "Watch streams: call it with \"more\"",

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* agend and the [Cluster] section before the engine serves cluster scope (issue 16): a
- * config with a Scope=cluster resource stops the start with a message saying so, naming
- * the file and line — the resource is never served as a local one; a [Cluster] section
- * without such resources changes nothing; a Scope=cluster resource without [Cluster] is a
- * configuration error. */
+/* agend and the [Cluster] section (issue 16), without etcd: a Scope=cluster resource whose
+ * etcd cannot be reached gets a clear error and is never served as a local one, while local
+ * resources work; a [Cluster] section without such resources changes nothing; a
+ * Scope=cluster resource without [Cluster] is a configuration error naming file and line.
+ * With a real etcd: test-daemon-cluster-etcd.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,9 +44,27 @@ static void expect_refused(const char *text, const char *line_no, const char *ne
         agend_free(a);
 }
 
-static void test_cluster_scope_refused(void **state) {
-        expect_refused("[Cluster]\nEndpoints=http://127.0.0.1:1\n\n[Resource]\nName=gpu\nScope=cluster\n", "6",
-                       "does not serve cluster scope yet");
+/* etcd unreachable: Acquire on the cluster resource fails at once with a reason naming
+ * etcd (it is not granted locally), Check cannot answer either, the local resource is
+ * granted as ever. */
+static void test_cluster_scope_etcd_unreachable(void **state) {
+        Agend *a;
+        assert_int_equal(agend_new(&a), 0);
+        write_config(a, "[Cluster]\nEndpoints=http://127.0.0.1:1\nNode=n1\n\n"
+                        "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=disk\n");
+        assert_int_equal(agend_start(a), 0);
+        VConn *c = OPEN(a);
+        json_object *e = CALL_ERR(c, LEASE_IF "Timeout", LEASE_IF "Acquire", "{\"resource\": \"gpu\"}");
+        assert_non_null(strstr(jstr(e, "reason"), "etcd"));
+        assert_string_equal(jstr(e, "resource"), "gpu");
+        json_object *l = GRANT_LEASE(c, "{\"resource\": \"disk\"}");
+        assert_string_equal(jstr(l, "resource"), "disk");
+        json_object *list = CALL_OK(c, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        assert_int_equal(json_object_array_length(jget(list, "leases")), 0);
+        vconn_close(c);
+        int status;
+        assert_int_equal(agend_stop(a, &status), 0);
+        agend_free(a);
 }
 
 static void test_cluster_scope_without_section(void **state) {
@@ -54,8 +72,8 @@ static void test_cluster_scope_without_section(void **state) {
 }
 
 static void test_cluster_section_alone(void **state) {
-        /* Endpoints nobody listens on: agend does not talk to etcd until a resource needs
-         * it, and local resources work as before. */
+        /* Endpoints nobody listens on: agend keeps asking etcd for a lease in the
+         * background, and local resources work as before. */
         Agend *a;
         assert_int_equal(agend_new(&a), 0);
         write_config(a, "[Cluster]\nEndpoints=http://127.0.0.1:1\n\n[Resource]\nName=disk\nScope=local\n");
@@ -73,7 +91,7 @@ static void test_cluster_section_alone(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_cluster_scope_refused),
+                cmocka_unit_test(test_cluster_scope_etcd_unreachable),
                 cmocka_unit_test(test_cluster_scope_without_section),
                 cmocka_unit_test(test_cluster_section_alone),
         };

@@ -349,6 +349,11 @@ class _LeaseCore:
                     if kind in ("released", "voided"):
                         self.push(T.LOST, reason=f"{kind}: {reason}" if reason else kind)
                         return
+                    # A Scope=cluster lease: agend cannot renew its etcd lease.
+                    if kind == "disconnected":
+                        self.push(T.DISCONNECTED, reason=reason or "agend cannot renew its etcd lease")
+                    elif kind == "reclaimed" and self.disconnected:
+                        self.push(T.RECLAIMED)
                 if not r.continues:
                     # The Watch of a lease ends with the lease; an end without its event is
                     # still an end.

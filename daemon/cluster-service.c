@@ -1,0 +1,591 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "cluster-service.h"
+#include "cluster.h"
+#include "list.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "string-table.h"
+
+struct ClusterLease {
+        Lease lease;                    /* what lease_to_json() and the events read */
+        Resource res;                   /* its name only */
+        ClusterService *service;
+        ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
+        Conn *conn;                     /* the holder's connection, NULL once it went */
+        bool granted;
+        bool pending;                   /* the Acquire call waits for it */
+        bool try_once;
+        ev_timer timeout;
+        LIST_FIELDS(ClusterLease, all);
+};
+
+typedef struct PendingCheck PendingCheck;
+struct PendingCheck {
+        ClusterService *service;
+        Conn *conn;                     /* NULL once the connection went */
+        LIST_FIELDS(PendingCheck, checks);
+};
+
+struct ClusterService {
+        Manager *manager;
+        Cluster *cluster;
+        ClusterLease *leases;
+        PendingCheck *checks;
+        EtcdLeaseState keeper_state;
+};
+
+static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *reason, const Owner *by) {
+        Event ev = {
+                .type = t,
+                .time = usec_now(CLOCK_REALTIME),
+                .resource = cl->res.name,
+                .lease = cl->lease.id,
+                .token = cl->lease.token,
+                .owner = &cl->lease.owner,
+                .units = cl->lease.units,
+                .reason = reason,
+                .revoked_by = by,
+        };
+        methods_engine_callbacks.event(NULL, &ev, &cl->lease, s->manager);
+}
+
+static void lease_free(ClusterLease *cl) {
+        if (!cl)
+                return;
+        ClusterService *s = cl->service;
+        ev_timer_stop(s->manager->loop, &cl->timeout);
+        LIST_REMOVE(all, s->leases, cl);
+        owner_done(&cl->lease.owner);
+        free(cl->lease.description);
+        free(cl->res.name);
+        free(cl);
+}
+
+static struct json_object *granted_params(const ClusterLease *cl) {
+        struct json_object *p = json_object_new_object();
+        if (p) {
+                json_object_object_add(p, "state", json_object_new_string("granted"));
+                json_object_object_add(p, "lease", lease_to_json(&cl->lease));
+                json_object_object_add(p, "secret", json_object_new_string(cl->lease.secret));
+        }
+        return p;
+}
+
+/* The Acquire call of cl ends (granted, timed out, failed): the connection may call again. */
+static void acquire_done(ClusterLease *cl) {
+        Conn *c = cl->conn;
+        cl->pending = false;
+        if (!c)
+                return;
+        c->busy = CONN_IDLE;
+        if (c->user && c->user->waiters > 0)
+                c->user->waiters--;
+}
+
+static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, void *userdata) {
+        ClusterLease *cl = cluster_waiter_get_userdata(w);
+        if (!cl->pending || !cl->conn)
+                return;
+        if (cl->try_once) {
+                /* Busy: a try-once gives up at once, its key goes. */
+                Conn *c = cl->conn;
+                cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+                acquire_done(cl);
+                conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource", cl->res.name);
+                lease_free(cl);
+                return;
+        }
+        if (!conn_more(cl->conn))
+                return;
+        struct json_object *p = json_object_new_object();
+        if (p) {
+                json_object_object_add(p, "state", json_object_new_string("queued"));
+                json_object_object_add(p, "position", json_object_new_int64(position));
+                /* No ticket keeps a place across a restart of agend: the etcd key goes with
+                 * this agend's etcd lease. The lease id stands in (never presented back). */
+                json_object_object_add(p, "ticket", json_object_new_string(cl->lease.id));
+        }
+        conn_reply(cl->conn, p, true);
+}
+
+static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
+        ClusterLease *cl = cluster_waiter_get_userdata(w);
+        cl->granted = true;
+        cl->lease.token = token;
+        cl->lease.created = usec_now(CLOCK_REALTIME);
+        if (!cl->conn) {
+                /* Its connection went while the key was on its way. */
+                cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+                lease_free(cl);
+                return;
+        }
+        Conn *c = cl->conn;
+        LIST_PREPEND(holder, c->holder.leases, &cl->lease);
+        c->holder.n_leases++;
+        cl->lease.holder = &c->holder;
+        emit(cl->service, EVENT_GRANTED, cl, NULL, NULL);
+        if (cl->pending) {
+                acquire_done(cl);
+                conn_reply(c, granted_params(cl), false);
+        }
+}
+
+static void holder_unlink(ClusterLease *cl) {
+        if (!cl->lease.holder)
+                return;
+        Holder *h = cl->lease.holder;
+        LIST_REMOVE(holder, h->leases, &cl->lease);
+        if (h->n_leases > 0)
+                h->n_leases--;
+        cl->lease.holder = NULL;
+}
+
+static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *reason, void *userdata) {
+        ClusterLease *cl = cluster_waiter_get_userdata(w);
+        ClusterService *s = cl->service;
+        cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+        if (cl->pending && cl->conn) {
+                Conn *c = cl->conn;
+                acquire_done(cl);
+                char buf[256];
+                snprintf(buf, sizeof(buf), "cluster resource: %s", strna(reason));
+                conn_error_reason(c, "io.agend.Lease.Timeout", buf, "resource", cl->res.name);
+        } else if (cl->granted) {
+                /* The lease as the holder's Watch sees it: "voided" (the client's LOST)
+                 * when the etcd lease is lost, "revoked" when someone deleted the key. */
+                holder_unlink(cl);
+                emit(s, error == -EIDRM ? EVENT_REVOKED : EVENT_VOIDED, cl, reason, NULL);
+        }
+        lease_free(cl);
+}
+
+/* The etcd lease cannot be renewed (the keeper's TROUBLE): said at once on the lease's
+ * Watch, so the holder stops relying on it; "reclaimed" when a keepalive is answered again
+ * before the deadline. The end (LOST at the deadline) comes through on_ended. */
+static void on_disconnected(Cluster *cluster, ClusterWaiter *w, bool recovered, void *userdata) {
+        ClusterLease *cl = cluster_waiter_get_userdata(w);
+        if (!cl->granted || !cl->conn)
+                return;
+        emit(cl->service, recovered ? EVENT_RECLAIMED : EVENT_DISCONNECTED, cl,
+             recovered ? "agend renewed its etcd lease in time" : "agend cannot renew its etcd lease", NULL);
+}
+
+static void on_keeper(Cluster *cluster, EtcdLeaseState st, int error, void *userdata) {
+        ClusterService *s = userdata;
+        if (st == s->keeper_state)
+                return;
+        s->keeper_state = st;
+        if (st == ETCD_LEASE_ALIVE)
+                log_info("cluster: etcd lease alive (node %s)", cluster_node(cluster));
+        else
+                log_warning("cluster: etcd lease %s%s%s", etcd_lease_state_to_string(st), error < 0 ? ": " : "",
+                            error < 0 ? strerror(-error) : "");
+}
+
+static const ClusterCallbacks callbacks = {
+        .queued = on_queued,
+        .granted = on_granted,
+        .ended = on_ended,
+        .disconnected = on_disconnected,
+        .keeper = on_keeper,
+};
+
+int cluster_service_new(Manager *m, ClusterService **ret) {
+        const ClusterConfig *cc = m->config.cluster;
+        *ret = NULL;
+        if (!cc)
+                return 0;
+        _cleanup_free_ char *node = NULL;
+        int k = config_cluster_node(&m->config, NULL, &node);
+        if (k < 0)
+                return log_error_errno(k, "cluster: no Node= and no machine id: %m");
+        ClusterService *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->manager = m;
+        s->keeper_state = ETCD_LEASE_GRANTING;
+        ClusterOptions o = {
+                .endpoints = cc->endpoints,
+                .n_endpoints = cc->n_endpoints,
+                .prefix = cc->prefix,
+                .node = node,
+                .ttl_sec = (int64_t) (cc->lease_ttl / USEC_PER_SEC),
+                .ca_file = cc->ca_file,
+                .cert_file = cc->cert_file,
+                .key_file = cc->key_file,
+        };
+        k = cluster_new(m->loop, &o, &callbacks, s, &s->cluster);
+        if (k < 0) {
+                free(s);
+                return log_error_errno(k, "cluster: cannot start the etcd client: %m");
+        }
+        k = cluster_service_configure(s, &m->config);
+        if (k < 0) {
+                cluster_service_free(s);
+                return k;
+        }
+        log_info("cluster: node %s, etcd prefix %s", node, cc->prefix);
+        *ret = s;
+        return 0;
+}
+
+static void stopped(Cluster *c, int error, void *userdata) {
+        *(int *) userdata = error < 0 ? error : 1;
+}
+
+static void stop_guard(struct ev_loop *loop, ev_timer *t, int revents) {
+        ev_break(loop, EVBREAK_ONE);
+}
+
+static void stop_check(struct ev_loop *loop, ev_prepare *p, int revents) {
+        if (*(int *) p->data)
+                ev_break(loop, EVBREAK_ONE);
+}
+
+ClusterService *cluster_service_free(ClusterService *s) {
+        if (!s)
+                return NULL;
+        while (s->leases) {
+                ClusterLease *cl = s->leases;
+                if (cl->conn)
+                        holder_unlink(cl);
+                cl->waiter = NULL;      /* freed with the cluster */
+                lease_free(cl);
+        }
+        while (s->checks) {
+                PendingCheck *pc = s->checks;
+                LIST_REMOVE(checks, s->checks, pc);
+                pc->service = NULL;     /* its answer is dropped (cluster_free cancels it) */
+        }
+        /* Revoke, so other hosts go on now rather than after the TTL; the loop no longer
+         * serves anything here, so waiting on it for etcd's answer is all it does. */
+        int done = 0;
+        struct ev_loop *loop = s->manager->loop;
+        if (cluster_stop(s->cluster, stopped, &done) == 0) {
+                ev_timer t;
+                ev_prepare p;
+                ev_timer_init(&t, stop_guard, 5., 0.);
+                ev_prepare_init(&p, stop_check);
+                p.data = &done;
+                ev_timer_start(loop, &t);
+                ev_prepare_start(loop, &p);
+                ev_run(loop, 0);
+                ev_timer_stop(loop, &t);
+                ev_prepare_stop(loop, &p);
+        }
+        cluster_free(s->cluster);
+        free(s);
+        return NULL;
+}
+
+int cluster_service_configure(ClusterService *s, const Config *c) {
+        if (!s)
+                return 0;
+        for (size_t i = 0; i < c->n_resources; i++) {
+                if (c->resource_scopes[i] != RESOURCE_SCOPE_CLUSTER)
+                        continue;
+                int k = cluster_declare(s->cluster, c->resources[i].name, c->resources[i].capacity);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+bool cluster_service_serves(ClusterService *s, const char *resource) {
+        return s && config_resource_scope(&s->manager->config, resource) == RESOURCE_SCOPE_CLUSTER;
+}
+
+static void random_hex(char *buf, size_t n_hex) {
+        uint8_t b[32];
+        size_t n = n_hex / 2;
+        if (getrandom(b, n, 0) != (ssize_t) n)
+                memset(b, 0, n);        /* getrandom() does not fail for <= 256 bytes */
+        for (size_t i = 0; i < n; i++)
+                sprintf(buf + 2 * i, "%02x", b[i]);
+}
+
+static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        ClusterLease *cl = container_of(t, ClusterLease, timeout);
+        if (!cl->pending || cl->granted)
+                return;
+        Conn *c = cl->conn;
+        cluster_waiter_release(cl->service->cluster, TAKE_PTR(cl->waiter));
+        acquire_done(cl);
+        if (c)
+                conn_error_reason(c, "io.agend.Lease.Timeout", "the timeout passed before the resource was free",
+                                  "resource", cl->res.name);
+        lease_free(cl);
+}
+
+void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap) {
+        if (ap->ttl > 0 || ap->detached)
+                return conn_error_reason(c, "org.varlink.service.InvalidParameter",
+                                         "ttl and detached are not served on Scope=cluster resources yet",
+                                         "parameter", ap->ttl > 0 ? "ttl" : "detached");
+        if (!cluster_ready(s->cluster))
+                return conn_error_reason(c, "io.agend.Lease.Timeout",
+                                         "cluster resource: etcd is not reachable (no etcd lease for this agend)",
+                                         "resource", ap->resource);
+        ClusterLease *cl = calloc(1, sizeof(*cl));
+        if (!cl)
+                return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+        cl->service = s;
+        cl->conn = c;
+        ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
+        LIST_PREPEND(all, s->leases, cl);
+        random_hex(cl->lease.id, LEASE_ID_LEN);
+        random_hex(cl->lease.secret, LEASE_SECRET_LEN);
+        cl->res.name = strdup(ap->resource);
+        cl->lease.description = strdup(strempty(ap->description));
+        cl->lease.resource = &cl->res;
+        cl->lease.exclusive = ap->exclusive;
+        cl->lease.deadline = USEC_INFINITY;
+        cl->lease.state = LEASE_HELD;
+        cl->try_once = ap->try_once;
+        if (!cl->res.name || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
+                lease_free(cl);
+                return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+        }
+        ClusterAcquire a = {
+                .resource = ap->resource,
+                .units = ap->units,
+                .exclusive = ap->exclusive,
+                .uid = ap->owner->uid,
+                .gid = ap->owner->gid,
+                .pid = ap->owner->pid,
+                .comm = ap->owner->comm,
+                .description = ap->description,
+                .userdata = cl,
+        };
+        int k = cluster_acquire(s->cluster, &a, &cl->waiter);
+        if (k < 0) {
+                lease_free(cl);
+                if (k == -EINVAL)
+                        return conn_error_reason(c, "org.varlink.service.InvalidParameter",
+                                                 "more units than the resource's capacity", "parameter", "units");
+                return conn_error_reason(c, "io.agend.Lease.Timeout",
+                                         k == -EAGAIN ? "cluster resource: etcd is not reachable"
+                                                      : "cluster resource: cannot ask etcd",
+                                         "resource", ap->resource);
+        }
+        cl->lease.units = ap->exclusive ? 0 : (ap->units ? ap->units : 1);
+        if (ap->exclusive) {
+                for (size_t i = 0; i < s->manager->config.n_resources; i++)
+                        if (streq(s->manager->config.resources[i].name, ap->resource))
+                                cl->lease.units = s->manager->config.resources[i].capacity;
+        }
+        cl->pending = true;
+        c->busy = CONN_ACQUIRE;
+        if (c->user)
+                c->user->waiters++;
+        if (!ap->try_once && ap->timeout != USEC_INFINITY) {
+                ev_timer_set(&cl->timeout, (double) ap->timeout / USEC_PER_SEC, 0.);
+                ev_timer_start(s->manager->loop, &cl->timeout);
+        }
+}
+
+ClusterLease *cluster_service_lease(ClusterService *s, const char *id) {
+        if (!s)
+                return NULL;
+        LIST_FOREACH(all, cl, s->leases)
+                if (cl->granted && streq(cl->lease.id, id))
+                        return cl;
+        return NULL;
+}
+
+const Lease *cluster_lease_get_lease(const ClusterLease *l) {
+        return &l->lease;
+}
+
+Holder *cluster_lease_get_holder(const ClusterLease *l) {
+        return l->lease.holder;
+}
+
+static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const char *reason, const Owner *by) {
+        cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
+        holder_unlink(cl);
+        emit(s, t, cl, reason, by);
+        lease_free(cl);
+}
+
+void cluster_service_release(ClusterService *s, ClusterLease *cl, const char *reason) {
+        lease_end(s, cl, EVENT_RELEASED, reason, NULL);
+}
+
+void cluster_service_revoke(ClusterService *s, ClusterLease *cl, const char *reason, const Owner *by) {
+        lease_end(s, cl, EVENT_REVOKED, reason, by);
+}
+
+static void on_check(Cluster *cluster, int result, void *userdata) {
+        PendingCheck *pc = userdata;
+        if (pc->service) {
+                LIST_REMOVE(checks, pc->service->checks, pc);
+                if (pc->conn) {
+                        if (result < 0)
+                                conn_error_reason(pc->conn, "io.agend.Lease.Timeout",
+                                                  "cluster resource: etcd did not answer", NULL, NULL);
+                        else {
+                                struct json_object *r = json_object_new_object();
+                                if (r)
+                                        json_object_object_add(r, "current", json_object_new_boolean(result > 0));
+                                conn_reply(pc->conn, r, false);
+                        }
+                }
+        }
+        free(pc);
+}
+
+void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token) {
+        unsigned capacity = 0;
+        for (size_t i = 0; i < s->manager->config.n_resources; i++)
+                if (streq(s->manager->config.resources[i].name, resource))
+                        capacity = s->manager->config.resources[i].capacity;
+        PendingCheck *pc = calloc(1, sizeof(*pc));
+        if (!pc)
+                return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+        pc->service = s;
+        pc->conn = c;
+        int k = cluster_check(s->cluster, resource, capacity, token, on_check, pc);
+        if (k < 0) {
+                free(pc);
+                return conn_error_reason(c, "io.agend.Lease.Timeout", "cluster resource: cannot ask etcd", NULL, NULL);
+        }
+        LIST_PREPEND(checks, s->checks, pc);
+}
+
+/* ---- List ---------------------------------------------------------------------------- */
+
+typedef struct ListingLease {
+        Lease lease;
+        Resource res;
+} ListingLease;
+
+typedef struct ListCtx {
+        ClusterListing *l;
+        uint64_t after;
+        size_t size;
+} ListCtx;
+
+static int list_one(const ClusterEntry *e, void *userdata) {
+        ListCtx *x = userdata;
+        if (!e->holds) {
+                if (!x->l->waiters)
+                        return 0;
+                struct json_object *j = json_object_new_object(), *o = json_object_new_object();
+                if (!j || !o) {
+                        json_object_put(j);
+                        json_object_put(o);
+                        return -ENOMEM;
+                }
+                json_object_object_add(o, "uid", json_object_new_int64(e->uid));
+                json_object_object_add(o, "gid", json_object_new_int64(e->gid));
+                json_object_object_add(o, "pid", json_object_new_int64(e->pid));
+                json_object_object_add(o, "comm", json_object_new_string(strempty(e->comm)));
+                json_object_object_add(j, "resource", json_object_new_string(e->resource));
+                json_object_object_add(j, "units", json_object_new_int64(e->units));
+                json_object_object_add(j, "exclusive", json_object_new_boolean(e->exclusive));
+                json_object_object_add(j, "position", json_object_new_int64(e->position));
+                json_object_object_add(j, "owner", o);
+                json_object_object_add(j, "description", json_object_new_string(strempty(e->description)));
+                json_object_object_add(j, "since", json_object_new_int64(0));
+                return json_object_array_add(x->l->waiters, j) < 0 ? -ENOMEM : 0;
+        }
+        if ((uint64_t) e->create_revision <= x->after)
+                return 0;
+        if (x->l->n_leases == x->size) {
+                size_t n = MAX(x->size * 2, (size_t) 16);
+                Lease **a = realloc(x->l->leases, n * sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
+                x->l->leases = a;
+                x->size = n;
+        }
+        ListingLease *ll = calloc(1, sizeof(*ll));
+        if (!ll)
+                return -ENOMEM;
+        x->l->leases[x->l->n_leases++] = &ll->lease;
+        ll->res.name = strdup(e->resource);
+        ll->lease.description = strdup(strempty(e->description));
+        ll->lease.owner.comm = strdup(strempty(e->comm));
+        if (!ll->res.name || !ll->lease.description || !ll->lease.owner.comm)
+                return -ENOMEM;
+        ll->lease.resource = &ll->res;
+        ll->lease.units = e->units;
+        ll->lease.exclusive = e->exclusive;
+        ll->lease.token = (uint64_t) e->create_revision;
+        ll->lease.owner.uid = e->uid;
+        ll->lease.owner.gid = e->gid;
+        ll->lease.owner.pid = e->pid;
+        ll->lease.deadline = USEC_INFINITY;
+        ll->lease.state = LEASE_HELD;
+        if (e->local) {
+                ClusterLease *cl = cluster_waiter_get_userdata(e->local);
+                memcpy(ll->lease.id, cl->lease.id, sizeof(ll->lease.id));
+                ll->lease.created = cl->lease.created;
+        } else
+                /* Another host's lease: its id is its node, so List says where it is held. */
+                snprintf(ll->lease.id, sizeof(ll->lease.id), "%s", strempty(e->node));
+        return 0;
+}
+
+int cluster_service_list(ClusterService *s, const char *resource, uint64_t after, ClusterListing *ret) {
+        *ret = (ClusterListing) {};
+        if (!s)
+                return 0;
+        if (after == 0 && !(ret->waiters = json_object_new_array()))
+                return -ENOMEM;
+        ListCtx x = { .l = ret, .after = after };
+        int k = cluster_foreach(s->cluster, resource, list_one, &x);
+        if (k < 0)
+                cluster_listing_done(ret);
+        return k;
+}
+
+void cluster_listing_done(ClusterListing *l) {
+        for (size_t i = 0; i < l->n_leases; i++) {
+                ListingLease *ll = container_of(l->leases[i], ListingLease, lease);
+                free(ll->res.name);
+                free(ll->lease.description);
+                free(ll->lease.owner.comm);
+                free(ll);
+        }
+        free(l->leases);
+        json_object_put(l->waiters);
+        *l = (ClusterListing) {};
+}
+
+void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release) {
+        if (!s)
+                return;
+        LIST_FOREACH(checks, pc, s->checks)
+                if (pc->conn == c)
+                        pc->conn = NULL;
+        for (ClusterLease *cl = s->leases, *next; cl; cl = next) {
+                next = cl->all_next;
+                if (cl->conn != c)
+                        continue;
+                if (cl->pending)
+                        acquire_done(cl);
+                cl->conn = NULL;
+                if (cl->granted) {
+                        if (release)
+                                lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);
+                        else {
+                                holder_unlink(cl);
+                                cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
+                                lease_free(cl);
+                        }
+                } else {
+                        cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
+                        lease_free(cl);
+                }
+        }
+}

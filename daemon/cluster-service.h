@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The lease service for Scope=cluster resources: the methods of methods.c hand a call on
+ * such a resource (or on one of its leases) to this file, which serves it through the
+ * cluster lease queue (cluster.h) with the same wire types. Local resources never come
+ * here. One ClusterService per Manager, present only with a [Cluster] section.
+ *
+ * A cluster lease has an id and a secret like a local one (for Release/Watch by id), its
+ * token is its etcd key's create revision, and it is bound to its connection (no TTL, not
+ * detached: refused for now). Its events go through the same event callback as the
+ * engine's (journal, per-uid counts, Watch). */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "conn.h"
+#include "engine.h"
+
+typedef struct Manager Manager;
+typedef struct ClusterService ClusterService;
+typedef struct ClusterLease ClusterLease;
+
+/* Starts the etcd client, keeper and watch for m->config.cluster (NULL section: nothing,
+ * *ret = NULL). Does not wait for etcd: until the lease is granted and the prefix read,
+ * Acquire on a cluster resource fails with a clear error. */
+int cluster_service_new(Manager *m, ClusterService **ret);
+/* Revokes the etcd lease (waits for etcd on m->loop, at most the request timeout) and
+ * frees. NULL-safe. */
+ClusterService *cluster_service_free(ClusterService *s);
+/* The declared Scope=cluster resources and their capacity (start and reload). */
+int cluster_service_configure(ClusterService *s, const Config *c);
+
+bool cluster_service_serves(ClusterService *s, const char *resource);
+void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap);
+
+/* By lease id: NULL if no cluster lease of this agend has it. */
+ClusterLease *cluster_service_lease(ClusterService *s, const char *id);
+const Lease *cluster_lease_get_lease(const ClusterLease *l);
+Holder *cluster_lease_get_holder(const ClusterLease *l);
+void cluster_service_release(ClusterService *s, ClusterLease *l, const char *reason);
+void cluster_service_revoke(ClusterService *s, ClusterLease *l, const char *reason, const Owner *by);
+
+/* Check(resource, token) answered by etcd: replies on c later. */
+void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token);
+
+/* What List shows of cluster resources (all hosts): holders as Lease objects (tokens >
+ * after) and waiters as JSON, appended to the caller's arrays. */
+typedef struct ClusterListing {
+        Lease **leases;                 /* owned by the listing */
+        size_t n_leases;
+        struct json_object *waiters;    /* owned by the listing */
+} ClusterListing;
+int cluster_service_list(ClusterService *s, const char *resource, uint64_t after, ClusterListing *ret);
+void cluster_listing_done(ClusterListing *l);
+
+/* The connection is going: its cluster waiter and leases end (release) or are just dropped
+ * (shutdown: the lease revoke deletes their keys). */
+void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release);

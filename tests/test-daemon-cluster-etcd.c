@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: MIT */
+/* Several agends with distinct Node= (own sockets and state directories) sharing
+ * Scope=cluster resources through a real 3-member etcd on loopback (tests/helper-etcd.c),
+ * in raw varlink bytes:
+ * - a grant on one host queues the others, in request order across hosts; List on another
+ *   host shows the holder; Check answers from etcd; Release and a closed connection hand on;
+ * - clients on three hosts cycling through a counted resource: the history checker
+ *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
+ *   strictly increasing;
+ * - kill -9 of an agend holding the unit: the waiter on another host is granted once its
+ *   etcd lease expired (after the TTL less one keepalive interval), not before.
+ * Skips (77) without an etcd binary. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checker.h"
+#include "helper-agend.h"
+#include "helper-etcd.h"
+
+#define TTL 3
+#define READY_GUARD 30.0
+
+static EtcdCluster *etcd;
+static unsigned test_no;
+/* LeaseTTLSec= of the hosts a test starts: TTL, or longer where an etcd election must not
+ * cost the etcd lease (an election on a loaded machine can take longer than 2 s). */
+static int ttl = TTL;
+/* The agends a test started, stopped by the teardown: each must exit 0 on SIGTERM (under
+ * ASan that includes no leak). */
+static Agend *hosts[4];
+static size_t n_hosts;
+
+static void write_config(const Agend *a, const char *node, const char *resources) {
+        FILE *f = fopen(a->config, "we");
+        assert_non_null(f);
+        fprintf(f, "[Cluster]\nEndpoints=%s\nNode=%s\nPrefix=/agend-t%u/\nLeaseTTLSec=%d\n\n%s",
+                etcd_cluster_endpoints_string(etcd), node, test_no, ttl, resources);
+        fclose(f);
+}
+
+/* Starts an agend as host node and waits until it grants cluster resources (its etcd
+ * lease granted, the prefix read): a try-once Acquire of "probe" succeeds. */
+static Agend *host(const char *node, const char *resources) {
+        Agend *a;
+        assert_int_equal(agend_new(&a), 0);
+        char text[1024];
+        snprintf(text, sizeof(text), "%s[Resource]\nName=probe-%s\nScope=cluster\n", resources, node);
+        write_config(a, node, text);
+        assert_int_equal(agend_start(a), 0);
+        if (n_hosts < ELEMENTSOF(hosts))
+                hosts[n_hosts++] = a;
+        VConn *c = OPEN(a);
+        double until = helper_now() + READY_GUARD;
+        for (;;) {
+                json_object *r = CALL(c, LEASE_IF "Acquire", "{\"resource\": \"probe-%s\", \"timeout\": 0}", node);
+                if (!reply_error(r))
+                        break;
+                if (helper_now() > until)
+                        fail_msg("host %s not ready: %s", node, jtext(r));
+                helper_sleep(0.05);
+        }
+        vconn_close(c);
+        return a;
+}
+
+static uint64_t token_of(json_object *lease) {
+        return (uint64_t) jint(lease, "token");
+}
+
+/* The next message on c that is not a "queued" update, within the guard. */
+static json_object *next_final(VConn *c, double guard) {
+        for (;;) {
+                json_object *m = RECV(c, guard);
+                if (reply_error(m) || !reply_state(m) || strcmp(reply_state(m), "queued") != 0)
+                        return m;
+        }
+}
+
+static bool check(VConn *c, uint64_t token) {
+        json_object *p = CALL_OK(c, LEASE_IF "Check", "{\"resource\": \"gpu\", \"token\": %" PRIu64 "}", token);
+        return json_object_get_boolean(jget(p, "current"));
+}
+
+static void test_two_hosts_fifo(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b), *a2 = OPEN(a), *bq = OPEN(b);
+
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"description\": \"first\"}");
+        uint64_t t1 = token_of(l1);
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        json_object *q = RECV(b1, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 1);
+        assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        q = RECV(a2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 2);
+
+        /* Host b sees a's holder (its id is its node) and both waiters, once its watch has
+         * brought a2's key (each host's view follows etcd's events). */
+        json_object *list;
+        double until = helper_now() + 10.0;
+        do
+                list = CALL_OK(bq, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        while (json_object_array_length(jget(list, "waiters")) < 2 && helper_now() < until && (helper_sleep(0.02), 1));
+        json_object *leases = jget(list, "leases");
+        assert_int_equal(json_object_array_length(leases), 1);
+        json_object *held = json_object_array_get_idx(leases, 0);
+        assert_string_equal(jstr(held, "id"), "a");
+        assert_string_equal(jstr(held, "description"), "first");
+        assert_int_equal(token_of(held), t1);
+        assert_int_equal(jint(held, "owner.pid"), getpid());
+        assert_int_equal(json_object_array_length(jget(list, "waiters")), 2);
+        assert_true(check(bq, t1));
+
+        CALL_OK(a1, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l1, "id"));
+        json_object *g = next_final(b1, 10.0);
+        json_object *l2 = jget(assert_granted(g), "lease");
+        uint64_t t2 = token_of(l2);
+        assert_true(t2 > t1);
+        assert_false(check(bq, t1));
+        assert_true(check(bq, t2));
+
+        /* The holder's connection closes: the lease ends, the next host's waiter gets it. */
+        vconn_close(b1);
+        g = next_final(a2, 10.0);
+        uint64_t t3 = token_of(jget(assert_granted(g), "lease"));
+        assert_true(t3 > t2);
+        assert_false(check(bq, t2));
+        assert_true(check(bq, t3));
+        vconn_close(a2);
+}
+
+/* Clients on three hosts cycle through a resource of capacity 2; the checker judges what
+ * they saw, on the one monotonic clock of this machine. */
+typedef struct Client {
+        VConn *c;
+        unsigned host;
+        enum { IDLE, WAITING, HOLDING } state;
+        usec_t sent, queued, granted, hold_until;
+        uint64_t token;
+        char id[64];
+} Client;
+
+static void test_history_three_hosts(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n";
+        Agend *h[3] = { host("a", res), host("b", res), host("c", res) };
+        Checker *ck;
+        assert_int_equal(checker_new(&ck), 0);
+        int r = checker_add_resource(ck, "gpu", 2);
+        assert_true(r >= 0);
+        Client cl[6] = {};
+        for (unsigned i = 0; i < ELEMENTSOF(cl); i++) {
+                cl[i].host = i % 3;
+                cl[i].c = OPEN(h[cl[i].host]);
+        }
+        unsigned grants = 0, target = 60;
+        double until = helper_now() + 120.0;
+        while (grants < target && helper_now() < until) {
+                for (unsigned i = 0; i < ELEMENTSOF(cl); i++) {
+                        Client *x = &cl[i];
+                        usec_t now = usec_now(CLOCK_MONOTONIC);
+                        if (x->state == IDLE) {
+                                x->sent = now;
+                                x->queued = 0;
+                                assert_int_equal(vconn_send(x->c, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+                                x->state = WAITING;
+                        } else if (x->state == WAITING) {
+                                json_object *m = NULL;
+                                if (vconn_recv(x->c, 0, &m) < 0)
+                                        continue;
+                                now = usec_now(CLOCK_MONOTONIC);
+                                if (reply_error(m))
+                                        fail_msg("client %u: %s", i, jtext(m));
+                                if (strcmp(reply_state(m), "queued") == 0) {
+                                        if (!x->queued)
+                                                x->queued = now;
+                                        continue;
+                                }
+                                json_object *l = jget(assert_granted(m), "lease");
+                                x->granted = now;
+                                x->token = token_of(l);
+                                snprintf(x->id, sizeof(x->id), "%s", jstr(l, "id"));
+                                x->hold_until = now + (usec_t) (i % 3) * 5 * USEC_PER_MSEC;
+                                x->state = HOLDING;
+                        } else if (now >= x->hold_until) {
+                                CheckGrant g = {
+                                        .client = i,
+                                        .resource = (unsigned) r,
+                                        .units = 1,
+                                        .token = x->token,
+                                        .id = x->id,
+                                        .sent = x->sent,
+                                        .queued = x->queued,
+                                        .granted = x->granted,
+                                        .end = now,
+                                };
+                                assert_int_equal(checker_add_grant(ck, &g), 0);
+                                grants++;
+                                CALL_OK(x->c, LEASE_IF "Release", "{\"id\": \"%s\"}", x->id);
+                                x->state = IDLE;
+                        }
+                }
+                helper_sleep(0.001);
+        }
+        assert_true(grants >= target);     /* the last round may add a few */
+        unsigned v = checker_run(ck);
+        CheckStats st;
+        checker_get_stats(ck, &st);
+        fprintf(stderr, "cluster history: %lu grants, %lu queued first, %u violations\n", st.grants, st.queued, v);
+        checker_print_violations(ck, stderr, 20);
+        assert_int_equal(v, 0);
+        assert_true(st.queued > 0);     /* the run did contend */
+        checker_free(ck);
+}
+
+/* kill -9 of the host holding the unit: no one else is granted before its etcd lease can
+ * have expired; then the waiter on the other host is. */
+static void test_killed_host(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b);
+        uint64_t t1 = token_of(GRANT_LEASE(a1, "{\"resource\": \"gpu\"}"));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+        double killed = helper_now();
+        assert_int_equal(agend_kill(a), 0);
+        json_object *g = next_final(b1, 30.0);
+        double after = helper_now() - killed;
+        uint64_t t2 = token_of(jget(assert_granted(g), "lease"));
+        fprintf(stderr, "granted %.2f s after the kill (TTL %d s)\n", after, TTL);
+        /* The last keepalive was sent at most TTL/3 before the kill. */
+        assert_true(after >= TTL - TTL / 3.0 - 0.1);
+        assert_true(t2 > t1);
+        vconn_close(a1);
+}
+
+/* The next event on a Watch(lease) stream. */
+static const char *next_event(VConn *c, double guard, json_object **ret) {
+        json_object *m = RECV(c, guard);
+        if (reply_error(m))
+                fail_msg("Watch: %s", jtext(m));
+        json_object *ev = jget(reply_params(m), "event");
+        if (ret)
+                *ret = ev;
+        return ev ? jstr(ev, "type") : NULL;
+}
+
+/* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
+ * granted at once, not after the TTL (15 s here). */
+static void test_clean_stop_hands_on(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        ttl = 15;
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b);
+        uint64_t t1 = token_of(GRANT_LEASE(a1, "{\"resource\": \"gpu\"}"));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+        double stopped = helper_now();
+        int st;
+        assert_int_equal(agend_stop(a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        json_object *g = next_final(b1, 30.0);
+        double after = helper_now() - stopped;
+        assert_true(token_of(jget(assert_granted(g), "lease")) > t1);
+        fprintf(stderr, "granted %.2f s after the stop (TTL 15 s)\n", after);
+        assert_true(after < 10.0);
+        vconn_close(a1);
+}
+
+/* SIGSTOP of the agend holding the unit, past its TTL: the other host is granted meanwhile
+ * (etcd expired the lease); after SIGCONT the holder's Watch says "voided" and a request
+ * that waited in the socket is not granted on the stale state. */
+static void test_stopped_host(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *watch = OPEN(a), *late = OPEN(a), *b1 = OPEN(b);
+        json_object *l = GRANT_LEASE(a1, "{\"resource\": \"gpu\"}");
+        uint64_t t1 = token_of(l);
+        assert_int_equal(vconn_send(watch, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", jstr(l, "id")), 0);
+        assert_null(next_event(watch, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+
+        assert_int_equal(kill(a->pid, SIGSTOP), 0);
+        json_object *g = next_final(b1, 30.0);
+        uint64_t t2 = token_of(jget(assert_granted(g), "lease"));
+        assert_true(t2 > t1);
+        assert_int_equal(vconn_send(late, 0, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 0}"), 0);
+        assert_int_equal(kill(a->pid, SIGCONT), 0);
+
+        json_object *ev;
+        assert_string_equal(next_event(watch, 10.0, &ev), "voided");
+        json_object *r = RECV(late, 10.0);
+        if (!reply_error(r))
+                fail_msg("a stopped agend granted on stale state: %s", jtext(r));
+        CALL_OK(b1, LEASE_IF "Check", "{\"resource\": \"gpu\", \"token\": %" PRIu64 "}", t2);
+}
+
+/* One etcd member killed: the agends go on granting through the other two. */
+static void test_member_killed(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        ttl = 15;
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b);
+        assert_int_equal(etcd_cluster_signal(etcd, 0, SIGKILL), 0);
+        uint64_t last = 0;
+        for (unsigned i = 0; i < 5; i++) {
+                VConn *c = i % 2 ? b1 : a1;
+                /* While etcd elects a leader and agend's watch moves to another member, a
+                 * grant may take seconds: waited for with a generous guard. */
+                assert_int_equal(vconn_send(c, 0, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 30}"), 0);
+                json_object *l = jget(assert_granted(next_final(c, 40.0)), "lease");
+                assert_true(token_of(l) > last);
+                last = token_of(l);
+                CALL_OK(c, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l, "id"));
+        }
+        assert_int_equal(etcd_cluster_restart(etcd, 0), 0);
+        assert_int_equal(etcd_cluster_wait_healthy(etcd, 0, 60 * USEC_PER_SEC), 0);
+}
+
+/* Quorum lost (two of three members killed): the holder hears "disconnected" at once and
+ * "voided" (its LOST) no later than etcd could expire agend's lease; Acquire on the cluster
+ * resource gives a clear error; local resources are granted as ever. Last: it breaks the
+ * cluster. */
+static void test_quorum_lost(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n[Resource]\nName=disk\n\n";
+        Agend *a = host("a", res);
+        VConn *holder = OPEN(a), *watch = OPEN(a), *other = OPEN(a);
+        json_object *l = GRANT_LEASE(holder, "{\"resource\": \"gpu\"}");
+        assert_int_equal(vconn_send(watch, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", jstr(l, "id")), 0);
+        assert_null(next_event(watch, HELPER_REPLY_TIMEOUT, NULL));
+        double killed = helper_now();
+        assert_int_equal(etcd_cluster_signal(etcd, 1, SIGKILL), 0);
+        assert_int_equal(etcd_cluster_signal(etcd, 2, SIGKILL), 0);
+        json_object *ev;
+        const char *type = next_event(watch, 10.0, &ev);
+        double t_disc = helper_now() - killed;
+        assert_string_equal(type, "disconnected");
+        type = next_event(watch, 10.0, &ev);
+        double t_lost = helper_now() - killed;
+        assert_string_equal(type, "voided");
+        fprintf(stderr, "quorum lost: disconnected after %.2f s, voided after %.2f s (TTL %d s): %s\n", t_disc,
+                t_lost, TTL, strna(jstr(ev, "reason")));
+        /* agend's deadline is the send time of the last answered keepalive (before the
+         * kill) + TTL - margin (min(TTL/5, 1 s)), margin before etcd can expire the lease: so
+         * voided comes no later than the kill + TTL - margin (0.3 s slack for delivery). */
+        assert_true(t_disc < t_lost);
+        assert_true(t_lost <= TTL - MIN(TTL / 5.0, 1.0) + 0.3);
+        json_object *e = CALL_ERR(other, LEASE_IF "Timeout", LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"timeout\": 1}");
+        assert_non_null(strstr(jstr(e, "reason"), "etcd"));
+        json_object *d = GRANT_LEASE(other, "{\"resource\": \"disk\"}");
+        assert_string_equal(jstr(d, "resource"), "disk");
+}
+
+static int setup(void **state) {
+        test_no++;
+        ttl = TTL;
+        return 0;
+}
+
+static int teardown(void **state) {
+        int r = 0;
+        for (size_t i = 0; i < n_hosts; i++) {
+                if (hosts[i]->pid <= 0)
+                        continue;       /* killed by the test */
+                int st = 0;
+                if (agend_stop(hosts[i], &st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                        fprintf(stderr, "agend %zu did not stop cleanly (wait status %d)\n", i, st);
+                        r = -1;
+                }
+        }
+        n_hosts = 0;
+        helper_cleanup();
+        return r;
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_two_hosts_fifo, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_member_killed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_quorum_lost, setup, teardown),
+        };
+        int k = etcd_cluster_new(3, 60 * USEC_PER_SEC, 10 * 60 * USEC_PER_SEC, &etcd);
+        if (k == -ENOENT) {
+                fprintf(stderr, "no etcd binary: skipped\n");
+                return 77;
+        }
+        if (k < 0) {
+                fprintf(stderr, "etcd cluster: %s\n", strerror(-k));
+                return 1;
+        }
+        int r = cmocka_run_group_tests(tests, NULL, NULL);
+        helper_cleanup();
+        etcd_cluster_free(etcd);
+        return r;
+}
