@@ -37,7 +37,7 @@ BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
 LOG_DIR=${LOG_DIR:-$CACHE/logs}
 # What agend needs at run time, and python3 for the tests' varlink client. No procps: the
 # units must work on a minimal system, which has no /bin/kill, ps or pgrep.
-PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,libev4,libjson-c5,libsqlite3-0,libsystemd0,python3"
+PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,libev4,libjson-c5,libsqlite3-0,libsystemd0,libcurl4,python3"
 PACKAGES+=${EXTRA_PACKAGES:+,$EXTRA_PACKAGES}
 CPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 

@@ -153,7 +153,7 @@ Package: agend
 Version: $ver
 Architecture: $(dpkg --print-architecture)
 Maintainer: agend test suite <root@localhost>
-Depends: libev4, libjson-c5, libsqlite3-0, libsystemd0, systemd | systemd-sysusers
+Depends: libev4, libjson-c5, libsqlite3-0, libsystemd0, libcurl4, systemd | systemd-sysusers
 Section: admin
 Priority: optional
 Description: machine-local resource-lease service (test package)
