@@ -201,7 +201,7 @@ static bool may_time_out(VarlinkConn *link, void *userdata) {
         return !c || (c->holder.n_leases == 0 && c->busy == CONN_IDLE);
 }
 
-static const VarlinkServerCallbacks server_callbacks = {
+const VarlinkServerCallbacks manager_server_callbacks = {
         .connect = on_connect,
         .disconnect = on_disconnect,
         .may_time_out = may_time_out,
@@ -377,7 +377,7 @@ int manager_run(Manager *m) {
         k = varlink_server_new(m->loop,
                                &(VarlinkServerOptions) { .error_protocol = "io.agend.Lease.ProtocolError",
                                                          .error_limit = "io.agend.Lease.LimitExceeded" },
-                               &server_callbacks, m, &m->server);
+                               &manager_server_callbacks, m, &m->server);
         if (k >= 0)
                 k = methods_bind(m->server);
         if (k < 0)

@@ -81,6 +81,10 @@ typedef struct Manager {
         int exit_code;
 } Manager;
 
+/* The sessions' side of the varlink server: a Conn per connection (userdata: the Manager).
+ * Exported so that tests/fuzz drives the same callbacks. */
+extern const VarlinkServerCallbacks manager_server_callbacks;
+
 int manager_new(const ManagerOptions *opts, Manager **ret);
 Manager *manager_free(Manager *m);
 /* Restores leases, opens the socket, serves until SIGTERM/SIGINT. Returns the exit code. */

@@ -98,34 +98,6 @@ static usec_t clock_real(void *userdata) {
         return ((Fuzz *) userdata)->real;
 }
 
-/* The connect and disconnect callbacks of manager.c (static there), unchanged. */
-static int on_connect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
-        Conn *c;
-        int k = conn_new(userdata, link, &c);
-        if (k < 0)
-                return k;
-        varlink_conn_set_userdata(link, c);
-        return 0;
-}
-
-static void on_disconnect(VarlinkServer *s, VarlinkConn *link, void *userdata) {
-        Manager *m = userdata;
-        Conn *c = varlink_conn_get_userdata(link);
-        if (c)
-                conn_free(c, !m->shutting_down);
-}
-
-static bool may_time_out(VarlinkConn *link, void *userdata) {
-        Conn *c = varlink_conn_get_userdata(link);
-        return !c || (c->holder.n_leases == 0 && c->busy == CONN_IDLE);
-}
-
-static const VarlinkServerCallbacks server_callbacks = {
-        .connect = on_connect,
-        .disconnect = on_disconnect,
-        .may_time_out = may_time_out,
-};
-
 /* What manager_run() sets up, minus the listening socket, the signals and sqlite. */
 static void service_new(Fuzz *f, size_t max_message_size) {
         int k = manager_new(&(ManagerOptions) { .sync = -1, .grace = -1 }, &f->m);
@@ -146,7 +118,7 @@ static void service_new(Fuzz *f, size_t max_message_size) {
         k = varlink_server_new(m->loop,
                                &(VarlinkServerOptions) { .error_protocol = "io.agend.Lease.ProtocolError",
                                                          .error_limit = "io.agend.Lease.LimitExceeded" },
-                               &server_callbacks, m, &m->server);
+                               &manager_server_callbacks, m, &m->server);
         assert(k == 0);
         k = methods_bind(m->server);
         assert(k == 0);
