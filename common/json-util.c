@@ -46,7 +46,8 @@ static bool utf8_valid(const unsigned char *p, size_t n) {
         return true;
 }
 
-int json_parse_buffer(const char *text, size_t len, json_object **ret) {
+int json_parse_buffer_with(json_tokener *tok, const char *text, size_t len, json_object **ret) {
+        assert(tok);
         assert(text || len == 0);
         assert(ret);
 
@@ -54,9 +55,7 @@ int json_parse_buffer(const char *text, size_t len, json_object **ret) {
                 return -EBADMSG;
         if (!utf8_valid((const unsigned char *) text, len))
                 return -EBADMSG;
-        json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
-        if (!tok)
-                return -ENOMEM;
+        json_tokener_reset(tok);
         /* Strings must be UTF-8 (RFC 8259 8.1): a name with stray bytes, stored and sent back
          * in List replies, would make strict peers (python's json, browsers) fail on every
          * later reply that carries it. */
@@ -73,12 +72,10 @@ int json_parse_buffer(const char *text, size_t len, json_object **ret) {
                 e = json_tokener_get_error(tok);
                 if (!o || e != json_tokener_success) {
                         json_object_put(o);
-                        json_tokener_free(tok);
                         return -EBADMSG;
                 }
                 used = len;
         }
-        json_tokener_free(tok);
         if (e != json_tokener_success && e != json_tokener_continue) {
                 json_object_put(o);
                 return -EBADMSG;
@@ -94,6 +91,19 @@ int json_parse_buffer(const char *text, size_t len, json_object **ret) {
         }
         *ret = o;
         return 0;
+}
+
+json_tokener *json_parser_new(void) {
+        return json_tokener_new_ex(JSON_MAX_DEPTH);
+}
+
+int json_parse_buffer(const char *text, size_t len, json_object **ret) {
+        json_tokener *tok = json_parser_new();
+        if (!tok)
+                return -ENOMEM;
+        int r = json_parse_buffer_with(tok, text, len, ret);
+        json_tokener_free(tok);
+        return r;
 }
 
 /* 0 absent/null (and not required), 1 present, -EINVAL required but absent. */

@@ -24,6 +24,10 @@ typedef enum JsonFlags {
  * single quotes, no comments, nothing after the value, nesting at most 64 deep).
  * -EBADMSG if invalid, -ENOMEM. *ret owns a reference. */
 int json_parse_buffer(const char *text, size_t len, json_object **ret);
+/* The same with a parser state the caller keeps (json_parser_new(), json_tokener_free()):
+ * reset and reused for each message, so parsing allocates only the tree it returns. */
+json_tokener *json_parser_new(void);
+int json_parse_buffer_with(json_tokener *tok, const char *text, size_t len, json_object **ret);
 
 /* The string is borrowed from o. Strings with an embedded NUL (\u0000) are refused: json-c
  * keeps their full length, and C code would silently see a shorter name. */

@@ -112,6 +112,7 @@ ssize_t vl_reader_read(VlReader *r, int fd) {
                         memcpy(p, scratch, (size_t) l);
                 }
                 vl_reader_advance(r, (size_t) l);
+                r->drained = (size_t) l < n;
                 return l;
         }
 }
@@ -333,9 +334,9 @@ size_t vl_writer_pending_sealed(const VlWriter *w) {
 
 /* ---- messages ---- */
 
-int vl_message_parse(const char *msg, size_t len, json_object **ret) {
+static int message_parse(json_tokener *tok, const char *msg, size_t len, json_object **ret) {
         json_object *o = NULL;
-        int r = json_parse_buffer(msg, len, &o);
+        int r = tok ? json_parse_buffer_with(tok, msg, len, &o) : json_parse_buffer(msg, len, &o);
         if (r < 0)
                 return r;
         if (!json_object_is_type(o, json_type_object)) {
@@ -344,6 +345,10 @@ int vl_message_parse(const char *msg, size_t len, json_object **ret) {
         }
         *ret = o;
         return 0;
+}
+
+int vl_message_parse(const char *msg, size_t len, json_object **ret) {
+        return message_parse(NULL, msg, len, ret);
 }
 
 /* An optional member that must be a boolean when present (null counts as absent). */
@@ -380,13 +385,17 @@ static int get_parameters(json_object *m, json_object **ret) {
 }
 
 int vl_call_parse(const char *msg, size_t len, VlCall *ret) {
+        return vl_call_parse_with(NULL, msg, len, ret);
+}
+
+int vl_call_parse_with(json_tokener *tok, const char *msg, size_t len, VlCall *ret) {
         _cleanup_(json_object_putp) json_object *m = NULL;
         json_object *v, *params;
         bool more, oneway, upgrade;
         int r;
 
         assert(ret);
-        r = vl_message_parse(msg, len, &m);
+        r = message_parse(tok, msg, len, &m);
         if (r < 0)
                 return r;
 

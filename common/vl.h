@@ -39,6 +39,8 @@ typedef struct VlReader {
         size_t scanned;         /* private: bytes from start known to hold no NUL */
         size_t max_message;     /* ro: size limit of one message, NUL excluded */
         bool overflow;          /* ro: a message exceeded the limit; the stream is unusable */
+        bool drained;           /* ro: the last read got less than it asked for (a stream
+                                 * socket had no more then: another read would be EAGAIN) */
 } VlReader;
 
 /* Initializes an empty reader; allocates nothing yet. max_message 0 = the default. */
@@ -137,6 +139,8 @@ typedef struct VlCall {
  * object, more/oneway not booleans, both set, or "upgrade": true — which agend refuses).
  * On success ret owns a reference; release it with vl_call_done(). */
 int vl_call_parse(const char *msg, size_t len, VlCall *ret);
+/* The same with a parser state the caller keeps and reuses (json_parser_new()). */
+int vl_call_parse_with(json_tokener *tok, const char *msg, size_t len, VlCall *ret);
 void vl_call_done(VlCall *c);
 
 typedef struct VlReply {

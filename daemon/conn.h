@@ -69,6 +69,5 @@ void conn_watch_end(Conn *c);
 /* Methods (methods.c). */
 int methods_bind(VarlinkServer *s);
 struct json_object *lease_to_json(const Lease *l);
-struct json_object *event_to_json(const Event *e);
 /* Engine callbacks. */
 extern const EngineCallbacks methods_engine_callbacks;

@@ -13,6 +13,7 @@
 #include "errmap.h"
 #include "escape.h"
 #include "interface.h"
+#include "json-writer.h"
 #include "json-util.h"
 #include "log.h"
 #include "macro.h"
@@ -31,31 +32,6 @@
 #define LIST_PAGE_MAX 1000
 
 #define ERR_INVALID "org.varlink.service.InvalidParameter"
-
-static void add_string(struct json_object *o, const char *key, const char *value) {
-        json_object_object_add(o, key, value ? json_object_new_string(value) : NULL);
-}
-
-static void add_int(struct json_object *o, const char *key, int64_t value) {
-        json_object_object_add(o, key, json_object_new_int64(value));
-}
-
-static void add_bool(struct json_object *o, const char *key, bool value) {
-        json_object_object_add(o, key, json_object_new_boolean(value));
-}
-
-/* Seconds with microsecond precision, printed as such: json-c's default shows 17
- * significant digits (0.57434700000000005). */
-static void add_double(struct json_object *o, const char *key, double value) {
-        char buf[64];
-        snprintf(buf, sizeof(buf), "%.6f", value);
-        char *e = buf + strlen(buf);
-        while (e > buf && e[-1] == '0')
-                *--e = 0;
-        if (e > buf && e[-1] == '.')
-                *e++ = '0', *e = 0;
-        json_object_object_add(o, key, json_object_new_double_s(value, buf));
-}
 
 /* A string member of at most max bytes (get_string() already refuses embedded NULs). */
 static int get_string(struct json_object *p, const char *key, bool required, size_t max, const char **ret) {
@@ -78,17 +54,19 @@ static void error_errno(Conn *c, int error, const char *reason, const char *key,
         conn_error_reason(c, name ? name : "io.agend.Lease.ProtocolError", reason, key, value);
 }
 
-static struct json_object *owner_to_json(const Owner *o) {
-        struct json_object *j = json_object_new_object();
-        if (!j)
-                return NULL;
-        add_int(j, "uid", o->uid);
-        add_int(j, "gid", o->gid);
-        add_int(j, "pid", o->pid);
-        add_string(j, "comm", strempty(o->comm));
+/* Replies and events are written member by member into a JsonWriter (common/json-writer.h),
+ * no json-c tree: on any failure the writer keeps the error and the reply is not sent as
+ * it is (varlink_conn_reply_end() sends an error instead). */
+
+static void owner_write(JsonWriter *w, const char *key, const Owner *o) {
+        jw_object_begin(w, key);
+        jw_int(w, "uid", o->uid);
+        jw_int(w, "gid", o->gid);
+        jw_int(w, "pid", o->pid);
+        jw_string(w, "comm", strempty(o->comm));
         if (o->unit)
-                add_string(j, "unit", o->unit);
-        return j;
+                jw_string(w, "unit", o->unit);
+        jw_object_end(w);
 }
 
 /* Monotonic deadlines are shown as wall-clock times: now_real + (deadline - now_mono). */
@@ -99,60 +77,78 @@ static int64_t deadline_to_real(usec_t deadline) {
         return (int64_t) (real - MIN(real, mono - deadline));
 }
 
-struct json_object *lease_to_json(const Lease *l) {
-        struct json_object *j = json_object_new_object();
-        if (!j)
-                return NULL;
-        add_string(j, "id", l->id);
-        add_string(j, "resource", l->resource->name);
-        add_int(j, "units", l->units);
-        add_bool(j, "exclusive", l->exclusive);
-        add_int(j, "token", (int64_t) l->token);
-        json_object_object_add(j, "owner", owner_to_json(&l->owner));
-        add_string(j, "description", l->description);
-        add_int(j, "created", (int64_t) l->created);
+static void lease_write(JsonWriter *w, const char *key, const Lease *l) {
+        jw_object_begin(w, key);
+        jw_string(w, "id", l->id);
+        jw_string(w, "resource", l->resource->name);
+        jw_int(w, "units", l->units);
+        jw_bool(w, "exclusive", l->exclusive);
+        jw_int(w, "token", (int64_t) l->token);
+        owner_write(w, "owner", &l->owner);
+        jw_string(w, "description", strempty(l->description));
+        jw_int(w, "created", (int64_t) l->created);
         if (l->ttl > 0)
-                add_double(j, "ttl", usec_to_sec(l->ttl));
+                jw_double(w, "ttl", usec_to_sec(l->ttl));
         if (l->deadline != USEC_INFINITY)
-                add_int(j, "deadline", deadline_to_real(l->deadline));
-        add_bool(j, "detached", l->detached);
-        add_string(j, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
-        return j;
+                jw_int(w, "deadline", deadline_to_real(l->deadline));
+        jw_bool(w, "detached", l->detached);
+        jw_string(w, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
+        jw_object_end(w);
 }
 
-static struct json_object *waiter_to_json(const Waiter *w) {
-        struct json_object *j = json_object_new_object();
-        if (!j)
-                return NULL;
-        add_string(j, "resource", w->resource->name);
-        add_int(j, "units", w->units);
-        add_bool(j, "exclusive", w->exclusive);
-        add_int(j, "position", w->position);
-        json_object_object_add(j, "owner", owner_to_json(&w->owner));
-        add_string(j, "description", w->description);
-        add_int(j, "since", (int64_t) w->since);
-        return j;
+/* For the cluster service, which still builds json-c objects: the same text, parsed. NULL
+ * on any failure, so that a caller never adds a partial lease. */
+struct json_object *lease_to_json(const Lease *l) {
+        JsonWriter w;
+        jw_init(&w);
+        lease_write(&w, NULL, l);
+        json_object *o = NULL;
+        if (jw_finish(&w) < 0 || json_parse_buffer(w.buf, w.len, &o) < 0)
+                o = NULL;
+        jw_done(&w);
+        return o;
 }
 
-struct json_object *event_to_json(const Event *e) {
-        struct json_object *j = json_object_new_object();
-        if (!j)
-                return NULL;
-        add_string(j, "type", event_type_to_string(e->type));
-        add_int(j, "time", (int64_t) e->time);
-        add_string(j, "resource", e->resource);
+static void waiter_write(JsonWriter *w, const char *key, const Waiter *x) {
+        jw_object_begin(w, key);
+        jw_string(w, "resource", x->resource->name);
+        jw_int(w, "units", x->units);
+        jw_bool(w, "exclusive", x->exclusive);
+        jw_int(w, "position", x->position);
+        owner_write(w, "owner", &x->owner);
+        jw_string(w, "description", strempty(x->description));
+        jw_int(w, "since", (int64_t) x->since);
+        jw_object_end(w);
+}
+
+static void event_write(JsonWriter *w, const char *key, const Event *e) {
+        jw_object_begin(w, key);
+        jw_string(w, "type", event_type_to_string(e->type));
+        jw_int(w, "time", (int64_t) e->time);
+        jw_string(w, "resource", e->resource);
         if (e->lease)
-                add_string(j, "lease", e->lease);
+                jw_string(w, "lease", e->lease);
         if (e->token)
-                add_int(j, "token", (int64_t) e->token);
+                jw_int(w, "token", (int64_t) e->token);
         if (e->owner)
-                json_object_object_add(j, "owner", owner_to_json(e->owner));
-        add_int(j, "units", e->units);
+                owner_write(w, "owner", e->owner);
+        jw_int(w, "units", e->units);
         if (e->reason)
-                add_string(j, "reason", e->reason);
+                jw_string(w, "reason", e->reason);
         if (e->revoked_by)
-                json_object_object_add(j, "revoked_by", owner_to_json(e->revoked_by));
-        return j;
+                owner_write(w, "revoked_by", e->revoked_by);
+        jw_object_end(w);
+}
+
+/* The reply writer of the call being answered, on the stack: replies are written and
+ * queued one at a time (nothing nests), and the usual one fits the inline buffer. */
+#define REPLY_WRITER(w)                                                                 \
+        _cleanup_(jw_done) JsonWriter w;                                                \
+        jw_init(&w);                                                                    \
+        varlink_reply_begin(&w)
+
+static void reply_end(Conn *c, JsonWriter *w, bool continues) {
+        (void) varlink_conn_reply_end(c->link, w, continues);
 }
 
 static bool name_ok(const char *s) {
@@ -197,23 +193,28 @@ static bool check_members(Conn *c, struct json_object *p, const char *const *all
 }
 
 static void reply_granted(Conn *c, const Lease *l, bool continues) {
-        struct json_object *p = json_object_new_object();
-        if (p) {
-                add_string(p, "state", "granted");
-                json_object_object_add(p, "lease", lease_to_json(l));
-                add_string(p, "secret", l->secret);
-        }
-        conn_reply(c, p, continues);
+        REPLY_WRITER(w);
+        jw_string(&w, "state", "granted");
+        lease_write(&w, "lease", l);
+        jw_string(&w, "secret", l->secret);
+        /* A grant the holder never hears of must not stay held in its name: the error
+         * is followed by a close, which ends the connection's leases. */
+        if (varlink_conn_reply_end(c->link, &w, continues) < 0)
+                varlink_conn_close(c->link);
 }
 
-static void reply_queued(Conn *c, const Waiter *w) {
-        struct json_object *p = json_object_new_object();
-        if (p) {
-                add_string(p, "state", "queued");
-                add_int(p, "position", w->position);
-                add_string(p, "ticket", w->ticket);
-        }
-        conn_reply(c, p, true);
+static void reply_queued(Conn *c, const Waiter *x) {
+        REPLY_WRITER(w);
+        jw_string(&w, "state", "queued");
+        jw_int(&w, "position", x->position);
+        jw_string(&w, "ticket", x->ticket);
+        reply_end(c, &w, true);
+}
+
+/* The empty reply of Release and Revoke. */
+static void reply_empty(Conn *c) {
+        REPLY_WRITER(w);
+        reply_end(c, &w, false);
 }
 
 static void method_acquire(Conn *c, struct json_object *p) {
@@ -363,7 +364,7 @@ static void method_release(Conn *c, struct json_object *p) {
                                                 x->holder == &c->holder ? "released by the holder"
                                                 : c->peer.uid == 0      ? "released by root"
                                                                         : "released with the secret");
-                        conn_reply(c, NULL, false);
+                        reply_empty(c);
                 }
                 return;
         }
@@ -374,7 +375,7 @@ static void method_release(Conn *c, struct json_object *p) {
                              : c->peer.uid == 0        ? "released by root"
                                                        : "released with the secret";
         engine_lease_end(c->manager->engine, l, EVENT_RELEASED, reason);
-        conn_reply(c, NULL, false);
+        reply_empty(c);
 }
 
 static void method_renew(Conn *c, struct json_object *p) {
@@ -395,10 +396,9 @@ static void method_renew(Conn *c, struct json_object *p) {
                 return;
         if (engine_lease_renew(c->manager->engine, l, t) < 0)
                 return invalid(c, "ttl", "the lease has no TTL: give one");
-        struct json_object *r = json_object_new_object();
-        if (r)
-                json_object_object_add(r, "lease", lease_to_json(l));
-        conn_reply(c, r, false);
+        REPLY_WRITER(w);
+        lease_write(&w, "lease", l);
+        reply_end(c, &w, false);
 }
 
 static void method_reclaim(Conn *c, struct json_object *p) {
@@ -424,10 +424,9 @@ static void method_reclaim(Conn *c, struct json_object *p) {
         if (k < 0)
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "the lease is held by another live connection", "id", id);
-        struct json_object *r = json_object_new_object();
-        if (r)
-                json_object_object_add(r, "lease", lease_to_json(l));
-        conn_reply(c, r, false);
+        REPLY_WRITER(w);
+        lease_write(&w, "lease", l);
+        reply_end(c, &w, false);
 }
 
 static void method_revoke(Conn *c, struct json_object *p) {
@@ -450,7 +449,7 @@ static void method_revoke(Conn *c, struct json_object *p) {
         ClusterLease *cl = cluster_service_lease(c->manager->cluster, id);
         if (cl) {
                 cluster_service_revoke(c->manager->cluster, cl, reason, &c->peer);
-                return conn_reply(c, NULL, false);
+                return reply_empty(c);
         }
         Lease *l = engine_lease_get(c->manager->engine, id);
         if (!l)
@@ -458,7 +457,7 @@ static void method_revoke(Conn *c, struct json_object *p) {
         /* The revoke's own log entry (log_lease_event()) names the revoker, with its
          * journal fields; History keeps it in the event's revoked_by. */
         engine_lease_revoke(c->manager->engine, l, reason, &c->peer);
-        conn_reply(c, NULL, false);
+        reply_empty(c);
 }
 
 /* Anyone may ask (leases are visible to every local user), so a guarded service can check
@@ -475,18 +474,17 @@ static void method_check(Conn *c, struct json_object *p) {
                 return invalid(c, "token", "a fencing token: an integer >= 0");
         if (cluster_service_serves(c->manager->cluster, resource))
                 return cluster_service_check(c->manager->cluster, c, resource, (uint64_t) token);
-        struct json_object *r = json_object_new_object();
-        if (!r)
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        add_bool(r, "current", engine_token_current(c->manager->engine, resource, (uint64_t) token));
-        conn_reply(c, r, false);
+        REPLY_WRITER(w);
+        jw_bool(&w, "current", engine_token_current(c->manager->engine, resource, (uint64_t) token));
+        reply_end(c, &w, false);
 }
 
 typedef struct ListState {
         Lease **leases;
         size_t n_leases, size;
         uint64_t after;
-        struct json_object *waiters;
+        JsonWriter *waiters;    /* the waiters array's text; NULL after the first page */
+        size_t n_waiters;
         bool waiters_cut;
 } ListState;
 
@@ -507,12 +505,12 @@ static int list_resource(Resource *r, ListState *s) {
         if (!s->waiters)
                 return 0;
         for (Waiter *w = r->wait_head; w; w = w->next) {
-                if (json_object_array_length(s->waiters) >= LIST_PAGE_MAX) {
+                if (s->n_waiters >= LIST_PAGE_MAX) {
                         s->waiters_cut = true;
                         break;
                 }
-                if (json_object_array_add(s->waiters, waiter_to_json(w)) < 0)
-                        return -ENOMEM;
+                waiter_write(s->waiters, NULL, w);
+                s->n_waiters++;
         }
         return 0;
 }
@@ -530,9 +528,17 @@ static int list_cluster(Conn *c, const char *resource, ListState *s, ClusterList
                 memcpy(a + s->n_leases, cl->leases, cl->n_leases * sizeof(*a));
                 s->n_leases += cl->n_leases;
         }
-        for (size_t i = 0; s->waiters && cl->waiters && i < json_object_array_length(cl->waiters); i++)
-                if (json_object_array_add(s->waiters, json_object_get(json_object_array_get_idx(cl->waiters, i))) < 0)
+        for (size_t i = 0; s->waiters && cl->waiters && i < json_object_array_length(cl->waiters); i++) {
+                size_t n = 0;
+                const char *t = json_object_to_json_string_length(json_object_array_get_idx(cl->waiters, i),
+                                                                  JSON_C_TO_STRING_PLAIN |
+                                                                          JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                                  &n);
+                if (!t)
                         return -ENOMEM;
+                jw_raw(s->waiters, NULL, t, n);
+                s->n_waiters++;
+        }
         return 0;
 }
 
@@ -557,16 +563,10 @@ static void method_list(Conn *c, struct json_object *p) {
                 return invalid(c, "after", "a continue_after value of an earlier reply");
         size_t page = (size_t) MIN(limit, (int64_t) LIST_PAGE_MAX);
         _cleanup_free_ Lease **leases_buf = NULL;
-        ListState s = { .after = (uint64_t) after };
-        struct json_object *r = json_object_new_object(), *leases = json_object_new_array();
-        if (after == 0)
-                s.waiters = json_object_new_array();
-        if (!r || !leases || (after == 0 && !s.waiters)) {
-                json_object_put(r);
-                json_object_put(leases);
-                json_object_put(s.waiters);
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        }
+        _cleanup_(jw_done) JsonWriter waiters;
+        jw_init(&waiters);
+        jw_array_begin(&waiters, NULL);
+        ListState s = { .after = (uint64_t) after, .waiters = after == 0 ? &waiters : NULL };
         int k = 0;
         if (resource) {
                 Resource *res = engine_resource_get(c->manager->engine, resource);
@@ -584,52 +584,45 @@ static void method_list(Conn *c, struct json_object *p) {
         if (k >= 0)
                 k = list_cluster(c, resource, &s, &cl);
         leases_buf = s.leases;
-        if (k < 0) {
-                json_object_put(r);
-                json_object_put(leases);
-                json_object_put(s.waiters);
+        jw_array_end(&waiters);
+        if (k < 0 || jw_finish(&waiters) < 0)
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        }
         if (s.n_leases > 0)
                 qsort(s.leases, s.n_leases, sizeof(*s.leases), lease_token_cmp);
         size_t n = MIN(page, s.n_leases);
+        REPLY_WRITER(w);
+        jw_array_begin(&w, "leases");
         for (size_t i = 0; i < n; i++)
-                json_object_array_add(leases, lease_to_json(s.leases[i]));
-        json_object_object_add(r, "leases", leases);
-        json_object_object_add(r, "waiters", s.waiters ? s.waiters : json_object_new_array());
+                lease_write(&w, NULL, s.leases[i]);
+        jw_array_end(&w);
+        jw_raw(&w, "waiters", waiters.buf, waiters.len);
         if (n < s.n_leases)
-                add_int(r, "continue_after", (int64_t) s.leases[n - 1]->token);
+                jw_int(&w, "continue_after", (int64_t) s.leases[n - 1]->token);
         if (s.waiters_cut)
-                add_bool(r, "waiters_truncated", true);
-        conn_reply(c, r, false);
+                jw_bool(&w, "waiters_truncated", true);
+        reply_end(c, &w, false);
 }
 
 static void method_resources(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { NULL };
         if (!check_members(c, p, allowed))
                 return;
-        struct json_object *r = json_object_new_object(), *a = json_object_new_array();
-        if (!r || !a) {
-                json_object_put(r);
-                json_object_put(a);
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        }
+        REPLY_WRITER(w);
+        jw_array_begin(&w, "resources");
         HashmapIter i = {};
         Resource *res;
         while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res)) {
-                struct json_object *j = json_object_new_object();
-                if (!j)
-                        continue;
-                add_string(j, "name", res->name);
-                add_int(j, "capacity", res->capacity);
-                add_int(j, "used", res->used);
-                add_int(j, "leases", res->n_leases);
-                add_int(j, "waiters", res->n_waiters);
-                add_bool(j, "declared", res->declared);
-                json_object_array_add(a, j);
+                jw_object_begin(&w, NULL);
+                jw_string(&w, "name", res->name);
+                jw_int(&w, "capacity", res->capacity);
+                jw_int(&w, "used", res->used);
+                jw_int(&w, "leases", res->n_leases);
+                jw_int(&w, "waiters", res->n_waiters);
+                jw_bool(&w, "declared", res->declared);
+                jw_object_end(&w);
         }
-        json_object_object_add(r, "resources", a);
-        conn_reply(c, r, false);
+        jw_array_end(&w);
+        reply_end(c, &w, false);
 }
 
 static void method_status(Conn *c, struct json_object *p) {
@@ -637,21 +630,19 @@ static void method_status(Conn *c, struct json_object *p) {
         Manager *m = c->manager;
         if (!check_members(c, p, allowed))
                 return;
-        struct json_object *r = json_object_new_object();
-        if (!r)
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        add_string(r, "version", AGEND_VERSION);
-        add_double(r, "uptime", usec_to_sec(usec_now(CLOCK_MONOTONIC) - m->started));
-        add_string(r, "boot_id", m->boot_id);
-        add_int(r, "leases", engine_n_leases(m->engine));
-        add_int(r, "waiters", engine_n_waiters(m->engine));
-        add_int(r, "connections", varlink_server_n_connections(m->server));
-        add_int(r, "commits", (int64_t) m->commits);
-        add_int(r, "database_size", m->store->ops->size(m->store));
+        REPLY_WRITER(w);
+        jw_string(&w, "version", AGEND_VERSION);
+        jw_double(&w, "uptime", usec_to_sec(usec_now(CLOCK_MONOTONIC) - m->started));
+        jw_string(&w, "boot_id", m->boot_id);
+        jw_int(&w, "leases", engine_n_leases(m->engine));
+        jw_int(&w, "waiters", engine_n_waiters(m->engine));
+        jw_int(&w, "connections", varlink_server_n_connections(m->server));
+        jw_int(&w, "commits", (int64_t) m->commits);
+        jw_int(&w, "database_size", m->store->ops->size(m->store));
         if (m->store->ops->log_bytes)
-                add_int(r, "wal_bytes", m->store->ops->log_bytes(m->store));
-        add_string(r, "sync", m->config.sync == STORE_SYNC_FULL ? "full" : "normal");
-        conn_reply(c, r, false);
+                jw_int(&w, "wal_bytes", m->store->ops->log_bytes(m->store));
+        jw_string(&w, "sync", m->config.sync == STORE_SYNC_FULL ? "full" : "normal");
+        reply_end(c, &w, false);
 }
 
 static void method_watch(Conn *c, struct json_object *p) {
@@ -673,14 +664,14 @@ static void method_watch(Conn *c, struct json_object *p) {
         if ((resource && !c->watch_resource) || (lease && !c->watch_lease))
                 return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
         conn_watch_start(c);
-        struct json_object *r = json_object_new_object();
-        if (r)
-                json_object_object_add(r, "event", NULL);
-        conn_reply(c, r, true);
+        REPLY_WRITER(w);
+        jw_null(&w, "event");
+        reply_end(c, &w, true);
 }
 
 typedef struct HistoryState {
-        struct json_object *events;
+        JsonWriter *events;     /* the events array's text */
+        size_t n_events;
         uint64_t oldest;        /* seq of the first (oldest) event */
 } HistoryState;
 
@@ -688,7 +679,9 @@ static int history_one(const Event *e, void *userdata) {
         HistoryState *s = userdata;
         if (s->oldest == 0)
                 s->oldest = e->seq;
-        return json_object_array_add(s->events, event_to_json(e)) < 0 ? -ENOMEM : 0;
+        event_write(s->events, NULL, e);
+        s->n_events++;
+        return s->events->error;
 }
 
 static void method_history(Conn *c, struct json_object *p) {
@@ -704,43 +697,39 @@ static void method_history(Conn *c, struct json_object *p) {
         if (json_get_int64(p, "before", 0, 1, INT64_MAX, &before) < 0)
                 return invalid(c, "before", "a continue_before value of an earlier reply");
         unsigned page = (unsigned) MIN(limit, (int64_t) HISTORY_PAGE_MAX);
-        HistoryState s = { .events = json_object_new_array() };
-        if (!s.events)
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
+        _cleanup_(jw_done) JsonWriter events;
+        jw_init(&events);
+        jw_array_begin(&events, NULL);
+        HistoryState s = { .events = &events };
         int k = engine_history(c->manager->engine, resource, (uint64_t) before, page, history_one, &s);
-        if (k < 0) {
-                json_object_put(s.events);
+        if (k < 0 && !events.error)
                 return error_errno(c, k, "cannot read the history", NULL, NULL);
-        }
-        struct json_object *r = json_object_new_object();
-        if (!r) {
-                json_object_put(s.events);
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        }
-        if (s.oldest > 0 && json_object_array_length(s.events) == page)
-                add_int(r, "continue_before", (int64_t) s.oldest);
-        json_object_object_add(r, "events", s.events);
-        conn_reply(c, r, false);
+        jw_array_end(&events);
+        REPLY_WRITER(w);
+        if (s.oldest > 0 && s.n_events == page)
+                jw_int(&w, "continue_before", (int64_t) s.oldest);
+        /* A failed events writer fails the reply (an error is sent instead). */
+        if (jw_finish(&events) < 0)
+                w.error = w.error ?: events.error;
+        else
+                jw_raw(&w, "events", events.buf, events.len);
+        reply_end(c, &w, false);
 }
 
 static void method_get_info(Conn *c, struct json_object *p) {
         static const char *const allowed[] = { NULL };
         if (!check_members(c, p, allowed))
                 return;
-        struct json_object *r = json_object_new_object(), *ifaces = json_object_new_array();
-        if (!r || !ifaces) {
-                json_object_put(r);
-                json_object_put(ifaces);
-                return error_errno(c, -ENOMEM, "out of memory", NULL, NULL);
-        }
-        add_string(r, "vendor", "agend");
-        add_string(r, "product", "agend");
-        add_string(r, "version", AGEND_VERSION);
-        add_string(r, "url", "man:agend(8)");
-        json_object_array_add(ifaces, json_object_new_string("org.varlink.service"));
-        json_object_array_add(ifaces, json_object_new_string("io.agend.Lease"));
-        json_object_object_add(r, "interfaces", ifaces);
-        conn_reply(c, r, false);
+        REPLY_WRITER(w);
+        jw_string(&w, "vendor", "agend");
+        jw_string(&w, "product", "agend");
+        jw_string(&w, "version", AGEND_VERSION);
+        jw_string(&w, "url", "man:agend(8)");
+        jw_array_begin(&w, "interfaces");
+        jw_string(&w, NULL, "org.varlink.service");
+        jw_string(&w, NULL, "io.agend.Lease");
+        jw_array_end(&w);
+        reply_end(c, &w, false);
 }
 
 static const char org_varlink_service_description[] =
@@ -772,10 +761,9 @@ static void method_get_interface_description(Conn *c, struct json_object *p) {
         else
                 return conn_error_reason(c, "org.varlink.service.InterfaceNotFound", "no such interface",
                                          "interface", iface);
-        struct json_object *r = json_object_new_object();
-        if (r)
-                add_string(r, "description", text);
-        conn_reply(c, r, false);
+        REPLY_WRITER(w);
+        jw_string(&w, "description", text);
+        reply_end(c, &w, false);
 }
 
 typedef struct MethodEntry {
@@ -804,7 +792,20 @@ static void method_call(VarlinkConn *link, struct json_object *p, void *userdata
         e->func(varlink_conn_get_userdata(link), p);
 }
 
+#ifdef AGEND_TEST_HOOKS
+/* AGEND_TEST_WRITER_FAIL (test builds only): the reply writer cannot grow past its inline
+ * buffer, as when memory runs out, so every reply over about 1 KiB fails to be written
+ * (tests/test-daemon-reply-oom.c). */
+static void *realloc_fail(void *p, size_t n) {
+        return NULL;
+}
+#endif
+
 int methods_bind(VarlinkServer *s) {
+#ifdef AGEND_TEST_HOOKS
+        if (getenv("AGEND_TEST_WRITER_FAIL"))
+                jw_realloc = realloc_fail;
+#endif
         for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
                 int k = varlink_server_bind_method(s, methods[i].name, method_call, (void *) &methods[i]);
                 if (k < 0)
@@ -864,10 +865,6 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                 return;
         /* Serialized once and queued by reference to every subscriber (and once more,
          * lazily, as the final reply of the Watch(lease) calls this event ends). */
-        _cleanup_(json_object_putp) struct json_object *params = json_object_new_object();
-        if (!params)
-                return;
-        json_object_object_add(params, "event", event_to_json(ev));
         VarlinkBuf *buf[2] = {};        /* [0]: final reply, [1]: continues */
         for (Conn *c = m->watchers, *next; c; c = next) {
                 next = c->watch_next;
@@ -879,20 +876,23 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
                 bool ends = c->watch_lease && event_ends_lease(ev->type);
                 int i = ends ? 0 : 1;
                 if (!buf[i]) {
-                        _cleanup_(json_object_putp) struct json_object *msg = vl_reply_new(json_object_get(params),
-                                                                                           !ends);
-                        size_t len = 0;
-                        const char *text = msg ? json_object_to_json_string_length(
-                                                         msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-                                                         &len)
-                                               : NULL;
-                        if (text)
-                                (void) varlink_buf_new(text, len, &buf[i]);
+                        _cleanup_(jw_done) JsonWriter w;
+                        jw_init(&w);
+                        varlink_reply_begin(&w);
+                        event_write(&w, "event", ev);
+                        if (varlink_reply_end(&w, !ends) >= 0)
+                                (void) varlink_buf_new(w.buf, w.len, &buf[i]);
                 }
                 if (buf[i])
                         (void) varlink_conn_reply_shared(c->link, buf[i], !ends);
-                else
-                        varlink_conn_close(c->link);    /* out of memory: better closed than silent */
+                else {
+                        /* Out of memory: a subscriber that misses an event is told so and
+                         * closed, never left to believe it saw every one. */
+                        (void) varlink_conn_error_reason(c->link, "io.agend.Lease.LimitExceeded",
+                                                         "out of memory: an event could not be written", "limit",
+                                                         "memory");
+                        varlink_conn_close(c->link);
+                }
                 if (ends)
                         conn_watch_end(c);
         }

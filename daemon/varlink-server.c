@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "hashmap.h"
+#include "json-util.h"
 #include "log.h"
 #include "macro.h"
 #include "varlink-server.h"
@@ -120,6 +121,7 @@ struct VarlinkServer {
         VarlinkConn *dirty;     /* output to flush, or to close */
         VarlinkConn *pending;   /* whole calls may be waiting and the connection is free for them */
         VarlinkConn *deferred;  /* had its turn this iteration; continues in the next */
+        json_tokener *parser;   /* reused for every call (calls are parsed one at a time) */
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -514,7 +516,7 @@ static int conn_new(VarlinkServer *s, int fd, VarlinkConn **ret) {
 }
 
 static int add_connection(VarlinkServer *s, int fd, bool check_limit, VarlinkConn **ret) {
-        VarlinkConn *c;
+        VarlinkConn *c = NULL;
         int k = conn_new(s, fd, &c);
         if (k < 0)
                 return k;
@@ -667,7 +669,52 @@ int varlink_conn_error_reason(VarlinkConn *c, const char *error, const char *rea
         assert(c);
         if (c->oneway)
                 return queue(c, NULL, NULL, 0, NULL, false);
-        return queue(c, vl_error_newf(error, key, value, "%s", reason), NULL, 0, NULL, false);
+        /* On the stack: an error reply (a name, a reason, one short value) fits the
+         * writer's inline buffer, so it can be written when memory is short. */
+        JsonWriter w;
+        jw_init(&w);
+        jw_object_begin(&w, NULL);
+        jw_string(&w, "error", error);
+        jw_object_begin(&w, "parameters");
+        jw_string(&w, "reason", strempty(reason));
+        if (key)
+                jw_string(&w, key, strempty(value));
+        jw_object_end(&w);
+        jw_object_end(&w);
+        int k = jw_finish(&w) < 0 ? queue(c, NULL, NULL, 0, NULL, false)    /* -ENOMEM: closes */
+                                  : queue(c, NULL, w.buf, w.len, NULL, false);
+        jw_done(&w);
+        return k;
+}
+
+void varlink_reply_begin(JsonWriter *w) {
+        jw_reset(w);
+        jw_object_begin(w, NULL);
+        jw_object_begin(w, "parameters");
+}
+
+int varlink_reply_end(JsonWriter *w, bool continues) {
+        jw_object_end(w);
+        if (continues)
+                jw_bool(w, "continues", true);
+        jw_object_end(w);
+        return jw_finish(w);
+}
+
+int varlink_conn_reply_end(VarlinkConn *c, JsonWriter *w, bool continues) {
+        assert(c);
+        assert(w);
+        int k = varlink_reply_end(w, continues);
+        if (k >= 0)
+                return queue(c, NULL, w->buf, w->len, NULL, continues);
+        log_warning("cannot write a reply to a connection of uid %u: %s", (unsigned) c->uid, strerror(-k));
+        if (c->oneway)
+                return queue(c, NULL, NULL, 0, NULL, false);
+        (void) varlink_conn_error_reason(c, c->server->opts.error_limit,
+                                         "out of memory: the reply could not be written", "limit", "memory");
+        if (continues)
+                varlink_conn_close(c);
+        return k;
 }
 
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues) {
@@ -778,7 +825,7 @@ static void conn_dispatch(VarlinkConn *c) {
                         break;
                 }
                 VlCall call;
-                k = vl_call_parse(msg, len, &call);
+                k = vl_call_parse_with(s->parser, msg, len, &call);
                 if (k == -EBADMSG) {
                         varlink_conn_protocol_error(c, "the message is not a valid JSON object");
                         break;
@@ -852,6 +899,11 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
                         return;
                 }
                 conn_dispatch(c);
+                /* A short read emptied the socket: the next read would only say EAGAIN
+                 * (half of all reads under load). Level-triggered, so anything that
+                 * arrives meanwhile wakes us again. */
+                if (c->in.drained)
+                        break;
         }
 }
 
@@ -945,6 +997,11 @@ int varlink_server_new(struct ev_loop *loop, const VarlinkServerOptions *opts, c
         VarlinkServer *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        s->parser = json_parser_new();
+        if (!s->parser) {
+                free(s);
+                return -ENOMEM;
+        }
         s->loop = loop;
         s->opts = *opts;
         if (cb)
@@ -987,6 +1044,7 @@ VarlinkServer *varlink_server_free(VarlinkServer *s) {
         while (hashmap_iterate(&s->uids, &i, (void **) &u))
                 free(u);
         hashmap_done(&s->uids);
+        json_tokener_free(s->parser);
         free(s);
         return NULL;
 }

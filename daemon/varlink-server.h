@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "json-writer.h"
 #include "usec.h"
 #include "vl.h"
 
@@ -139,6 +140,16 @@ int varlink_conn_reply(VarlinkConn *c, json_object *parameters, bool continues);
 int varlink_conn_error(VarlinkConn *c, const char *error, json_object *parameters);
 int varlink_conn_error_reason(VarlinkConn *c, const char *error, const char *reason, const char *key,
                               const char *value);
+/* Replies written with a JsonWriter, straight to text (no json-c tree): begin() writes the
+ * start of the message ({"parameters":{), the caller the members of the parameters object,
+ * varlink_reply_end() the rest (and "continues"). */
+void varlink_reply_begin(JsonWriter *w);
+int varlink_reply_end(JsonWriter *w, bool continues);
+/* Ends the message in w and queues it as the reply to the call in progress. If the writer
+ * failed (out of memory), the call gets error_limit (limit "memory") instead, never a
+ * reply with a member missing or null; a stream (continues) is closed after that error,
+ * and a connection whose error cannot be queued either is closed. Returns w's error. */
+int varlink_conn_reply_end(VarlinkConn *c, JsonWriter *w, bool continues);
 /* A reply already serialized as a whole varlink message (no NUL), for one event sent to
  * many subscribers: the JSON is built once. */
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues);
