@@ -103,6 +103,12 @@ void conn_free(Conn *c, bool release) {
 }
 
 void conn_reply(Conn *c, struct json_object *parameters, bool continues) {
+        /* NULL is a builder that ran out of memory, not an empty reply: an error, never a
+         * reply without its members. */
+        if (!parameters) {
+                (void) varlink_conn_reply_failed(c->link, -ENOMEM, continues);
+                return;
+        }
         (void) varlink_conn_reply(c->link, parameters, continues);
 }
 

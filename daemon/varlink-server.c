@@ -707,14 +707,19 @@ int varlink_conn_reply_end(VarlinkConn *c, JsonWriter *w, bool continues) {
         int k = varlink_reply_end(w, continues);
         if (k >= 0)
                 return queue(c, NULL, w->buf, w->len, NULL, continues);
-        log_warning("cannot write a reply to a connection of uid %u: %s", (unsigned) c->uid, strerror(-k));
+        return varlink_conn_reply_failed(c, k, continues);
+}
+
+int varlink_conn_reply_failed(VarlinkConn *c, int error, bool continues) {
+        assert(c);
+        log_warning("cannot write a reply to a connection of uid %u: %s", (unsigned) c->uid, strerror(-error));
         if (c->oneway)
                 return queue(c, NULL, NULL, 0, NULL, false);
         (void) varlink_conn_error_reason(c, c->server->opts.error_limit,
                                          "out of memory: the reply could not be written", "limit", "memory");
         if (continues)
                 varlink_conn_close(c);
-        return k;
+        return error;
 }
 
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues) {

@@ -150,6 +150,8 @@ int varlink_reply_end(JsonWriter *w, bool continues);
  * reply with a member missing or null; a stream (continues) is closed after that error,
  * and a connection whose error cannot be queued either is closed. Returns w's error. */
 int varlink_conn_reply_end(VarlinkConn *c, JsonWriter *w, bool continues);
+/* What varlink_conn_reply_end() does when the reply could not be built (error < 0). */
+int varlink_conn_reply_failed(VarlinkConn *c, int error, bool continues);
 /* A reply already serialized as a whole varlink message (no NUL), for one event sent to
  * many subscribers: the JSON is built once. */
 int varlink_conn_reply_serialized(VarlinkConn *c, const char *msg, size_t len, bool continues);
