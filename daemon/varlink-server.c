@@ -573,6 +573,22 @@ static VarlinkConn *biggest_output(VarlinkServer *s, const UidStat *only) {
 
 /* The connection does not read what it asked for: what it has not received is dropped,
  * it gets an error saying why (if its buffer has room for it) and is closed. */
+/* Writes {"error": error, "parameters": {"reason": reason, key: value}} into w (a writer on
+ * the caller's stack: an error reply fits its inline buffer, so it can be written when
+ * memory is short). key NULL: reason alone. */
+static int error_write(JsonWriter *w, const char *error, const char *reason, const char *key, const char *value) {
+        jw_init(w);
+        jw_object_begin(w, NULL);
+        jw_string(w, "error", error);
+        jw_object_begin(w, "parameters");
+        jw_string(w, "reason", strempty(reason));
+        if (key)
+                jw_string(w, key, strempty(value));
+        jw_object_end(w);
+        jw_object_end(w);
+        return jw_finish(w);
+}
+
 static void drop(VarlinkConn *c, const char *scope, size_t limit) {
         VarlinkServer *s = c->server;
         char reason[200];
@@ -581,10 +597,9 @@ static void drop(VarlinkConn *c, const char *scope, size_t limit) {
                  scope);
         log_info("dropping a connection of uid %u: %s", (unsigned) c->uid, reason);
         out_discard(c);
-        _cleanup_(json_object_putp) json_object *msg = vl_error_newf(s->opts.error_limit, "limit", "output", "%s",
-                                                                    reason);
-        if (msg)
-                (void) out_append_json(c, msg);
+        _cleanup_(jw_done) JsonWriter w;
+        if (error_write(&w, s->opts.error_limit, reason, "limit", "output") >= 0)
+                (void) out_append(c, w.buf, w.len);
         set_close_now(c);
         account(c);
         mark_dirty(c);
@@ -669,22 +684,10 @@ int varlink_conn_error_reason(VarlinkConn *c, const char *error, const char *rea
         assert(c);
         if (c->oneway)
                 return queue(c, NULL, NULL, 0, NULL, false);
-        /* On the stack: an error reply (a name, a reason, one short value) fits the
-         * writer's inline buffer, so it can be written when memory is short. */
-        JsonWriter w;
-        jw_init(&w);
-        jw_object_begin(&w, NULL);
-        jw_string(&w, "error", error);
-        jw_object_begin(&w, "parameters");
-        jw_string(&w, "reason", strempty(reason));
-        if (key)
-                jw_string(&w, key, strempty(value));
-        jw_object_end(&w);
-        jw_object_end(&w);
-        int k = jw_finish(&w) < 0 ? queue(c, NULL, NULL, 0, NULL, false)    /* -ENOMEM: closes */
-                                  : queue(c, NULL, w.buf, w.len, NULL, false);
-        jw_done(&w);
-        return k;
+        _cleanup_(jw_done) JsonWriter w;
+        if (error_write(&w, error, reason, key, value) < 0)
+                return queue(c, NULL, NULL, 0, NULL, false);    /* -ENOMEM: closes */
+        return queue(c, NULL, w.buf, w.len, NULL, false);
 }
 
 void varlink_reply_begin(JsonWriter *w) {
@@ -738,9 +741,9 @@ void varlink_conn_protocol_error(VarlinkConn *c, const char *reason) {
         VarlinkServer *s = c->server;
         log_debug("closing a connection of uid %u: %s", (unsigned) c->uid, reason);
         if (!c->close_now && !c->dead && !c->freeing) {
-                _cleanup_(json_object_putp) json_object *msg = vl_error_newf(s->opts.error_protocol, NULL, NULL,
-                                                                            "%s", reason);
-                if (msg && out_append_json(c, msg) >= 0)
+                _cleanup_(jw_done) JsonWriter w;
+                if (error_write(&w, s->opts.error_protocol, reason, NULL, NULL) >= 0 &&
+                    out_append(c, w.buf, w.len) >= 0)
                         account(c);
         }
         set_close_now(c);
