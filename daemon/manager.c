@@ -418,10 +418,11 @@ int manager_run(Manager *m) {
                                 u->leases++;
                 }
 
-        log_info("agend %s serving %s (state in %s, sync=%s): %d leases restored in %.1f ms%s", AGEND_VERSION,
-                 m->socket_activated ? "the socket from systemd" : m->opts.socket_path, m->opts.state_dir,
-                 m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
-                 usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
+        /* Restored waiters are the unclaimed places (none is claimed before the loop runs). */
+        log_info("agend %s serving %s (state in %s, sync=%s): %d leases and %u waiters restored in %.1f ms%s",
+                 AGEND_VERSION, m->socket_activated ? "the socket from systemd" : m->opts.socket_path,
+                 m->opts.state_dir, m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
+                 engine_n_unclaimed(m->engine), usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
                  engine_in_grace(m->engine) ? ", waiting for their holders to reclaim them" : "");
 
         /* Connections systemd kept across a restart get their leases back before anyone

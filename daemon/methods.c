@@ -131,6 +131,7 @@ static struct json_object *waiter_to_json(const Waiter *w) {
         json_object_object_add(j, "owner", owner_to_json(&w->owner));
         add_string(j, "description", w->description);
         add_int(j, "since", (int64_t) w->since);
+        add_string(j, "state", w->unclaimed ? "reclaimable" : "waiting");
         return j;
 }
 
