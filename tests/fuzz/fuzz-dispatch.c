@@ -14,12 +14,13 @@
  * message goes to, when the clock moves (so TTLs and Acquire timeouts fire), and when a
  * client hangs up early. Byte 1: bits 0-1 the number of clients (1..3, so that a waiter
  * can be granted by another client's release or hang-up), bit 2 "a client may hang up
- * midway", bit 3 "do not wait for the commit after every turn", bits 4-7 the message size limit (0: agend's default, else 256 bytes × n, so
- * that the limit is hit). The rest is the byte stream: NUL-separated varlink messages,
- * the i-th going whole to one client; an unterminated tail goes to the last one. In a
- * message, @ID@, @SECRET@ and @TOKEN@ stand for what the last grant a client saw said
- * (lease ids and secrets are random), so that Release, Renew, Reclaim, Revoke, Check and
- * Watch(lease) reach real leases.
+ * midway", bit 3 "do not wait for the commit after every turn", bits 4-7 the message
+ * size limit (0: agend's default, else 256 bytes × n, so that the limit is hit). The
+ * rest is the byte stream: NUL-separated varlink messages, the i-th going whole to one
+ * client; an unterminated tail goes to the last one. In a message, @ID@, @SECRET@ and
+ * @TOKEN@ stand for what the last grant a client saw said (lease ids and secrets are
+ * random), so that Release, Renew, Reclaim, Revoke, Check and Watch(lease) reach real
+ * leases.
  *
  * Each input gets a fresh service (one ev loop, one store), so inputs do not depend on
  * each other and ASan's leak check covers what one input leaves. Replies are read and
@@ -38,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "conn.h"
