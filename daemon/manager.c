@@ -325,6 +325,26 @@ Manager *manager_free(Manager *m) {
         return NULL;
 }
 
+/* The commit path as manager_run() sets it up; exported so that a harness running the
+ * daemon's loop over a store of its own (tests/fuzz/fuzz-dispatch.c) drives the same
+ * pipeline, prepare step and held replies as agend, not a copy of them. */
+int manager_pipeline_new(Manager *m, Store *inner) {
+        int k = store_pipe_new(m->loop, inner, commit_done, m, &m->pipe);
+        if (k < 0)
+                return k;
+        m->store = store_pipe_store(m->pipe);
+        return 0;
+}
+
+void manager_loop_start(Manager *m) {
+        varlink_server_hold_output(m->server, true);
+        ev_prepare_init(&m->prepare, prepare_cb);
+        m->prepare.data = m;
+        ev_prepare_start(m->loop, &m->prepare);
+        ev_init(&m->timer, timer_cb);
+        m->timer.data = m;
+}
+
 int manager_run(Manager *m) {
         _cleanup_free_ char *error = NULL;
         int k = config_load_flags(&m->config, m->opts.config_path, m->opts.config_dir, CONFIG_CLUSTER_SERVED, &error);
@@ -358,13 +378,12 @@ int manager_run(Manager *m) {
                 return EXIT_FAILURE;
         }
         Store *inner = m->store;
-        k = store_pipe_new(m->loop, inner, commit_done, m, &m->pipe);
+        k = manager_pipeline_new(m, inner);
         if (k < 0) {
                 m->store = NULL;
                 store_free(inner);
                 return log_error_errno(k, "cannot start the commit thread: %m"), EXIT_FAILURE;
         }
-        m->store = store_pipe_store(m->pipe);
         store_guard_start(m->guard, m->loop, m->store);
         k = engine_new(NULL, m->store, &methods_engine_callbacks, m, &m->engine);
         if (k < 0)
@@ -418,10 +437,11 @@ int manager_run(Manager *m) {
                                 u->leases++;
                 }
 
-        log_info("agend %s serving %s (state in %s, sync=%s): %d leases restored in %.1f ms%s", AGEND_VERSION,
-                 m->socket_activated ? "the socket from systemd" : m->opts.socket_path, m->opts.state_dir,
-                 m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
-                 usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
+        /* Restored waiters are the unclaimed places (none is claimed before the loop runs). */
+        log_info("agend %s serving %s (state in %s, sync=%s): %d leases and %u waiters restored in %.1f ms%s",
+                 AGEND_VERSION, m->socket_activated ? "the socket from systemd" : m->opts.socket_path,
+                 m->opts.state_dir, m->config.sync == STORE_SYNC_FULL ? "full" : "normal", k,
+                 engine_n_unclaimed(m->engine), usec_to_sec(usec_now(CLOCK_MONOTONIC) - t0) * 1000,
                  engine_in_grace(m->engine) ? ", waiting for their holders to reclaim them" : "");
 
         /* Connections systemd kept across a restart get their leases back before anyone
@@ -432,12 +452,7 @@ int manager_run(Manager *m) {
 
         m->started = usec_now(CLOCK_MONOTONIC);
 
-        varlink_server_hold_output(m->server, true);
-        ev_prepare_init(&m->prepare, prepare_cb);
-        m->prepare.data = m;
-        ev_prepare_start(m->loop, &m->prepare);
-        ev_init(&m->timer, timer_cb);
-        m->timer.data = m;
+        manager_loop_start(m);
         varlink_server_start(m->server);
         ev_signal_init(&m->sigterm, stop_cb, SIGTERM);
         ev_signal_init(&m->sigint, stop_cb, SIGINT);

@@ -92,5 +92,14 @@ int manager_run(Manager *m);
 /* Re-reads the configuration (SIGHUP); keeps the old one on error. */
 int manager_reload(Manager *m);
 
+/* The steps of manager_run() that set up the commit path, also for tests/fuzz (which runs
+ * the loop without the socket, signals, sqlite and disk checks). manager_pipeline_new():
+ * inner behind the commit pipeline (store_pipe_new()), m->store its face for engine_new();
+ * m->loop set before. manager_loop_start(): once the engine and the server exist, holds
+ * replies until their commit and starts the loop's prepare step (dispatch → commit →
+ * release → flush) and the engine timer; m->guard set before. */
+int manager_pipeline_new(Manager *m, Store *inner);
+void manager_loop_start(Manager *m);
+
 UserStat *manager_user(Manager *m, uint32_t uid, bool create);
 void manager_user_maybe_free(Manager *m, UserStat *u);

@@ -118,6 +118,7 @@ static void waiter_write(JsonWriter *w, const char *key, const Waiter *x) {
         owner_write(w, "owner", &x->owner);
         jw_string(w, "description", strempty(x->description));
         jw_int(w, "since", (int64_t) x->since);
+        jw_string(w, "state", x->unclaimed ? "reclaimable" : "waiting");
         jw_object_end(w);
 }
 

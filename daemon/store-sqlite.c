@@ -160,6 +160,23 @@ typedef struct Value {
 #define V_INT(x) ((Value) { .type = VALUE_INT, .i = (int64_t) (x) })
 #define V_TEXT(x) ((Value) { .type = (x) ? VALUE_TEXT : VALUE_NULL, .s = (x) })
 #define V_NULL ((Value) { .type = VALUE_NULL })
+/* An owner's five columns, in the order every table has them: uid, gid, pid, comm, unit.
+ * V_OWNER_OR_NULL: all NULL for none (an event without an owner, or not a revoke). */
+#define V_OWNER(o) V_INT((o).uid), V_INT((o).gid), V_INT((o).pid), V_TEXT((o).comm), V_TEXT((o).unit)
+#define V_OWNER_OR_NULL(p)                                                                      \
+        (p) ? V_INT((p)->uid) : V_NULL, (p) ? V_INT((p)->gid) : V_NULL, (p) ? V_INT((p)->pid) : V_NULL, \
+                (p) ? V_TEXT((p)->comm) : V_NULL, (p) ? V_TEXT((p)->unit) : V_NULL
+
+/* The owner in the five columns from i on (the order of V_OWNER). */
+static OwnerRecord column_owner(sqlite3_stmt *st, int i) {
+        return (OwnerRecord) {
+                .uid = (uint32_t) sqlite3_column_int64(st, i),
+                .gid = (uint32_t) sqlite3_column_int64(st, i + 1),
+                .pid = (int32_t) sqlite3_column_int64(st, i + 2),
+                .comm = (const char *) sqlite3_column_text(st, i + 3),
+                .unit = (const char *) sqlite3_column_text(st, i + 4),
+        };
+}
 
 /* A batch larger than this leaves its buffer to be freed, rather than kept for the next. */
 #define REDO_KEEP (1U << 20)
@@ -345,11 +362,7 @@ static int s_lease_save(Store *store, const LeaseRecord *l) {
                 V_INT(l->exclusive),
                 V_INT(l->detached),
                 V_INT(l->token),
-                V_INT(l->owner.uid),
-                V_INT(l->owner.gid),
-                V_INT(l->owner.pid),
-                V_TEXT(l->owner.comm),
-                V_TEXT(l->owner.unit),
+                V_OWNER(l->owner),
                 V_TEXT(strempty(l->description)),
                 V_INT(l->created),
                 V_INT(l->ttl),
@@ -372,11 +385,7 @@ static int s_waiter_save(Store *store, const WaiterRecord *w) {
                 V_TEXT(w->resource),
                 V_INT(w->units),
                 V_INT(w->exclusive),
-                V_INT(w->owner.uid),
-                V_INT(w->owner.gid),
-                V_INT(w->owner.pid),
-                V_TEXT(w->owner.comm),
-                V_TEXT(w->owner.unit),
+                V_OWNER(w->owner),
                 V_TEXT(w->description),
                 V_INT(w->since),
         };
@@ -399,18 +408,10 @@ static int s_event_append(Store *store, const EventRecord *e) {
                 V_TEXT(e->resource),
                 V_TEXT(e->lease),
                 e->token ? V_INT(e->token) : V_NULL,
-                e->owner ? V_INT(e->owner->uid) : V_NULL,
-                e->owner ? V_INT(e->owner->gid) : V_NULL,
-                e->owner ? V_INT(e->owner->pid) : V_NULL,
-                e->owner ? V_TEXT(e->owner->comm) : V_NULL,
-                e->owner ? V_TEXT(e->owner->unit) : V_NULL,
+                V_OWNER_OR_NULL(e->owner),
                 V_INT(e->units),
                 V_TEXT(e->reason),
-                e->revoked_by ? V_INT(e->revoked_by->uid) : V_NULL,
-                e->revoked_by ? V_INT(e->revoked_by->gid) : V_NULL,
-                e->revoked_by ? V_INT(e->revoked_by->pid) : V_NULL,
-                e->revoked_by ? V_TEXT(e->revoked_by->comm) : V_NULL,
-                e->revoked_by ? V_TEXT(e->revoked_by->unit) : V_NULL,
+                V_OWNER_OR_NULL(e->revoked_by),
         };
         return write_op(s, STMT_EVENT_APPEND, v, ELEMENTSOF(v));
 }
@@ -514,13 +515,7 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
                         .exclusive = sqlite3_column_int(st, 4),
                         .detached = sqlite3_column_int(st, 5),
                         .token = (uint64_t) sqlite3_column_int64(st, 6),
-                        .owner = {
-                                .uid = (uint32_t) sqlite3_column_int64(st, 7),
-                                .gid = (uint32_t) sqlite3_column_int64(st, 8),
-                                .pid = (int32_t) sqlite3_column_int64(st, 9),
-                                .comm = (const char *) sqlite3_column_text(st, 10),
-                                .unit = (const char *) sqlite3_column_text(st, 11),
-                        },
+                        .owner = column_owner(st, 7),
                         .description = (const char *) sqlite3_column_text(st, 12),
                         .created = (usec_t) sqlite3_column_int64(st, 13),
                         .ttl = (usec_t) sqlite3_column_int64(st, 14),
@@ -549,13 +544,7 @@ static int s_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *u
                         .resource = (const char *) sqlite3_column_text(st, 2),
                         .units = (unsigned) sqlite3_column_int64(st, 3),
                         .exclusive = sqlite3_column_int(st, 4),
-                        .owner = {
-                                .uid = (uint32_t) sqlite3_column_int64(st, 5),
-                                .gid = (uint32_t) sqlite3_column_int64(st, 6),
-                                .pid = (int32_t) sqlite3_column_int64(st, 7),
-                                .comm = (const char *) sqlite3_column_text(st, 8),
-                                .unit = (const char *) sqlite3_column_text(st, 9),
-                        },
+                        .owner = column_owner(st, 5),
                         .description = (const char *) sqlite3_column_text(st, 10),
                         .since = (usec_t) sqlite3_column_int64(st, 11),
                 };
@@ -628,20 +617,7 @@ static int s_history(Store *store, const char *resource, uint64_t before, unsign
         }
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                OwnerRecord o = {
-                        .uid = (uint32_t) sqlite3_column_int64(st, 6),
-                        .gid = (uint32_t) sqlite3_column_int64(st, 7),
-                        .pid = (int32_t) sqlite3_column_int64(st, 8),
-                        .comm = (char *) sqlite3_column_text(st, 9),
-                        .unit = (char *) sqlite3_column_text(st, 10),
-                };
-                OwnerRecord by = {
-                        .uid = (uint32_t) sqlite3_column_int64(st, 13),
-                        .gid = (uint32_t) sqlite3_column_int64(st, 14),
-                        .pid = (int32_t) sqlite3_column_int64(st, 15),
-                        .comm = (const char *) sqlite3_column_text(st, 16),
-                        .unit = (const char *) sqlite3_column_text(st, 17),
-                };
+                OwnerRecord o = column_owner(st, 6), by = column_owner(st, 13);
                 EventRecord e = {
                         .seq = (uint64_t) sqlite3_column_int64(st, 0),
                         .time = (usec_t) sqlite3_column_int64(st, 1),

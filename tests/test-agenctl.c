@@ -1234,6 +1234,21 @@ static void test_run_keeps_place_across_restart(void **state) {
         assert_int_equal(vconn_send(late, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"gpu\"}"), 0);
         json_object *m = RECV(late, CTL_TIMEOUT);
         assert_int_equal(jint(reply_params(m), "position"), 2); /* behind agenctl's place */
+
+        /* list shows the restored place before its waiter is back, marked like a restored
+         * lease; the newcomer behind it is waiting. */
+        json_object *ws = jget(list_json(a), "waiters");
+        assert_int_equal(json_object_array_length(ws), 2);
+        assert_int_equal(jint(json_object_array_get_idx(ws, 0), "position"), 1);
+        assert_string_equal(jstr(json_object_array_get_idx(ws, 0), "state"), "reclaimable");
+        assert_string_equal(jstr(json_object_array_get_idx(ws, 1), "state"), "waiting");
+        Result r = CTL(a, "list", "gpu");
+        assert_code(r, 0);
+        assert_contains(r.out, "1 waiter reclaimable (a place restored after a restart, kept for its waiter)");
+        const char *row1 = strstr(r.out, "\n#1 "), *row2 = strstr(r.out, "\n#2 ");
+        const char *mark1 = row1 ? strstr(row1, " reclaimable ") : NULL;
+        if (!row1 || !row2 || !mark1 || mark1 > row2 || !strstr(row2, " waiting "))
+                fail_msg("expected #1 reclaimable, then #2 waiting, in:\n%s", r.out);
         assert_int_equal(kill(w->pid, SIGCONT), 0);
 
         /* The holder reclaims its lease by itself; let it go. */

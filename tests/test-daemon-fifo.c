@@ -2,7 +2,8 @@
 /* The queue's order across a restart of the real agend (issue 14, item 12): every queued
  * Acquire gets a ticket; after kill -9 and a restart, waiters that come back in any order
  * and present their tickets during the grace are granted in their original order, ahead
- * of new waiters, with their waiting time ("since") kept. A wrong ticket is no place; a
+ * of new waiters, with their waiting time ("since") kept; until then List shows their
+ * places as "reclaimable" and the start-up line counts them. A wrong ticket is no place; a
  * place whose ticket is not presented within the grace is dropped. Raw varlink bytes. */
 
 #include <setjmp.h>
@@ -191,6 +192,86 @@ static void test_order_survives_kill9(void **state) {
         assert_string_equal(jstr(g, "lease.description"), "late");
 }
 
+/* The "state" of the waiter with this description in List, or NULL (copied to out). */
+static const char *waiter_state(VConn *c, const char *resource, const char *description, char out[static 32]) {
+        json_object *ws = jget(CALL_OK(c, LEASE_IF "List", "{\"resource\":\"%s\"}", resource), "waiters");
+        for (size_t i = 0; i < json_object_array_length(ws); i++) {
+                json_object *x = json_object_array_get_idx(ws, i);
+                if (streq(jstr(x, "description"), description)) {
+                        snprintf(out, 32, "%s", jstr(x, "state") ?: "(none)");
+                        return out;
+                }
+        }
+        return NULL;
+}
+
+/* The last start-up line of the log ("... N leases and M waiters restored ..."), or "". */
+static void last_startup_line(const Agend *a, char *out, size_t size) {
+        char *log = agend_read_log(a), *last = NULL;
+        out[0] = 0;
+        for (char *p = log; p && (p = strstr(p, " serving ")); p++)
+                last = p;
+        if (last) {
+                size_t n = strcspn(last, "\n");
+                snprintf(out, size, "%.*s", (int) n, last);
+        }
+        free(log);
+}
+
+/* Restored places show in List before their waiters are back, marked "reclaimable" like
+ * restored leases, in their order; a place becomes "waiting" when its ticket is presented,
+ * and a newcomer is "waiting". The start-up line counts the restored waiters. */
+static void test_restored_places_listed_and_counted(void **state) {
+        Agend *a = *state;
+        VConn *h = OPEN(a), *w[3];
+        char tickets[3][128], desc[3][32], st[32], line[512], ignored[128];
+        Held held;
+
+        hold(h, "r", &held);
+        for (int i = 0; i < 3; i++) {
+                w[i] = OPEN(a);
+                snprintf(desc[i], sizeof(desc[i]), "place %d", i);
+                enqueue(w[i], "r", desc[i], NULL, i + 1, tickets[i]);
+                assert_string_equal(waiter_state(h, "r", desc[i], st), "waiting");
+        }
+        last_startup_line(a, line, sizeof(line));
+        if (!strstr(line, " 0 leases and 0 waiters restored"))
+                fail_msg("first start: %s", line);
+
+        assert_int_equal(agend_kill(a), 0);
+        for (int i = 0; i < 3; i++)
+                vconn_close(w[i]);
+        vconn_close(h);
+        assert_int_equal(agend_start(a), 0);
+        last_startup_line(a, line, sizeof(line));
+        if (!strstr(line, " 1 leases and 3 waiters restored"))
+                fail_msg("after kill -9 with 1 lease and 3 waiters: %s", line);
+
+        /* Nobody is back yet: every place is listed, in order, marked. */
+        VConn *obs = OPEN(a);
+        json_object *ws = jget(CALL_OK(obs, LEASE_IF "List", "{\"resource\":\"r\"}"), "waiters");
+        assert_int_equal(json_object_array_length(ws), 3);
+        for (int i = 0; i < 3; i++) {
+                json_object *x = json_object_array_get_idx(ws, (size_t) i);
+                assert_string_equal(jstr(x, "description"), desc[i]);
+                assert_int_equal(jint(x, "position"), i + 1);
+                assert_string_equal(jstr(x, "state"), "reclaimable");
+        }
+        json_object *ls = jget(CALL_OK(obs, LEASE_IF "List", "{\"resource\":\"r\"}"), "leases");
+        assert_int_equal(json_object_array_length(ls), 1);
+        assert_string_equal(jstr(json_object_array_get_idx(ls, 0), "state"), "reclaimable");
+
+        /* The second comes back: its place is waiting again, the others still kept. */
+        VConn *b1 = OPEN(a);
+        enqueue(b1, "r", desc[1], tickets[1], 2, ignored);
+        assert_string_equal(waiter_state(obs, "r", desc[0], st), "reclaimable");
+        assert_string_equal(waiter_state(obs, "r", desc[1], st), "waiting");
+        assert_string_equal(waiter_state(obs, "r", desc[2], st), "reclaimable");
+        VConn *late = OPEN(a);
+        enqueue(late, "r", "late", NULL, 4, ignored);
+        assert_string_equal(waiter_state(obs, "r", "late", st), "waiting");
+}
+
 /* A ticket whose secret part is wrong takes no place: the call queues at the tail. The
  * place it aimed at stays for its owner. */
 static void test_wrong_ticket_is_no_place(void **state) {
@@ -334,6 +415,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_order_survives_kill9, setup_long_grace, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_wrong_ticket_is_no_place, setup_long_grace, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_restored_places_listed_and_counted, setup_long_grace,
+                                                helper_teardown),
                 cmocka_unit_test_setup_teardown(test_unclaimed_place_dropped_after_grace, setup_short_grace,
                                                 helper_teardown),
                 cmocka_unit_test_setup_teardown(test_order_survives_sigterm, setup_long_grace, helper_teardown),

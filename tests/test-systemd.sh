@@ -215,11 +215,13 @@ print(*[next(d for d in dst if d.endswith(k + "/agend.conf")) for k in ("sysuser
 PY
 )
 # Test-only settings, as a drop-in an administrator would write: a short watchdog so the
-# watchdog check takes seconds, no start limit for the many restarts, and no core files.
+# watchdog check takes seconds, room in the start limit for this test's dozen restarts
+# (a bound still: a daemon that cannot start must not loop here either; with the limit
+# off, a failing agend once restarted 1458 times here), and no core files.
 mkdir -p "$ROOT/etc/systemd/system/agend.service.d"
 cat >"$ROOT/etc/systemd/system/agend.service.d/50-test.conf" <<'EOF'
 [Unit]
-StartLimitIntervalSec=0
+StartLimitBurst=30
 [Service]
 WatchdogSec=3s
 LimitCORE=0
@@ -538,6 +540,38 @@ if ((HAVE_DEB)); then
         diag <<<"$out"
         check "package: systemctl stop agend: exits cleanly, no warnings or errors in its journal" \
                 test "$(prop agend.service Result)" = success -a -z "$out"
+
+        # A daemon that cannot start (here a bad configuration: it exits 1 at once) ends
+        # failed under the unit's own start limit (StartLimitBurst=5 in 60 s, RestartSec=1s),
+        # instead of restarting for ever; fixed, reset-failed starts it again.
+        check "package: the unit's own start limit: StartLimitBurst=5 in 60 s, RestartSec=1s" \
+                test "$(prop agend.service StartLimitBurst)" = 5 -a "$(prop agend.service StartLimitIntervalUSec)" = 1min \
+                -a "$(prop agend.service RestartUSec)" = 1s
+        printf '[Resource]\nName=broken\nNoSuchKey=1\n' >"$ROOT/etc/agend/resources.d/zz-broken.conf"
+        cx systemctl reset-failed agend 2>/dev/null
+        t0=$(ms_now)
+        cx systemctl start agend >/dev/null 2>&1 && not_ok "package: agend started with a bad configuration"
+        # (systemd 252 keeps the last failure's Result=, exit-code; the journal names the limit.)
+        limit_hit() {
+                [[ $(prop agend.service ActiveState) == failed ]] &&
+                        cx journalctl -u agend --no-pager -o cat | grep -q 'Start request repeated too quickly'
+        }
+        wait_for 60 limit_hit; rc=$?
+        nr=$(prop agend.service NRestarts)
+        note "failing agend: $(prop agend.service ActiveState)/$(prop agend.service Result) after $(($(ms_now) - t0)) ms, NRestarts=$nr"
+        check "package: an agend that cannot start ends failed (start limit hit), not looping" test $rc -eq 0
+        check "... after at most StartLimitBurst=5 starts (NRestarts=$nr)" test "${nr:-99}" -le 5
+        sleep 3         # three RestartSec= intervals: a loop would have started it again
+        check "... and systemd does not start it again ($(prop agend.service ActiveState), NRestarts=$(prop agend.service NRestarts))" \
+                test "$(prop agend.service ActiveState)" = failed -a "$(prop agend.service NRestarts)" = "$nr"
+        check "... the journal says why (the configuration error)" \
+                sh -c "'$H' exec journalctl -u agend --no-pager -o cat | grep -q 'unknown key NoSuchKey='"
+        rm -f "$ROOT/etc/agend/resources.d/zz-broken.conf"
+        cx systemctl reset-failed agend
+        cx systemctl start agend; rc=$?
+        check "package: fixed and reset-failed, systemctl start agend: active (running)" test $rc -eq 0
+        is_active || not_ok "package: agend.service is $(prop agend.service ActiveState) after reset-failed"
+        cx systemctl stop agend 2>&1 | grep -v -e '^Warning: Stopping agend.service' -e '^  agend.socket$' | diag
 fi
 
 echo "1..$n"

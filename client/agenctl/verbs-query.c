@@ -114,29 +114,37 @@ static int print_leases(json_object *leases, const char *resource, unsigned *ret
         return (int) n;
 }
 
-static int print_waiters(json_object *waiters) {
-        static const char *const headers[] = { "POS",  "RESOURCE", "UNITS",   "USER",       "PID",
-                                               "COMM", "UNIT",     "WAITING", "DESCRIPTION" };
+/* A waiter's STATE: "waiting", or "reclaimable" for a place restored after a restart whose
+ * waiter has not come back yet (an older agend or another host's waiter sends none). */
+static int print_waiters(json_object *waiters, unsigned *ret_reclaimable) {
+        static const char *const headers[] = { "POS", "RESOURCE", "UNITS", "STATE",   "USER",
+                                               "PID", "COMM",     "UNIT",  "WAITING", "DESCRIPTION" };
         _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers), headers);
         if (!t)
                 return -ENOMEM;
         table_set_align_right(t, 2);
-        table_set_align_right(t, 4);
-        table_set_align_right(t, 7);
-        table_set_shrink(t, 8, 0, 8);
-        table_set_shrink(t, 6, 1, 4);
-        table_set_shrink(t, 5, 2, 6);
+        table_set_align_right(t, 5);
+        table_set_align_right(t, 8);
+        table_set_shrink(t, 9, 0, 8);
+        table_set_shrink(t, 7, 1, 4);
+        table_set_shrink(t, 6, 2, 6);
         table_set_shrink(t, 1, 3, 8);
-        table_set_shrink(t, 3, 4, 6);
+        table_set_shrink(t, 4, 4, 6);
+        table_set_shrink(t, 3, 5, 4);
 
+        unsigned reclaimable = 0;
         size_t n = waiters ? json_object_array_length(waiters) : 0;
         for (size_t i = 0; i < n; i++) {
                 json_object *w = json_object_array_get_idx(waiters, i);
                 char age[FORMAT_TIMESPAN_MAX], units[32];
+                const char *state = jstr(w, "state") ?: "waiting";
+                bool reclaim = strcmp(state, "waiting") != 0;
+                reclaimable += reclaim;
                 /* "#1": a waiter's row never looks like a lease's, also without headers. */
-                if (table_add_cellf(t, NULL, "#%lld", (long long) jint(w, "position", 0)) < 0 ||
+                if (table_add_cellf(t, reclaim ? ANSI_YELLOW : NULL, "#%lld", (long long) jint(w, "position", 0)) < 0 ||
                     table_add_cell(t, jstr(w, "resource"), NULL) < 0 ||
                     table_add_cell(t, format_units(units, sizeof(units), w), NULL) < 0 ||
+                    table_add_cell(t, state, reclaim ? ANSI_YELLOW : NULL) < 0 ||
                     add_owner_cells(t, jobj(w, "owner")) < 0 ||
                     table_add_cell(t, format_age(age, sizeof(age), jint(w, "since", 0)), NULL) < 0 ||
                     table_add_cell(t, jstr(w, "description"), NULL) < 0)
@@ -144,6 +152,7 @@ static int print_waiters(json_object *waiters) {
         }
         if (n > 0)
                 table_print(t, stdout, table_width(), arg_legend);
+        *ret_reclaimable = reclaimable;
         return (int) n;
 }
 
@@ -171,7 +180,8 @@ int verb_list(int argc, char **argv) {
         /* The blank line belongs to the legend: without it, rows follow rows. */
         if (nl > 0 && nw > 0 && arg_legend)
                 putchar('\n');
-        if (print_waiters(waiters) < 0)
+        unsigned places = 0;
+        if (print_waiters(waiters, &places) < 0)
                 return EXIT_FAILURE_OTHER;
 
         if (arg_legend) {
@@ -187,6 +197,10 @@ int verb_list(int argc, char **argv) {
                 if (reclaimable)
                         printf(" %u reclaimable (restored after a restart, waiting for %s holder%s).", reclaimable,
                                reclaimable == 1 ? "its" : "their", reclaimable == 1 ? "" : "s");
+                if (places)
+                        printf(" %u waiter%s reclaimable (%s restored after a restart, kept for %s waiter%s).",
+                               places, places == 1 ? "" : "s", places == 1 ? "a place" : "places",
+                               places == 1 ? "its" : "their", places == 1 ? "" : "s");
                 putchar('\n');
         }
         return EXIT_OK;

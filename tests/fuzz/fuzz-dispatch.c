@@ -1,20 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer: method dispatch, as a connected client reaches it. The real varlink server
  * (daemon/varlink-server.c) with agend's method table (methods.c), connections (conn.c),
- * engine and an in-memory store, driven the way agend's loop drives them: read, dispatch,
- * commit, flush, for a few rounds; between any two writes of the clients.
+ * engine, and an in-memory store behind the daemon's own commit path: the pipeline
+ * (store-pipe.c, its commit thread) and manager.c's prepare step, which dispatches, hands
+ * each batch to the commit thread, holds the batch's replies until its commit is done and
+ * then writes them. The harness runs the daemon's loop between any two writes of the
+ * clients; by default each turn waits for its commit (deterministic); with byte 1's bit 3
+ * the clients go on writing while a commit is in flight, as they do against agend, so that
+ * batches grow behind it (group commit), at the cost of timing-dependent runs.
  *
  * Input: byte 0 seeds a generator that decides everything the stream does not: how the
  * stream is cut into writes (1..64 bytes, sometimes up to 4 KiB), which client each
  * message goes to, when the clock moves (so TTLs and Acquire timeouts fire), and when a
  * client hangs up early. Byte 1: bits 0-1 the number of clients (1..3, so that a waiter
  * can be granted by another client's release or hang-up), bit 2 "a client may hang up
- * midway", bits 4-7 the message size limit (0: agend's default, else 256 bytes × n, so
- * that the limit is hit). The rest is the byte stream: NUL-separated varlink messages,
- * the i-th going whole to one client; an unterminated tail goes to the last one. In a
- * message, @ID@, @SECRET@ and @TOKEN@ stand for what the last grant a client saw said
- * (lease ids and secrets are random), so that Release, Renew, Reclaim, Revoke, Check and
- * Watch(lease) reach real leases.
+ * midway", bit 3 "do not wait for the commit after every turn", bits 4-7 the message
+ * size limit (0: agend's default, else 256 bytes × n, so that the limit is hit). The
+ * rest is the byte stream: NUL-separated varlink messages, the i-th going whole to one
+ * client; an unterminated tail goes to the last one. In a message, @ID@, @SECRET@ and
+ * @TOKEN@ stand for what the last grant a client saw said (lease ids and secrets are
+ * random), so that Release, Renew, Reclaim, Revoke, Check and Watch(lease) reach real
+ * leases.
  *
  * Each input gets a fresh service (one ev loop, one store), so inputs do not depend on
  * each other and ASan's leak check covers what one input leaves. Replies are read and
@@ -40,6 +46,8 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "store-guard.h"
+#include "store-pipe.h"
 #include "store.h"
 #include "varlink-server.h"
 
@@ -47,7 +55,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 #define MAX_CLIENTS 3
-#define ROUNDS 8
 #define MAX_REPLY_KEPT ((size_t) 256 * 1024)
 
 typedef struct Span {
@@ -79,11 +86,15 @@ typedef struct Fuzz {
         Client clients[MAX_CLIENTS];
         unsigned n_clients;
         uint32_t rng;
+        bool pipelined;         /* byte 1, bit 3 */
         Seen seen;
 } Fuzz;
 
 /* AGEND_FUZZ_VERBOSE=1: every call and reply on stderr, to read what a reproducer does. */
 static bool verbose;
+/* The disk space guard's directory (an empty one of our own: it only looks at free space
+ * here; the memory store never fails for lack of it). */
+static char guard_dir[4096];
 
 static uint32_t next(Fuzz *f) {
         f->rng = f->rng * 1103515245u + 12345u;
@@ -98,7 +109,9 @@ static usec_t clock_real(void *userdata) {
         return ((Fuzz *) userdata)->real;
 }
 
-/* What manager_run() sets up, minus the listening socket, the signals and sqlite. */
+/* What manager_run() sets up, minus the listening socket, the signals, sqlite and the
+ * guard's free-space checks: the commit pipeline around an in-memory store, and the
+ * loop's prepare step (manager_pipeline_new(), manager_loop_start()). */
 static void service_new(Fuzz *f, size_t max_message_size) {
         int k = manager_new(&(ManagerOptions) { .sync = -1, .grace = -1 }, &f->m);
         assert(k == 0);
@@ -106,10 +119,15 @@ static void service_new(Fuzz *f, size_t max_message_size) {
         if (max_message_size > 0)
                 m->config.max_message_size = max_message_size;
         snprintf(m->boot_id, sizeof(m->boot_id), "fuzz");
-        k = store_memory_new(&(StoreMemoryOptions) { .history_size = 64 }, &m->store);
-        assert(k == 0);
         m->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
         assert(m->loop);
+        k = store_guard_new(guard_dir, &m->guard);
+        assert(k == 0);
+        Store *inner;
+        k = store_memory_new(&(StoreMemoryOptions) { .history_size = 64 }, &inner);
+        assert(k == 0);
+        k = manager_pipeline_new(m, inner);
+        assert(k == 0);
         k = engine_new(&(EngineClock) { clock_mono, clock_real, f }, m->store, &methods_engine_callbacks, m,
                        &m->engine);
         assert(k == 0);
@@ -134,8 +152,9 @@ static void service_new(Fuzz *f, size_t max_message_size) {
         });
         k = engine_restore(m->engine, m->boot_id, 0);
         assert(k == 0);
-        k = m->store->ops->commit(m->store);
+        k = m->store->ops->commit(m->store);    /* synchronous, as at start-up */
         assert(k >= 0);
+        manager_loop_start(m);
         m->started = f->mono;
 }
 
@@ -257,23 +276,30 @@ static bool has_more(const Client *cl) {
         return cl->fd >= 0 && (cl->sent < cl->n_out || cl->next_msg < cl->n_msgs);
 }
 
-/* One turn of agend's loop: I/O, timers, then prepare_cb()'s rounds of dispatch → commit
- * → flush (the store cannot fail here: the memory store injects no fault). */
-static void iterate(Fuzz *f) {
+/* Turns of agend's own loop (the store cannot fail here: the memory store injects no
+ * fault). The engine's timers first, at the input's clock (what manager.c's timer does at
+ * the real one); then a turn: I/O (the clients' bytes, a finished commit's ev_async), then
+ * manager.c's prepare step: dispatch, hand the batch to the commit thread, write what a
+ * finished commit released. Settled: more turns until no commit is in flight and nothing
+ * is left to commit, so that every reply whose commit is done is written. Unsettled (the
+ * pipelined inputs): one turn, and the clients write on while the commit runs. */
+static void iterate(Fuzz *f, bool settle) {
         Manager *m = f->m;
-        ev_run(m->loop, EVRUN_NOWAIT);
         engine_run_timers(m->engine);
-        for (int round = 0; round < ROUNDS; round++) {
-                varlink_server_dispatch(m->server);
-                int k = m->store->ops->commit(m->store);
-                assert(k >= 0);
-                if (k > 0)
-                        m->commits++;
-                if (varlink_server_flush(m->server) == 0)
-                        break;
+        ev_run(m->loop, EVRUN_NOWAIT);
+        for (unsigned i = 0; settle && (store_pipe_in_flight(m->pipe) || store_pipe_dirty(m->pipe)); i++) {
+                /* A commit of the memory store takes microseconds: this many turns mean the
+                 * pipeline stopped moving (a lost done(), a batch never handed on). */
+                assert(i < 100000);
+                /* Blocks until the commit's ev_async (or the engine timer) arrives. */
+                ev_run(m->loop, store_pipe_in_flight(m->pipe) ? EVRUN_ONCE : EVRUN_NOWAIT);
         }
         for (unsigned i = 0; i < f->n_clients; i++)
                 drain(f, &f->clients[i]);
+}
+
+static void turn(Fuzz *f) {
+        iterate(f, !f->pipelined || next(f) % 4 == 0);
 }
 
 /* What is left once every client has hung up: detached leases only, within capacity. */
@@ -294,7 +320,7 @@ static void check_leases(Fuzz *f) {
 
 static void hang_up(Fuzz *f, Client *cl) {
         cl->fd = safe_close(cl->fd);
-        iterate(f);
+        turn(f);
 }
 
 /* Writes the next piece of cl's stream. A full socket buffer gets loop turns. The server
@@ -318,7 +344,7 @@ static void send_chunk(Fuzz *f, Client *cl) {
                         hang_up(f, cl);         /* EPIPE, ECONNRESET: the server closed it */
                         return;
                 }
-                iterate(f);
+                iterate(f, true);
                 if (cl->fd < 0)
                         return;
         }
@@ -339,10 +365,21 @@ static int client_add(Fuzz *f, Client *cl) {
         return 0;
 }
 
+static void remove_guard_dir(void) {
+        (void) rmdir(guard_dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
         /* Refusals and protocol errors are logged at warning level: thousands a second. */
         verbose = getenv("AGEND_FUZZ_VERBOSE");
         log_set_max_level(verbose ? LOG_DEBUG : LOG_ERR);
+        const char *tmp = getenv("TMPDIR");
+        snprintf(guard_dir, sizeof(guard_dir), "%s/agend-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(guard_dir)) {
+                perror("mkdtemp");
+                abort();
+        }
+        atexit(remove_guard_dir);
         return 0;
 }
 
@@ -356,6 +393,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 .n_clients = 1 + (data[1] & 3) % MAX_CLIENTS,
         };
         bool early_hang_up = data[1] & 4;
+        f.pipelined = data[1] & 8;
         size_t max_message_size = (size_t) (data[1] >> 4) * 256;
         const char *in = (const char *) data + 2;
         size_t n = size - 2;
@@ -379,7 +417,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (unsigned i = 0; i < f.n_clients; i++)
                 if (client_add(&f, &f.clients[i]) < 0)
                         goto out;
-        iterate(&f);
+        iterate(&f, true);
 
         for (;;) {
                 /* A client with something left to send, from a random start. */
@@ -404,25 +442,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         continue;
                 }
                 send_chunk(&f, cl);
-                iterate(&f);
+                turn(&f);
         }
 
         /* Let what the calls started run on (grants, expiries), then every client hangs up:
          * their leases end, the waiters behind them are granted, and then end too. */
         for (int i = 0; i < 4; i++) {
                 f.mono += 30 * USEC_PER_SEC;
-                iterate(&f);
+                iterate(&f, true);
         }
         for (unsigned i = 0; i < f.n_clients; i++)
                 if (f.clients[i].fd >= 0)
                         hang_up(&f, &f.clients[i]);
         /* The server sees a hang-up after the bytes before it; it reads at least one byte
-         * per loop turn, so that many turns and a few more suffice. */
-        for (size_t i = 0; i < 64 + n && varlink_server_n_connections(f.m->server) > 0; i++)
-                iterate(&f);
+         * per loop turn, so that many turns and a few more suffice. At least one turn that
+         * settles: a pipelined input's last hang-up may have been seen in a turn that did
+         * not wait for the commit of what it ended. */
+        for (size_t i = 0; i == 0 || (i < 64 + n && varlink_server_n_connections(f.m->server) > 0); i++)
+                iterate(&f, true);
         /* A hang-up ends a client's waiter and its connection-bound leases; only detached
          * leases may stay, and they are the store's, not a connection's. */
         assert(varlink_server_n_connections(f.m->server) == 0);
+        assert(!store_pipe_in_flight(f.m->pipe) && !store_pipe_dirty(f.m->pipe));
         assert(engine_n_waiters(f.m->engine) == 0);
         assert(varlink_server_output_bytes(f.m->server) == 0);
         assert(f.m->watchers == NULL);

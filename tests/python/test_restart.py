@@ -109,3 +109,26 @@ async def test_detached_disconnected_then_reclaimed(own_agend, resource):
     await client.aclose()
     w.close()
     assert a.stop() == 0
+
+
+async def test_restored_place_listed_as_reclaimable(own_agend, resource):
+    """After kill -9, List shows a queued waiter's restored place before it is back,
+    marked like a restored lease; a newcomer behind it is waiting."""
+    a = own_agend
+    a.grace = 60
+    a.start()
+    holder = Waiter(a.socket, resource, description="holder")
+    queued = Waiter(a.socket, resource, description="queued")
+    assert holder.lease is not None and queued.queued
+    a.kill()
+    holder.close()
+    queued.close()
+    a.start()
+    late = Waiter(a.socket, resource, description="late")
+    async with await agen.connect(a.socket) as client:
+        listing = await client.list(resource)
+    assert [x.state for x in listing.leases] == ["reclaimable"]
+    assert [(x.description, x.position, x.state) for x in listing.waiters] == [
+        ("queued", 1, "reclaimable"), ("late", 2, "waiting")]
+    late.close()
+    assert a.stop() == 0

@@ -92,6 +92,9 @@ class Waiter:
     owner: Owner
     description: str
     since: int
+    # "waiting", or "reclaimable" for a place restored after a daemon restart whose waiter
+    # has not come back with its ticket yet.
+    state: str = "waiting"
 
     @classmethod
     def from_wire(cls, d: Any) -> Waiter:
@@ -99,7 +102,8 @@ class Waiter:
         w = "waiter"
         return cls(_get(d, "resource", str, w), _get(d, "units", int, w), _get(d, "exclusive", bool, w, False),
                    _get(d, "position", int, w), Owner.from_wire(_get(d, "owner", dict, w)),
-                   _get(d, "description", str, w, ""), _get(d, "since", int, w, 0))
+                   _get(d, "description", str, w, ""), _get(d, "since", int, w, 0),
+                   _get(d, "state", str, w, "waiting"))
 
 
 @dataclass(frozen=True)
