@@ -106,6 +106,35 @@ static void store_failed(Manager *m, int k) {
  * decided meanwhile. Output of an iteration that changed nothing may still report a state
  * that is not durable yet (a Status, a Watch snapshot): it is released with the commit in
  * flight, or at once if there is none. */
+static void commit_done(StorePipe *p, int k, void *userdata);
+
+/* Nothing for the loop to do while the disk works: no call waiting for its turn, no
+ * connection with input or a connection to accept, no timer due. */
+static bool loop_idle(Manager *m) {
+        if (varlink_server_input_waiting(m->server))
+                return false;
+        return engine_next_deadline(m->engine) > usec_now(CLOCK_MONOTONIC);
+}
+
+/* When the loop is idle (the one-client case) the hand-off to the commit thread is pure
+ * cost: the batch is committed right here and its output released at once, in the same
+ * order as through the thread, since no commit is in flight. A batch the guard wants
+ * committed again at once (-EINPROGRESS) is, a few times at most, then handed to the
+ * thread. */
+static bool commit_inline(Manager *m) {
+        if (!store_pipe_may_commit_inline(m->pipe) || !loop_idle(m))
+                return false;
+        for (int i = 0; i < 3; i++) {
+                m->commit_owed = false;
+                varlink_server_seal(m->server);
+                int k = store_pipe_commit_inline(m->pipe);
+                commit_done(m->pipe, k, m);
+                if (!m->commit_owed || m->store_failed || !store_guard_may_commit(m->guard))
+                        return true;
+        }
+        return false;   /* still owed: the thread takes it now */
+}
+
 static void commit_step(Manager *m) {
         bool in_flight = store_pipe_in_flight(m->pipe);
         if (!store_pipe_dirty(m->pipe) && !m->commit_owed) {
@@ -117,6 +146,8 @@ static void commit_step(Manager *m) {
         }
         if (in_flight || !store_guard_may_commit(m->guard))
                 return;         /* this batch waits and grows: the next commit takes it */
+        if (commit_inline(m))
+                return;
         if (store_pipe_submit(m->pipe) < 0)
                 return;
         m->commit_owed = false;
