@@ -108,12 +108,19 @@ static void store_failed(Manager *m, int k) {
  * flight, or at once if there is none. */
 static void commit_done(StorePipe *p, int k, void *userdata);
 
+/* A commit on the loop usually takes a fraction of a millisecond, but now and then far
+ * longer (a write waiting behind the disk's writeback): a timer due this soon is work
+ * waiting, since an expiry decided late is late for good. Mass expiry keeps a timer due
+ * all the time, so its commits all go through the thread. */
+#define INLINE_TIMER_HORIZON (10 * USEC_PER_MSEC)
+
 /* Nothing for the loop to do while the disk works: no call waiting for its turn, no
- * connection with input or a connection to accept, no timer due. */
+ * connection with input or a connection to accept, no timer due soon. */
 static bool loop_idle(Manager *m) {
         if (varlink_server_input_waiting(m->server))
                 return false;
-        return engine_next_deadline(m->engine) > usec_now(CLOCK_MONOTONIC);
+        usec_t next = engine_next_deadline(m->engine);
+        return next == USEC_INFINITY || next > usec_now(CLOCK_MONOTONIC) + INLINE_TIMER_HORIZON;
 }
 
 /* When the loop is idle (the one-client case) the hand-off to the commit thread is pure

@@ -331,7 +331,11 @@ int store_pipe_submit(StorePipe *p) {
 }
 
 bool store_pipe_may_commit_inline(const StorePipe *p) {
-        return !p->in_flight && p->estimate < STORE_PIPE_INLINE_MAX_USEC;
+        if (p->in_flight || p->estimate >= STORE_PIPE_INLINE_MAX_USEC || p->pending.len > STORE_PIPE_INLINE_MAX_BYTES)
+                return false;
+        /* Idle: the real store is the loop's to ask. */
+        const StoreOps *o = p->inner->ops;
+        return !o->maintenance_due || !o->maintenance_due(p->inner);
 }
 
 int store_pipe_commit_inline(StorePipe *p) {
@@ -343,7 +347,12 @@ int store_pipe_commit_inline(StorePipe *p) {
                 p->pending.error = p->owed_error;
         p->owed_error = 0;
         usec_t took;
+        const StoreOps *o = p->inner->ops;
+        if (o->defer_maintenance)
+                o->defer_maintenance(p->inner, true);
         int k = commit_batch(p, &p->pending, &took);
+        if (o->defer_maintenance)
+                o->defer_maintenance(p->inner, false);
         batch_clear(&p->pending);
         p->dirty = false;
         estimate_add(p, took);

@@ -50,7 +50,16 @@ Store *store_pipe_store(StorePipe *p);
  * call arriving meanwhile would wait that long to be read. */
 #define STORE_PIPE_INLINE_MAX_USEC 1000
 
-/* No commit is in flight and recent commits took less than STORE_PIPE_INLINE_MAX_USEC. */
+/* Nor is a batch larger than this committed inline: a commit's time grows with its batch
+ * (a step of mass expiry is ~50 KiB and, on sqlite, tens of milliseconds), and the
+ * estimate, brought down by the small commits around it, would not see it coming. One
+ * client's batch is a few hundred bytes. */
+#define STORE_PIPE_INLINE_MAX_BYTES (16U << 10)
+
+/* No commit is in flight, recent commits took less than STORE_PIPE_INLINE_MAX_USEC, the
+ * recorded batch is at most STORE_PIPE_INLINE_MAX_BYTES and the real store has no
+ * maintenance due (StoreOps.maintenance_due: sqlite's WAL checkpoint, which an inline
+ * commit defers to the next commit on the thread). */
 bool store_pipe_may_commit_inline(const StorePipe *p);
 /* Commits the recorded batch now, on the loop thread, and returns the real store's result
  * (as done() would get it; done() is not called). -EBUSY while a commit is in flight: a
