@@ -106,6 +106,42 @@ static void store_failed(Manager *m, int k) {
  * decided meanwhile. Output of an iteration that changed nothing may still report a state
  * that is not durable yet (a Status, a Watch snapshot): it is released with the commit in
  * flight, or at once if there is none. */
+static void commit_done(StorePipe *p, int k, void *userdata);
+
+/* A commit on the loop usually takes a fraction of a millisecond, but now and then far
+ * longer (a write waiting behind the disk's writeback): a timer due this soon is work
+ * waiting, since an expiry decided late is late for good. Mass expiry keeps a timer due
+ * all the time, so its commits all go through the thread. */
+#define INLINE_TIMER_HORIZON (10 * USEC_PER_MSEC)
+
+/* Nothing for the loop to do while the disk works: no call waiting for its turn, no
+ * connection with input or a connection to accept, no timer due soon. */
+static bool loop_idle(Manager *m) {
+        if (varlink_server_input_waiting(m->server))
+                return false;
+        usec_t next = engine_next_deadline(m->engine);
+        return next == USEC_INFINITY || next > usec_now(CLOCK_MONOTONIC) + INLINE_TIMER_HORIZON;
+}
+
+/* When the loop is idle (the one-client case) the hand-off to the commit thread is pure
+ * cost: the batch is committed right here and its output released at once, in the same
+ * order as through the thread, since no commit is in flight. A batch the guard wants
+ * committed again at once (-EINPROGRESS) is, a few times at most, then handed to the
+ * thread. */
+static bool commit_inline(Manager *m) {
+        if (!store_pipe_may_commit_inline(m->pipe) || !loop_idle(m))
+                return false;
+        for (int i = 0; i < 3; i++) {
+                m->commit_owed = false;
+                varlink_server_seal(m->server);
+                int k = store_pipe_commit_inline(m->pipe);
+                commit_done(m->pipe, k, m);
+                if (!m->commit_owed || m->store_failed || !store_guard_may_commit(m->guard))
+                        return true;
+        }
+        return false;   /* still owed: the thread takes it now */
+}
+
 static void commit_step(Manager *m) {
         bool in_flight = store_pipe_in_flight(m->pipe);
         if (!store_pipe_dirty(m->pipe) && !m->commit_owed) {
@@ -117,6 +153,8 @@ static void commit_step(Manager *m) {
         }
         if (in_flight || !store_guard_may_commit(m->guard))
                 return;         /* this batch waits and grows: the next commit takes it */
+        if (commit_inline(m))
+                return;
         if (store_pipe_submit(m->pipe) < 0)
                 return;
         m->commit_owed = false;

@@ -54,7 +54,9 @@ struct StorePipe {
         bool finished;          /* under lock: the thread is done with them; result is set */
         bool stop;
         int result;
+        usec_t took;            /* under lock: how long the thread's last commit took */
         usec_t delay;           /* test builds: AGEND_TEST_COMMIT_DELAY µs before each commit */
+        usec_t estimate;        /* loop side: how long a commit takes (store_pipe_may_commit_inline) */
 };
 
 /* ---- batch encoding ---- */
@@ -229,6 +231,33 @@ static void batch_clear(Batch *b) {
         }
 }
 
+/* ---- committing a batch (on the commit thread, or inline on the loop) ---- */
+
+/* Replays b into the real store and commits it; how long that took goes to *took. */
+static int commit_batch(StorePipe *p, const Batch *b, usec_t *took) {
+        usec_t t0 = usec_now(CLOCK_MONOTONIC);
+        if (p->delay > 0) {
+                struct timespec ts = { .tv_sec = (time_t) (p->delay / USEC_PER_SEC),
+                                       .tv_nsec = (long) (p->delay % USEC_PER_SEC) * 1000 };
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+        }
+        /* A batch that could not be recorded whole is not committed at all. */
+        int k = batch_apply(p->inner, b);
+        int c = p->inner->ops->commit(p->inner);
+        *took = usec_now(CLOCK_MONOTONIC) - t0;
+        return k == 0 ? c : k;
+}
+
+/* A slow commit counts at once, fast ones bring the estimate down gradually: one slow
+ * commit (a checkpoint, a busy disk) sends the next few to the thread. */
+static void estimate_add(StorePipe *p, usec_t took) {
+        if (took >= p->estimate)
+                p->estimate = took;
+        else
+                p->estimate -= (p->estimate - took) / 8;
+}
+
 /* ---- the commit thread ---- */
 
 static void *thread_main(void *userdata) {
@@ -241,22 +270,14 @@ static void *thread_main(void *userdata) {
                         break;
                 pthread_mutex_unlock(&p->lock);
 
-                if (p->delay > 0) {
-                        struct timespec ts = { .tv_sec = (time_t) (p->delay / USEC_PER_SEC),
-                                               .tv_nsec = (long) (p->delay % USEC_PER_SEC) * 1000 };
-                        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                                ;
-                }
-                /* A batch that could not be recorded whole is not committed at all. */
-                int k = batch_apply(p->inner, &p->flight);
-                int c = p->inner->ops->commit(p->inner);
-                if (k == 0)
-                        k = c;
+                usec_t took;
+                int k = commit_batch(p, &p->flight, &took);
 
                 pthread_mutex_lock(&p->lock);
                 p->work = false;
                 p->finished = true;
                 p->result = k;
+                p->took = took;
                 pthread_cond_broadcast(&p->idle_cond);
                 ev_async_send(p->loop, &p->async);
         }
@@ -279,10 +300,12 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents) {
         pthread_mutex_lock(&p->lock);
         bool finished = p->finished;
         int k = p->result;
+        usec_t took = p->took;
         p->finished = false;
         pthread_mutex_unlock(&p->lock);
         if (!finished || !p->in_flight)
                 return;
+        estimate_add(p, took);
         p->in_flight = false;
         batch_clear(&p->flight);
         p->done(p, k, p->userdata);
@@ -305,6 +328,35 @@ int store_pipe_submit(StorePipe *p) {
         pthread_cond_signal(&p->work_cond);
         pthread_mutex_unlock(&p->lock);
         return 0;
+}
+
+bool store_pipe_may_commit_inline(const StorePipe *p) {
+        if (p->in_flight || p->estimate >= STORE_PIPE_INLINE_MAX_USEC || p->pending.len > STORE_PIPE_INLINE_MAX_BYTES)
+                return false;
+        /* Idle: the real store is the loop's to ask. */
+        const StoreOps *o = p->inner->ops;
+        return !o->maintenance_due || !o->maintenance_due(p->inner);
+}
+
+int store_pipe_commit_inline(StorePipe *p) {
+        if (p->in_flight)
+                return -EBUSY;
+        /* The thread is idle and holds nothing: the real store is the loop's. What reads
+         * applied to its open transaction (owed_error) is committed with the rest. */
+        if (p->pending.error == 0)
+                p->pending.error = p->owed_error;
+        p->owed_error = 0;
+        usec_t took;
+        const StoreOps *o = p->inner->ops;
+        if (o->defer_maintenance)
+                o->defer_maintenance(p->inner, true);
+        int k = commit_batch(p, &p->pending, &took);
+        if (o->defer_maintenance)
+                o->defer_maintenance(p->inner, false);
+        batch_clear(&p->pending);
+        p->dirty = false;
+        estimate_add(p, took);
+        return k;
 }
 
 bool store_pipe_dirty(const StorePipe *p) {
@@ -444,7 +496,9 @@ static int p_commit(Store *s) {
         (void) take_inner(p);
         int k = p->owed_error;
         p->owed_error = 0;
+        usec_t t0 = usec_now(CLOCK_MONOTONIC);
         int c = p->inner->ops->commit(p->inner);
+        estimate_add(p, usec_now(CLOCK_MONOTONIC) - t0);
         p->dirty = false;
         return k < 0 ? k : c;
 }

@@ -16,6 +16,12 @@
  * which first wait for the thread to be done, then apply the recorded batch so far to the
  * real store's open transaction, so that they see every decided change, as before.
  *
+ * When the loop has nothing else to do (one client waiting for its reply), the hand-off
+ * is pure cost, two cross-thread wake-ups per commit: store_pipe_commit_inline() commits
+ * the batch on the loop thread instead, as long as no commit is in flight (so commit
+ * order holds) and commits have been fast lately (so a slow disk still never stalls the
+ * loop for long).
+ *
  * Replies are the caller's business (manager.c holds them per batch in the varlink server
  * and releases them in commit order when done() reports the commit durable). */
 
@@ -39,6 +45,26 @@ StorePipe *store_pipe_free(StorePipe *p);
 /* The face the engine writes to. Its commit() is synchronous: it waits for the commit in
  * flight, then commits what is recorded, on the loop thread (start-up and shutdown). */
 Store *store_pipe_store(StorePipe *p);
+
+/* Commits estimated slower than this go to the thread even when the loop is idle: a
+ * call arriving meanwhile would wait that long to be read. */
+#define STORE_PIPE_INLINE_MAX_USEC 1000
+
+/* Nor is a batch larger than this committed inline: a commit's time grows with its batch
+ * (a step of mass expiry is ~50 KiB and, on sqlite, tens of milliseconds), and the
+ * estimate, brought down by the small commits around it, would not see it coming. One
+ * client's batch is a few hundred bytes. */
+#define STORE_PIPE_INLINE_MAX_BYTES (16U << 10)
+
+/* No commit is in flight, recent commits took less than STORE_PIPE_INLINE_MAX_USEC, the
+ * recorded batch is at most STORE_PIPE_INLINE_MAX_BYTES and the real store has no
+ * maintenance due (StoreOps.maintenance_due: sqlite's WAL checkpoint, which an inline
+ * commit defers to the next commit on the thread). */
+bool store_pipe_may_commit_inline(const StorePipe *p);
+/* Commits the recorded batch now, on the loop thread, and returns the real store's result
+ * (as done() would get it; done() is not called). -EBUSY while a commit is in flight: a
+ * later batch never overtakes one in flight. */
+int store_pipe_commit_inline(StorePipe *p);
 
 /* Writes recorded (or applied by a read) since the last submit. */
 bool store_pipe_dirty(const StorePipe *p);

@@ -141,6 +141,7 @@ typedef struct StoreSqlite {
         bool replay;            /* the redo log was rolled back: write it again at the next BEGIN */
         int wal_frames;         /* frames in the WAL after the last commit */
         int64_t wal_bytes;      /* appended since open */
+        bool defer_checkpoint;  /* a commit on agend's loop thread: checkpoint later */
         int page_size;
 } StoreSqlite;
 
@@ -652,9 +653,21 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         int added = frames >= s->wal_frames ? frames - s->wal_frames : frames;
         s->wal_bytes += (int64_t) added * (s->page_size + 24);
         s->wal_frames = frames;
-        if (frames >= WAL_CHECKPOINT_FRAMES)
+        if (frames >= WAL_CHECKPOINT_FRAMES && !s->defer_checkpoint)
                 (void) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         return SQLITE_OK;
+}
+
+/* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database:
+ * tens of milliseconds on a busy disk, which the loop must not spend. */
+static bool s_maintenance_due(Store *store) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        return s->wal_frames >= WAL_CHECKPOINT_FRAMES;
+}
+
+static void s_defer_maintenance(Store *store, bool defer) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        s->defer_checkpoint = defer;
 }
 
 static int64_t s_log_bytes(Store *store) {
@@ -701,6 +714,8 @@ static const StoreOps sqlite_ops = {
         .history = s_history,
         .size = s_size,
         .log_bytes = s_log_bytes,
+        .maintenance_due = s_maintenance_due,
+        .defer_maintenance = s_defer_maintenance,
         .free = s_free,
 };
 

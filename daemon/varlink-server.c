@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -83,8 +84,11 @@ struct VarlinkConn {
         bool dead;              /* writing failed */
         bool freeing;           /* in conn_free(): replies go nowhere */
 
-        bool is_dirty, is_pending, is_deferred, is_gone;
+        bool is_dirty, is_pending, is_deferred, is_gone, is_held;
         VarlinkConn *prev, *next;
+        /* On the server's held list: output queued while holding that may not all be
+         * released yet. Doubly linked: a connection leaves it in O(1) when freed. */
+        VarlinkConn *held_prev, *held_next;
         VarlinkConn *dirty_next, *pending_next, *deferred_next;
         /* Its own link for the list of connections to close: closing one can end a call of
          * another (a grant), which puts that one on the dirty list; a shared link would cut
@@ -116,6 +120,8 @@ struct VarlinkServer {
         VarlinkConn *conns;
         unsigned n_conns;
         bool hold;              /* output waits for varlink_server_release() */
+        VarlinkConn *held;      /* connections whose output may not all be released */
+        int peek_fd;            /* epoll set of every connection and listener (input_waiting) */
         size_t output_total;
         Hashmap uids;           /* uid → UidStat */
         VarlinkConn *dirty;     /* output to flush, or to close */
@@ -329,8 +335,41 @@ static void account(VarlinkConn *c) {
 
 /* ---- lists ---- */
 
+static void held_add(VarlinkConn *c) {
+        VarlinkServer *s = c->server;
+        if (c->is_held)
+                return;
+        c->is_held = true;
+        c->held_prev = NULL;
+        c->held_next = s->held;
+        if (s->held)
+                s->held->held_prev = c;
+        s->held = c;
+}
+
+static void held_remove(VarlinkConn *c) {
+        VarlinkServer *s = c->server;
+        if (!c->is_held)
+                return;
+        if (c->held_prev)
+                c->held_prev->held_next = c->held_next;
+        else
+                s->held = c->held_next;
+        if (c->held_next)
+                c->held_next->held_prev = c->held_prev;
+        c->is_held = false;
+        c->held_prev = c->held_next = NULL;
+}
+
+/* Every path that queues output marks the connection dirty: while output is held, that is
+ * also where it joins the held list, so that seal() and release() visit only connections
+ * with output, not every connection. */
 static void mark_dirty(VarlinkConn *c) {
-        if (c->is_dirty || c->freeing)
+        if (c->freeing)
+                return;
+        if (c->server->hold)
+                held_add(c);
+        if (c->is_dirty)
                 return;
         c->is_dirty = true;
         c->dirty_next = c->server->dirty;
@@ -406,6 +445,7 @@ static void conn_free(VarlinkConn *c) {
         if (c->accepted && s->cb.disconnect)
                 s->cb.disconnect(s, c, s->userdata);
         UNLINK(s->dirty, c, is_dirty, dirty_next);
+        held_remove(c);
         UNLINK(s->pending, c, is_pending, pending_next);
         UNLINK(s->deferred, c, is_deferred, deferred_next);
         if (c->prev)
@@ -425,6 +465,8 @@ static void conn_free(VarlinkConn *c) {
         }
         ev_io_stop(s->loop, &c->io);
         ev_timer_stop(s->loop, &c->timer);
+        if (s->peek_fd >= 0 && c->fd >= 0)
+                (void) epoll_ctl(s->peek_fd, EPOLL_CTL_DEL, c->fd, NULL);
         safe_close(c->fd);
         vl_reader_done(&c->in);
         free(c);
@@ -479,6 +521,16 @@ static void conn_arm_timer(VarlinkConn *c) {
         ev_timer_start(s->loop, &c->timer);
 }
 
+/* A descriptor the peek set does not watch would make input_waiting() wrong: without the
+ * set, the server always says input may be waiting. */
+static void peek_add(VarlinkServer *s, int fd) {
+        if (s->peek_fd < 0)
+                return;
+        struct epoll_event e = { .events = EPOLLIN };
+        if (epoll_ctl(s->peek_fd, EPOLL_CTL_ADD, fd, &e) < 0)
+                s->peek_fd = safe_close(s->peek_fd);
+}
+
 static int conn_new(VarlinkServer *s, int fd, VarlinkConn **ret) {
         VarlinkConn *c = calloc(1, sizeof(*c));
         if (!c) {
@@ -511,6 +563,7 @@ static int conn_new(VarlinkServer *s, int fd, VarlinkConn **ret) {
         if (s->conns)
                 s->conns->prev = c;
         s->conns = c;
+        peek_add(s, fd);
         *ret = c;
         return 0;
 }
@@ -1025,6 +1078,9 @@ int varlink_server_new(struct ev_loop *loop, const VarlinkServerOptions *opts, c
         };
         for (size_t i = 0; i < LISTEN_MAX; i++)
                 s->listen_fd[i] = -EBADF;
+        s->peek_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (s->peek_fd < 0)
+                s->peek_fd = -EBADF;
         hashmap_init(&s->uids);
         ev_check_init(&s->check, check_cb);
         ev_idle_init(&s->idle, idle_cb);
@@ -1041,6 +1097,7 @@ VarlinkServer *varlink_server_free(VarlinkServer *s) {
                 conn_free(s->conns);
         for (size_t i = 0; i < s->n_listen; i++)
                 safe_close(s->listen_fd[i]);
+        safe_close(s->peek_fd);
         ev_check_stop(s->loop, &s->check);
         ev_idle_stop(s->loop, &s->idle);
         ev_timer_stop(s->loop, &s->accept_retry);
@@ -1092,6 +1149,7 @@ int varlink_server_listen_fd(VarlinkServer *s, int fd) {
                 return -E2BIG;
         size_t i = s->n_listen++;
         s->listen_fd[i] = fd;
+        peek_add(s, fd);
         ev_io_init(&s->listen_io[i], accept_cb, fd, EV_READ);
         s->listen_io[i].data = s;
         return 0;
@@ -1170,24 +1228,47 @@ unsigned varlink_server_flush(VarlinkServer *s) {
 void varlink_server_hold_output(VarlinkServer *s, bool hold) {
         if (s->hold && !hold)
                 varlink_server_release(s, true);
+        if (!s->hold && hold)
+                /* Output queued before: held like any other, until the next release. */
+                for (VarlinkConn *c = s->conns; c; c = c->next)
+                        if (out_pending(c) > 0)
+                                held_add(c);
         s->hold = hold;
 }
 
+/* Both visit the held list only: a connection off it has all its output released (or
+ * none queued since), so its offsets need no update. */
 void varlink_server_seal(VarlinkServer *s) {
-        for (VarlinkConn *c = s->conns; c; c = c->next)
+        for (VarlinkConn *c = s->held; c; c = c->held_next)
                 c->seal_upto = c->consumed + out_pending(c);
 }
 
 void varlink_server_release(VarlinkServer *s, bool all) {
-        for (VarlinkConn *c = s->conns; c; c = c->next) {
+        VarlinkConn *next;
+        for (VarlinkConn *c = s->held; c; c = next) {
+                next = c->held_next;
+                uint64_t end = c->consumed + out_pending(c);
                 if (all)
-                        c->seal_upto = c->consumed + out_pending(c);
-                if (c->release_upto == c->seal_upto)
-                        continue;
-                c->release_upto = c->seal_upto;
-                if (out_releasable(c) > 0)
-                        mark_dirty(c);
+                        c->seal_upto = end;
+                if (c->release_upto != c->seal_upto) {
+                        c->release_upto = c->seal_upto;
+                        if (out_releasable(c) > 0)
+                                mark_dirty(c);
+                }
+                if (c->release_upto >= end)
+                        held_remove(c);
         }
+}
+
+bool varlink_server_input_waiting(VarlinkServer *s) {
+        if (s->pending || s->deferred || s->peek_fd < 0)
+                return true;
+        struct epoll_event e;
+        int n;
+        do
+                n = epoll_wait(s->peek_fd, &e, 1, 0);
+        while (n < 0 && errno == EINTR);
+        return n != 0;
 }
 
 unsigned varlink_server_n_connections(const VarlinkServer *s) {

@@ -116,6 +116,9 @@ unsigned varlink_server_flush(VarlinkServer *s);
 void varlink_server_hold_output(VarlinkServer *s, bool hold);
 void varlink_server_seal(VarlinkServer *s);
 void varlink_server_release(VarlinkServer *s, bool all);
+/* Whether the loop has input to handle right now: calls waiting for their turn, or a
+ * connection or listener that is readable (a non-blocking peek, one system call). */
+bool varlink_server_input_waiting(VarlinkServer *s);
 
 unsigned varlink_server_n_connections(const VarlinkServer *s);
 /* Total queued output bytes (for tests and status). */

@@ -4,7 +4,12 @@
  * fails. The batch of that commit is a Release: neither its reply nor the Watch event of it
  * may reach a client, and agend stops. The commit before it (the grant) must deliver both,
  * so the test cannot pass by delivering nothing. A build that writes replies before it
- * commits fails here. */
+ * commits fails here.
+ *
+ * Which path a commit takes: the first test's commits are fast and the loop is idle, so
+ * they are committed inline on the loop (store_pipe_commit_inline()); the tests with
+ * delay-commit make every commit slow (the start-up commit already is), so theirs go
+ * through the commit thread, with the loop deciding the next batch meanwhile. */
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -192,10 +192,71 @@ static void test_failed_commit_reported(void **state) {
         fixture_free(f);
 }
 
+/* The inline commit (the loop idle): it commits what is recorded and returns the result;
+ * it never overtakes a commit in flight (-EBUSY, and the batch stays recorded for the
+ * commit after that one); a slow commit, or a large batch, goes to the thread. */
+static void test_inline_commit(void **state) {
+        /* Fast commits: inline is allowed; the 2nd commit fails and says so. */
+        Fixture *f = fixture_new(&(StoreMemoryOptions) { .history_size = 10, .fail_commit = 2 });
+        assert_true(store_pipe_may_commit_inline(f->pipe));
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "a"), 0);
+        assert_int_equal(store_pipe_commit_inline(f->pipe), 1);
+        assert_false(store_pipe_dirty(f->pipe));
+        _cleanup_free_ char *v = NULL;
+        assert_int_equal(f->s->ops->meta_get(f->s, "k", &v), 0);
+        assert_string_equal(v, "a");
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "b"), 0);
+        assert_int_equal(store_pipe_commit_inline(f->pipe), -EIO);
+        assert_int_equal(f->n_results, 0);      /* done() is for the thread's commits */
+        fixture_free(f);
+
+        /* A large batch (a step of mass expiry) goes to the thread, however fast the
+         * commits were so far. */
+        f = fixture_new(&(StoreMemoryOptions) { .history_size = 10 });
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "a"), 0);
+        assert_true(store_pipe_may_commit_inline(f->pipe));
+        for (unsigned i = 0; i * sizeof(lease) <= STORE_PIPE_INLINE_MAX_BYTES; i++)
+                assert_int_equal(f->s->ops->lease_save(f->s, &lease), 0);
+        assert_false(store_pipe_may_commit_inline(f->pipe));
+        assert_int_equal(store_pipe_submit(f->pipe), 0);
+        wait_done(f);
+        assert_int_equal(f->results[0], 1);
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "b"), 0);
+        assert_true(store_pipe_may_commit_inline(f->pipe));
+        fixture_free(f);
+
+        /* Every commit takes 50 ms. */
+        f = fixture_new(&(StoreMemoryOptions) { .history_size = 10, .commit_delay = 50000 });
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "1"), 0);
+        assert_int_equal(store_pipe_submit(f->pipe), 0);
+        /* Batch 2, decided while batch 1 is in flight. */
+        assert_int_equal(f->s->ops->meta_set(f->s, "k", "2"), 0);
+        assert_false(store_pipe_may_commit_inline(f->pipe));
+        assert_int_equal(store_pipe_commit_inline(f->pipe), -EBUSY);
+        assert_true(store_pipe_dirty(f->pipe));
+        wait_done(f);
+        assert_int_equal(f->results[0], 1);
+        free(v);
+        v = NULL;
+        assert_int_equal(f->s->ops->meta_get(f->s, "k", &v), 0);
+        assert_string_equal(v, "1");
+        /* Idle now, but commits take 50 ms: the loop must not block for that long. */
+        assert_false(store_pipe_may_commit_inline(f->pipe));
+        assert_int_equal(store_pipe_submit(f->pipe), 0);
+        wait_done(f);
+        assert_int_equal(f->results[1], 1);
+        free(v);
+        v = NULL;
+        assert_int_equal(f->s->ops->meta_get(f->s, "k", &v), 0);
+        assert_string_equal(v, "2");
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_round_trip_and_reads_in_flight),
                 cmocka_unit_test(test_failed_commit_reported),
+                cmocka_unit_test(test_inline_commit),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

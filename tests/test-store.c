@@ -689,6 +689,44 @@ static void test_memory_store_faults(void **state) {
         assert_int_equal(store_memory_from_spec("sqlite", &s), -EINVAL);
 }
 
+/* The pipelined commit commits on agend's loop thread when that is idle, and a WAL
+ * checkpoint must not run there (tens of milliseconds): with defer_maintenance(true) the
+ * store lets the WAL grow past its checkpoint threshold and says so (maintenance_due()),
+ * and the first commit without it checkpoints, after which the WAL starts over. */
+static void test_checkpoint_deferred(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_non_null(s->ops->maintenance_due);
+        assert_non_null(s->ops->defer_maintenance);
+        assert_false(s->ops->maintenance_due(s));
+        s->ops->defer_maintenance(s, true);
+        char value[2048];
+        int i = 0;
+        for (; i < 20000 && !s->ops->maintenance_due(s); i++) {
+                memset(value, 'a' + i % 26, sizeof(value) - 1);
+                value[sizeof(value) - 1] = 0;
+                assert_int_equal(s->ops->meta_set(s, "filler", value), 0);
+                assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->maintenance_due(s));
+        /* Still deferred: more commits leave it due (a checkpoint would let the WAL start
+         * over at the next commit). */
+        for (int j = 0; j < 3; j++) {
+                assert_int_equal(s->ops->meta_set(s, "filler", j % 2 ? "x" : "y"), 0);
+                assert_int_equal(s->ops->commit(s), 1);
+                assert_true(s->ops->maintenance_due(s));
+        }
+        s->ops->defer_maintenance(s, false);
+        assert_int_equal(s->ops->meta_set(s, "filler", "z"), 0);
+        assert_int_equal(s->ops->commit(s), 1);        /* checkpoints */
+        assert_int_equal(s->ops->meta_set(s, "filler", "w"), 0);
+        assert_int_equal(s->ops->commit(s), 1);        /* the WAL starts over */
+        assert_false(s->ops->maintenance_due(s));
+        store_free(s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
@@ -705,6 +743,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
                 cmocka_unit_test(test_memory_store_waiters),
                 cmocka_unit_test(test_memory_store_faults),
+                cmocka_unit_test_setup_teardown(test_checkpoint_deferred, setup, teardown),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);
         return failed ? failed : n_skipped ? 77 : 0;

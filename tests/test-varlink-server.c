@@ -543,6 +543,113 @@ static void test_shared_output(void **state) {
         t_free(t);
 }
 
+static void queue_n(VarlinkConn *c, int n) {
+        char m[64];
+        snprintf(m, sizeof(m), "{\"parameters\":{\"n\":%d},\"continues\":true}", n);
+        assert_int_equal(varlink_conn_reply_serialized(c, m, strlen(m), true), 0);
+}
+
+static void expect_n(T *t, int fd, int n) {
+        json_object *r = recv_msg(t, fd);
+        json_object *p, *v;
+        assert_true(json_object_object_get_ex(r, "parameters", &p) && json_object_object_get_ex(p, "n", &v));
+        assert_int_equal(json_object_get_int(v), n);
+        json_object_put(r);
+}
+
+/* Held output, as agend's pipelined commit uses it (issue 12): seal() ends a batch,
+ * release(false) lets exactly the sealed batches out, on whichever connections have them;
+ * output queued after the seal waits for the next one; a connection all of whose output
+ * went out is held again when it gets more; output queued before holding began is held
+ * too. seal() and release() visit only the connections with held output (a list kept
+ * when output is queued): a connection missing from that list would keep its output for
+ * ever, and this test would not receive it. */
+static void test_held_output_batches(void **state) {
+        T *t = t_new(NULL);
+        enum { N = 3 };
+        int fd_of[N];
+        VarlinkConn *sub[N];
+        for (int i = 0; i < N; i++) {
+                fd_of[i] = t_connect(t, &sub[i]);
+                send_str(fd_of[i], "{\"method\":\"t.Subscribe\",\"more\":true}");
+        }
+        for (int i = 0; i < 100 && t->n_subs < N; i++) {
+                ev_run(t->loop, EVRUN_NOWAIT);
+                varlink_server_dispatch(t->server);
+        }
+        assert_int_equal(t->n_subs, N);
+        /* Queued before holding: the Subscribe replies, and n = 0 on the first. */
+        queue_n(sub[0], 0);
+        varlink_server_hold_output(t->server, true);
+        t_iterate(t);
+        for (int i = 0; i < N; i++)
+                assert_false(readable(fd_of[i]));
+        varlink_server_seal(t->server);
+        varlink_server_release(t->server, false);
+        for (int i = 0; i < N; i++) {
+                json_object *r = recv_msg(t, fd_of[i]);
+                assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { }, \"continues\": true }");
+                json_object_put(r);
+        }
+        expect_n(t, fd_of[0], 0);
+
+        /* Batch 1 on sub 0, sealed; batch 2 on sub 1, queued after the seal. */
+        queue_n(sub[0], 1);
+        varlink_server_seal(t->server);
+        queue_n(sub[1], 2);
+        t_iterate(t);
+        for (int i = 0; i < N; i++)
+                assert_false(readable(fd_of[i]));
+        /* Batch 1's commit is durable. */
+        varlink_server_release(t->server, false);
+        expect_n(t, fd_of[0], 1);
+        t_iterate(t);
+        assert_false(readable(fd_of[1]));
+        assert_false(readable(fd_of[2]));
+        /* Batch 2 sealed and released; sub 0, all of whose output went out, gets more. */
+        varlink_server_seal(t->server);
+        queue_n(sub[0], 3);
+        varlink_server_release(t->server, false);
+        expect_n(t, fd_of[1], 2);
+        t_iterate(t);
+        assert_false(readable(fd_of[0]));
+        varlink_server_seal(t->server);
+        varlink_server_release(t->server, false);
+        expect_n(t, fd_of[0], 3);
+        /* release(true): everything queued, sealed or not. */
+        queue_n(sub[2], 4);
+        queue_n(sub[0], 5);
+        varlink_server_release(t->server, true);
+        expect_n(t, fd_of[2], 4);
+        expect_n(t, fd_of[0], 5);
+        t_iterate(t);
+        for (int i = 0; i < N; i++)
+                assert_false(readable(fd_of[i]));
+        for (int i = 0; i < N; i++)
+                close(fd_of[i]);
+        t_free(t);
+}
+
+/* The pipelined commit commits on the loop only when no input waits (manager.c): the
+ * peek sees a connection with unread bytes and a listener with a connection to accept,
+ * and nothing once they are handled. */
+static void test_input_waiting(void **state) {
+        T *t = t_new(NULL);
+        int fd = t_connect(t, NULL);
+        t_iterate(t);
+        assert_false(varlink_server_input_waiting(t->server));
+        send_str(fd, "{\"method\":\"t.Echo\",\"parameters\":{\"x\":1}}");
+        assert_true(varlink_server_input_waiting(t->server));
+        json_object *r = recv_msg(t, fd);
+        json_object_put(r);
+        assert_false(varlink_server_input_waiting(t->server));
+        close(fd);
+        t_iterate(t);
+        t_iterate(t);
+        assert_false(varlink_server_input_waiting(t->server));
+        t_free(t);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_dispatch),
@@ -555,6 +662,8 @@ int main(void) {
                 cmocka_unit_test(test_shared_output),
                 cmocka_unit_test(test_partial_timeout),
                 cmocka_unit_test(test_oversized_behind_call),
+                cmocka_unit_test(test_held_output_batches),
+                cmocka_unit_test(test_input_waiting),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
