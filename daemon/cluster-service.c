@@ -14,9 +14,16 @@
 #include "manager.h"
 #include "string-table.h"
 
+/* The Resource a cluster lease points to: its name, and the holder's node for the wire's
+ * Lease.node (cluster_lease_node()). */
+typedef struct StandIn {
+        Resource res;                   /* name and .cluster only */
+        char *node;
+} StandIn;
+
 struct ClusterLease {
         Lease lease;                    /* what lease_to_json() and the events read */
-        Resource res;                   /* its name only */
+        StandIn res;
         ClusterService *service;
         ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
         Conn *conn;                     /* the holder's connection, NULL once it went */
@@ -42,19 +49,88 @@ struct ClusterService {
         EtcdLeaseState keeper_state;
 };
 
+const char *cluster_lease_node(const Lease *l) {
+        if (!l || !l->resource || !l->resource->cluster)
+                return NULL;
+        return container_of(l->resource, StandIn, res)->node;
+}
+
+static OwnerRecord owner_record(const Owner *o) {
+        return (OwnerRecord) { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = o->comm, .unit = o->unit };
+}
+
+/* This host's cluster leases go in the history like local ones (the same journal, written
+ * with the loop's batch); other hosts' leases are in their own agend's history. */
+static void journal(ClusterService *s, const Event *ev) {
+        OwnerRecord o, by;
+        if (ev->owner)
+                o = owner_record(ev->owner);
+        if (ev->revoked_by)
+                by = owner_record(ev->revoked_by);
+        EventRecord r = {
+                .type = event_type_to_string(ev->type),
+                .time = ev->time,
+                .resource = ev->resource,
+                .lease = ev->lease,
+                .token = ev->token,
+                .owner = ev->owner ? &o : NULL,
+                .units = ev->units,
+                .reason = ev->reason,
+                .revoked_by = ev->revoked_by ? &by : NULL,
+        };
+        Store *st = s->manager->store;
+        if (st && st->ops->event_append)
+                (void) st->ops->event_append(st, &r);
+}
+
 static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *reason, const Owner *by) {
         Event ev = {
                 .type = t,
                 .time = usec_now(CLOCK_REALTIME),
-                .resource = cl->res.name,
+                .resource = cl->res.res.name,
                 .lease = cl->lease.id,
                 .token = cl->lease.token,
                 .owner = &cl->lease.owner,
                 .units = cl->lease.units,
                 .reason = reason,
                 .revoked_by = by,
+                .node = cl->res.node,
         };
+        journal(s, &ev);
         methods_engine_callbacks.event(NULL, &ev, &cl->lease, s->manager);
+}
+
+/* The id another host's lease has here: the random part of its key. Opaque, and no
+ * method of this agend accepts it (it is not a lease of this agend). */
+static void remote_id(const char *key, char *buf, size_t size) {
+        const char *colon = strrchr(key, ':');
+        snprintf(buf, size, "%s", colon ? colon + 1 : key);
+}
+
+/* Another host's key queued, holds or went: said on Watch(resource) and Watch(), not
+ * journalled (that host's agend journals its own leases). */
+static void on_remote(Cluster *cluster, const ClusterEntry *e, ClusterRemoteEvent what, void *userdata) {
+        ClusterService *s = userdata;
+        if (what == CLUSTER_REMOTE_ENDED && !e->holds)
+                return;         /* a waiter that went: the local engine says nothing of those either */
+        char id[LEASE_ID_LEN + 1];
+        remote_id(e->key, id, sizeof(id));
+        Owner o = { .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = (char *) e->comm };
+        Event ev = {
+                .type = what == CLUSTER_REMOTE_QUEUED    ? EVENT_QUEUED
+                        : what == CLUSTER_REMOTE_GRANTED ? EVENT_GRANTED
+                                                         : EVENT_RELEASED,
+                .time = usec_now(CLOCK_REALTIME),
+                .resource = e->resource,
+                .lease = what == CLUSTER_REMOTE_QUEUED ? NULL : id,
+                .token = e->holds ? (uint64_t) e->create_revision : 0,
+                .owner = &o,
+                .units = e->units,
+                .reason = what == CLUSTER_REMOTE_ENDED ? "its key was deleted in etcd" : NULL,
+                .node = e->node,
+                .remote = true,
+        };
+        methods_engine_callbacks.event(NULL, &ev, NULL, s->manager);
 }
 
 static void lease_free(ClusterLease *cl) {
@@ -65,7 +141,8 @@ static void lease_free(ClusterLease *cl) {
         LIST_REMOVE(all, s->leases, cl);
         owner_done(&cl->lease.owner);
         free(cl->lease.description);
-        free(cl->res.name);
+        free(cl->res.res.name);
+        free(cl->res.node);
         free(cl);
 }
 
@@ -99,7 +176,7 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
                 Conn *c = cl->conn;
                 cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
                 acquire_done(cl);
-                conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource", cl->res.name);
+                conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource", cl->res.res.name);
                 lease_free(cl);
                 return;
         }
@@ -157,7 +234,7 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
                 acquire_done(cl);
                 char buf[256];
                 snprintf(buf, sizeof(buf), "cluster resource: %s", strna(reason));
-                conn_error_reason(c, "io.agend.Lease.Timeout", buf, "resource", cl->res.name);
+                conn_error_reason(c, "io.agend.Lease.Timeout", buf, "resource", cl->res.res.name);
         } else if (cl->granted) {
                 /* The lease as the holder's Watch sees it: "voided" (the client's LOST)
                  * when the etcd lease is lost, "revoked" when someone deleted the key. */
@@ -195,6 +272,7 @@ static const ClusterCallbacks callbacks = {
         .granted = on_granted,
         .ended = on_ended,
         .disconnected = on_disconnected,
+        .remote = on_remote,
         .keeper = on_keeper,
 };
 
@@ -321,7 +399,7 @@ static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
         acquire_done(cl);
         if (c)
                 conn_error_reason(c, "io.agend.Lease.Timeout", "the timeout passed before the resource was free",
-                                  "resource", cl->res.name);
+                                  "resource", cl->res.res.name);
         lease_free(cl);
 }
 
@@ -343,14 +421,16 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
         LIST_PREPEND(all, s->leases, cl);
         random_hex(cl->lease.id, LEASE_ID_LEN);
         random_hex(cl->lease.secret, LEASE_SECRET_LEN);
-        cl->res.name = strdup(ap->resource);
+        cl->res.res.name = strdup(ap->resource);
+        cl->res.res.cluster = true;
+        cl->res.node = strdup(cluster_node(s->cluster));
         cl->lease.description = strdup(strempty(ap->description));
-        cl->lease.resource = &cl->res;
+        cl->lease.resource = &cl->res.res;
         cl->lease.exclusive = ap->exclusive;
         cl->lease.deadline = USEC_INFINITY;
         cl->lease.state = LEASE_HELD;
         cl->try_once = ap->try_once;
-        if (!cl->res.name || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
+        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
                 lease_free(cl);
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
         }
@@ -461,11 +541,17 @@ void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uin
         LIST_PREPEND(checks, s->checks, pc);
 }
 
+bool cluster_service_usage(ClusterService *s, const char *resource, unsigned *ret_used, unsigned *ret_leases,
+                           unsigned *ret_waiters) {
+        return s && cluster_service_serves(s, resource) &&
+               cluster_usage(s->cluster, resource, ret_used, ret_leases, ret_waiters) >= 0;
+}
+
 /* ---- List ---------------------------------------------------------------------------- */
 
 typedef struct ListingLease {
         Lease lease;
-        Resource res;
+        StandIn res;
 } ListingLease;
 
 typedef struct ListCtx {
@@ -490,6 +576,7 @@ static int list_one(const ClusterEntry *e, void *userdata) {
                 json_object_object_add(o, "pid", json_object_new_int64(e->pid));
                 json_object_object_add(o, "comm", json_object_new_string(strempty(e->comm)));
                 json_object_object_add(j, "resource", json_object_new_string(e->resource));
+                json_object_object_add(j, "node", json_object_new_string(strempty(e->node)));
                 json_object_object_add(j, "units", json_object_new_int64(e->units));
                 json_object_object_add(j, "exclusive", json_object_new_boolean(e->exclusive));
                 json_object_object_add(j, "position", json_object_new_int64(e->position));
@@ -512,12 +599,14 @@ static int list_one(const ClusterEntry *e, void *userdata) {
         if (!ll)
                 return -ENOMEM;
         x->l->leases[x->l->n_leases++] = &ll->lease;
-        ll->res.name = strdup(e->resource);
+        ll->res.res.name = strdup(e->resource);
+        ll->res.res.cluster = true;
+        ll->res.node = strdup(strempty(e->node));
         ll->lease.description = strdup(strempty(e->description));
         ll->lease.owner.comm = strdup(strempty(e->comm));
-        if (!ll->res.name || !ll->lease.description || !ll->lease.owner.comm)
+        if (!ll->res.res.name || !ll->res.node || !ll->lease.description || !ll->lease.owner.comm)
                 return -ENOMEM;
-        ll->lease.resource = &ll->res;
+        ll->lease.resource = &ll->res.res;
         ll->lease.units = e->units;
         ll->lease.exclusive = e->exclusive;
         ll->lease.token = (uint64_t) e->create_revision;
@@ -531,8 +620,8 @@ static int list_one(const ClusterEntry *e, void *userdata) {
                 memcpy(ll->lease.id, cl->lease.id, sizeof(ll->lease.id));
                 ll->lease.created = cl->lease.created;
         } else
-                /* Another host's lease: its id is its node, so List says where it is held. */
-                snprintf(ll->lease.id, sizeof(ll->lease.id), "%s", strempty(e->node));
+                /* Another host's lease: where it is held is in node; its id is opaque. */
+                remote_id(e->key, ll->lease.id, sizeof(ll->lease.id));
         return 0;
 }
 
@@ -552,7 +641,8 @@ int cluster_service_list(ClusterService *s, const char *resource, uint64_t after
 void cluster_listing_done(ClusterListing *l) {
         for (size_t i = 0; i < l->n_leases; i++) {
                 ListingLease *ll = container_of(l->leases[i], ListingLease, lease);
-                free(ll->res.name);
+                free(ll->res.res.name);
+                free(ll->res.node);
                 free(ll->lease.description);
                 free(ll->lease.owner.comm);
                 free(ll);

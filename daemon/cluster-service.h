@@ -42,6 +42,14 @@ Holder *cluster_lease_get_holder(const ClusterLease *l);
 void cluster_service_release(ClusterService *s, ClusterLease *l, const char *reason);
 void cluster_service_revoke(ClusterService *s, ClusterLease *l, const char *reason, const Owner *by);
 
+/* The node of a Scope=cluster lease (this host's or another's, as List and the replies
+ * show it: the wire's Lease.node), NULL for a local lease. */
+const char *cluster_lease_node(const Lease *l);
+/* Resources: units held, holders and waiters of a cluster resource on every host, as this
+ * host's mirror of etcd has them. false if resource is not served here as one. */
+bool cluster_service_usage(ClusterService *s, const char *resource, unsigned *ret_used, unsigned *ret_leases,
+                           unsigned *ret_waiters);
+
 /* Check(resource, token) answered by etcd: replies on c later. */
 void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token);
 

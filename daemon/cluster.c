@@ -25,6 +25,7 @@ struct CKey {
         unsigned units;
         bool exclusive;
         bool holds;
+        uint8_t announced;              /* 1: queued, 2: granted was reported (remote keys) */
         unsigned position;
         int64_t create_rev;
         CResource *resource;
@@ -68,6 +69,7 @@ struct Cluster {
         void *userdata;
         bool synced;
         bool trouble;
+        bool quiet;                     /* re-reading the prefix: no remote callbacks */
         CResource *resources;
         ClusterWaiter *waiters;
         EtcdCall *stop_call;
@@ -261,6 +263,37 @@ static void waiter_end(Cluster *c, ClusterWaiter *w, int error, const char *reas
                 c->cb.ended(c, w, error, reason, w->userdata);
 }
 
+static ClusterEntry entry_of(CKey *k) {
+        return (ClusterEntry) {
+                .key = k->key,
+                .resource = k->resource->name,
+                .node = k->node,
+                .uid = k->uid,
+                .gid = k->gid,
+                .pid = k->pid,
+                .comm = k->comm,
+                .description = k->description,
+                .units = k->units,
+                .exclusive = k->exclusive,
+                .create_revision = k->create_rev,
+                .holds = k->holds,
+                .position = k->position,
+                .local = k->local,
+        };
+}
+
+/* Another host's key (a key of this node without a local waiter is on its way out). */
+static bool key_remote(const Cluster *c, const CKey *k) {
+        return !k->local && !streq(k->node, c->node);
+}
+
+static void remote_event(Cluster *c, CKey *k, ClusterRemoteEvent ev) {
+        if (c->quiet || !c->cb.remote || !key_remote(c, k))
+                return;
+        ClusterEntry e = entry_of(k);
+        c->cb.remote(c, &e, ev, c->userdata);
+}
+
 static CResource *mirror_delete(Cluster *c, const char *key) {
         _cleanup_free_ char *name = key_resource(c, key);
         CResource *r = name ? resource_get(c, name, false) : NULL;
@@ -268,6 +301,8 @@ static CResource *mirror_delete(Cluster *c, const char *key) {
         if (!k)
                 return NULL;
         ClusterWaiter *w = k->local;
+        if (k->announced)
+                remote_event(c, k, CLUSTER_REMOTE_ENDED);
         LIST_REMOVE_TAIL(keys, r->keys, r->keys_tail, k);
         ckey_free(k);
         if (w)
@@ -292,6 +327,14 @@ static void decide(Cluster *c, CResource *r) {
                 } else {
                         blocked = true;
                         k->position = ++pos;
+                }
+        }
+        /* Watch hears of other hosts' keys: queued once, granted once. */
+        LIST_FOREACH(keys, k, r->keys) {
+                uint8_t want = k->holds ? 2 : 1;
+                if (k->announced < want) {
+                        k->announced = want;
+                        remote_event(c, k, want == 2 ? CLUSTER_REMOTE_GRANTED : CLUSTER_REMOTE_QUEUED);
                 }
         }
         for (CKey *k = r->keys, *next; k; k = next) {
@@ -410,7 +453,9 @@ static void on_sync(EtcdClient *ec, int error, const EtcdResult *res, void *user
                 if ((w->state == CLUSTER_WAITER_QUEUED || w->state == CLUSTER_WAITER_HOLDS) && !w->entry)
                         waiter_end(c, w, -EIDRM, "the key was deleted in etcd");
         }
+        c->quiet = true;
         decide_all(c);
+        c->quiet = false;
 }
 
 static void start_sync(Cluster *c) {
@@ -719,22 +764,7 @@ uint64_t cluster_waiter_token(const ClusterWaiter *w) {
 }
 
 static int entry_emit(CKey *k, int (*fn)(const ClusterEntry *e, void *userdata), void *userdata) {
-        ClusterEntry e = {
-                .key = k->key,
-                .resource = k->resource->name,
-                .node = k->node,
-                .uid = k->uid,
-                .gid = k->gid,
-                .pid = k->pid,
-                .comm = k->comm,
-                .description = k->description,
-                .units = k->units,
-                .exclusive = k->exclusive,
-                .create_revision = k->create_rev,
-                .holds = k->holds,
-                .position = k->position,
-                .local = k->local,
-        };
+        ClusterEntry e = entry_of(k);
         return fn(&e, userdata);
 }
 
@@ -751,6 +781,25 @@ int cluster_foreach(Cluster *c, const char *resource, int (*fn)(const ClusterEnt
                                                 return q;
                                 }
         }
+        return 0;
+}
+
+int cluster_usage(Cluster *c, const char *resource, unsigned *ret_used, unsigned *ret_holders,
+                  unsigned *ret_waiters) {
+        CResource *r = resource_get(c, resource, false);
+        if (!r || r->capacity == 0)
+                return -ENXIO;
+        unsigned used = 0, holders = 0, waiters = 0;
+        LIST_FOREACH(keys, k, r->keys) {
+                if (k->holds) {
+                        used += k->exclusive ? r->capacity : k->units;
+                        holders++;
+                } else
+                        waiters++;
+        }
+        *ret_used = used;
+        *ret_holders = holders;
+        *ret_waiters = waiters;
         return 0;
 }
 

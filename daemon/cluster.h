@@ -65,6 +65,13 @@ typedef enum ClusterWaiterState {
         CLUSTER_WAITER_ENDED,           /* released, lost or failed: only freeing remains */
 } ClusterWaiterState;
 
+/* What another host's key did, as this host's mirror saw it (remote callback). */
+typedef enum ClusterRemoteEvent {
+        CLUSTER_REMOTE_QUEUED,          /* a new key that does not hold yet */
+        CLUSTER_REMOTE_GRANTED,         /* the key holds now */
+        CLUSTER_REMOTE_ENDED,           /* the key was deleted (e->holds: whether it held) */
+} ClusterRemoteEvent;
+
 typedef struct ClusterCallbacks {
         /* The key exists (state QUEUED) and position says where (also when it moves). */
         void (*queued)(Cluster *c, ClusterWaiter *w, unsigned position, void *userdata);
@@ -78,6 +85,9 @@ typedef struct ClusterCallbacks {
          * lease is lost (the keeper's deadline), -EIDRM when someone deleted the key
          * (revoke), or the txn's error. */
         void (*ended)(Cluster *c, ClusterWaiter *w, int error, const char *reason, void *userdata);
+        /* A key of another node changed (for Watch). Not called for what a re-read of the
+         * prefix finds (start, after compaction): only for changes the watch delivers. */
+        void (*remote)(Cluster *c, const ClusterEntry *e, ClusterRemoteEvent ev, void *userdata);
         /* The keeper changed state (for logs and status). */
         void (*keeper)(Cluster *c, EtcdLeaseState s, int error, void *userdata);
 } ClusterCallbacks;
@@ -129,6 +139,11 @@ uint64_t cluster_waiter_token(const ClusterWaiter *w);
  * in token order, then waiters in order. Stops at a negative return. */
 int cluster_foreach(Cluster *c, const char *resource, int (*fn)(const ClusterEntry *e, void *userdata),
                     void *userdata);
+
+/* What this host's mirror says of resource: units held, holders and waiters (all hosts).
+ * -ENXIO for a resource that is not declared. */
+int cluster_usage(Cluster *c, const char *resource, unsigned *ret_used, unsigned *ret_holders,
+                  unsigned *ret_waiters);
 
 /* Whether token holds resource, answered by a fresh (linearizable) read of etcd. cb gets
  * 1 current, 0 not, or a negative errno. */

@@ -117,6 +117,9 @@ struct json_object *lease_to_json(const Lease *l) {
                 add_int(j, "deadline", deadline_to_real(l->deadline));
         add_bool(j, "detached", l->detached);
         add_string(j, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
+        const char *node = cluster_lease_node(l);
+        if (node)
+                add_string(j, "node", node);
         return j;
 }
 
@@ -152,6 +155,8 @@ struct json_object *event_to_json(const Event *e) {
                 add_string(j, "reason", e->reason);
         if (e->revoked_by)
                 json_object_object_add(j, "revoked_by", owner_to_json(e->revoked_by));
+        if (e->node)
+                add_string(j, "node", e->node);
         return j;
 }
 
@@ -622,9 +627,12 @@ static void method_resources(Conn *c, struct json_object *p) {
                         continue;
                 add_string(j, "name", res->name);
                 add_int(j, "capacity", res->capacity);
-                add_int(j, "used", res->used);
-                add_int(j, "leases", res->n_leases);
-                add_int(j, "waiters", res->n_waiters);
+                unsigned used = res->used, n_leases = res->n_leases, n_waiters = res->n_waiters;
+                /* A cluster resource: what every host holds, from the mirror of etcd. */
+                (void) cluster_service_usage(c->manager->cluster, res->name, &used, &n_leases, &n_waiters);
+                add_int(j, "used", used);
+                add_int(j, "leases", n_leases);
+                add_int(j, "waiters", n_waiters);
                 add_bool(j, "declared", res->declared);
                 json_object_array_add(a, j);
         }
@@ -849,7 +857,8 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
 
         log_lease_event(ev);
 
-        if (ev->owner && ev->type != EVENT_QUEUED && ev->type != EVENT_RENEWED && ev->type != EVENT_RECLAIMED) {
+        if (ev->owner && !ev->remote && ev->type != EVENT_QUEUED && ev->type != EVENT_RENEWED &&
+            ev->type != EVENT_RECLAIMED) {
                 UserStat *u = manager_user(m, ev->owner->uid, ev->type == EVENT_GRANTED);
                 if (u) {
                         if (ev->type == EVENT_GRANTED)

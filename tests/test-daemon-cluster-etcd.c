@@ -3,7 +3,8 @@
  * Scope=cluster resources through a real 3-member etcd on loopback (tests/helper-etcd.c),
  * in raw varlink bytes:
  * - a grant on one host queues the others, in request order across hosts; List on another
- *   host shows the holder; Check answers from etcd; Release and a closed connection hand on;
+ *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
+ *   waiters (node, owner, description) and this host's cluster leases; Check answers from etcd; Release and a closed connection hand on;
  * - clients on three hosts cycling through a counted resource: the history checker
  *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
  *   strictly increasing;
@@ -107,7 +108,7 @@ static void test_two_hosts_fifo(void **state) {
         assert_string_equal(reply_state(q), "queued");
         assert_int_equal(jint(reply_params(q), "position"), 2);
 
-        /* Host b sees a's holder (its id is its node) and both waiters, once its watch has
+        /* Host b sees a's holder (its node is a) and both waiters, once its watch has
          * brought a2's key (each host's view follows etcd's events). */
         json_object *list;
         double until = helper_now() + 10.0;
@@ -117,7 +118,7 @@ static void test_two_hosts_fifo(void **state) {
         json_object *leases = jget(list, "leases");
         assert_int_equal(json_object_array_length(leases), 1);
         json_object *held = json_object_array_get_idx(leases, 0);
-        assert_string_equal(jstr(held, "id"), "a");
+        assert_string_equal(jstr(held, "node"), "a");
         assert_string_equal(jstr(held, "description"), "first");
         assert_int_equal(token_of(held), t1);
         assert_int_equal(jint(held, "owner.pid"), getpid());
@@ -257,6 +258,120 @@ static const char *next_event(VConn *c, double guard, json_object **ret) {
         return ev ? jstr(ev, "type") : NULL;
 }
 
+/* The next event of type on a Watch stream (other types skipped), within the guard. */
+static json_object *event_of_type(VConn *c, const char *type, double guard) {
+        double until = helper_now() + guard;
+        for (;;) {
+                json_object *ev;
+                const char *t = next_event(c, MAX(until - helper_now(), 0.1), &ev);
+                if (t && strcmp(t, type) == 0)
+                        return ev;
+        }
+}
+
+/* The resource's row of Resources. */
+static json_object *resource_row(VConn *c, const char *name) {
+        json_object *a = jget(CALL_OK(c, LEASE_IF "Resources", "{}"), "resources");
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+                json_object *r = json_object_array_get_idx(a, i);
+                if (jstr(r, "name") && strcmp(jstr(r, "name"), name) == 0)
+                        return r;
+        }
+        fail_msg("no %s in Resources", name);
+        return NULL;
+}
+
+/* Whether History of c has an event of type for lease id. */
+static bool in_history(VConn *c, const char *type, const char *id) {
+        json_object *evs = jget(CALL_OK(c, LEASE_IF "History", "{\"resource\": \"gpu\"}"), "events");
+        for (size_t i = 0; i < json_object_array_length(evs); i++) {
+                json_object *e = json_object_array_get_idx(evs, i);
+                if (strcmp(jstr(e, "type"), type) == 0 && jstr(e, "lease") && strcmp(jstr(e, "lease"), id) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* The same surface as local resources: List and Watch on one host show the holders and
+ * waiters of the other (node, owner, description; their ids opaque and refused), Resources
+ * counts every host's units, History has this host's cluster leases. */
+static void test_same_surface(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *aw = OPEN(a), *b1 = OPEN(b), *b2 = OPEN(b), *bw = OPEN(b);
+        assert_int_equal(vconn_send(bw, VL_MORE, LEASE_IF "Watch", "{\"resource\": \"gpu\"}"), 0);
+        assert_null(next_event(bw, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(aw, VL_MORE, LEASE_IF "Watch", "{\"resource\": \"gpu\"}"), 0);
+        assert_null(next_event(aw, HELPER_REPLY_TIMEOUT, NULL));
+
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"description\": \"first\"}");
+        const char *id1 = jstr(l1, "id");
+        assert_string_equal(jstr(l1, "node"), "a");
+
+        /* b's Watch hears of a's grant, with a's node and owner. */
+        json_object *ev = event_of_type(bw, "granted", 10.0);
+        assert_string_equal(jstr(ev, "node"), "a");
+        assert_int_equal(jint(ev, "owner.pid"), getpid());
+        assert_int_equal(jint(ev, "token"), jint(l1, "token"));
+        const char *remote_id = jstr(ev, "lease");
+        assert_non_null(remote_id);
+        assert_string_not_equal(remote_id, id1);
+        /* a's own Watch has it as a local event, with its own node. */
+        ev = event_of_type(aw, "granted", 10.0);
+        assert_string_equal(jstr(ev, "lease"), id1);
+        assert_string_equal(jstr(ev, "node"), "a");
+
+        /* b's List: a's holder with node, owner and description; its id is opaque and no
+         * method of b accepts it. */
+        json_object *list = CALL_OK(b1, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        json_object *held = json_object_array_get_idx(jget(list, "leases"), 0);
+        assert_non_null(held);
+        assert_string_equal(jstr(held, "node"), "a");
+        assert_string_equal(jstr(held, "description"), "first");
+        assert_int_equal(jint(held, "owner.pid"), getpid());
+        assert_string_equal(jstr(held, "id"), remote_id);
+        CALL_ERR(b1, LEASE_IF "NoSuchLease", LEASE_IF "Release", "{\"id\": \"%s\"}", remote_id);
+
+        /* Resources on both hosts count a's unit. */
+        assert_int_equal(jint(resource_row(b1, "gpu"), "used"), 1);
+        assert_int_equal(jint(resource_row(b1, "gpu"), "leases"), 1);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 1);
+
+        /* A waiter on b for 2 units: a's Watch hears it queued, a's List shows it with
+         * node b, and both hosts count it. */
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire",
+                                    "{\"resource\": \"gpu\", \"units\": 2, \"description\": \"second\"}"),
+                         0);
+        assert_string_equal(reply_state(RECV(b2, HELPER_REPLY_TIMEOUT)), "queued");
+        ev = event_of_type(aw, "queued", 10.0);
+        assert_string_equal(jstr(ev, "node"), "b");
+        json_object *w = json_object_array_get_idx(jget(CALL_OK(a1, LEASE_IF "List", "{\"resource\": \"gpu\"}"),
+                                                        "waiters"), 0);
+        assert_non_null(w);
+        assert_string_equal(jstr(w, "node"), "b");
+        assert_string_equal(jstr(w, "description"), "second");
+        assert_int_equal(jint(resource_row(a1, "gpu"), "waiters"), 1);
+
+        /* a releases: b's Watch hears it, b's waiter is granted; Resources follows. */
+        CALL_OK(a1, LEASE_IF "Release", "{\"id\": \"%s\"}", id1);
+        ev = event_of_type(bw, "released", 10.0);
+        assert_string_equal(jstr(ev, "node"), "a");
+        assert_string_equal(jstr(ev, "lease"), remote_id);
+        json_object *l2 = jget(assert_granted(next_final(b2, 10.0)), "lease");
+        assert_string_equal(jstr(l2, "node"), "b");
+        double until = helper_now() + 10.0;
+        while (jint(resource_row(a1, "gpu"), "used") != 2 && helper_now() < until)
+                helper_sleep(0.02);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
+
+        /* History: each host has its own cluster leases. */
+        assert_true(in_history(a1, "granted", id1));
+        assert_true(in_history(a1, "released", id1));
+        assert_true(in_history(b1, "granted", jstr(l2, "id")));
+        assert_false(in_history(b1, "granted", id1));
+        vconn_close(b2);
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -390,6 +505,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_two_hosts_fifo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
