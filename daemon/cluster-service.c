@@ -31,6 +31,7 @@ struct ClusterLease {
         bool pending;                   /* the Acquire call waits for it */
         bool try_once;
         ev_timer timeout;
+        ev_timer expiry;                /* the TTL, from the grant or the last Renew */
         LIST_FIELDS(ClusterLease, all);
 };
 
@@ -138,6 +139,7 @@ static void lease_free(ClusterLease *cl) {
                 return;
         ClusterService *s = cl->service;
         ev_timer_stop(s->manager->loop, &cl->timeout);
+        ev_timer_stop(s->manager->loop, &cl->expiry);
         LIST_REMOVE(all, s->leases, cl);
         owner_done(&cl->lease.owner);
         free(cl->lease.description);
@@ -193,6 +195,24 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
         conn_reply(cl->conn, p, true);
 }
 
+static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const char *reason, const Owner *by);
+
+/* The TTL runs on this agend's monotonic clock, from the grant or the last Renew; when it
+ * passes, the key is deleted like at a Release and the lease ends "expired". The etcd
+ * lease is what guards against this agend dying; the TTL is the holder's own bound. */
+static void expiry_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        ClusterLease *cl = container_of(t, ClusterLease, expiry);
+        lease_end(cl->service, cl, EVENT_EXPIRED, "the TTL passed", NULL);
+}
+
+static void expiry_start(ClusterLease *cl) {
+        struct ev_loop *loop = cl->service->manager->loop;
+        cl->lease.deadline = usec_now(CLOCK_MONOTONIC) + cl->lease.ttl;
+        ev_timer_stop(loop, &cl->expiry);
+        ev_timer_set(&cl->expiry, (double) cl->lease.ttl / USEC_PER_SEC, 0.);
+        ev_timer_start(loop, &cl->expiry);
+}
+
 static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
         cl->granted = true;
@@ -208,6 +228,8 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
         LIST_PREPEND(holder, c->holder.leases, &cl->lease);
         c->holder.n_leases++;
         cl->lease.holder = &c->holder;
+        if (cl->lease.ttl > 0)
+                expiry_start(cl);
         emit(cl->service, EVENT_GRANTED, cl, NULL, NULL);
         if (cl->pending) {
                 acquire_done(cl);
@@ -249,7 +271,7 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
  * before the deadline. The end (LOST at the deadline) comes through on_ended. */
 static void on_disconnected(Cluster *cluster, ClusterWaiter *w, bool recovered, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
-        if (!cl->granted || !cl->conn)
+        if (!cl->granted)
                 return;
         emit(cl->service, recovered ? EVENT_RECLAIMED : EVENT_DISCONNECTED, cl,
              recovered ? "agend renewed its etcd lease in time" : "agend cannot renew its etcd lease", NULL);
@@ -404,10 +426,6 @@ static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 }
 
 void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap) {
-        if (ap->ttl > 0 || ap->detached)
-                return conn_error_reason(c, "org.varlink.service.InvalidParameter",
-                                         "ttl and detached are not served on Scope=cluster resources yet",
-                                         "parameter", ap->ttl > 0 ? "ttl" : "detached");
         if (!cluster_ready(s->cluster))
                 return conn_error_reason(c, "io.agend.Lease.Timeout",
                                          "cluster resource: etcd is not reachable (no etcd lease for this agend)",
@@ -418,6 +436,7 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
         cl->service = s;
         cl->conn = c;
         ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
+        ev_timer_init(&cl->expiry, expiry_cb, 0., 0.);
         LIST_PREPEND(all, s->leases, cl);
         random_hex(cl->lease.id, LEASE_ID_LEN);
         random_hex(cl->lease.secret, LEASE_SECRET_LEN);
@@ -429,6 +448,8 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
         cl->lease.exclusive = ap->exclusive;
         cl->lease.deadline = USEC_INFINITY;
         cl->lease.state = LEASE_HELD;
+        cl->lease.ttl = ap->ttl;
+        cl->lease.detached = ap->detached;
         cl->try_once = ap->try_once;
         if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
                 lease_free(cl);
@@ -498,6 +519,16 @@ static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const ch
 
 void cluster_service_release(ClusterService *s, ClusterLease *cl, const char *reason) {
         lease_end(s, cl, EVENT_RELEASED, reason, NULL);
+}
+
+int cluster_service_renew(ClusterService *s, ClusterLease *cl, usec_t ttl) {
+        if (ttl == 0 && cl->lease.ttl == 0)
+                return -EINVAL;
+        if (ttl > 0)
+                cl->lease.ttl = ttl;
+        expiry_start(cl);
+        emit(s, EVENT_RENEWED, cl, NULL, NULL);
+        return 0;
 }
 
 void cluster_service_revoke(ClusterService *s, ClusterLease *cl, const char *reason, const Owner *by) {
@@ -665,6 +696,12 @@ void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release) {
                 if (cl->pending)
                         acquire_done(cl);
                 cl->conn = NULL;
+                if (cl->granted && cl->lease.detached && release) {
+                        /* It outlives its connection: it ends by its TTL, a Release with
+                         * the secret, or the end of this agend's etcd lease. */
+                        holder_unlink(cl);
+                        continue;
+                }
                 if (cl->granted) {
                         if (release)
                                 lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);

@@ -391,9 +391,14 @@ static void method_renew(Conn *c, struct json_object *p) {
                 return invalid(c, "ttl", "seconds, a number > 0");
         ClusterLease *cl = cluster_lease_for_caller(c, p);
         if (cl) {
-                if (cl != CLUSTER_LEASE_REFUSED)
-                        invalid(c, "ttl", "a lease of a cluster resource has no TTL (bound to its connection)");
-                return;
+                if (cl == CLUSTER_LEASE_REFUSED)
+                        return;
+                if (cluster_service_renew(c->manager->cluster, cl, t) < 0)
+                        return invalid(c, "ttl", "the lease has no TTL: give one");
+                struct json_object *r = json_object_new_object();
+                if (r)
+                        json_object_object_add(r, "lease", lease_to_json(cluster_lease_get_lease(cl)));
+                return conn_reply(c, r, false);
         }
         Lease *l = lease_for_caller(c, p, true);
         if (!l)

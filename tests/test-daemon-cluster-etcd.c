@@ -4,7 +4,8 @@
  * in raw varlink bytes:
  * - a grant on one host queues the others, in request order across hosts; List on another
  *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
- *   waiters (node, owner, description) and this host's cluster leases; Check answers from etcd; Release and a closed connection hand on;
+ *   waiters (node, owner, description) and this host's cluster leases;
+ * - ttl (renewed) and detached leases on a cluster resource; Check answers from etcd; Release and a closed connection hand on;
  * - clients on three hosts cycling through a counted resource: the history checker
  *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
  *   strictly increasing;
@@ -372,6 +373,58 @@ static void test_same_surface(void **state) {
         vconn_close(b2);
 }
 
+/* ttl and detached on a cluster resource: the TTL (renewed) runs out on the holder's agend,
+ * which deletes the key ("expired"), and the other host is granted, not before; a detached
+ * lease outlives its connection and is released with its secret from another one. */
+static void test_ttl_and_detached(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *aw = OPEN(a), *b1 = OPEN(b);
+
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"ttl\": 1}");
+        char id1[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(l1, "id"));
+        uint64_t t1 = token_of(l1);
+        assert_true(jis(l1, "deadline", json_type_int));
+        assert_int_equal(vconn_send(aw, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", id1), 0);
+        assert_null(next_event(aw, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+        json_object *r = CALL_OK(a1, LEASE_IF "Renew", "{\"id\": \"%s\", \"ttl\": 2}", id1);
+        double renewed = helper_now();
+        assert_true(json_object_get_double(jget(r, "lease.ttl")) == 2.0);
+        assert_string_equal(next_event(aw, HELPER_REPLY_TIMEOUT, NULL), "renewed");
+        json_object *g = next_final(b1, 30.0);
+        double after = helper_now() - renewed;
+        assert_true(token_of(jget(assert_granted(g), "lease")) > t1);
+        fprintf(stderr, "granted on b %.2f s after a renewed its TTL to 2 s\n", after);
+        assert_true(after >= 1.9);
+        assert_string_equal(next_event(aw, 10.0, NULL), "expired");
+        vconn_close(b1);
+
+        /* Detached, no TTL: Renew refuses; the connection goes, the lease stays (b sees it
+         * and waits); a Release with the secret from another connection hands on. */
+        VConn *a2 = OPEN(a);
+        json_object *p2 = GRANT(a2, "{\"resource\": \"gpu\", \"detached\": true}");
+        char id2[80], secret2[80];
+        snprintf(id2, sizeof(id2), "%s", jstr(p2, "lease.id"));
+        snprintf(secret2, sizeof(secret2), "%s", jstr(p2, "secret"));
+        assert_true(json_object_get_boolean(jget(p2, "lease.detached")));
+        CALL_ERR(a2, "org.varlink.service.InvalidParameter", LEASE_IF "Renew", "{\"id\": \"%s\"}", id2);
+        vconn_close(a2);
+        VConn *b2 = OPEN(b), *bl = OPEN(b), *a3 = OPEN(a);
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b2, HELPER_REPLY_TIMEOUT)), "queued");
+        json_object *list = CALL_OK(a3, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        assert_int_equal(json_object_array_length(jget(list, "leases")), 1);
+        assert_string_equal(jstr(json_object_array_get_idx(jget(list, "leases"), 0), "id"), id2);
+        CALL_OK(a3, LEASE_IF "Release", "{\"id\": \"%s\", \"secret\": \"%s\"}", id2, secret2);
+        assert_granted(next_final(b2, 10.0));
+        list = CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        assert_string_equal(jstr(json_object_array_get_idx(jget(list, "leases"), 0), "node"), "b");
+        vconn_close(b2);
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -506,6 +559,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_two_hosts_fifo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
