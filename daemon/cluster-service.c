@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include "cluster-service.h"
 #include "cluster.h"
+#include "hashmap.h"
 #include "list.h"
 #include "log.h"
 #include "macro.h"
@@ -46,9 +48,37 @@ struct ClusterService {
         Manager *manager;
         Cluster *cluster;
         ClusterLease *leases;
+        Hashmap scoped;                 /* names of the Scope=cluster resources (borrowed from
+                                         * the manager's config): every Acquire asks */
+        Hashmap granted;                /* lease id → granted ClusterLease: Release, Renew,
+                                         * Watch and Revoke look every id up here first */
         PendingCheck *checks;
         EtcdLeaseState keeper_state;
+        char *settings;                 /* the [Cluster] section it started with, as text */
 };
+
+/* The [Cluster] section as one string, to tell a reload that changed it. */
+static char *settings_text(const ClusterConfig *cc) {
+        if (!cc)
+                return strdup("");
+        char *eps = NULL, *r = NULL;
+        size_t n = 0;
+        FILE *f = open_memstream(&eps, &n);
+        if (!f)
+                return NULL;
+        for (size_t i = 0; i < cc->n_endpoints; i++)
+                fprintf(f, "%s ", cc->endpoints[i]);
+        if (fclose(f) != 0) {
+                free(eps);
+                return NULL;
+        }
+        if (asprintf(&r, "%s|%s|%s|%" PRIu64 "|%s|%s|%s", eps, strempty(cc->prefix), strempty(cc->node),
+                     (uint64_t) cc->lease_ttl, strempty(cc->ca_file), strempty(cc->cert_file),
+                     strempty(cc->key_file)) < 0)
+                r = NULL;
+        free(eps);
+        return r;
+}
 
 const char *cluster_lease_node(const Lease *l) {
         if (!l || !l->resource || !l->resource->cluster)
@@ -140,6 +170,8 @@ static void lease_free(ClusterLease *cl) {
         ClusterService *s = cl->service;
         ev_timer_stop(s->manager->loop, &cl->timeout);
         ev_timer_stop(s->manager->loop, &cl->expiry);
+        if (cl->granted)
+                (void) hashmap_remove(&s->granted, cl->lease.id);
         LIST_REMOVE(all, s->leases, cl);
         owner_done(&cl->lease.owner);
         free(cl->lease.description);
@@ -215,7 +247,18 @@ static void expiry_start(ClusterLease *cl) {
 
 static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
-        cl->granted = true;
+        cl->granted = hashmap_put(&cl->service->granted, cl->lease.id, cl) == 0;
+        if (!cl->granted) {
+                /* Out of memory (ids are random: -EEXIST does not happen): not held. */
+                cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+                if (cl->pending && cl->conn) {
+                        Conn *c = cl->conn;
+                        acquire_done(cl);
+                        conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+                }
+                lease_free(cl);
+                return;
+        }
         cl->lease.token = token;
         cl->lease.created = usec_now(CLOCK_REALTIME);
         if (!cl->conn) {
@@ -311,6 +354,8 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
         if (!s)
                 return -ENOMEM;
         s->manager = m;
+        hashmap_init(&s->granted);
+        hashmap_init(&s->scoped);
         s->keeper_state = ETCD_LEASE_GRANTING;
         ClusterOptions o = {
                 .endpoints = cc->endpoints,
@@ -327,6 +372,7 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
                 free(s);
                 return log_error_errno(k, "cluster: cannot start the etcd client: %m");
         }
+        s->settings = settings_text(cc);
         k = cluster_service_configure(s, &m->config);
         if (k < 0) {
                 cluster_service_free(s);
@@ -382,6 +428,9 @@ ClusterService *cluster_service_free(ClusterService *s) {
                 ev_prepare_stop(loop, &p);
         }
         cluster_free(s->cluster);
+        hashmap_done(&s->granted);
+        hashmap_done(&s->scoped);
+        free(s->settings);
         free(s);
         return NULL;
 }
@@ -389,10 +438,20 @@ ClusterService *cluster_service_free(ClusterService *s) {
 int cluster_service_configure(ClusterService *s, const Config *c) {
         if (!s)
                 return 0;
+        /* The etcd client, node and lease are made once: a reload changes the resources
+         * only (their capacity at once), the [Cluster] section at the next start. */
+        _cleanup_free_ char *now = settings_text(c->cluster);
+        if (s->settings && now && !streq(s->settings, now))
+                log_warning("[Cluster] changed in the configuration; it takes effect at the next start");
+        hashmap_done(&s->scoped);
+        hashmap_init(&s->scoped);
         for (size_t i = 0; i < c->n_resources; i++) {
                 if (c->resource_scopes[i] != RESOURCE_SCOPE_CLUSTER)
                         continue;
-                int k = cluster_declare(s->cluster, c->resources[i].name, c->resources[i].capacity);
+                int k = hashmap_put(&s->scoped, c->resources[i].name, &c->resources[i]);
+                if (k < 0 && k != -EEXIST)
+                        return k;
+                k = cluster_declare(s->cluster, c->resources[i].name, c->resources[i].capacity);
                 if (k < 0)
                         return k;
         }
@@ -400,7 +459,12 @@ int cluster_service_configure(ClusterService *s, const Config *c) {
 }
 
 bool cluster_service_serves(ClusterService *s, const char *resource) {
-        return s && config_resource_scope(&s->manager->config, resource) == RESOURCE_SCOPE_CLUSTER;
+        return s && hashmap_get(&s->scoped, resource);
+}
+
+static unsigned capacity_of(ClusterService *s, const char *resource) {
+        const ResourceDecl *d = hashmap_get(&s->scoped, resource);
+        return d ? d->capacity : 0;
 }
 
 static void random_hex(char *buf, size_t n_hex) {
@@ -478,11 +542,8 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                                          "resource", ap->resource);
         }
         cl->lease.units = ap->exclusive ? 0 : (ap->units ? ap->units : 1);
-        if (ap->exclusive) {
-                for (size_t i = 0; i < s->manager->config.n_resources; i++)
-                        if (streq(s->manager->config.resources[i].name, ap->resource))
-                                cl->lease.units = s->manager->config.resources[i].capacity;
-        }
+        if (ap->exclusive)
+                cl->lease.units = capacity_of(s, ap->resource);
         cl->pending = true;
         c->busy = CONN_ACQUIRE;
         if (c->user)
@@ -494,12 +555,7 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
 }
 
 ClusterLease *cluster_service_lease(ClusterService *s, const char *id) {
-        if (!s)
-                return NULL;
-        LIST_FOREACH(all, cl, s->leases)
-                if (cl->granted && streq(cl->lease.id, id))
-                        return cl;
-        return NULL;
+        return s ? hashmap_get(&s->granted, id) : NULL;
 }
 
 const Lease *cluster_lease_get_lease(const ClusterLease *l) {
@@ -555,10 +611,7 @@ static void on_check(Cluster *cluster, int result, void *userdata) {
 }
 
 void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token) {
-        unsigned capacity = 0;
-        for (size_t i = 0; i < s->manager->config.n_resources; i++)
-                if (streq(s->manager->config.resources[i].name, resource))
-                        capacity = s->manager->config.resources[i].capacity;
+        unsigned capacity = capacity_of(s, resource);
         PendingCheck *pc = calloc(1, sizeof(*pc));
         if (!pc)
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);

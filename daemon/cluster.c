@@ -70,6 +70,7 @@ struct Cluster {
         bool synced;
         bool trouble;
         bool quiet;                     /* re-reading the prefix: no remote callbacks */
+        ev_timer redecide;              /* a capacity changed (reload): decide from the loop */
         CResource *resources;
         ClusterWaiter *waiters;
         EtcdCall *stop_call;
@@ -362,6 +363,12 @@ static void decide_all(Cluster *c) {
                 decide(c, r);
 }
 
+static void redecide_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        Cluster *c = container_of(t, Cluster, redecide);
+        if (c->synced)
+                decide_all(c);
+}
+
 /* Whether the etcd lease may be gone by now: past the keeper's deadline (or none). The
  * keeper says LOST from its timer; this is for paths that must not wait for it (a request
  * served in the loop iteration that follows a pause). */
@@ -518,6 +525,7 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
         if (!c)
                 return -ENOMEM;
         c->loop = loop;
+        ev_timer_init(&c->redecide, redecide_cb, 0., 0.);
         c->cb = *cb;
         c->userdata = userdata;
         c->prefix = strdup(o->prefix);
@@ -566,6 +574,7 @@ static void waiter_free(ClusterWaiter *w) {
 Cluster *cluster_free(Cluster *c) {
         if (!c)
                 return NULL;
+        ev_timer_stop(c->loop, &c->redecide);
         while (c->waiters)
                 waiter_free(c->waiters);
         mirror_clear(c);
@@ -595,6 +604,7 @@ static void on_revoked(EtcdClient *ec, int error, const EtcdResult *res, void *u
 int cluster_stop(Cluster *c, ClusterStopFn done, void *userdata) {
         assert_return(c && done, -EINVAL);
         int64_t id = etcd_lease_keeper_get_id(c->keeper);
+        ev_timer_stop(c->loop, &c->redecide);
         while (c->waiters)
                 waiter_free(c->waiters);
         c->watch = etcd_watch_free(c->watch);
@@ -626,6 +636,10 @@ int cluster_declare(Cluster *c, const char *resource, unsigned capacity) {
         CResource *r = resource_get(c, resource, true);
         if (!r)
                 return -ENOMEM;
+        if (r->capacity != capacity && r->capacity != 0)
+                /* A reload changed it: a larger capacity may grant waiters now, without
+                 * waiting for the next event of the watch. From the loop, not from here. */
+                ev_timer_start(c->loop, &c->redecide);
         r->capacity = capacity;
         return 0;
 }

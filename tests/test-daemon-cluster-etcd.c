@@ -5,7 +5,8 @@
  * - a grant on one host queues the others, in request order across hosts; List on another
  *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
  *   waiters (node, owner, description) and this host's cluster leases;
- * - ttl (renewed) and detached leases on a cluster resource; Check answers from etcd; Release and a closed connection hand on;
+ * - ttl (renewed) and detached leases on a cluster resource; a reload that raises the
+ *   capacity grants the waiter that fits; Check answers from etcd; Release and a closed connection hand on;
  * - clients on three hosts cycling through a counted resource: the history checker
  *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
  *   strictly increasing;
@@ -425,6 +426,21 @@ static void test_ttl_and_detached(void **state) {
         vconn_close(b2);
 }
 
+/* A reload (SIGHUP) that raises a cluster resource's capacity grants the waiter that fits
+ * now; Resources shows the new capacity. */
+static void test_reload_capacity(void **state) {
+        Agend *a = host("a", "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n");
+        VConn *a1 = OPEN(a), *a2 = OPEN(a);
+        GRANT_LEASE(a1, "{\"resource\": \"gpu\"}");
+        assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(a2, HELPER_REPLY_TIMEOUT)), "queued");
+        write_config(a, "a", "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n[Resource]\nName=probe-a\nScope=cluster\n");
+        assert_int_equal(kill(a->pid, SIGHUP), 0);
+        assert_granted(next_final(a2, 10.0));
+        assert_int_equal(jint(resource_row(a1, "gpu"), "capacity"), 2);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -560,6 +576,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_reload_capacity, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
