@@ -85,6 +85,7 @@ typedef struct Contender {
         size_t rlen, rcap;
         char lease_id[80];
         bool releasing;
+        ev_timer gap;                   /* --gap: the pause before the next acquire */
 } Contender;
 
 struct Run {
@@ -110,6 +111,31 @@ static void fail(Contender *c, const char *what, int error, const EtcdResult *r)
 
 static void acquire(Contender *c);
 static void check_line(Contender *c);
+static void agend_acquire(Contender *c);
+
+/* --gap S: each contender waits S after a release before it acquires again, so that
+ * nothing of its previous cycle is still on its way (acquire latency alone). */
+static double arg_gap;
+static bool via_agend;
+
+static void gap_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        Contender *c = container_of(t, Contender, gap);
+        if (c->run->stopping)
+                return;
+        if (via_agend)
+                agend_acquire(c);
+        else
+                acquire(c);
+}
+
+static void next_cycle(Contender *c) {
+        if (c->run->stopping)
+                return;
+        if (arg_gap <= 0)
+                return via_agend ? agend_acquire(c) : acquire(c);
+        ev_timer_init(&c->gap, gap_cb, arg_gap, 0.);
+        ev_timer_start(c->run->loop, &c->gap);
+}
 
 static void released_cb(EtcdClient *cl, int error, const EtcdResult *r, void *userdata) {
         Contender *c = userdata;
@@ -122,8 +148,7 @@ static void released_cb(EtcdClient *cl, int error, const EtcdResult *r, void *us
                 run->cycles++;
                 sample_add(&run->cycle, (double) (usec_now(CLOCK_MONOTONIC) - c->t0));
         }
-        if (!run->stopping)
-                acquire(c);
+        next_cycle(c);
 }
 
 static void held(Contender *c) {
@@ -299,8 +324,7 @@ static void agend_reply(Contender *c, const char *msg) {
                 run->cycles++;
                 sample_add(&run->cycle, (double) (usec_now(CLOCK_MONOTONIC) - c->t0));
         }
-        if (!run->stopping)
-                agend_acquire(c);
+        next_cycle(c);
 }
 
 static void agend_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
@@ -345,6 +369,7 @@ static int agend_connect(Contender *c, const char *path) {
 static void usage(void) {
         printf("agen-etcd-lock --endpoints 'URL...' [--clients N] [--duration S] [--warmup S] [--label L]\n"
                "agen-etcd-lock --agend SOCKET --resource NAME [--clients N] [--duration S] [--warmup S] [--label L]\n"
+               "  [--gap S]: pause S seconds after each release (acquire latency alone)\n"
                "  The etcd lock recipe (lease + txn on create revision + wait for the key ahead),\n"
                "  N contenders on one lock; or the same contenders on a Scope=cluster resource of\n"
                "  agend. Prints one JSON line.\n");
@@ -378,10 +403,10 @@ static int run_agend(const char *socket_path, unsigned clients, double duration,
         usec_t t0 = usec_now(CLOCK_MONOTONIC);
         ev_run(run.loop, 0);
         double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
-        printf("{\"mode\":\"agend-cluster\",\"label\":\"%s\",\"clients\":%u,\"secs\":%.3f,"
+        printf("{\"mode\":\"agend-cluster\",\"label\":\"%s\",\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
                "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
                "\"cycle_p50_us\":%.0f,\"cycle_p99_us\":%.0f,\"errors\":%" PRIu64 ",\"first_error\":\"%s\"}\n",
-               label, clients, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
+               label, clients, arg_gap, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
                pct(&run.acquire, 99), pct(&run.cycle, 50), pct(&run.cycle, 99), run.errors, run.first_error);
         /* Closing the connections releases what they hold (agend deletes the keys). */
         for (unsigned i = 0; i < clients; i++) {
@@ -404,6 +429,7 @@ int main(int argc, char **argv) {
                 { "duration", required_argument, NULL, 'd' },  { "warmup", required_argument, NULL, 'w' },
                 { "label", required_argument, NULL, 'l' },     { "help", no_argument, NULL, 'h' },
                 { "agend", required_argument, NULL, 'a' },     { "resource", required_argument, NULL, 'r' },
+                { "gap", required_argument, NULL, 'g' },
                 {},
         };
         int ch;
@@ -414,7 +440,8 @@ int main(int argc, char **argv) {
                 case 'd': duration = atof(optarg); break;
                 case 'w': warmup = atof(optarg); break;
                 case 'l': label = optarg; break;
-                case 'a': agend = optarg; break;
+                case 'a': agend = optarg; via_agend = true; break;
+                case 'g': arg_gap = atof(optarg); break;
                 case 'r': agend_resource = optarg; break;
                 case 'h': usage(); return 0;
                 default: usage(); return 2;
@@ -458,11 +485,11 @@ int main(int argc, char **argv) {
         ev_run(run.loop, 0);
         double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
 
-        printf("{\"mode\":\"etcd-lock\",\"label\":\"%s\",\"endpoints\":%zu,\"clients\":%u,\"secs\":%.3f,"
+        printf("{\"mode\":\"etcd-lock\",\"label\":\"%s\",\"endpoints\":%zu,\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
                "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
                "\"cycle_p50_us\":%.0f,\"cycle_p99_us\":%.0f,\"waits\":%" PRIu64 ",\"errors\":%" PRIu64
                ",\"first_error\":\"%s\"}\n",
-               label, n_eps, clients, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
+               label, n_eps, clients, arg_gap, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
                pct(&run.acquire, 99), pct(&run.cycle, 50), pct(&run.cycle, 99), run.waits, run.errors,
                run.first_error);
         /* Calls still in flight end during the teardown (cancelled): not errors of the run. */

@@ -181,6 +181,15 @@ run_cluster() {
                                 --duration "$duration" --warmup "$warmup" --label agend-cluster >>"$results" ||
                                 log "agend cluster scope ($c) had errors"
                 done
+                # Acquire latency alone: 10 ms between a release and the next acquire, so
+                # that nothing of the previous cycle (agend answers Release before etcd
+                # has deleted the key) is still on its way.
+                log "cluster scope, 1 contender with a 10 ms gap: etcd lock recipe, then agend"
+                "$lock" --endpoints "$eps" --clients 1 --gap 0.01 --duration "$duration" --warmup "$warmup" \
+                        --label etcd-lock-gap >>"$results" || log "etcd lock recipe (gap) had errors"
+                "$lock" --agend "${sock[agend-cluster]}" --resource bench-cluster --clients 1 --gap 0.01 \
+                        --duration "$duration" --warmup "$warmup" --label agend-cluster-gap >>"$results" ||
+                        log "agend cluster scope (gap) had errors"
                 for c in 1 16; do
                         for cfg in agend-nocluster agend-cluster; do
                                 log "local cycle, $c clients, $cfg"
