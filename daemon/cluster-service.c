@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "cluster-service.h"
 #include "cluster.h"
@@ -220,9 +221,9 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
         if (p) {
                 json_object_object_add(p, "state", json_object_new_string("queued"));
                 json_object_object_add(p, "position", json_object_new_int64(position));
-                /* No ticket keeps a place across a restart of agend: the etcd key goes with
-                 * this agend's etcd lease. The lease id stands in (never presented back). */
-                json_object_object_add(p, "ticket", json_object_new_string(cl->lease.id));
+                /* Presented again after a restart of this agend, it claims the same key,
+                 * with its place in line (cluster_adopt()). */
+                json_object_object_add(p, "ticket", json_object_new_string(cluster_waiter_ticket(w)));
         }
         conn_reply(cl->conn, p, true);
 }
@@ -341,6 +342,46 @@ static const ClusterCallbacks callbacks = {
         .keeper = on_keeper,
 };
 
+/* The etcd lease a stopped agend left for its next start (cluster_stop_keep()). */
+#define KEPT_LEASE_FILE "cluster-lease"
+
+static int kept_lease_path(ClusterService *s, char **ret) {
+        const char *dir = s->manager->opts.state_dir;
+        if (!dir)
+                return -ENOENT;
+        return asprintf(ret, "%s/" KEPT_LEASE_FILE, dir) < 0 ? -ENOMEM : 0;
+}
+
+/* Read once and removed: a lease is adopted by the next start only. */
+static int64_t kept_lease_take(ClusterService *s) {
+        _cleanup_free_ char *path = NULL;
+        if (kept_lease_path(s, &path) < 0)
+                return 0;
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return 0;
+        long long id = 0;
+        if (fscanf(f, "%lld", &id) != 1 || id <= 0)
+                id = 0;
+        fclose(f);
+        (void) unlink(path);
+        return (int64_t) id;
+}
+
+static void kept_lease_save(ClusterService *s, int64_t id) {
+        _cleanup_free_ char *path = NULL, *tmp = NULL;
+        if (kept_lease_path(s, &path) < 0 || asprintf(&tmp, "%s.tmp", path) < 0)
+                return;
+        FILE *f = fopen(tmp, "we");
+        if (!f)
+                return (void) log_warning("cluster: cannot save the etcd lease for the next start: %m");
+        fprintf(f, "%lld\n", (long long) id);
+        if (fclose(f) != 0 || rename(tmp, path) < 0) {
+                log_warning("cluster: cannot save the etcd lease for the next start: %m");
+                (void) unlink(tmp);
+        }
+}
+
 int cluster_service_new(Manager *m, ClusterService **ret) {
         const ClusterConfig *cc = m->config.cluster;
         *ret = NULL;
@@ -366,6 +407,10 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
                 .ca_file = cc->ca_file,
                 .cert_file = cc->cert_file,
                 .key_file = cc->key_file,
+                .adopt_lease = kept_lease_take(s),
+                /* Keys a stopped agend kept for its waiters wait for their tickets as long
+                 * as local leases wait for Reclaim. */
+                .orphan_grace = m->config.reclaim_grace,
         };
         k = cluster_new(m->loop, &o, &callbacks, s, &s->cluster);
         if (k < 0) {
@@ -399,6 +444,14 @@ static void stop_check(struct ev_loop *loop, ev_prepare *p, int revents) {
 ClusterService *cluster_service_free(ClusterService *s) {
         if (!s)
                 return NULL;
+        /* A waiter still queued keeps its place for a restart: its key stays in etcd with
+         * this agend's etcd lease, which the next start adopts; the waiter's client presents
+         * its ticket again (as for a local resource). Holders' keys go now. Without queued
+         * waiters the etcd lease is revoked, so other hosts go on at once. */
+        bool keep = false;
+        LIST_FOREACH(all, cl, s->leases)
+                if (!cl->granted && cl->waiter && cluster_waiter_state(cl->waiter) == CLUSTER_WAITER_QUEUED)
+                        keep = true;
         while (s->leases) {
                 ClusterLease *cl = s->leases;
                 if (cl->conn)
@@ -415,7 +468,18 @@ ClusterService *cluster_service_free(ClusterService *s) {
          * serves anything here, so waiting on it for etcd's answer is all it does. */
         int done = 0;
         struct ev_loop *loop = s->manager->loop;
-        if (cluster_stop(s->cluster, stopped, &done) == 0) {
+        int k;
+        if (keep) {
+                int64_t id = 0;
+                k = cluster_stop_keep(s->cluster, stopped, &done, &id);
+                if (k >= 0) {
+                        kept_lease_save(s, id);
+                        log_info("cluster: etcd lease %llx kept for the next start (queued waiters keep "
+                                 "their place)", (long long) id);
+                }
+        } else
+                k = cluster_stop(s->cluster, stopped, &done);
+        if (k == 0) {
                 ev_timer t;
                 ev_prepare p;
                 ev_timer_init(&t, stop_guard, 5., 0.);
@@ -530,7 +594,11 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                 .description = ap->description,
                 .userdata = cl,
         };
-        int k = cluster_acquire(s->cluster, &a, &cl->waiter);
+        int k = -ENOENT;
+        if (ap->ticket)
+                k = cluster_adopt(s->cluster, &a, ap->ticket, &cl->waiter);
+        if (k == -ENOENT)
+                k = cluster_acquire(s->cluster, &a, &cl->waiter);
         if (k < 0) {
                 lease_free(cl);
                 if (k == -EINVAL)
@@ -749,21 +817,21 @@ void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release) {
                 if (cl->pending)
                         acquire_done(cl);
                 cl->conn = NULL;
-                if (cl->granted && cl->lease.detached && release) {
+                if (!release) {
+                        /* Shutdown: cluster_service_free() decides what goes (a restart
+                         * keeps queued keys for their tickets, deletes the rest). */
+                        holder_unlink(cl);
+                        continue;
+                }
+                if (cl->granted && cl->lease.detached) {
                         /* It outlives its connection: it ends by its TTL, a Release with
                          * the secret, or the end of this agend's etcd lease. */
                         holder_unlink(cl);
                         continue;
                 }
-                if (cl->granted) {
-                        if (release)
-                                lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);
-                        else {
-                                holder_unlink(cl);
-                                cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
-                                lease_free(cl);
-                        }
-                } else {
+                if (cl->granted)
+                        lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);
+                else {
                         cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
                         lease_free(cl);
                 }

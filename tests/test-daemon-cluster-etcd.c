@@ -6,7 +6,8 @@
  *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
  *   waiters (node, owner, description) and this host's cluster leases;
  * - ttl (renewed) and detached leases on a cluster resource; a reload that raises the
- *   capacity grants the waiter that fits; Check answers from etcd; Release and a closed connection hand on;
+ *   capacity grants the waiter that fits; a waiter keeps its place across a restart of
+ *   its agend (ticket); Check answers from etcd; Release and a closed connection hand on;
  * - clients on three hosts cycling through a counted resource: the history checker
  *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
  *   strictly increasing;
@@ -51,17 +52,9 @@ static void write_config(const Agend *a, const char *node, const char *resources
         fclose(f);
 }
 
-/* Starts an agend as host node and waits until it grants cluster resources (its etcd
- * lease granted, the prefix read): a try-once Acquire of "probe" succeeds. */
-static Agend *host(const char *node, const char *resources) {
-        Agend *a;
-        assert_int_equal(agend_new(&a), 0);
-        char text[1024];
-        snprintf(text, sizeof(text), "%s[Resource]\nName=probe-%s\nScope=cluster\n", resources, node);
-        write_config(a, node, text);
-        assert_int_equal(agend_start(a), 0);
-        if (n_hosts < ELEMENTSOF(hosts))
-                hosts[n_hosts++] = a;
+/* Waits until a grants cluster resources (its etcd lease granted, the prefix read): a
+ * try-once Acquire of "probe-NODE" succeeds. */
+static void wait_cluster_ready(Agend *a, const char *node) {
         VConn *c = OPEN(a);
         double until = helper_now() + READY_GUARD;
         for (;;) {
@@ -73,6 +66,20 @@ static Agend *host(const char *node, const char *resources) {
                 helper_sleep(0.05);
         }
         vconn_close(c);
+}
+
+/* Starts an agend as host node and waits until it grants cluster resources (its etcd
+ * lease granted, the prefix read): a try-once Acquire of "probe" succeeds. */
+static Agend *host(const char *node, const char *resources) {
+        Agend *a;
+        assert_int_equal(agend_new(&a), 0);
+        char text[1024];
+        snprintf(text, sizeof(text), "%s[Resource]\nName=probe-%s\nScope=cluster\n", resources, node);
+        write_config(a, node, text);
+        assert_int_equal(agend_start(a), 0);
+        if (n_hosts < ELEMENTSOF(hosts))
+                hosts[n_hosts++] = a;
+        wait_cluster_ready(a, node);
         return a;
 }
 
@@ -441,6 +448,59 @@ static void test_reload_capacity(void **state) {
         assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
 }
 
+/* An agend restarted (SIGTERM, start) while its clients wait on a cluster resource: its etcd
+ * lease and the queued keys stay, the restarted agend adopts them, and a waiter that
+ * presents its ticket again keeps its place ahead of a later waiter on another host; a key
+ * whose ticket does not come back goes after the grace period. */
+static void test_waiter_keeps_place_across_restart(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        ttl = 10;
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *b1 = OPEN(b), *a1 = OPEN(a), *a1b = OPEN(a), *b2 = OPEN(b), *bl = OPEN(b);
+        char id1[80], ticket[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(GRANT_LEASE(b1, "{\"resource\": \"gpu\"}"), "id"));
+        assert_int_equal(vconn_send(a1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        json_object *q = RECV(a1, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        snprintf(ticket, sizeof(ticket), "%s", jstr(reply_params(q), "ticket"));
+        assert_int_equal(vconn_send(a1b, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(a1b, HELPER_REPLY_TIMEOUT)), "queued");
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        q = RECV(b2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 3);
+
+        int st;
+        assert_int_equal(agend_stop(a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        snprintf(a->grace, sizeof(a->grace), "1");
+        assert_int_equal(agend_start(a), 0);
+        wait_cluster_ready(a, "a");
+
+        /* The ticket claims the first place again. */
+        VConn *a2 = OPEN(a);
+        assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"ticket\": \"%s\"}",
+                                    ticket),
+                         0);
+        q = RECV(a2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 1);
+        /* The unclaimed key goes after the grace period: two waiters left. */
+        double until = helper_now() + 15.0;
+        while (json_object_array_length(jget(CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "waiters")) != 2 &&
+               helper_now() < until)
+                helper_sleep(0.05);
+        assert_int_equal(json_object_array_length(jget(CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "waiters")),
+                         2);
+
+        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\"}", id1);
+        json_object *l2 = jget(assert_granted(next_final(a2, 10.0)), "lease");
+        CALL_OK(a2, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l2, "id"));
+        json_object *l3 = jget(assert_granted(next_final(b2, 10.0)), "lease");
+        assert_true(token_of(l2) < token_of(l3));
+        vconn_close(b2);
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -577,6 +637,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reload_capacity, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
