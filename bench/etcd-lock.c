@@ -17,7 +17,10 @@
  * With --agend SOCKET --resource NAME the same N contenders cycle through agend instead
  * (mode "agend-cluster"): each is one varlink connection, Acquire{resource} → granted,
  * Release{id} → reply, on a Scope=cluster resource of that agend. Same loop, same clocks,
- * same output, so the two lines of one run compare the recipe with agend on it. */
+ * same output, so the two lines of one run compare the recipe with agend on it.
+ *
+ * --gap S pauses each contender S seconds between a release and its next acquire, so that
+ * the acquire is measured alone (nothing of the previous cycle still on its way). */
 
 #include <errno.h>
 #include <getopt.h>
