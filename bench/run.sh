@@ -153,7 +153,7 @@ stop_one() {            # stop_one NAME
         pids=("${pids[@]/#$p/}")
 }
 run_cluster() {
-        local lock=$build/bench/agen-etcd-lock eps c r cfg ok
+        local lock=$build/bench/agen-etcd-lock eps c r cfg ok order
         [[ -x $lock ]] || { log "agen-etcd-lock was not built: no cluster runs"; return 0; }
         ((have_etcd)) || { log "no etcd: no cluster runs"; return 0; }
         etcd_cluster_dir=$tmp/etcd-cluster
@@ -190,8 +190,12 @@ run_cluster() {
                 "$lock" --agend "${sock[agend-cluster]}" --resource bench-cluster --clients 1 --gap 0.01 \
                         --duration "$duration" --warmup "$warmup" --label agend-cluster-gap >>"$results" ||
                         log "agend cluster scope (gap) had errors"
+                # Which agend goes first alternates by round, so that an order effect (the
+                # VM's load drifting within a round) does not always favour the same one.
+                order=(agend-nocluster agend-cluster)
+                ((r % 2 == 0)) && order=(agend-cluster agend-nocluster)
                 for c in 1 16; do
-                        for cfg in agend-nocluster agend-cluster; do
+                        for cfg in "${order[@]}"; do
                                 log "local cycle, $c clients, $cfg"
                                 "$bench" cycle --target agend --socket "${sock[$cfg]}" --clients "$c" \
                                         --duration "$duration" --warmup "$warmup" --server-pid "${pid[$cfg]}" \
