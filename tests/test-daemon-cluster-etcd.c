@@ -436,18 +436,24 @@ static void test_ttl_and_detached(void **state) {
 }
 
 /* A reload (SIGHUP) that raises a cluster resource's capacity grants the waiter that fits
- * now; Resources shows the new capacity. */
+ * now; Resources shows the new capacity; a changed [Cluster] section is logged as waiting
+ * for the next start. */
 static void test_reload_capacity(void **state) {
         Agend *a = host("a", "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n");
         VConn *a1 = OPEN(a), *a2 = OPEN(a);
         GRANT_LEASE(a1, "{\"resource\": \"gpu\"}");
         assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
         assert_string_equal(reply_state(RECV(a2, HELPER_REPLY_TIMEOUT)), "queued");
+        ttl = TTL + 1;  /* a changed [Cluster] section: said, applied at the next start */
         write_config(a, "a", "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n[Resource]\nName=probe-a\nScope=cluster\n");
         assert_int_equal(kill(a->pid, SIGHUP), 0);
         assert_granted(next_final(a2, 10.0));
         assert_int_equal(jint(resource_row(a1, "gpu"), "capacity"), 2);
         assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
+        char *log = agend_read_log(a);
+        assert_non_null(log);
+        assert_non_null(strstr(log, "[Cluster] changed in the configuration; it takes effect at the next start"));
+        free(log);
 }
 
 /* An agend restarted (SIGTERM, start) while its clients wait on a cluster resource: its etcd
