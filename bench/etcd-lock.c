@@ -12,15 +12,27 @@
  *      range again;
  *   4. release: delete my key.
  * N contenders run on one loop, each cycling acquire → release → acquire on one lock.
- * Prints one JSON line: cycles/s, acquire and cycle latency percentiles. */
+ * Prints one JSON line: cycles/s, acquire and cycle latency percentiles.
+ *
+ * With --agend SOCKET --resource NAME the same N contenders cycle through agend instead
+ * (mode "agend-cluster"): each is one varlink connection, Acquire{resource} → granted,
+ * Release{id} → reply, on a Scope=cluster resource of that agend. Same loop, same clocks,
+ * same output, so the two lines of one run compare the recipe with agend on it.
+ *
+ * --gap S pauses each contender S seconds between a release and its next acquire, so that
+ * the acquire is measured alone (nothing of the previous cycle still on its way). */
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <json-c/json.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "etcd-client.h"
@@ -69,6 +81,14 @@ typedef struct Contender {
         char waiting_for[128];
         usec_t t0, t_acq;
         bool holding;
+        /* --agend: one varlink connection */
+        int fd;
+        ev_io io;
+        char *rbuf;
+        size_t rlen, rcap;
+        char lease_id[80];
+        bool releasing;
+        ev_timer gap;                   /* --gap: the pause before the next acquire */
 } Contender;
 
 struct Run {
@@ -94,6 +114,31 @@ static void fail(Contender *c, const char *what, int error, const EtcdResult *r)
 
 static void acquire(Contender *c);
 static void check_line(Contender *c);
+static void agend_acquire(Contender *c);
+
+/* --gap S: each contender waits S after a release before it acquires again, so that
+ * nothing of its previous cycle is still on its way (acquire latency alone). */
+static double arg_gap;
+static bool via_agend;
+
+static void gap_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        Contender *c = container_of(t, Contender, gap);
+        if (c->run->stopping)
+                return;
+        if (via_agend)
+                agend_acquire(c);
+        else
+                acquire(c);
+}
+
+static void next_cycle(Contender *c) {
+        if (c->run->stopping)
+                return;
+        if (arg_gap <= 0)
+                return via_agend ? agend_acquire(c) : acquire(c);
+        ev_timer_init(&c->gap, gap_cb, arg_gap, 0.);
+        ev_timer_start(c->run->loop, &c->gap);
+}
 
 static void released_cb(EtcdClient *cl, int error, const EtcdResult *r, void *userdata) {
         Contender *c = userdata;
@@ -106,8 +151,7 @@ static void released_cb(EtcdClient *cl, int error, const EtcdResult *r, void *us
                 run->cycles++;
                 sample_add(&run->cycle, (double) (usec_now(CLOCK_MONOTONIC) - c->t0));
         }
-        if (!run->stopping)
-                acquire(c);
+        next_cycle(c);
 }
 
 static void held(Contender *c) {
@@ -225,20 +269,170 @@ static void phase_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         ev_break(loop, EVBREAK_ALL);
 }
 
+
+/* ---- the same contenders through agend (--agend) ---- */
+
+__attribute__((format(printf, 2, 3))) static void agend_send(Contender *c, const char *fmt, ...) {
+        char buf[512];
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        if (n < 0 || (size_t) n >= sizeof(buf) || write(c->fd, buf, (size_t) n + 1) != n + 1) {
+                /* A short write on a fresh unix socket with one call in flight: not expected. */
+                fail(c, "write", -errno ?: -EIO, NULL);
+                c->run->stopping = true;
+        }
+}
+
+static const char *agend_resource;
+
+static void agend_acquire(Contender *c) {
+        c->t0 = usec_now(CLOCK_MONOTONIC);
+        c->releasing = false;
+        agend_send(c, "{\"method\":\"io.agend.Lease.Acquire\",\"parameters\":{\"resource\":\"%s\"}}",
+                   agend_resource);
+}
+
+static void agend_reply(Contender *c, const char *msg) {
+        Run *run = c->run;
+        struct json_object *j = json_tokener_parse(msg), *p = NULL, *e = NULL, *l = NULL, *id = NULL;
+        if (!j || json_object_object_get_ex(j, "error", &e)) {
+                EtcdResult r = { .message = (char *) (e ? json_object_get_string(e) : "bad reply") };
+                fail(c, c->releasing ? "release" : "acquire", -EPROTO, &r);
+                json_object_put(j);
+                if (!run->stopping)
+                        agend_acquire(c);
+                return;
+        }
+        if (!c->releasing) {
+                if (!json_object_object_get_ex(j, "parameters", &p) || !json_object_object_get_ex(p, "lease", &l) ||
+                    !json_object_object_get_ex(l, "id", &id)) {
+                        fail(c, "acquire", -EPROTO, NULL);
+                        json_object_put(j);
+                        return;
+                }
+                snprintf(c->lease_id, sizeof(c->lease_id), "%s", json_object_get_string(id));
+                json_object_put(j);
+                c->t_acq = usec_now(CLOCK_MONOTONIC);
+                if (run->measuring)
+                        sample_add(&run->acquire, (double) (c->t_acq - c->t0));
+                c->releasing = true;
+                agend_send(c, "{\"method\":\"io.agend.Lease.Release\",\"parameters\":{\"id\":\"%s\"}}",
+                           c->lease_id);
+                return;
+        }
+        json_object_put(j);
+        if (run->measuring) {
+                run->cycles++;
+                sample_add(&run->cycle, (double) (usec_now(CLOCK_MONOTONIC) - c->t0));
+        }
+        next_cycle(c);
+}
+
+static void agend_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+        Contender *c = container_of(w, Contender, io);
+        if (c->rcap - c->rlen < 4096) {
+                c->rcap = c->rcap * 2 + 8192;
+                c->rbuf = realloc(c->rbuf, c->rcap);
+                if (!c->rbuf)
+                        abort();
+        }
+        ssize_t n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+        if (n <= 0) {
+                if (n < 0 && errno == EAGAIN)
+                        return;
+                fail(c, "connection", n < 0 ? -errno : -EPIPE, NULL);
+                ev_io_stop(loop, w);
+                return;
+        }
+        c->rlen += (size_t) n;
+        char *start = c->rbuf, *nul;
+        while ((nul = memchr(start, 0, c->rlen - (size_t) (start - c->rbuf)))) {
+                agend_reply(c, start);
+                start = nul + 1;
+        }
+        c->rlen -= (size_t) (start - c->rbuf);
+        memmove(c->rbuf, start, c->rlen);
+}
+
+static int agend_connect(Contender *c, const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (c->fd < 0 || connect(c->fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return -errno;
+        ev_io_init(&c->io, agend_io_cb, c->fd, EV_READ);
+        ev_io_start(c->run->loop, &c->io);
+        return 0;
+}
+
 static void usage(void) {
         printf("agen-etcd-lock --endpoints 'URL...' [--clients N] [--duration S] [--warmup S] [--label L]\n"
+               "agen-etcd-lock --agend SOCKET --resource NAME [--clients N] [--duration S] [--warmup S] [--label L]\n"
+               "  [--gap S]: pause S seconds after each release (acquire latency alone)\n"
                "  The etcd lock recipe (lease + txn on create revision + wait for the key ahead),\n"
-               "  N contenders on one lock; prints one JSON line.\n");
+               "  N contenders on one lock; or the same contenders on a Scope=cluster resource of\n"
+               "  agend. Prints one JSON line.\n");
+}
+
+static int run_agend(const char *socket_path, unsigned clients, double duration, double warmup, const char *label) {
+        if (!agend_resource || clients < 1 || clients > 1024 || duration <= 0) {
+                usage();
+                return 2;
+        }
+        Run run = { .loop = ev_default_loop(0), .n = clients };
+        run.c = calloc(clients, sizeof(Contender));
+        if (!run.c)
+                return 1;
+        for (unsigned i = 0; i < clients; i++) {
+                Contender *c = &run.c[i];
+                c->run = &run;
+                c->idx = i;
+                int k = agend_connect(c, socket_path);
+                if (k < 0) {
+                        fprintf(stderr, "agen-etcd-lock: cannot connect to %s: %s\n", socket_path, strerror(-k));
+                        return 1;
+                }
+        }
+        for (unsigned i = 0; i < clients; i++)
+                agend_acquire(&run.c[i]);
+        ev_timer phase;
+        ev_timer_init(&phase, phase_cb, warmup, duration);
+        phase.data = &run;
+        ev_timer_start(run.loop, &phase);
+        usec_t t0 = usec_now(CLOCK_MONOTONIC);
+        ev_run(run.loop, 0);
+        double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
+        printf("{\"mode\":\"agend-cluster\",\"label\":\"%s\",\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
+               "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
+               "\"cycle_p50_us\":%.0f,\"cycle_p99_us\":%.0f,\"errors\":%" PRIu64 ",\"first_error\":\"%s\"}\n",
+               label, clients, arg_gap, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
+               pct(&run.acquire, 99), pct(&run.cycle, 50), pct(&run.cycle, 99), run.errors, run.first_error);
+        /* Closing the connections releases what they hold (agend deletes the keys). */
+        for (unsigned i = 0; i < clients; i++) {
+                ev_io_stop(run.loop, &run.c[i].io);
+                close(run.c[i].fd);
+                free(run.c[i].rbuf);
+        }
+        free(run.c);
+        free(run.acquire.v);
+        free(run.cycle.v);
+        return run.errors > 0 ? 1 : 0;
 }
 
 int main(int argc, char **argv) {
-        const char *endpoints = NULL, *label = "etcd-lock";
+        const char *endpoints = NULL, *label = NULL, *agend = NULL;
         unsigned clients = 1;
         double duration = 5, warmup = 1;
         static const struct option opts[] = {
                 { "endpoints", required_argument, NULL, 'e' }, { "clients", required_argument, NULL, 'c' },
                 { "duration", required_argument, NULL, 'd' },  { "warmup", required_argument, NULL, 'w' },
                 { "label", required_argument, NULL, 'l' },     { "help", no_argument, NULL, 'h' },
+                { "agend", required_argument, NULL, 'a' },     { "resource", required_argument, NULL, 'r' },
+                { "gap", required_argument, NULL, 'g' },
                 {},
         };
         int ch;
@@ -249,9 +443,16 @@ int main(int argc, char **argv) {
                 case 'd': duration = atof(optarg); break;
                 case 'w': warmup = atof(optarg); break;
                 case 'l': label = optarg; break;
+                case 'a': agend = optarg; via_agend = true; break;
+                case 'g': arg_gap = atof(optarg); break;
+                case 'r': agend_resource = optarg; break;
                 case 'h': usage(); return 0;
                 default: usage(); return 2;
                 }
+        if (agend)
+                return run_agend(agend, clients, duration, warmup, label ?: "agend-cluster");
+        if (!label)
+                label = "etcd-lock";
         if (!endpoints || clients < 1 || clients > 1024 || duration <= 0) {
                 usage();
                 return 2;
@@ -287,11 +488,11 @@ int main(int argc, char **argv) {
         ev_run(run.loop, 0);
         double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
 
-        printf("{\"mode\":\"etcd-lock\",\"label\":\"%s\",\"endpoints\":%zu,\"clients\":%u,\"secs\":%.3f,"
+        printf("{\"mode\":\"etcd-lock\",\"label\":\"%s\",\"endpoints\":%zu,\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
                "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
                "\"cycle_p50_us\":%.0f,\"cycle_p99_us\":%.0f,\"waits\":%" PRIu64 ",\"errors\":%" PRIu64
                ",\"first_error\":\"%s\"}\n",
-               label, n_eps, clients, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
+               label, n_eps, clients, arg_gap, secs, run.cycles, (double) run.cycles / secs, pct(&run.acquire, 50),
                pct(&run.acquire, 99), pct(&run.cycle, 50), pct(&run.cycle, 99), run.waits, run.errors,
                run.first_error);
         /* Calls still in flight end during the teardown (cancelled): not errors of the run. */

@@ -9,8 +9,9 @@
 #
 # Options: --out DIR (results; default a new temp dir), --build DIR (default build-bench),
 # --agend BINARY (instead of the one built), --duration S (measured seconds per point, 5),
-# --rounds N (1), --no-scale, --no-perf, --no-install, --no-cluster (skip the etcd lock recipe on
-# a 3-member cluster), --cluster-only (only that).
+# --rounds N (1), --no-scale, --no-perf, --no-install, --no-cluster (skip the cluster-scope block:
+# agend's Scope=cluster cycles and the etcd lock recipe on a 3-member cluster, and local cycles
+# with and without a [Cluster] section), --cluster-only (only that block).
 #
 # Installs redis-server, etcd-server and gnuplot from Debian if missing. Every process it
 # starts listens on a Unix socket in a temp dir or on 127.0.0.1, and is stopped by its pid
@@ -139,27 +140,81 @@ start_etcd() {          # start_etcd NAME
         cat "$tmp/$name/log" >&2; exit 1
 }
 
-# ---- cluster scope: the plain etcd lock recipe on a 3-member cluster (issue 16) ----
-# bench/etcd-lock.c: lease + txn on create revision + wait for the key ahead, N contenders
-# on one lock, on agend's own etcd client. agend's cluster-scope cycles join this block
-# once the engine serves Scope=cluster.
+# ---- cluster scope (issue 16): agend's Scope=cluster cycles against the plain etcd lock
+# recipe, on one 3-member cluster, point by point back to back ----
+# bench/etcd-lock.c: the recipe (lease + txn on create revision + wait for the key ahead),
+# N contenders on one lock; with --agend the same N contenders cycle on a Scope=cluster
+# resource of an agend whose [Cluster] points at the same etcd. Then the local cycle of an
+# agend with a [Cluster] section against one without (local resources must lose nothing).
+stop_one() {            # stop_one NAME
+        local p=${pid[$1]}
+        kill -TERM "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+        pids=("${pids[@]/#$p/}")
+}
 run_cluster() {
-        local lock=$build/bench/agen-etcd-lock eps c
+        local lock=$build/bench/agen-etcd-lock eps c r cfg ok order
         [[ -x $lock ]] || { log "agen-etcd-lock was not built: no cluster runs"; return 0; }
         ((have_etcd)) || { log "no etcd: no cluster runs"; return 0; }
         etcd_cluster_dir=$tmp/etcd-cluster
         eps=$(tests/etcd-cluster.sh start "$etcd_cluster_dir" 3 1800)
-        for c in 1 4 16; do
-                log "etcd lock recipe, $c contenders"
-                "$lock" --endpoints "$eps" --clients "$c" --duration "$duration" --warmup "$warmup" \
-                        --label etcd-lock >>"$results" || log "etcd lock recipe ($c) had errors"
+        mkdir -p "$tmp/agend-cluster" "$tmp/agend-nocluster"
+        printf '[Cluster]\nEndpoints=%s\nNode=bench-a\n\n[Resource]\nName=bench-cluster\nCapacity=1\nScope=cluster\n' \
+                "$eps" >"$tmp/agend-cluster/agend.conf"
+        : >"$tmp/agend-nocluster/agend.conf"
+        start_agend agend-cluster --config "$tmp/agend-cluster/agend.conf"
+        start_agend agend-nocluster --config "$tmp/agend-nocluster/agend.conf"
+        # Ready for cluster scope once it holds its etcd lease and has read the prefix.
+        ok=0
+        for _ in $(seq 100); do
+                "$lock" --agend "${sock[agend-cluster]}" --resource bench-cluster --duration 0.2 --warmup 0 \
+                        >/dev/null 2>&1 && { ok=1; break; }
+                sleep 0.2
         done
+        ((ok)) || log "agend-cluster never served its cluster resource"
+        for ((r = 1; r <= rounds; r++)); do
+                for c in 1 4 16; do
+                        log "cluster scope, $c contenders: etcd lock recipe, then agend"
+                        "$lock" --endpoints "$eps" --clients "$c" --duration "$duration" --warmup "$warmup" \
+                                --label etcd-lock >>"$results" || log "etcd lock recipe ($c) had errors"
+                        "$lock" --agend "${sock[agend-cluster]}" --resource bench-cluster --clients "$c" \
+                                --duration "$duration" --warmup "$warmup" --label agend-cluster >>"$results" ||
+                                log "agend cluster scope ($c) had errors"
+                done
+                # Acquire latency alone: 10 ms between a release and the next acquire, so
+                # that nothing of the previous cycle (agend answers Release before etcd
+                # has deleted the key) is still on its way.
+                log "cluster scope, 1 contender with a 10 ms gap: etcd lock recipe, then agend"
+                "$lock" --endpoints "$eps" --clients 1 --gap 0.01 --duration "$duration" --warmup "$warmup" \
+                        --label etcd-lock-gap >>"$results" || log "etcd lock recipe (gap) had errors"
+                "$lock" --agend "${sock[agend-cluster]}" --resource bench-cluster --clients 1 --gap 0.01 \
+                        --duration "$duration" --warmup "$warmup" --label agend-cluster-gap >>"$results" ||
+                        log "agend cluster scope (gap) had errors"
+                # Which agend goes first alternates by round, so that an order effect (the
+                # VM's load drifting within a round) does not always favour the same one.
+                order=(agend-nocluster agend-cluster)
+                ((r % 2 == 0)) && order=(agend-cluster agend-nocluster)
+                for c in 1 16; do
+                        for cfg in "${order[@]}"; do
+                                log "local cycle, $c clients, $cfg"
+                                "$bench" cycle --target agend --socket "${sock[$cfg]}" --clients "$c" \
+                                        --duration "$duration" --warmup "$warmup" --server-pid "${pid[$cfg]}" \
+                                        --label "local-$cfg" --prefix "l$r" >>"$results" ||
+                                        log "local cycle $cfg c=$c had errors"
+                        done
+                done
+        done
+        stop_one agend-cluster
+        stop_one agend-nocluster
         tests/etcd-cluster.sh stop "$etcd_cluster_dir"
         etcd_cluster_dir=
 }
+cluster_lines() {
+        grep -h '"mode":"\(etcd-lock\|agend-cluster\)"\|"label":"local-agend-' "$results"
+}
 if ((cluster_only)); then
         run_cluster
-        grep -h '"mode":"etcd-lock"' "$results"
+        cluster_lines
         log "results in $out"
         exit 0
 fi
@@ -303,7 +358,7 @@ done <"$results"
         done
         echo
         grep -h '"kind":"\(floor\|contention\|scale_leases\|scale_conns\|cleanup\)"' "$results" | sed 's/^/    /'
-        grep -h '"mode":"etcd-lock"' "$results" | sed 's/^/    /' || true
+        cluster_lines | sed 's/^/    /' || true
 } >"$out/summary.md"
 
 if command -v gnuplot >/dev/null; then

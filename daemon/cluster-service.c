@@ -1,22 +1,32 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "cluster-service.h"
 #include "cluster.h"
+#include "hashmap.h"
 #include "list.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
 #include "string-table.h"
 
+/* The Resource a cluster lease points to: its name, and the holder's node for the wire's
+ * Lease.node (cluster_lease_node()). */
+typedef struct StandIn {
+        Resource res;                   /* name and .cluster only */
+        char *node;
+} StandIn;
+
 struct ClusterLease {
         Lease lease;                    /* what lease_to_json() and the events read */
-        Resource res;                   /* its name only */
+        StandIn res;
         ClusterService *service;
         ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
         Conn *conn;                     /* the holder's connection, NULL once it went */
@@ -24,6 +34,7 @@ struct ClusterLease {
         bool pending;                   /* the Acquire call waits for it */
         bool try_once;
         ev_timer timeout;
+        ev_timer expiry;                /* the TTL, from the grant or the last Renew */
         LIST_FIELDS(ClusterLease, all);
 };
 
@@ -38,23 +49,120 @@ struct ClusterService {
         Manager *manager;
         Cluster *cluster;
         ClusterLease *leases;
+        Hashmap scoped;                 /* names of the Scope=cluster resources (borrowed from
+                                         * the manager's config): every Acquire asks */
+        Hashmap granted;                /* lease id → granted ClusterLease: Release, Renew,
+                                         * Watch and Revoke look every id up here first */
         PendingCheck *checks;
         EtcdLeaseState keeper_state;
+        char *settings;                 /* the [Cluster] section it started with, as text */
 };
+
+/* The [Cluster] section as one string, to tell a reload that changed it. */
+static char *settings_text(const ClusterConfig *cc) {
+        if (!cc)
+                return strdup("");
+        char *eps = NULL, *r = NULL;
+        size_t n = 0;
+        FILE *f = open_memstream(&eps, &n);
+        if (!f)
+                return NULL;
+        for (size_t i = 0; i < cc->n_endpoints; i++)
+                fprintf(f, "%s ", cc->endpoints[i]);
+        if (fclose(f) != 0) {
+                free(eps);
+                return NULL;
+        }
+        if (asprintf(&r, "%s|%s|%s|%" PRIu64 "|%s|%s|%s", eps, strempty(cc->prefix), strempty(cc->node),
+                     (uint64_t) cc->lease_ttl, strempty(cc->ca_file), strempty(cc->cert_file),
+                     strempty(cc->key_file)) < 0)
+                r = NULL;
+        free(eps);
+        return r;
+}
+
+const char *cluster_lease_node(const Lease *l) {
+        if (!l || !l->resource || !l->resource->cluster)
+                return NULL;
+        return container_of(l->resource, StandIn, res)->node;
+}
+
+static OwnerRecord owner_record(const Owner *o) {
+        return (OwnerRecord) { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = o->comm, .unit = o->unit };
+}
+
+/* This host's cluster leases go in the history like local ones (the same journal, written
+ * with the loop's batch); other hosts' leases are in their own agend's history. */
+static void journal(ClusterService *s, const Event *ev) {
+        OwnerRecord o, by;
+        if (ev->owner)
+                o = owner_record(ev->owner);
+        if (ev->revoked_by)
+                by = owner_record(ev->revoked_by);
+        EventRecord r = {
+                .type = event_type_to_string(ev->type),
+                .time = ev->time,
+                .resource = ev->resource,
+                .lease = ev->lease,
+                .token = ev->token,
+                .owner = ev->owner ? &o : NULL,
+                .units = ev->units,
+                .reason = ev->reason,
+                .revoked_by = ev->revoked_by ? &by : NULL,
+        };
+        Store *st = s->manager->store;
+        if (st && st->ops->event_append)
+                (void) st->ops->event_append(st, &r);
+}
 
 static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *reason, const Owner *by) {
         Event ev = {
                 .type = t,
                 .time = usec_now(CLOCK_REALTIME),
-                .resource = cl->res.name,
+                .resource = cl->res.res.name,
                 .lease = cl->lease.id,
                 .token = cl->lease.token,
                 .owner = &cl->lease.owner,
                 .units = cl->lease.units,
                 .reason = reason,
                 .revoked_by = by,
+                .node = cl->res.node,
         };
+        journal(s, &ev);
         methods_engine_callbacks.event(NULL, &ev, &cl->lease, s->manager);
+}
+
+/* The id another host's lease has here: the random part of its key. Opaque, and no
+ * method of this agend accepts it (it is not a lease of this agend). */
+static void remote_id(const char *key, char *buf, size_t size) {
+        const char *colon = strrchr(key, ':');
+        snprintf(buf, size, "%s", colon ? colon + 1 : key);
+}
+
+/* Another host's key queued, holds or went: said on Watch(resource) and Watch(), not
+ * journalled (that host's agend journals its own leases). */
+static void on_remote(Cluster *cluster, const ClusterEntry *e, ClusterRemoteEvent what, void *userdata) {
+        ClusterService *s = userdata;
+        if (what == CLUSTER_REMOTE_ENDED && !e->holds)
+                return;         /* a waiter that went: the local engine says nothing of those either */
+        char id[LEASE_ID_LEN + 1];
+        remote_id(e->key, id, sizeof(id));
+        Owner o = { .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = (char *) e->comm };
+        Event ev = {
+                .type = what == CLUSTER_REMOTE_QUEUED    ? EVENT_QUEUED
+                        : what == CLUSTER_REMOTE_GRANTED ? EVENT_GRANTED
+                                                         : EVENT_RELEASED,
+                .time = usec_now(CLOCK_REALTIME),
+                .resource = e->resource,
+                .lease = what == CLUSTER_REMOTE_QUEUED ? NULL : id,
+                .token = e->holds ? (uint64_t) e->create_revision : 0,
+                .owner = &o,
+                .units = e->units,
+                .reason = what == CLUSTER_REMOTE_ENDED ? "its key was deleted in etcd" : NULL,
+                .node = e->node,
+                .remote = true,
+        };
+        methods_engine_callbacks.event(NULL, &ev, NULL, s->manager);
 }
 
 static void lease_free(ClusterLease *cl) {
@@ -62,10 +170,14 @@ static void lease_free(ClusterLease *cl) {
                 return;
         ClusterService *s = cl->service;
         ev_timer_stop(s->manager->loop, &cl->timeout);
+        ev_timer_stop(s->manager->loop, &cl->expiry);
+        if (cl->granted)
+                (void) hashmap_remove(&s->granted, cl->lease.id);
         LIST_REMOVE(all, s->leases, cl);
         owner_done(&cl->lease.owner);
         free(cl->lease.description);
-        free(cl->res.name);
+        free(cl->res.res.name);
+        free(cl->res.node);
         free(cl);
 }
 
@@ -99,7 +211,7 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
                 Conn *c = cl->conn;
                 cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
                 acquire_done(cl);
-                conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource", cl->res.name);
+                conn_error_reason(c, "io.agend.Lease.Timeout", "the resource is busy", "resource", cl->res.res.name);
                 lease_free(cl);
                 return;
         }
@@ -109,16 +221,45 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
         if (p) {
                 json_object_object_add(p, "state", json_object_new_string("queued"));
                 json_object_object_add(p, "position", json_object_new_int64(position));
-                /* No ticket keeps a place across a restart of agend: the etcd key goes with
-                 * this agend's etcd lease. The lease id stands in (never presented back). */
-                json_object_object_add(p, "ticket", json_object_new_string(cl->lease.id));
+                /* Presented again after a restart of this agend, it claims the same key,
+                 * with its place in line (cluster_adopt()). */
+                json_object_object_add(p, "ticket", json_object_new_string(cluster_waiter_ticket(w)));
         }
         conn_reply(cl->conn, p, true);
 }
 
+static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const char *reason, const Owner *by);
+
+/* The TTL runs on this agend's monotonic clock, from the grant or the last Renew; when it
+ * passes, the key is deleted like at a Release and the lease ends "expired". The etcd
+ * lease is what guards against this agend dying; the TTL is the holder's own bound. */
+static void expiry_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        ClusterLease *cl = container_of(t, ClusterLease, expiry);
+        lease_end(cl->service, cl, EVENT_EXPIRED, "the TTL passed", NULL);
+}
+
+static void expiry_start(ClusterLease *cl) {
+        struct ev_loop *loop = cl->service->manager->loop;
+        cl->lease.deadline = usec_now(CLOCK_MONOTONIC) + cl->lease.ttl;
+        ev_timer_stop(loop, &cl->expiry);
+        ev_timer_set(&cl->expiry, (double) cl->lease.ttl / USEC_PER_SEC, 0.);
+        ev_timer_start(loop, &cl->expiry);
+}
+
 static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
-        cl->granted = true;
+        cl->granted = hashmap_put(&cl->service->granted, cl->lease.id, cl) == 0;
+        if (!cl->granted) {
+                /* Out of memory (ids are random: -EEXIST does not happen): not held. */
+                cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+                if (cl->pending && cl->conn) {
+                        Conn *c = cl->conn;
+                        acquire_done(cl);
+                        conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+                }
+                lease_free(cl);
+                return;
+        }
         cl->lease.token = token;
         cl->lease.created = usec_now(CLOCK_REALTIME);
         if (!cl->conn) {
@@ -131,6 +272,8 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
         LIST_PREPEND(holder, c->holder.leases, &cl->lease);
         c->holder.n_leases++;
         cl->lease.holder = &c->holder;
+        if (cl->lease.ttl > 0)
+                expiry_start(cl);
         emit(cl->service, EVENT_GRANTED, cl, NULL, NULL);
         if (cl->pending) {
                 acquire_done(cl);
@@ -157,7 +300,7 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
                 acquire_done(cl);
                 char buf[256];
                 snprintf(buf, sizeof(buf), "cluster resource: %s", strna(reason));
-                conn_error_reason(c, "io.agend.Lease.Timeout", buf, "resource", cl->res.name);
+                conn_error_reason(c, "io.agend.Lease.Timeout", buf, "resource", cl->res.res.name);
         } else if (cl->granted) {
                 /* The lease as the holder's Watch sees it: "voided" (the client's LOST)
                  * when the etcd lease is lost, "revoked" when someone deleted the key. */
@@ -172,7 +315,7 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
  * before the deadline. The end (LOST at the deadline) comes through on_ended. */
 static void on_disconnected(Cluster *cluster, ClusterWaiter *w, bool recovered, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
-        if (!cl->granted || !cl->conn)
+        if (!cl->granted)
                 return;
         emit(cl->service, recovered ? EVENT_RECLAIMED : EVENT_DISCONNECTED, cl,
              recovered ? "agend renewed its etcd lease in time" : "agend cannot renew its etcd lease", NULL);
@@ -195,8 +338,49 @@ static const ClusterCallbacks callbacks = {
         .granted = on_granted,
         .ended = on_ended,
         .disconnected = on_disconnected,
+        .remote = on_remote,
         .keeper = on_keeper,
 };
+
+/* The etcd lease a stopped agend left for its next start (cluster_stop_keep()). */
+#define KEPT_LEASE_FILE "cluster-lease"
+
+static int kept_lease_path(ClusterService *s, char **ret) {
+        const char *dir = s->manager->opts.state_dir;
+        if (!dir)
+                return -ENOENT;
+        return asprintf(ret, "%s/" KEPT_LEASE_FILE, dir) < 0 ? -ENOMEM : 0;
+}
+
+/* Read once and removed: a lease is adopted by the next start only. */
+static int64_t kept_lease_take(ClusterService *s) {
+        _cleanup_free_ char *path = NULL;
+        if (kept_lease_path(s, &path) < 0)
+                return 0;
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return 0;
+        long long id = 0;
+        if (fscanf(f, "%lld", &id) != 1 || id <= 0)
+                id = 0;
+        fclose(f);
+        (void) unlink(path);
+        return (int64_t) id;
+}
+
+static void kept_lease_save(ClusterService *s, int64_t id) {
+        _cleanup_free_ char *path = NULL, *tmp = NULL;
+        if (kept_lease_path(s, &path) < 0 || asprintf(&tmp, "%s.tmp", path) < 0)
+                return;
+        FILE *f = fopen(tmp, "we");
+        if (!f)
+                return (void) log_warning("cluster: cannot save the etcd lease for the next start: %m");
+        fprintf(f, "%lld\n", (long long) id);
+        if (fclose(f) != 0 || rename(tmp, path) < 0) {
+                log_warning("cluster: cannot save the etcd lease for the next start: %m");
+                (void) unlink(tmp);
+        }
+}
 
 int cluster_service_new(Manager *m, ClusterService **ret) {
         const ClusterConfig *cc = m->config.cluster;
@@ -211,6 +395,8 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
         if (!s)
                 return -ENOMEM;
         s->manager = m;
+        hashmap_init(&s->granted);
+        hashmap_init(&s->scoped);
         s->keeper_state = ETCD_LEASE_GRANTING;
         ClusterOptions o = {
                 .endpoints = cc->endpoints,
@@ -221,12 +407,17 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
                 .ca_file = cc->ca_file,
                 .cert_file = cc->cert_file,
                 .key_file = cc->key_file,
+                .adopt_lease = kept_lease_take(s),
+                /* Keys a stopped agend kept for its waiters wait for their tickets as long
+                 * as local leases wait for Reclaim. */
+                .orphan_grace = m->config.reclaim_grace,
         };
         k = cluster_new(m->loop, &o, &callbacks, s, &s->cluster);
         if (k < 0) {
                 free(s);
                 return log_error_errno(k, "cluster: cannot start the etcd client: %m");
         }
+        s->settings = settings_text(cc);
         k = cluster_service_configure(s, &m->config);
         if (k < 0) {
                 cluster_service_free(s);
@@ -253,6 +444,14 @@ static void stop_check(struct ev_loop *loop, ev_prepare *p, int revents) {
 ClusterService *cluster_service_free(ClusterService *s) {
         if (!s)
                 return NULL;
+        /* A waiter still queued keeps its place for a restart: its key stays in etcd with
+         * this agend's etcd lease, which the next start adopts; the waiter's client presents
+         * its ticket again (as for a local resource). Holders' keys go now. Without queued
+         * waiters the etcd lease is revoked, so other hosts go on at once. */
+        bool keep = false;
+        LIST_FOREACH(all, cl, s->leases)
+                if (!cl->granted && cl->waiter && cluster_waiter_state(cl->waiter) == CLUSTER_WAITER_QUEUED)
+                        keep = true;
         while (s->leases) {
                 ClusterLease *cl = s->leases;
                 if (cl->conn)
@@ -269,7 +468,18 @@ ClusterService *cluster_service_free(ClusterService *s) {
          * serves anything here, so waiting on it for etcd's answer is all it does. */
         int done = 0;
         struct ev_loop *loop = s->manager->loop;
-        if (cluster_stop(s->cluster, stopped, &done) == 0) {
+        int k;
+        if (keep) {
+                int64_t id = 0;
+                k = cluster_stop_keep(s->cluster, stopped, &done, &id);
+                if (k >= 0) {
+                        kept_lease_save(s, id);
+                        log_info("cluster: etcd lease %llx kept for the next start (queued waiters keep "
+                                 "their place)", (long long) id);
+                }
+        } else
+                k = cluster_stop(s->cluster, stopped, &done);
+        if (k == 0) {
                 ev_timer t;
                 ev_prepare p;
                 ev_timer_init(&t, stop_guard, 5., 0.);
@@ -282,6 +492,9 @@ ClusterService *cluster_service_free(ClusterService *s) {
                 ev_prepare_stop(loop, &p);
         }
         cluster_free(s->cluster);
+        hashmap_done(&s->granted);
+        hashmap_done(&s->scoped);
+        free(s->settings);
         free(s);
         return NULL;
 }
@@ -289,10 +502,20 @@ ClusterService *cluster_service_free(ClusterService *s) {
 int cluster_service_configure(ClusterService *s, const Config *c) {
         if (!s)
                 return 0;
+        /* The etcd client, node and lease are made once: a reload changes the resources
+         * only (their capacity at once), the [Cluster] section at the next start. */
+        _cleanup_free_ char *now = settings_text(c->cluster);
+        if (s->settings && now && !streq(s->settings, now))
+                log_warning("[Cluster] changed in the configuration; it takes effect at the next start");
+        hashmap_done(&s->scoped);
+        hashmap_init(&s->scoped);
         for (size_t i = 0; i < c->n_resources; i++) {
                 if (c->resource_scopes[i] != RESOURCE_SCOPE_CLUSTER)
                         continue;
-                int k = cluster_declare(s->cluster, c->resources[i].name, c->resources[i].capacity);
+                int k = hashmap_put(&s->scoped, c->resources[i].name, &c->resources[i]);
+                if (k < 0 && k != -EEXIST)
+                        return k;
+                k = cluster_declare(s->cluster, c->resources[i].name, c->resources[i].capacity);
                 if (k < 0)
                         return k;
         }
@@ -300,7 +523,12 @@ int cluster_service_configure(ClusterService *s, const Config *c) {
 }
 
 bool cluster_service_serves(ClusterService *s, const char *resource) {
-        return s && config_resource_scope(&s->manager->config, resource) == RESOURCE_SCOPE_CLUSTER;
+        return s && hashmap_get(&s->scoped, resource);
+}
+
+static unsigned capacity_of(ClusterService *s, const char *resource) {
+        const ResourceDecl *d = hashmap_get(&s->scoped, resource);
+        return d ? d->capacity : 0;
 }
 
 static void random_hex(char *buf, size_t n_hex) {
@@ -321,15 +549,11 @@ static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
         acquire_done(cl);
         if (c)
                 conn_error_reason(c, "io.agend.Lease.Timeout", "the timeout passed before the resource was free",
-                                  "resource", cl->res.name);
+                                  "resource", cl->res.res.name);
         lease_free(cl);
 }
 
 void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap) {
-        if (ap->ttl > 0 || ap->detached)
-                return conn_error_reason(c, "org.varlink.service.InvalidParameter",
-                                         "ttl and detached are not served on Scope=cluster resources yet",
-                                         "parameter", ap->ttl > 0 ? "ttl" : "detached");
         if (!cluster_ready(s->cluster))
                 return conn_error_reason(c, "io.agend.Lease.Timeout",
                                          "cluster resource: etcd is not reachable (no etcd lease for this agend)",
@@ -340,17 +564,22 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
         cl->service = s;
         cl->conn = c;
         ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
+        ev_timer_init(&cl->expiry, expiry_cb, 0., 0.);
         LIST_PREPEND(all, s->leases, cl);
         random_hex(cl->lease.id, LEASE_ID_LEN);
         random_hex(cl->lease.secret, LEASE_SECRET_LEN);
-        cl->res.name = strdup(ap->resource);
+        cl->res.res.name = strdup(ap->resource);
+        cl->res.res.cluster = true;
+        cl->res.node = strdup(cluster_node(s->cluster));
         cl->lease.description = strdup(strempty(ap->description));
-        cl->lease.resource = &cl->res;
+        cl->lease.resource = &cl->res.res;
         cl->lease.exclusive = ap->exclusive;
         cl->lease.deadline = USEC_INFINITY;
         cl->lease.state = LEASE_HELD;
+        cl->lease.ttl = ap->ttl;
+        cl->lease.detached = ap->detached;
         cl->try_once = ap->try_once;
-        if (!cl->res.name || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
+        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
                 lease_free(cl);
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
         }
@@ -365,7 +594,11 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                 .description = ap->description,
                 .userdata = cl,
         };
-        int k = cluster_acquire(s->cluster, &a, &cl->waiter);
+        int k = -ENOENT;
+        if (ap->ticket)
+                k = cluster_adopt(s->cluster, &a, ap->ticket, &cl->waiter);
+        if (k == -ENOENT)
+                k = cluster_acquire(s->cluster, &a, &cl->waiter);
         if (k < 0) {
                 lease_free(cl);
                 if (k == -EINVAL)
@@ -377,11 +610,8 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                                          "resource", ap->resource);
         }
         cl->lease.units = ap->exclusive ? 0 : (ap->units ? ap->units : 1);
-        if (ap->exclusive) {
-                for (size_t i = 0; i < s->manager->config.n_resources; i++)
-                        if (streq(s->manager->config.resources[i].name, ap->resource))
-                                cl->lease.units = s->manager->config.resources[i].capacity;
-        }
+        if (ap->exclusive)
+                cl->lease.units = capacity_of(s, ap->resource);
         cl->pending = true;
         c->busy = CONN_ACQUIRE;
         if (c->user)
@@ -393,12 +623,7 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
 }
 
 ClusterLease *cluster_service_lease(ClusterService *s, const char *id) {
-        if (!s)
-                return NULL;
-        LIST_FOREACH(all, cl, s->leases)
-                if (cl->granted && streq(cl->lease.id, id))
-                        return cl;
-        return NULL;
+        return s ? hashmap_get(&s->granted, id) : NULL;
 }
 
 const Lease *cluster_lease_get_lease(const ClusterLease *l) {
@@ -418,6 +643,16 @@ static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const ch
 
 void cluster_service_release(ClusterService *s, ClusterLease *cl, const char *reason) {
         lease_end(s, cl, EVENT_RELEASED, reason, NULL);
+}
+
+int cluster_service_renew(ClusterService *s, ClusterLease *cl, usec_t ttl) {
+        if (ttl == 0 && cl->lease.ttl == 0)
+                return -EINVAL;
+        if (ttl > 0)
+                cl->lease.ttl = ttl;
+        expiry_start(cl);
+        emit(s, EVENT_RENEWED, cl, NULL, NULL);
+        return 0;
 }
 
 void cluster_service_revoke(ClusterService *s, ClusterLease *cl, const char *reason, const Owner *by) {
@@ -444,10 +679,7 @@ static void on_check(Cluster *cluster, int result, void *userdata) {
 }
 
 void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token) {
-        unsigned capacity = 0;
-        for (size_t i = 0; i < s->manager->config.n_resources; i++)
-                if (streq(s->manager->config.resources[i].name, resource))
-                        capacity = s->manager->config.resources[i].capacity;
+        unsigned capacity = capacity_of(s, resource);
         PendingCheck *pc = calloc(1, sizeof(*pc));
         if (!pc)
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
@@ -461,11 +693,17 @@ void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uin
         LIST_PREPEND(checks, s->checks, pc);
 }
 
+bool cluster_service_usage(ClusterService *s, const char *resource, unsigned *ret_used, unsigned *ret_leases,
+                           unsigned *ret_waiters) {
+        return s && cluster_service_serves(s, resource) &&
+               cluster_usage(s->cluster, resource, ret_used, ret_leases, ret_waiters) >= 0;
+}
+
 /* ---- List ---------------------------------------------------------------------------- */
 
 typedef struct ListingLease {
         Lease lease;
-        Resource res;
+        StandIn res;
 } ListingLease;
 
 typedef struct ListCtx {
@@ -490,6 +728,7 @@ static int list_one(const ClusterEntry *e, void *userdata) {
                 json_object_object_add(o, "pid", json_object_new_int64(e->pid));
                 json_object_object_add(o, "comm", json_object_new_string(strempty(e->comm)));
                 json_object_object_add(j, "resource", json_object_new_string(e->resource));
+                json_object_object_add(j, "node", json_object_new_string(strempty(e->node)));
                 json_object_object_add(j, "units", json_object_new_int64(e->units));
                 json_object_object_add(j, "exclusive", json_object_new_boolean(e->exclusive));
                 json_object_object_add(j, "position", json_object_new_int64(e->position));
@@ -512,12 +751,14 @@ static int list_one(const ClusterEntry *e, void *userdata) {
         if (!ll)
                 return -ENOMEM;
         x->l->leases[x->l->n_leases++] = &ll->lease;
-        ll->res.name = strdup(e->resource);
+        ll->res.res.name = strdup(e->resource);
+        ll->res.res.cluster = true;
+        ll->res.node = strdup(strempty(e->node));
         ll->lease.description = strdup(strempty(e->description));
         ll->lease.owner.comm = strdup(strempty(e->comm));
-        if (!ll->res.name || !ll->lease.description || !ll->lease.owner.comm)
+        if (!ll->res.res.name || !ll->res.node || !ll->lease.description || !ll->lease.owner.comm)
                 return -ENOMEM;
-        ll->lease.resource = &ll->res;
+        ll->lease.resource = &ll->res.res;
         ll->lease.units = e->units;
         ll->lease.exclusive = e->exclusive;
         ll->lease.token = (uint64_t) e->create_revision;
@@ -531,8 +772,8 @@ static int list_one(const ClusterEntry *e, void *userdata) {
                 memcpy(ll->lease.id, cl->lease.id, sizeof(ll->lease.id));
                 ll->lease.created = cl->lease.created;
         } else
-                /* Another host's lease: its id is its node, so List says where it is held. */
-                snprintf(ll->lease.id, sizeof(ll->lease.id), "%s", strempty(e->node));
+                /* Another host's lease: where it is held is in node; its id is opaque. */
+                remote_id(e->key, ll->lease.id, sizeof(ll->lease.id));
         return 0;
 }
 
@@ -552,7 +793,8 @@ int cluster_service_list(ClusterService *s, const char *resource, uint64_t after
 void cluster_listing_done(ClusterListing *l) {
         for (size_t i = 0; i < l->n_leases; i++) {
                 ListingLease *ll = container_of(l->leases[i], ListingLease, lease);
-                free(ll->res.name);
+                free(ll->res.res.name);
+                free(ll->res.node);
                 free(ll->lease.description);
                 free(ll->lease.owner.comm);
                 free(ll);
@@ -575,15 +817,21 @@ void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release) {
                 if (cl->pending)
                         acquire_done(cl);
                 cl->conn = NULL;
-                if (cl->granted) {
-                        if (release)
-                                lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);
-                        else {
-                                holder_unlink(cl);
-                                cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
-                                lease_free(cl);
-                        }
-                } else {
+                if (!release) {
+                        /* Shutdown: cluster_service_free() decides what goes (a restart
+                         * keeps queued keys for their tickets, deletes the rest). */
+                        holder_unlink(cl);
+                        continue;
+                }
+                if (cl->granted && cl->lease.detached) {
+                        /* It outlives its connection: it ends by its TTL, a Release with
+                         * the secret, or the end of this agend's etcd lease. */
+                        holder_unlink(cl);
+                        continue;
+                }
+                if (cl->granted)
+                        lease_end(s, cl, EVENT_RELEASED, "connection closed", NULL);
+                else {
                         cluster_waiter_release(s->cluster, TAKE_PTR(cl->waiter));
                         lease_free(cl);
                 }

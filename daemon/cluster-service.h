@@ -7,9 +7,11 @@
  * here. One ClusterService per Manager, present only with a [Cluster] section.
  *
  * A cluster lease has an id and a secret like a local one (for Release/Watch by id), its
- * token is its etcd key's create revision, and it is bound to its connection (no TTL, not
- * detached: refused for now). Its events go through the same event callback as the
- * engine's (journal, per-uid counts, Watch). */
+ * token is its etcd key's create revision, and it is bound to its connection unless
+ * detached. A TTL runs on this agend's monotonic clock (from the grant or the last Renew)
+ * and deletes the key when it passes ("expired"). Neither outlives this agend: a stop
+ * revokes its etcd lease, with every key. Its events go through the same event callback
+ * as the engine's (Watch, per-uid counts) and into the journal (History). */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,7 +42,17 @@ ClusterLease *cluster_service_lease(ClusterService *s, const char *id);
 const Lease *cluster_lease_get_lease(const ClusterLease *l);
 Holder *cluster_lease_get_holder(const ClusterLease *l);
 void cluster_service_release(ClusterService *s, ClusterLease *l, const char *reason);
+/* Renew: a new TTL (ttl > 0) or the same again (0); -EINVAL if the lease has none. */
+int cluster_service_renew(ClusterService *s, ClusterLease *l, usec_t ttl);
 void cluster_service_revoke(ClusterService *s, ClusterLease *l, const char *reason, const Owner *by);
+
+/* The node of a Scope=cluster lease (this host's or another's, as List and the replies
+ * show it: the wire's Lease.node), NULL for a local lease. */
+const char *cluster_lease_node(const Lease *l);
+/* Resources: units held, holders and waiters of a cluster resource on every host, as this
+ * host's mirror of etcd has them. false if resource is not served here as one. */
+bool cluster_service_usage(ClusterService *s, const char *resource, unsigned *ret_used, unsigned *ret_leases,
+                           unsigned *ret_waiters);
 
 /* Check(resource, token) answered by etcd: replies on c later. */
 void cluster_service_check(ClusterService *s, Conn *c, const char *resource, uint64_t token);

@@ -25,6 +25,9 @@ struct CKey {
         unsigned units;
         bool exclusive;
         bool holds;
+        int64_t lease;                  /* the etcd lease the key is attached to */
+        char *ticket;                   /* the ticket's secret half, from the value ("" if none) */
+        uint8_t announced;              /* 1: queued, 2: granted was reported (remote keys) */
         unsigned position;
         int64_t create_rev;
         CResource *resource;
@@ -53,6 +56,7 @@ struct ClusterWaiter {
         int64_t lease;
         unsigned attempts;
         ev_timer retry;
+        char ticket[CLUSTER_TICKET_LEN + 1];    /* key's random part + the secret, in hex */
         CKey *entry;
         LIST_FIELDS(ClusterWaiter, waiters);
 };
@@ -68,6 +72,11 @@ struct Cluster {
         void *userdata;
         bool synced;
         bool trouble;
+        bool quiet;                     /* re-reading the prefix: no remote callbacks */
+        ev_timer redecide;              /* a capacity changed (reload): decide from the loop */
+        ev_timer orphans;               /* keys of an adopted etcd lease nobody claimed */
+        usec_t orphan_grace;
+        unsigned stop_pending;          /* cluster_stop_keep(): deletes not answered yet */
         CResource *resources;
         ClusterWaiter *waiters;
         EtcdCall *stop_call;
@@ -147,6 +156,7 @@ static void ckey_free(CKey *k) {
         if (k->local)
                 k->local->entry = NULL;
         free(k->key);
+        free(k->ticket);
         free(k->node);
         free(k->comm);
         free(k->description);
@@ -185,12 +195,14 @@ static int ckey_parse_value(CKey *k, const char *value, size_t len) {
         if (!o || !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
                 k->units = 1;
+                k->ticket = strdup("");
                 k->node = strdup("");
                 k->comm = strdup("");
                 k->description = strdup("");
-                return k->node && k->comm && k->description ? 0 : -ENOMEM;
+                return k->node && k->comm && k->description && k->ticket ? 0 : -ENOMEM;
         }
         k->node = json_str(o, "node");
+        k->ticket = json_str(o, "ticket");
         k->comm = json_str(o, "comm");
         k->description = json_str(o, "description");
         k->uid = (uint32_t) json_int(o, "uid", 0);
@@ -201,7 +213,7 @@ static int ckey_parse_value(CKey *k, const char *value, size_t len) {
         struct json_object *v;
         k->exclusive = json_object_object_get_ex(o, "exclusive", &v) && json_object_get_boolean(v);
         json_object_put(o);
-        return k->node && k->comm && k->description ? 0 : -ENOMEM;
+        return k->node && k->comm && k->description && k->ticket ? 0 : -ENOMEM;
 }
 
 static ClusterWaiter *waiter_by_key(Cluster *c, const char *key) {
@@ -227,6 +239,7 @@ static CResource *mirror_put(Cluster *c, const EtcdKv *kv) {
                 return NULL;
         }
         k->create_rev = kv->create_revision;
+        k->lease = kv->lease;
         k->resource = r;
         /* Events come in revision order, so a new key goes last; a re-read is sorted. */
         CKey *after = r->keys_tail;
@@ -261,6 +274,37 @@ static void waiter_end(Cluster *c, ClusterWaiter *w, int error, const char *reas
                 c->cb.ended(c, w, error, reason, w->userdata);
 }
 
+static ClusterEntry entry_of(CKey *k) {
+        return (ClusterEntry) {
+                .key = k->key,
+                .resource = k->resource->name,
+                .node = k->node,
+                .uid = k->uid,
+                .gid = k->gid,
+                .pid = k->pid,
+                .comm = k->comm,
+                .description = k->description,
+                .units = k->units,
+                .exclusive = k->exclusive,
+                .create_revision = k->create_rev,
+                .holds = k->holds,
+                .position = k->position,
+                .local = k->local,
+        };
+}
+
+/* Another host's key (a key of this node without a local waiter is on its way out). */
+static bool key_remote(const Cluster *c, const CKey *k) {
+        return !k->local && !streq(k->node, c->node);
+}
+
+static void remote_event(Cluster *c, CKey *k, ClusterRemoteEvent ev) {
+        if (c->quiet || !c->cb.remote || !key_remote(c, k))
+                return;
+        ClusterEntry e = entry_of(k);
+        c->cb.remote(c, &e, ev, c->userdata);
+}
+
 static CResource *mirror_delete(Cluster *c, const char *key) {
         _cleanup_free_ char *name = key_resource(c, key);
         CResource *r = name ? resource_get(c, name, false) : NULL;
@@ -268,6 +312,8 @@ static CResource *mirror_delete(Cluster *c, const char *key) {
         if (!k)
                 return NULL;
         ClusterWaiter *w = k->local;
+        if (k->announced)
+                remote_event(c, k, CLUSTER_REMOTE_ENDED);
         LIST_REMOVE_TAIL(keys, r->keys, r->keys_tail, k);
         ckey_free(k);
         if (w)
@@ -294,6 +340,14 @@ static void decide(Cluster *c, CResource *r) {
                         k->position = ++pos;
                 }
         }
+        /* Watch hears of other hosts' keys: queued once, granted once. */
+        LIST_FOREACH(keys, k, r->keys) {
+                uint8_t want = k->holds ? 2 : 1;
+                if (k->announced < want) {
+                        k->announced = want;
+                        remote_event(c, k, want == 2 ? CLUSTER_REMOTE_GRANTED : CLUSTER_REMOTE_QUEUED);
+                }
+        }
         for (CKey *k = r->keys, *next; k; k = next) {
                 next = k->keys_next;
                 ClusterWaiter *w = k->local;
@@ -317,6 +371,12 @@ static void decide(Cluster *c, CResource *r) {
 static void decide_all(Cluster *c) {
         LIST_FOREACH(res, r, c->resources)
                 decide(c, r);
+}
+
+static void redecide_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        Cluster *c = container_of(t, Cluster, redecide);
+        if (c->synced)
+                decide_all(c);
 }
 
 /* Whether the etcd lease may be gone by now: past the keeper's deadline (or none). The
@@ -389,6 +449,32 @@ static void mirror_clear(Cluster *c) {
                 }
 }
 
+/* A key on this agend's etcd lease that no waiter here has. Whatever its node (Node= may
+ * have changed across the restart): the lease keeps it alive, so it must be claimed or go. */
+static bool is_orphan(const Cluster *c, const CKey *k) {
+        int64_t id = c->keeper ? etcd_lease_keeper_get_id(c->keeper) : 0;
+        return !k->local && id != 0 && k->lease == id;
+}
+
+static bool any_orphan(const Cluster *c) {
+        LIST_FOREACH(res, r, c->resources)
+                LIST_FOREACH(keys, k, r->keys)
+                        if (is_orphan(c, k))
+                                return true;
+        return false;
+}
+
+static void orphans_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        Cluster *c = container_of(t, Cluster, orphans);
+        LIST_FOREACH(res, r, c->resources)
+                LIST_FOREACH(keys, k, r->keys)
+                        if (is_orphan(c, k)) {
+                                EtcdOp op = { .type = ETCD_OP_DELETE, .key = k->key };
+                                EtcdTxn tx = { .success = &op, .n_success = 1 };
+                                (void) etcd_txn(c->client, &tx, NULL, NULL, NULL);
+                        }
+}
+
 static void on_sync(EtcdClient *ec, int error, const EtcdResult *res, void *userdata) {
         Cluster *c = userdata;
         c->sync_call = NULL;
@@ -410,7 +496,16 @@ static void on_sync(EtcdClient *ec, int error, const EtcdResult *res, void *user
                 if ((w->state == CLUSTER_WAITER_QUEUED || w->state == CLUSTER_WAITER_HOLDS) && !w->entry)
                         waiter_end(c, w, -EIDRM, "the key was deleted in etcd");
         }
+        c->quiet = true;
         decide_all(c);
+        c->quiet = false;
+        /* Keys on this etcd lease that no waiter here has: an earlier process of this agend
+         * left them for a restart (cluster_stop_keep()). Their tickets may claim them for a
+         * grace period; then they go. */
+        if (!ev_is_active(&c->orphans) && any_orphan(c)) {
+                ev_timer_set(&c->orphans, (double) c->orphan_grace / USEC_PER_SEC, 0.);
+                ev_timer_start(c->loop, &c->orphans);
+        }
 }
 
 static void start_sync(Cluster *c) {
@@ -473,6 +568,9 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
         if (!c)
                 return -ENOMEM;
         c->loop = loop;
+        ev_timer_init(&c->redecide, redecide_cb, 0., 0.);
+        ev_timer_init(&c->orphans, orphans_cb, 0., 0.);
+        c->orphan_grace = o->orphan_grace ?: 10 * USEC_PER_SEC;
         c->cb = *cb;
         c->userdata = userdata;
         c->prefix = strdup(o->prefix);
@@ -494,7 +592,7 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
                 cluster_free(c);
                 return k;
         }
-        EtcdLeaseOptions lo = { .ttl_sec = o->ttl_sec > 0 ? o->ttl_sec : 10 };
+        EtcdLeaseOptions lo = { .ttl_sec = o->ttl_sec > 0 ? o->ttl_sec : 10, .adopt_id = o->adopt_lease };
         k = etcd_lease_keeper_new(c->client, &lo, on_keeper, c, &c->keeper);
         if (k < 0) {
                 cluster_free(c);
@@ -521,6 +619,9 @@ static void waiter_free(ClusterWaiter *w) {
 Cluster *cluster_free(Cluster *c) {
         if (!c)
                 return NULL;
+        ev_timer_stop(c->loop, &c->redecide);
+        ev_timer_stop(c->loop, &c->orphans);
+        c->stop_done = NULL;            /* a cluster_stop_keep() delete cancelled below */
         while (c->waiters)
                 waiter_free(c->waiters);
         mirror_clear(c);
@@ -550,6 +651,8 @@ static void on_revoked(EtcdClient *ec, int error, const EtcdResult *res, void *u
 int cluster_stop(Cluster *c, ClusterStopFn done, void *userdata) {
         assert_return(c && done, -EINVAL);
         int64_t id = etcd_lease_keeper_get_id(c->keeper);
+        ev_timer_stop(c->loop, &c->redecide);
+        ev_timer_stop(c->loop, &c->orphans);
         while (c->waiters)
                 waiter_free(c->waiters);
         c->watch = etcd_watch_free(c->watch);
@@ -581,6 +684,10 @@ int cluster_declare(Cluster *c, const char *resource, unsigned capacity) {
         CResource *r = resource_get(c, resource, true);
         if (!r)
                 return -ENOMEM;
+        if (r->capacity != capacity && r->capacity != 0)
+                /* A reload changed it: a larger capacity may grant waiters now, without
+                 * waiting for the next event of the watch. From the loop, not from here. */
+                ev_timer_start(c->loop, &c->redecide);
         r->capacity = capacity;
         return 0;
 }
@@ -643,9 +750,14 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         if (lease == 0)
                 return -EAGAIN;
 
-        uint64_t rnd;
-        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+        uint64_t rnd, secret[2];
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd) || getrandom(secret, sizeof(secret), 0) != sizeof(secret))
                 return -EIO;
+        /* The ticket a queued reply carries: the key's random part and a secret that only the
+         * key's value holds (List never shows it), so that only the waiter can claim the key
+         * again after a restart of this agend (cluster_adopt()). */
+        char ticket[CLUSTER_TICKET_LEN + 1];
+        snprintf(ticket, sizeof(ticket), "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, rnd, secret[0], secret[1]);
         _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, a->resource), *value = NULL;
         struct json_object *o = json_object_new_object();
         if (!rp || !o) {
@@ -660,6 +772,7 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         json_object_object_add(o, "description", json_object_new_string(strempty(a->description)));
         json_object_object_add(o, "units", json_object_new_int64(units));
         json_object_object_add(o, "exclusive", json_object_new_boolean(a->exclusive));
+        json_object_object_add(o, "ticket", json_object_new_string(ticket + 16));
         value = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
 
@@ -675,6 +788,7 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         w->userdata = a->userdata;
         w->state = CLUSTER_WAITER_PUTTING;
         w->value = TAKE_PTR(value);
+        memcpy(w->ticket, ticket, sizeof(w->ticket));
         w->lease = lease;
         ev_timer_init(&w->retry, retry_cb, 0., 0.);
         LIST_PREPEND(waiters, c->waiters, w);
@@ -710,6 +824,89 @@ void *cluster_waiter_get_userdata(const ClusterWaiter *w) {
         return w->userdata;
 }
 
+const char *cluster_waiter_ticket(const ClusterWaiter *w) {
+        return w->ticket;
+}
+
+int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, ClusterWaiter **ret) {
+        assert_return(c && a && a->resource && ticket && ret, -EINVAL);
+        if (strlen(ticket) != CLUSTER_TICKET_LEN || strspn(ticket, "0123456789abcdef") != CLUSTER_TICKET_LEN)
+                return -ENOENT;
+        if (!cluster_ready(c))
+                return -EAGAIN;
+        CResource *r = resource_get(c, a->resource, false);
+        if (!r || r->capacity == 0)
+                return -ENXIO;
+        _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, a->resource), *key = NULL;
+        if (!rp || asprintf(&key, "%s%s:%.16s", rp, c->node, ticket) < 0)
+                return -ENOMEM;
+        CKey *k = ckey_find(r, key);
+        if (!k || !is_orphan(c, k))
+                return -ENOENT;
+        /* The secret, compared in constant time. */
+        const char *want = k->ticket, *got = ticket + 16;
+        if (strlen(want) != strlen(got))
+                return -ENOENT;
+        unsigned char d = 0;
+        for (size_t i = 0; want[i]; i++)
+                d |= (unsigned char) want[i] ^ (unsigned char) got[i];
+        if (d != 0)
+                return -ENOENT;
+        ClusterWaiter *w = calloc(1, sizeof(*w));
+        if (!w || !(w->resource = strdup(a->resource))) {
+                free(w);
+                return -ENOMEM;
+        }
+        w->key = TAKE_PTR(key);
+        w->cluster = c;
+        w->userdata = a->userdata;
+        w->state = CLUSTER_WAITER_PUTTING;      /* the next decide() says queued or granted */
+        w->lease = k->lease;
+        memcpy(w->ticket, ticket, sizeof(w->ticket));
+        ev_timer_init(&w->retry, retry_cb, 0., 0.);
+        LIST_PREPEND(waiters, c->waiters, w);
+        w->entry = k;
+        k->local = w;
+        ev_timer_start(c->loop, &c->redecide);  /* from the loop, not from inside this call */
+        *ret = w;
+        return 0;
+}
+
+static void on_kept_delete(EtcdClient *ec, int error, const EtcdResult *res, void *userdata) {
+        Cluster *c = userdata;
+        if (c->stop_pending > 0 && --c->stop_pending == 0 && c->stop_done)
+                c->stop_done(c, error < 0 ? error : 0, c->stop_userdata);
+}
+
+int cluster_stop_keep(Cluster *c, ClusterStopFn done, void *userdata, int64_t *ret_lease) {
+        assert_return(c && done && ret_lease, -EINVAL);
+        int64_t id = etcd_lease_keeper_get_id(c->keeper);
+        *ret_lease = id;
+        ev_timer_stop(c->loop, &c->redecide);
+        ev_timer_stop(c->loop, &c->orphans);
+        c->stop_done = done;
+        c->stop_userdata = userdata;
+        c->stop_pending = 0;
+        while (c->waiters) {
+                ClusterWaiter *w = c->waiters;
+                /* Queued keys keep their place; every other key of this agend goes now. */
+                if (id != 0 && !(w->state == CLUSTER_WAITER_QUEUED && w->entry)) {
+                        EtcdOp op = { .type = ETCD_OP_DELETE, .key = w->key };
+                        EtcdTxn t = { .success = &op, .n_success = 1 };
+                        if (etcd_txn(c->client, &t, on_kept_delete, c, NULL) >= 0)
+                                c->stop_pending++;
+                }
+                waiter_free(w);
+        }
+        c->watch = etcd_watch_free(c->watch);
+        etcd_call_cancel(TAKE_PTR(c->sync_call));
+        c->synced = false;
+        c->keeper = etcd_lease_keeper_free(c->keeper, false);
+        if (id == 0)
+                return -EALREADY;
+        return c->stop_pending > 0 ? 0 : 1;
+}
+
 const char *cluster_waiter_key(const ClusterWaiter *w) {
         return w->key;
 }
@@ -719,22 +916,7 @@ uint64_t cluster_waiter_token(const ClusterWaiter *w) {
 }
 
 static int entry_emit(CKey *k, int (*fn)(const ClusterEntry *e, void *userdata), void *userdata) {
-        ClusterEntry e = {
-                .key = k->key,
-                .resource = k->resource->name,
-                .node = k->node,
-                .uid = k->uid,
-                .gid = k->gid,
-                .pid = k->pid,
-                .comm = k->comm,
-                .description = k->description,
-                .units = k->units,
-                .exclusive = k->exclusive,
-                .create_revision = k->create_rev,
-                .holds = k->holds,
-                .position = k->position,
-                .local = k->local,
-        };
+        ClusterEntry e = entry_of(k);
         return fn(&e, userdata);
 }
 
@@ -751,6 +933,25 @@ int cluster_foreach(Cluster *c, const char *resource, int (*fn)(const ClusterEnt
                                                 return q;
                                 }
         }
+        return 0;
+}
+
+int cluster_usage(Cluster *c, const char *resource, unsigned *ret_used, unsigned *ret_holders,
+                  unsigned *ret_waiters) {
+        CResource *r = resource_get(c, resource, false);
+        if (!r || r->capacity == 0)
+                return -ENXIO;
+        unsigned used = 0, holders = 0, waiters = 0;
+        LIST_FOREACH(keys, k, r->keys) {
+                if (k->holds) {
+                        used += k->exclusive ? r->capacity : k->units;
+                        holders++;
+                } else
+                        waiters++;
+        }
+        *ret_used = used;
+        *ret_holders = holders;
+        *ret_waiters = waiters;
         return 0;
 }
 
@@ -779,6 +980,7 @@ static void on_check(EtcdClient *ec, int error, const EtcdResult *res, void *use
                         }
                         unsigned need = k.exclusive ? cc->capacity : k.units;
                         free(k.node);
+                        free(k.ticket);
                         free(k.comm);
                         free(k.description);
                         if (result < 0 || used + need > cc->capacity)

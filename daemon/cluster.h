@@ -39,7 +39,15 @@ typedef struct ClusterOptions {
         int64_t ttl_sec;                /* the etcd lease's TTL */
         const char *ca_file, *cert_file, *key_file;
         usec_t request_timeout;         /* 0 = the client's default */
+        int64_t adopt_lease;            /* an etcd lease an earlier process of this agend left
+                                         * (cluster_stop_keep()): kept alive if etcd still has
+                                         * it, with its queued keys; 0 = a new lease */
+        usec_t orphan_grace;            /* how long such keys wait for their ticket; 0 = 10 s */
 } ClusterOptions;
+
+/* A waiter's ticket: 16 hex digits of its key's random part and 32 of a secret kept in the
+ * key's value. */
+#define CLUSTER_TICKET_LEN 48
 
 /* A key's holder or waiter as its value says (any host). Borrowed for the call. */
 typedef struct ClusterEntry {
@@ -65,6 +73,13 @@ typedef enum ClusterWaiterState {
         CLUSTER_WAITER_ENDED,           /* released, lost or failed: only freeing remains */
 } ClusterWaiterState;
 
+/* What another host's key did, as this host's mirror saw it (remote callback). */
+typedef enum ClusterRemoteEvent {
+        CLUSTER_REMOTE_QUEUED,          /* a new key that does not hold yet */
+        CLUSTER_REMOTE_GRANTED,         /* the key holds now */
+        CLUSTER_REMOTE_ENDED,           /* the key was deleted (e->holds: whether it held) */
+} ClusterRemoteEvent;
+
 typedef struct ClusterCallbacks {
         /* The key exists (state QUEUED) and position says where (also when it moves). */
         void (*queued)(Cluster *c, ClusterWaiter *w, unsigned position, void *userdata);
@@ -78,6 +93,9 @@ typedef struct ClusterCallbacks {
          * lease is lost (the keeper's deadline), -EIDRM when someone deleted the key
          * (revoke), or the txn's error. */
         void (*ended)(Cluster *c, ClusterWaiter *w, int error, const char *reason, void *userdata);
+        /* A key of another node changed (for Watch). Not called for what a re-read of the
+         * prefix finds (start, after compaction): only for changes the watch delivers. */
+        void (*remote)(Cluster *c, const ClusterEntry *e, ClusterRemoteEvent ev, void *userdata);
         /* The keeper changed state (for logs and status). */
         void (*keeper)(Cluster *c, EtcdLeaseState s, int error, void *userdata);
 } ClusterCallbacks;
@@ -90,6 +108,13 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
  * timed out); then free. -EALREADY if there is no lease to revoke (done does not fire). */
 typedef void (*ClusterStopFn)(Cluster *c, int error, void *userdata);
 int cluster_stop(Cluster *c, ClusterStopFn done, void *userdata);
+/* A stop for a restart: the keys of queued waiters stay in etcd with the etcd lease, which
+ * is not revoked (the next process adopts it with ClusterOptions.adopt_lease, and each
+ * waiter claims its key by ticket with cluster_adopt()); every other key of this agend is
+ * deleted. *ret_lease: the etcd lease id to hand on. Returns 1 when nothing is to be
+ * waited for, 0 when done fires once the deletes were answered, -EALREADY without a
+ * lease. Then free. */
+int cluster_stop_keep(Cluster *c, ClusterStopFn done, void *userdata, int64_t *ret_lease);
 /* Stops at once; nothing is revoked (what a crash looks like to other hosts, or after
  * cluster_stop's done). Waiters still alive are freed without callbacks. NULL-safe,
  * returns NULL. */
@@ -117,6 +142,12 @@ typedef struct ClusterAcquire {
 /* Puts the key. -EAGAIN when not ready (no etcd lease or not synced), -EINVAL for more
  * units than the capacity, -ENXIO for a resource not declared. */
 int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret);
+/* Claims the key a waiter of an earlier process of this agend left (its ticket, from the
+ * queued reply), with its place in line: queued or granted follows from the loop like
+ * after cluster_acquire(). -ENOENT if no such key of this agend's etcd lease waits
+ * unclaimed (the caller acquires anew), -EAGAIN when not ready. */
+int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, ClusterWaiter **ret);
+const char *cluster_waiter_ticket(const ClusterWaiter *w);
 /* Deletes the key (release, give up, disconnect) and frees the waiter; no callback fires
  * for it any more. NULL-safe. */
 void cluster_waiter_release(Cluster *c, ClusterWaiter *w);
@@ -129,6 +160,11 @@ uint64_t cluster_waiter_token(const ClusterWaiter *w);
  * in token order, then waiters in order. Stops at a negative return. */
 int cluster_foreach(Cluster *c, const char *resource, int (*fn)(const ClusterEntry *e, void *userdata),
                     void *userdata);
+
+/* What this host's mirror says of resource: units held, holders and waiters (all hosts).
+ * -ENXIO for a resource that is not declared. */
+int cluster_usage(Cluster *c, const char *resource, unsigned *ret_used, unsigned *ret_holders,
+                  unsigned *ret_waiters);
 
 /* Whether token holds resource, answered by a fresh (linearizable) read of etcd. cb gets
  * 1 current, 0 not, or a negative errno. */

@@ -75,6 +75,8 @@ typedef struct Event {
         unsigned units;
         const char *reason;     /* NULL for none */
         const Owner *revoked_by; /* revoked: who revoked it (from SO_PEERCRED); else NULL */
+        const char *node;       /* Scope=cluster: the holder's node; else NULL */
+        bool remote;            /* a lease of another host (cluster-service.c): for Watch only */
         uint64_t seq;           /* its number in the history; set only by engine_history() */
 } Event;
 
@@ -161,6 +163,8 @@ struct Resource {
         unsigned n_waiters;                     /* ro */
         bool declared;                          /* ro: from the configuration */
         bool restricted;                        /* ro: an allow list is set */
+        bool cluster;                           /* ro: the stand-in of a Scope=cluster lease
+                                                 * (cluster_lease_node()); in the padding */
 };
 
 typedef struct EngineCallbacks {

@@ -154,8 +154,37 @@ static void grant_cb(EtcdClient *c, int error, const EtcdResult *r, void *userda
         arm_tick(k, keepalive_interval(k));
 }
 
+static void adopt_cb(EtcdClient *c, int error, const EtcdResult *r, void *userdata) {
+        EtcdLeaseKeeper *k = userdata;
+        k->call = NULL;
+        if (error == -ECANCELED)
+                return;
+        int64_t id = k->opts.adopt_id;
+        k->opts.adopt_id = 0;           /* tried once: from now on, grant */
+        if (error < 0 || r->ttl <= 0) {
+                arm_tick(k, 0);
+                return;
+        }
+        k->id = id;
+        k->deadline = 0;
+        set_deadline(k, k->sent, r->ttl);
+        k->backoff = 0;
+        if (!set_state(k, ETCD_LEASE_ALIVE, 0))
+                return;
+        arm_tick(k, keepalive_interval(k));
+}
+
 static void start_grant(EtcdLeaseKeeper *k) {
         k->sent = usec_now(CLOCK_MONOTONIC);
+        /* An earlier process's lease, if it is still alive: its keys (and their places in
+         * line) stay. A keepalive answered with TTL > 0 says it is. */
+        if (k->opts.adopt_id != 0) {
+                if (etcd_lease_keepalive(k->client, k->opts.adopt_id, adopt_cb, k, &k->call) < 0) {
+                        k->opts.adopt_id = 0;
+                        arm_tick(k, 0);
+                }
+                return;
+        }
         if (etcd_lease_grant(k->client, k->opts.ttl_sec, grant_cb, k, &k->call) < 0)
                 arm_tick(k, retry_interval(k));
 }

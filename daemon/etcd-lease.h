@@ -45,6 +45,8 @@ typedef struct EtcdLeaseOptions {
         usec_t margin;                  /* 0 = min(TTL/5, 1 s) */
         usec_t keepalive_interval;      /* 0 = TTL/3 */
         usec_t retry_interval;          /* after a failure; 0 = min(TTL/10, 500 ms) */
+        int64_t adopt_id;               /* a lease of an earlier process to keep alive instead
+                                         * of granting one, if etcd still has it; 0 = none */
 } EtcdLeaseOptions;
 
 /* Starts granting at once. Free the keeper before its client. */

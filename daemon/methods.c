@@ -93,6 +93,9 @@ static void lease_write(JsonWriter *w, const char *key, const Lease *l) {
                 jw_int(w, "deadline", deadline_to_real(l->deadline));
         jw_bool(w, "detached", l->detached);
         jw_string(w, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
+        const char *node = cluster_lease_node(l);
+        if (node)
+                jw_string(w, "node", node);
         jw_object_end(w);
 }
 
@@ -138,6 +141,8 @@ static void event_write(JsonWriter *w, const char *key, const Event *e) {
                 jw_string(w, "reason", e->reason);
         if (e->revoked_by)
                 owner_write(w, "revoked_by", e->revoked_by);
+        if (e->node)
+                jw_string(w, "node", e->node);
         jw_object_end(w);
 }
 
@@ -388,9 +393,13 @@ static void method_renew(Conn *c, struct json_object *p) {
                 return invalid(c, "ttl", "seconds, a number > 0");
         ClusterLease *cl = cluster_lease_for_caller(c, p);
         if (cl) {
-                if (cl != CLUSTER_LEASE_REFUSED)
-                        invalid(c, "ttl", "a lease of a cluster resource has no TTL (bound to its connection)");
-                return;
+                if (cl == CLUSTER_LEASE_REFUSED)
+                        return;
+                if (cluster_service_renew(c->manager->cluster, cl, t) < 0)
+                        return invalid(c, "ttl", "the lease has no TTL: give one");
+                REPLY_WRITER(w);
+                lease_write(&w, "lease", cluster_lease_get_lease(cl));
+                return reply_end(c, &w, false);
         }
         Lease *l = lease_for_caller(c, p, true);
         if (!l)
@@ -616,9 +625,12 @@ static void method_resources(Conn *c, struct json_object *p) {
                 jw_object_begin(&w, NULL);
                 jw_string(&w, "name", res->name);
                 jw_int(&w, "capacity", res->capacity);
-                jw_int(&w, "used", res->used);
-                jw_int(&w, "leases", res->n_leases);
-                jw_int(&w, "waiters", res->n_waiters);
+                unsigned used = res->used, n_leases = res->n_leases, n_waiters = res->n_waiters;
+                /* A cluster resource: what every host holds, from the mirror of etcd. */
+                (void) cluster_service_usage(c->manager->cluster, res->name, &used, &n_leases, &n_waiters);
+                jw_int(&w, "used", used);
+                jw_int(&w, "leases", n_leases);
+                jw_int(&w, "waiters", n_waiters);
                 jw_bool(&w, "declared", res->declared);
                 jw_object_end(&w);
         }
@@ -851,7 +863,8 @@ static void cb_event(Engine *e, const Event *ev, Lease *l, void *userdata) {
 
         log_lease_event(ev);
 
-        if (ev->owner && ev->type != EVENT_QUEUED && ev->type != EVENT_RENEWED && ev->type != EVENT_RECLAIMED) {
+        if (ev->owner && !ev->remote && ev->type != EVENT_QUEUED && ev->type != EVENT_RENEWED &&
+            ev->type != EVENT_RECLAIMED) {
                 UserStat *u = manager_user(m, ev->owner->uid, ev->type == EVENT_GRANTED);
                 if (u) {
                         if (ev->type == EVENT_GRANTED)

@@ -248,6 +248,25 @@ static void test_counted_head_blocking(void **state) {
         stop(b);
 }
 
+/* A reload that raises the capacity grants the waiters that fit now, without waiting for
+ * another event of the watch. */
+static void test_capacity_raised(void **state) {
+        Cluster *a = host("a");
+        assert_int_equal(cluster_declare(a, "gpu", 1), 0);
+        Rec r1 = {}, r2 = {};
+        acquire(a, "gpu", 1, false, &r1);
+        assert_true(run_until(is_granted, &r1, GUARD));
+        acquire(a, "gpu", 1, false, &r2);
+        assert_false(r2.granted);
+        assert_int_equal(cluster_declare(a, "gpu", 2), 0);
+        assert_false(r2.granted);       /* from the loop, not from inside the call */
+        assert_true(run_until(is_granted, &r2, 10 * USEC_PER_SEC));
+        assert_true(r1.token < r2.token);
+        cluster_waiter_release(a, r1.w);
+        cluster_waiter_release(a, r2.w);
+        stop(a);
+}
+
 typedef struct CheckRes {
         bool done;
         int result;
@@ -337,6 +356,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_fifo_across_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_counted_head_blocking, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_capacity_raised, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_check_and_list, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dead_host_waits_for_ttl, setup, teardown),
         };

@@ -3,7 +3,11 @@
  * Scope=cluster resources through a real 3-member etcd on loopback (tests/helper-etcd.c),
  * in raw varlink bytes:
  * - a grant on one host queues the others, in request order across hosts; List on another
- *   host shows the holder; Check answers from etcd; Release and a closed connection hand on;
+ *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
+ *   waiters (node, owner, description) and this host's cluster leases;
+ * - ttl (renewed) and detached leases on a cluster resource; a reload that raises the
+ *   capacity grants the waiter that fits; a waiter keeps its place across a restart of
+ *   its agend (ticket); Check answers from etcd; Release and a closed connection hand on;
  * - clients on three hosts cycling through a counted resource: the history checker
  *   (tests/checker.h) finds no overlap beyond capacity, FIFO by request order, tokens
  *   strictly increasing;
@@ -48,17 +52,9 @@ static void write_config(const Agend *a, const char *node, const char *resources
         fclose(f);
 }
 
-/* Starts an agend as host node and waits until it grants cluster resources (its etcd
- * lease granted, the prefix read): a try-once Acquire of "probe" succeeds. */
-static Agend *host(const char *node, const char *resources) {
-        Agend *a;
-        assert_int_equal(agend_new(&a), 0);
-        char text[1024];
-        snprintf(text, sizeof(text), "%s[Resource]\nName=probe-%s\nScope=cluster\n", resources, node);
-        write_config(a, node, text);
-        assert_int_equal(agend_start(a), 0);
-        if (n_hosts < ELEMENTSOF(hosts))
-                hosts[n_hosts++] = a;
+/* Waits until a grants cluster resources (its etcd lease granted, the prefix read): a
+ * try-once Acquire of "probe-NODE" succeeds. */
+static void wait_cluster_ready(Agend *a, const char *node) {
         VConn *c = OPEN(a);
         double until = helper_now() + READY_GUARD;
         for (;;) {
@@ -70,6 +66,20 @@ static Agend *host(const char *node, const char *resources) {
                 helper_sleep(0.05);
         }
         vconn_close(c);
+}
+
+/* Starts an agend as host node and waits until it grants cluster resources (its etcd
+ * lease granted, the prefix read): a try-once Acquire of "probe" succeeds. */
+static Agend *host(const char *node, const char *resources) {
+        Agend *a;
+        assert_int_equal(agend_new(&a), 0);
+        char text[1024];
+        snprintf(text, sizeof(text), "%s[Resource]\nName=probe-%s\nScope=cluster\n", resources, node);
+        write_config(a, node, text);
+        assert_int_equal(agend_start(a), 0);
+        if (n_hosts < ELEMENTSOF(hosts))
+                hosts[n_hosts++] = a;
+        wait_cluster_ready(a, node);
         return a;
 }
 
@@ -107,7 +117,7 @@ static void test_two_hosts_fifo(void **state) {
         assert_string_equal(reply_state(q), "queued");
         assert_int_equal(jint(reply_params(q), "position"), 2);
 
-        /* Host b sees a's holder (its id is its node) and both waiters, once its watch has
+        /* Host b sees a's holder (its node is a) and both waiters, once its watch has
          * brought a2's key (each host's view follows etcd's events). */
         json_object *list;
         double until = helper_now() + 10.0;
@@ -117,7 +127,7 @@ static void test_two_hosts_fifo(void **state) {
         json_object *leases = jget(list, "leases");
         assert_int_equal(json_object_array_length(leases), 1);
         json_object *held = json_object_array_get_idx(leases, 0);
-        assert_string_equal(jstr(held, "id"), "a");
+        assert_string_equal(jstr(held, "node"), "a");
         assert_string_equal(jstr(held, "description"), "first");
         assert_int_equal(token_of(held), t1);
         assert_int_equal(jint(held, "owner.pid"), getpid());
@@ -257,6 +267,248 @@ static const char *next_event(VConn *c, double guard, json_object **ret) {
         return ev ? jstr(ev, "type") : NULL;
 }
 
+/* The next event of type on a Watch stream (other types skipped), within the guard. */
+static json_object *event_of_type(VConn *c, const char *type, double guard) {
+        double until = helper_now() + guard;
+        for (;;) {
+                json_object *ev;
+                const char *t = next_event(c, MAX(until - helper_now(), 0.1), &ev);
+                if (t && strcmp(t, type) == 0)
+                        return ev;
+        }
+}
+
+/* The resource's row of Resources. */
+static json_object *resource_row(VConn *c, const char *name) {
+        json_object *a = jget(CALL_OK(c, LEASE_IF "Resources", "{}"), "resources");
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+                json_object *r = json_object_array_get_idx(a, i);
+                if (jstr(r, "name") && strcmp(jstr(r, "name"), name) == 0)
+                        return r;
+        }
+        fail_msg("no %s in Resources", name);
+        return NULL;
+}
+
+/* Whether History of c has an event of type for lease id. */
+static bool in_history(VConn *c, const char *type, const char *id) {
+        json_object *evs = jget(CALL_OK(c, LEASE_IF "History", "{\"resource\": \"gpu\"}"), "events");
+        for (size_t i = 0; i < json_object_array_length(evs); i++) {
+                json_object *e = json_object_array_get_idx(evs, i);
+                if (strcmp(jstr(e, "type"), type) == 0 && jstr(e, "lease") && strcmp(jstr(e, "lease"), id) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* The same surface as local resources: List and Watch on one host show the holders and
+ * waiters of the other (node, owner, description; their ids opaque and refused), Resources
+ * counts every host's units, History has this host's cluster leases. */
+static void test_same_surface(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *aw = OPEN(a), *b1 = OPEN(b), *b2 = OPEN(b), *bw = OPEN(b);
+        assert_int_equal(vconn_send(bw, VL_MORE, LEASE_IF "Watch", "{\"resource\": \"gpu\"}"), 0);
+        assert_null(next_event(bw, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(aw, VL_MORE, LEASE_IF "Watch", "{\"resource\": \"gpu\"}"), 0);
+        assert_null(next_event(aw, HELPER_REPLY_TIMEOUT, NULL));
+
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"description\": \"first\"}");
+        const char *id1 = jstr(l1, "id");
+        assert_string_equal(jstr(l1, "node"), "a");
+
+        /* b's Watch hears of a's grant, with a's node and owner. */
+        json_object *ev = event_of_type(bw, "granted", 10.0);
+        assert_string_equal(jstr(ev, "node"), "a");
+        assert_int_equal(jint(ev, "owner.pid"), getpid());
+        assert_int_equal(jint(ev, "token"), jint(l1, "token"));
+        const char *remote_id = jstr(ev, "lease");
+        assert_non_null(remote_id);
+        assert_string_not_equal(remote_id, id1);
+        /* a's own Watch has it as a local event, with its own node. */
+        ev = event_of_type(aw, "granted", 10.0);
+        assert_string_equal(jstr(ev, "lease"), id1);
+        assert_string_equal(jstr(ev, "node"), "a");
+
+        /* b's List: a's holder with node, owner and description; its id is opaque and no
+         * method of b accepts it. */
+        json_object *list = CALL_OK(b1, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        json_object *held = json_object_array_get_idx(jget(list, "leases"), 0);
+        assert_non_null(held);
+        assert_string_equal(jstr(held, "node"), "a");
+        assert_string_equal(jstr(held, "description"), "first");
+        assert_int_equal(jint(held, "owner.pid"), getpid());
+        assert_string_equal(jstr(held, "id"), remote_id);
+        CALL_ERR(b1, LEASE_IF "NoSuchLease", LEASE_IF "Release", "{\"id\": \"%s\"}", remote_id);
+
+        /* Resources on both hosts count a's unit. */
+        assert_int_equal(jint(resource_row(b1, "gpu"), "used"), 1);
+        assert_int_equal(jint(resource_row(b1, "gpu"), "leases"), 1);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 1);
+
+        /* A waiter on b for 2 units: a's Watch hears it queued, a's List shows it with
+         * node b, and both hosts count it. */
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire",
+                                    "{\"resource\": \"gpu\", \"units\": 2, \"description\": \"second\"}"),
+                         0);
+        assert_string_equal(reply_state(RECV(b2, HELPER_REPLY_TIMEOUT)), "queued");
+        ev = event_of_type(aw, "queued", 10.0);
+        assert_string_equal(jstr(ev, "node"), "b");
+        json_object *w = json_object_array_get_idx(jget(CALL_OK(a1, LEASE_IF "List", "{\"resource\": \"gpu\"}"),
+                                                        "waiters"), 0);
+        assert_non_null(w);
+        assert_string_equal(jstr(w, "node"), "b");
+        assert_string_equal(jstr(w, "description"), "second");
+        assert_int_equal(jint(resource_row(a1, "gpu"), "waiters"), 1);
+
+        /* a releases: b's Watch hears it, b's waiter is granted; Resources follows. */
+        CALL_OK(a1, LEASE_IF "Release", "{\"id\": \"%s\"}", id1);
+        ev = event_of_type(bw, "released", 10.0);
+        assert_string_equal(jstr(ev, "node"), "a");
+        assert_string_equal(jstr(ev, "lease"), remote_id);
+        json_object *l2 = jget(assert_granted(next_final(b2, 10.0)), "lease");
+        assert_string_equal(jstr(l2, "node"), "b");
+        double until = helper_now() + 10.0;
+        while (jint(resource_row(a1, "gpu"), "used") != 2 && helper_now() < until)
+                helper_sleep(0.02);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
+
+        /* History: each host has its own cluster leases. */
+        assert_true(in_history(a1, "granted", id1));
+        assert_true(in_history(a1, "released", id1));
+        assert_true(in_history(b1, "granted", jstr(l2, "id")));
+        assert_false(in_history(b1, "granted", id1));
+        vconn_close(b2);
+}
+
+/* ttl and detached on a cluster resource: the TTL (renewed) runs out on the holder's agend,
+ * which deletes the key ("expired"), and the other host is granted, not before; a detached
+ * lease outlives its connection and is released with its secret from another one. */
+static void test_ttl_and_detached(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *a1 = OPEN(a), *aw = OPEN(a), *b1 = OPEN(b);
+
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"ttl\": 1}");
+        char id1[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(l1, "id"));
+        uint64_t t1 = token_of(l1);
+        assert_true(jis(l1, "deadline", json_type_int));
+        assert_int_equal(vconn_send(aw, VL_MORE, LEASE_IF "Watch", "{\"lease\": \"%s\"}", id1), 0);
+        assert_null(next_event(aw, HELPER_REPLY_TIMEOUT, NULL));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+        /* Taken before the call: agend renews after it, so the TTL cannot pass earlier than
+         * 2 s after this on the same monotonic clock. */
+        double renewed = helper_now();
+        json_object *r = CALL_OK(a1, LEASE_IF "Renew", "{\"id\": \"%s\", \"ttl\": 2}", id1);
+        assert_true(json_object_get_double(jget(r, "lease.ttl")) == 2.0);
+        assert_string_equal(next_event(aw, HELPER_REPLY_TIMEOUT, NULL), "renewed");
+        json_object *g = next_final(b1, 30.0);
+        double after = helper_now() - renewed;
+        assert_true(token_of(jget(assert_granted(g), "lease")) > t1);
+        fprintf(stderr, "granted on b %.2f s after a renewed its TTL to 2 s\n", after);
+        assert_true(after >= 1.99);
+        assert_string_equal(next_event(aw, 10.0, NULL), "expired");
+        vconn_close(b1);
+
+        /* Detached, no TTL: Renew refuses; the connection goes, the lease stays (b sees it
+         * and waits); a Release with the secret from another connection hands on. */
+        VConn *a2 = OPEN(a);
+        json_object *p2 = GRANT(a2, "{\"resource\": \"gpu\", \"detached\": true}");
+        char id2[80], secret2[80];
+        snprintf(id2, sizeof(id2), "%s", jstr(p2, "lease.id"));
+        snprintf(secret2, sizeof(secret2), "%s", jstr(p2, "secret"));
+        assert_true(json_object_get_boolean(jget(p2, "lease.detached")));
+        CALL_ERR(a2, "org.varlink.service.InvalidParameter", LEASE_IF "Renew", "{\"id\": \"%s\"}", id2);
+        vconn_close(a2);
+        VConn *b2 = OPEN(b), *bl = OPEN(b), *a3 = OPEN(a);
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b2, HELPER_REPLY_TIMEOUT)), "queued");
+        json_object *list = CALL_OK(a3, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        assert_int_equal(json_object_array_length(jget(list, "leases")), 1);
+        assert_string_equal(jstr(json_object_array_get_idx(jget(list, "leases"), 0), "id"), id2);
+        CALL_OK(a3, LEASE_IF "Release", "{\"id\": \"%s\", \"secret\": \"%s\"}", id2, secret2);
+        assert_granted(next_final(b2, 10.0));
+        list = CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}");
+        assert_string_equal(jstr(json_object_array_get_idx(jget(list, "leases"), 0), "node"), "b");
+        vconn_close(b2);
+}
+
+/* A reload (SIGHUP) that raises a cluster resource's capacity grants the waiter that fits
+ * now; Resources shows the new capacity; a changed [Cluster] section is logged as waiting
+ * for the next start. */
+static void test_reload_capacity(void **state) {
+        Agend *a = host("a", "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n");
+        VConn *a1 = OPEN(a), *a2 = OPEN(a);
+        GRANT_LEASE(a1, "{\"resource\": \"gpu\"}");
+        assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(a2, HELPER_REPLY_TIMEOUT)), "queued");
+        ttl = TTL + 1;  /* a changed [Cluster] section: said, applied at the next start */
+        write_config(a, "a", "[Resource]\nName=gpu\nCapacity=2\nScope=cluster\n\n[Resource]\nName=probe-a\nScope=cluster\n");
+        assert_int_equal(kill(a->pid, SIGHUP), 0);
+        assert_granted(next_final(a2, 10.0));
+        assert_int_equal(jint(resource_row(a1, "gpu"), "capacity"), 2);
+        assert_int_equal(jint(resource_row(a1, "gpu"), "used"), 2);
+        char *log = agend_read_log(a);
+        assert_non_null(log);
+        assert_non_null(strstr(log, "[Cluster] changed in the configuration; it takes effect at the next start"));
+        free(log);
+}
+
+/* An agend restarted (SIGTERM, start) while its clients wait on a cluster resource: its etcd
+ * lease and the queued keys stay, the restarted agend adopts them, and a waiter that
+ * presents its ticket again keeps its place ahead of a later waiter on another host; a key
+ * whose ticket does not come back goes after the grace period. */
+static void test_waiter_keeps_place_across_restart(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        ttl = 10;
+        Agend *a = host("a", res), *b = host("b", res);
+        VConn *b1 = OPEN(b), *a1 = OPEN(a), *a1b = OPEN(a), *b2 = OPEN(b), *bl = OPEN(b);
+        char id1[80], ticket[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(GRANT_LEASE(b1, "{\"resource\": \"gpu\"}"), "id"));
+        assert_int_equal(vconn_send(a1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        json_object *q = RECV(a1, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        snprintf(ticket, sizeof(ticket), "%s", jstr(reply_params(q), "ticket"));
+        assert_int_equal(vconn_send(a1b, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(a1b, HELPER_REPLY_TIMEOUT)), "queued");
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        q = RECV(b2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 3);
+
+        int st;
+        assert_int_equal(agend_stop(a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        snprintf(a->grace, sizeof(a->grace), "1");
+        assert_int_equal(agend_start(a), 0);
+        wait_cluster_ready(a, "a");
+
+        /* The ticket claims the first place again. */
+        VConn *a2 = OPEN(a);
+        assert_int_equal(vconn_send(a2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"ticket\": \"%s\"}",
+                                    ticket),
+                         0);
+        q = RECV(a2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 1);
+        /* The unclaimed key goes after the grace period: two waiters left. */
+        double until = helper_now() + 15.0;
+        while (json_object_array_length(jget(CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "waiters")) != 2 &&
+               helper_now() < until)
+                helper_sleep(0.05);
+        assert_int_equal(json_object_array_length(jget(CALL_OK(bl, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "waiters")),
+                         2);
+
+        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\"}", id1);
+        json_object *l2 = jget(assert_granted(next_final(a2, 10.0)), "lease");
+        CALL_OK(a2, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l2, "id"));
+        json_object *l3 = jget(assert_granted(next_final(b2, 10.0)), "lease");
+        assert_true(token_of(l2) < token_of(l3));
+        vconn_close(b2);
+}
+
 /* An agend stopped with SIGTERM revokes its etcd lease: the waiter on another host is
  * granted at once, not after the TTL (15 s here). */
 static void test_clean_stop_hands_on(void **state) {
@@ -390,6 +642,10 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_two_hosts_fifo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_reload_capacity, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stopped_host, setup, teardown),
