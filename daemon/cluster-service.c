@@ -87,32 +87,10 @@ const char *cluster_lease_node(const Lease *l) {
         return container_of(l->resource, StandIn, res)->node;
 }
 
-static OwnerRecord owner_record(const Owner *o) {
-        return (OwnerRecord) { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = o->comm, .unit = o->unit };
-}
-
 /* This host's cluster leases go in the history like local ones (the same journal, written
  * with the loop's batch); other hosts' leases are in their own agend's history. */
 static void journal(ClusterService *s, const Event *ev) {
-        OwnerRecord o, by;
-        if (ev->owner)
-                o = owner_record(ev->owner);
-        if (ev->revoked_by)
-                by = owner_record(ev->revoked_by);
-        EventRecord r = {
-                .type = event_type_to_string(ev->type),
-                .time = ev->time,
-                .resource = ev->resource,
-                .lease = ev->lease,
-                .token = ev->token,
-                .owner = ev->owner ? &o : NULL,
-                .units = ev->units,
-                .reason = ev->reason,
-                .revoked_by = ev->revoked_by ? &by : NULL,
-        };
-        Store *st = s->manager->store;
-        if (st && st->ops->event_append)
-                (void) st->ops->event_append(st, &r);
+        engine_event_append_to(s->manager->store, ev);
 }
 
 static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *reason, const Owner *by) {

@@ -198,7 +198,7 @@ static OwnerRecord owner_record(const Owner *o) {
         return (OwnerRecord) { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = o->comm, .unit = o->unit };
 }
 
-static void store_event_append(Engine *e, const Event *ev) {
+void engine_event_append_to(Store *st, const Event *ev) {
         OwnerRecord o, by;
         if (ev->owner)
                 o = owner_record(ev->owner);
@@ -215,7 +215,12 @@ static void store_event_append(Engine *e, const Event *ev) {
                 .reason = ev->reason,
                 .revoked_by = ev->revoked_by ? &by : NULL,
         };
-        (void) e->store->ops->event_append(e->store, &r);
+        if (st && st->ops->event_append)
+                (void) st->ops->event_append(st, &r);
+}
+
+static void store_event_append(Engine *e, const Event *ev) {
+        engine_event_append_to(e->store, ev);
 }
 
 static void store_lease_save(Engine *e, const Lease *l) {

@@ -224,6 +224,10 @@ int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool 
  * once, before anything else is granted. Returns the number of restored leases. */
 int engine_restore(Engine *e, const char *boot_id, usec_t grace);
 
+/* Writes an event to a store's history, as the engine does for its own: also for leases
+ * that another part (the cluster service) decides. */
+void engine_event_append_to(Store *st, const Event *ev);
+
 /* Returns 0 and *ret_lease when granted at once, 1 and *ret_waiter when queued (the
  * waiter's userdata is set to userdata), -ETIMEDOUT when try_once finds it busy, -EINVAL
  * for more units than the capacity, -ENXIO for an undeclared name where only declared
