@@ -378,6 +378,17 @@ static void usage(void) {
                "  agend. Prints one JSON line.\n");
 }
 
+/* Warm-up, then the measured phase (phase_cb stops the loop); the measured seconds. */
+static double run_measured(Run *run, double duration, double warmup) {
+        ev_timer phase;
+        ev_timer_init(&phase, phase_cb, warmup, duration);
+        phase.data = run;
+        ev_timer_start(run->loop, &phase);
+        usec_t t0 = usec_now(CLOCK_MONOTONIC);
+        ev_run(run->loop, 0);
+        return (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
+}
+
 static int run_agend(const char *socket_path, unsigned clients, double duration, double warmup, const char *label) {
         if (!agend_resource || clients < 1 || clients > 1024 || duration <= 0) {
                 usage();
@@ -399,13 +410,7 @@ static int run_agend(const char *socket_path, unsigned clients, double duration,
         }
         for (unsigned i = 0; i < clients; i++)
                 agend_acquire(&run.c[i]);
-        ev_timer phase;
-        ev_timer_init(&phase, phase_cb, warmup, duration);
-        phase.data = &run;
-        ev_timer_start(run.loop, &phase);
-        usec_t t0 = usec_now(CLOCK_MONOTONIC);
-        ev_run(run.loop, 0);
-        double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
+        double secs = run_measured(&run, duration, warmup);
         printf("{\"mode\":\"agend-cluster\",\"label\":\"%s\",\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
                "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
                "\"cycle_p50_us\":%.0f,\"cycle_p99_us\":%.0f,\"errors\":%" PRIu64 ",\"first_error\":\"%s\"}\n",
@@ -480,13 +485,7 @@ int main(int argc, char **argv) {
                 if (etcd_lease_keeper_new(run.client, &lo, keeper_cb, c, &c->keeper) < 0)
                         return 1;
         }
-        ev_timer phase;
-        ev_timer_init(&phase, phase_cb, warmup, duration);
-        phase.data = &run;
-        ev_timer_start(run.loop, &phase);
-        usec_t t0 = usec_now(CLOCK_MONOTONIC);
-        ev_run(run.loop, 0);
-        double secs = (double) (usec_now(CLOCK_MONOTONIC) - t0) / USEC_PER_SEC - warmup;
+        double secs = run_measured(&run, duration, warmup);
 
         printf("{\"mode\":\"etcd-lock\",\"label\":\"%s\",\"endpoints\":%zu,\"clients\":%u,\"gap\":%g,\"secs\":%.3f,"
                "\"cycles\":%" PRIu64 ",\"rate\":%.1f,\"acquire_p50_us\":%.0f,\"acquire_p99_us\":%.0f,"
