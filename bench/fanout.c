@@ -36,6 +36,7 @@ typedef struct Sub {
         Fan *f;
         bool ready, dropped;
         uint64_t received;      /* every event */
+        uint64_t bytes;         /* their messages, NUL included */
         uint64_t in_window;     /* events whose time lies in the measured window */
         long long max_lag;      /* µs, over the window */
 } Sub;
@@ -206,6 +207,7 @@ static void sub_msg(Conn *conn, char *msg, size_t len) {
         }
         long long et = strtoll(p + 7, NULL, 10);
         s->received++;
+        s->bytes += len + 1;
         if (et < f->w0 || et >= f->w1)
                 return;
         s->in_window++;
@@ -360,7 +362,7 @@ int mode_watch_fanout(const Opts *o) {
 
         /* ---- results ---- */
         uint64_t cycles = atomic_load(&f.cycles), d_errors = atomic_load(&f.d_errors);
-        uint64_t expected = 2 * cycles, rmin = UINT64_MAX, rmax = 0, wmax = 0;
+        uint64_t expected = 2 * cycles, rmin = UINT64_MAX, rmax = 0, wmax = 0, bytes = 0, nrecv = 0;
         unsigned dropped = 0, lost = 0, complete = 0;
         long long *maxes = xcalloc(f.n_subs, sizeof(long long));
         for (unsigned i = 0; i < f.n_subs; i++) {
@@ -378,6 +380,8 @@ int mode_watch_fanout(const Opts *o) {
                 if (s->in_window > wmax)
                         wmax = s->in_window;
                 maxes[i] = s->max_lag;
+                bytes += s->bytes;
+                nrecv += s->received;
         }
         qsort(maxes, f.n_subs, sizeof(long long), cmp_ll);
         double worst = (double) maxes[f.n_subs - 1], median_max = (double) maxes[f.n_subs / 2];
@@ -405,6 +409,7 @@ int mode_watch_fanout(const Opts *o) {
         out_int(&out, "subs_complete", complete);
         out_int(&out, "subs_dropped", dropped);
         out_int(&out, "subs_lost", lost);
+        out_num(&out, "event_bytes", nrecv ? (double) bytes / (double) nrecv : NAN);
         out_num(&out, "lag_p50_us", p50);
         out_num(&out, "lag_p99_us", p99);
         out_num(&out, "lag_max_us", worst);
