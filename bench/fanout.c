@@ -35,6 +35,7 @@ typedef struct Sub {
         Conn conn;
         Fan *f;
         bool ready, dropped;
+        long long drop_at;      /* realtime µs the LimitExceeded came */
         uint64_t received;      /* every event */
         uint64_t bytes;         /* their messages, NUL included */
         uint64_t in_window;     /* events whose time lies in the measured window */
@@ -73,6 +74,8 @@ struct Fan {
         /* the subscriber loop (main thread) */
         struct ev_loop *loop;
         ev_timer t_warm, t_end, t_check;
+        bool ended;             /* end_cb ran: the CPU readings are complete */
+        long long rt0;          /* realtime µs the drivers were started */
         long long w0, w1;       /* realtime µs: the measured window */
         usec_t cpu0, cpu1, ccpu0, ccpu1;
         double secs;
@@ -190,8 +193,10 @@ static void sub_msg(Conn *conn, char *msg, size_t len) {
         Fan *f = s->f;
 
         if (memmem(msg, len, "\"error\":", 8)) {
-                if (strstr(msg, "LimitExceeded"))
+                if (strstr(msg, "LimitExceeded") && !s->dropped) {
                         s->dropped = true;
+                        s->drop_at = (long long) now_realtime_usec();
+                }
                 fan_error(f, s->ready ? "Watch" : "Watch did not start", msg);
                 return;
         }
@@ -250,6 +255,7 @@ static void end_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         if (f->o->server_pid > 0)
                 (void) proc_cpu_usec(f->o->server_pid, &f->cpu1);
         f->ccpu1 = self_cpu_usec();
+        f->ended = true;
 }
 
 /* Ends the loop once the drivers are done and every live subscriber has every event, or
@@ -257,7 +263,7 @@ static void end_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static void check_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         Fan *f = container_of(w, Fan, t_check);
 
-        if (!atomic_load(&f->d_done))
+        if (!atomic_load(&f->d_done) || !f->ended)
                 return;
         uint64_t expected = 2 * atomic_load(&f->cycles);
         if (f->t_drain_deadline == 0)
@@ -337,8 +343,8 @@ int mode_watch_fanout(const Opts *o) {
                 conn_init(&f.drv[i].conn, f.dloop, fd, PROTO_VARLINK, drv_msg, &f.drv[i]);
         }
 
-        long long rt0 = (long long) now_realtime_usec();
-        f.w0 = rt0 + (long long) (o->warmup * 1e6);
+        f.rt0 = (long long) now_realtime_usec();
+        f.w0 = f.rt0 + (long long) (o->warmup * 1e6);
         f.w1 = f.w0 + (long long) (o->duration * 1e6);
         f.secs = o->duration;
         ev_timer_init(&f.d_pace, drv_pace_cb, 0, 0.001);
@@ -364,11 +370,15 @@ int mode_watch_fanout(const Opts *o) {
         uint64_t cycles = atomic_load(&f.cycles), d_errors = atomic_load(&f.d_errors);
         uint64_t expected = 2 * cycles, rmin = UINT64_MAX, rmax = 0, wmax = 0, bytes = 0, nrecv = 0;
         unsigned dropped = 0, lost = 0, complete = 0;
+        long long first_drop = -1;
         long long *maxes = xcalloc(f.n_subs, sizeof(long long));
         for (unsigned i = 0; i < f.n_subs; i++) {
                 Sub *s = &f.subs[i];
-                if (s->dropped)
+                if (s->dropped) {
                         dropped++;
+                        if (first_drop < 0 || s->drop_at < first_drop)
+                                first_drop = s->drop_at;
+                }
                 else if (s->conn.dead)
                         lost++;
                 if (s->received == expected)
@@ -409,6 +419,8 @@ int mode_watch_fanout(const Opts *o) {
         out_int(&out, "subs_complete", complete);
         out_int(&out, "subs_dropped", dropped);
         out_int(&out, "subs_lost", lost);
+        /* Seconds from the first cycle to the first drop (warm-up included). */
+        out_num(&out, "first_drop_s", first_drop >= 0 ? (double) (first_drop - f.rt0) / 1e6 : NAN);
         out_num(&out, "event_bytes", nrecv ? (double) bytes / (double) nrecv : NAN);
         out_num(&out, "lag_p50_us", p50);
         out_num(&out, "lag_p99_us", p99);
@@ -429,10 +441,11 @@ int mode_watch_fanout(const Opts *o) {
         if (!o->quiet)
                 logf_("agend    %-22s watch fan-out %u subs, target %.0f ev/s: %7.0f events/s  lag p50 %6.1f ms  "
                       "p99 %6.1f ms  max %6.1f ms (median sub max %.1f ms)  received %llu..%llu of %llu  "
-                      "dropped %u lost %u  srv %.2f cores %.1f us/event  client %.2f cores  errors %llu  %s\n",
+                      "dropped %u (first at %.1f s) lost %u  srv %.2f cores %.1f us/event  client %.2f cores  errors %llu  %s\n",
                       o->label ? o->label : "", f.n_subs, f.event_rate, rate, p50 / 1e3, p99 / 1e3, worst / 1e3,
                       median_max / 1e3, (unsigned long long) (f.n_subs ? rmin : 0), (unsigned long long) rmax,
-                      (unsigned long long) expected, dropped, lost, srv / 1e6 / f.secs,
+                      (unsigned long long) expected, dropped,
+                      first_drop >= 0 ? (double) (first_drop - f.rt0) / 1e6 : NAN, lost, srv / 1e6 / f.secs,
                       rate > 0 ? srv / (rate * f.secs) : NAN, cli / 1e6 / f.secs,
                       (unsigned long long) (f.errors + d_errors),
                       met ? "target met" : keeps_up ? "keeps up, lag over 100 ms" : "does not keep up");
