@@ -438,14 +438,17 @@ int mode_watch_fanout(const Opts *o) {
         else if (f.errors)
                 out_str(&out, "first_error", f.first_error);
         out_end(&out);
+        char drop_note[48] = "";
+        if (first_drop >= 0)
+                snprintf(drop_note, sizeof(drop_note), " (first at %.1f s)", (double) (first_drop - f.rt0) / 1e6);
         if (!o->quiet)
                 logf_("agend    %-22s watch fan-out %u subs, target %.0f ev/s: %7.0f events/s  lag p50 %6.1f ms  "
                       "p99 %6.1f ms  max %6.1f ms (median sub max %.1f ms)  received %llu..%llu of %llu  "
-                      "dropped %u (first at %.1f s) lost %u  srv %.2f cores %.1f us/event  client %.2f cores  errors %llu  %s\n",
+                      "dropped %u%s lost %u  srv %.2f cores %.1f us/event  client %.2f cores  errors %llu  %s\n",
                       o->label ? o->label : "", f.n_subs, f.event_rate, rate, p50 / 1e3, p99 / 1e3, worst / 1e3,
                       median_max / 1e3, (unsigned long long) (f.n_subs ? rmin : 0), (unsigned long long) rmax,
                       (unsigned long long) expected, dropped,
-                      first_drop >= 0 ? (double) (first_drop - f.rt0) / 1e6 : NAN, lost, srv / 1e6 / f.secs,
+                      drop_note, lost, srv / 1e6 / f.secs,
                       rate > 0 ? srv / (rate * f.secs) : NAN, cli / 1e6 / f.secs,
                       (unsigned long long) (f.errors + d_errors),
                       met ? "target met" : keeps_up ? "keeps up, lag over 100 ms" : "does not keep up");
