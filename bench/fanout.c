@@ -371,6 +371,7 @@ int mode_watch_fanout(const Opts *o) {
         uint64_t expected = 2 * cycles, rmin = UINT64_MAX, rmax = 0, wmax = 0, bytes = 0, nrecv = 0;
         unsigned dropped = 0, lost = 0, complete = 0;
         long long first_drop = -1;
+        unsigned nmax = 0;
         long long *maxes = xcalloc(f.n_subs, sizeof(long long));
         for (unsigned i = 0; i < f.n_subs; i++) {
                 Sub *s = &f.subs[i];
@@ -389,12 +390,14 @@ int mode_watch_fanout(const Opts *o) {
                         rmax = s->received;
                 if (s->in_window > wmax)
                         wmax = s->in_window;
-                maxes[i] = s->max_lag;
+                if (s->in_window > 0)
+                        maxes[nmax++] = s->max_lag;
                 bytes += s->bytes;
                 nrecv += s->received;
         }
-        qsort(maxes, f.n_subs, sizeof(long long), cmp_ll);
-        double worst = (double) maxes[f.n_subs - 1], median_max = (double) maxes[f.n_subs / 2];
+        /* Over the subscribers that saw the window (one dropped before it has no lag in it). */
+        qsort(maxes, nmax, sizeof(long long), cmp_ll);
+        double worst = nmax ? (double) maxes[nmax - 1] : NAN, median_max = nmax ? (double) maxes[nmax / 2] : NAN;
         free(maxes);
         /* The rate agend produced events at: the window's events, as the most complete
          * subscriber saw them, by their own time stamps. */
