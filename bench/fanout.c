@@ -343,6 +343,9 @@ int mode_watch_fanout(const Opts *o) {
                 conn_init(&f.drv[i].conn, f.dloop, fd, PROTO_VARLINK, drv_msg, &f.drv[i]);
         }
 
+        /* The timers count from the loop's cached time: make it now, like the window. */
+        ev_now_update(f.loop);
+        ev_now_update(f.dloop);
         f.rt0 = (long long) now_realtime_usec();
         f.w0 = f.rt0 + (long long) (o->warmup * 1e6);
         f.w1 = f.w0 + (long long) (o->duration * 1e6);
