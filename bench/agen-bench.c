@@ -38,6 +38,7 @@ static void help(void) {
                "  scale-leases   --count detached leases, restart, TTL expiry (needs --agend)\n"
                "  scale-conns    --count connections each holding a lease\n"
                "  cleanup        release latency per libagenclient layer (needs --agend)\n"
+               "  watch-fanout   --subscribers Watch connections while --drivers cycle at --event-rate\n"
                "  smoke          a few seconds of each against a fresh agend (--agend or $AGEND_BINARY)\n"
                "  ready          wait until agend on --socket answers Status (--duration S, --server-pid)\n"
                "  free-port      print a free TCP port on 127.0.0.1\n\n"
@@ -61,6 +62,9 @@ static void help(void) {
                "  --agend BINARY     start this agend in a temp dir (or --state-dir) and stop it after\n"
                "  --agend-arg ARG    one more argument for it (repeatable)\n"
                "  --state-dir DIR    state dir for the started agend\n"
+               "  --subscribers N    watch-fanout: Watch connections (64)\n"
+               "  --drivers N        watch-fanout: connections running the cycles (32)\n"
+               "  --event-rate R     watch-fanout: target events/s, 2 per cycle (20000)\n"
                "  --verbose          log every error\n");
 }
 
@@ -148,6 +152,14 @@ int mode_smoke(Opts *o) {
         if (ret < 0 && ret != -EOPNOTSUPP)
                 failed++;
 
+        /* A light fan-out: every subscriber must get every event, none dropped. */
+        c.subscribers = 8;
+        c.drivers = 4;
+        c.event_rate = 1000;
+        c.duration = 0.6;
+        if (mode_watch_fanout(&c) < 0)
+                failed++;
+
         if (failed)
                 daemon_log_tail(d);
         daemon_cleanup(d);
@@ -191,6 +203,9 @@ int main(int argc, char **argv) {
                 ARG_AGEND_ARG,
                 ARG_STATE_DIR,
                 ARG_VERBOSE,
+                ARG_SUBSCRIBERS,
+                ARG_DRIVERS,
+                ARG_EVENT_RATE,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -214,6 +229,9 @@ int main(int argc, char **argv) {
                 { "agend-arg", required_argument, NULL, ARG_AGEND_ARG },
                 { "state-dir", required_argument, NULL, ARG_STATE_DIR },
                 { "verbose", no_argument, NULL, ARG_VERBOSE },
+                { "subscribers", required_argument, NULL, ARG_SUBSCRIBERS },
+                { "drivers", required_argument, NULL, ARG_DRIVERS },
+                { "event-rate", required_argument, NULL, ARG_EVENT_RATE },
                 {}
         };
         Opts o = {
@@ -322,6 +340,15 @@ int main(int argc, char **argv) {
                 case ARG_VERBOSE:
                         arg_verbose = true;
                         break;
+                case ARG_SUBSCRIBERS:
+                        o.subscribers = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case ARG_DRIVERS:
+                        o.drivers = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case ARG_EVENT_RATE:
+                        o.event_rate = strtod(optarg, NULL);
+                        break;
                 default:
                         return 2;
                 }
@@ -338,7 +365,8 @@ int main(int argc, char **argv) {
 
         const char *mode = argv[optind];
         bool started = false;
-        if (o.daemon.binary && (strcmp(mode, "cycle") == 0 || strcmp(mode, "contention") == 0)) {
+        if (o.daemon.binary && (strcmp(mode, "cycle") == 0 || strcmp(mode, "contention") == 0 ||
+                                strcmp(mode, "watch-fanout") == 0)) {
                 r = daemon_start(&o.daemon, NULL);
                 if (r < 0)
                         return 1;
@@ -368,6 +396,8 @@ int main(int argc, char **argv) {
                 r = mode_scale_conns(&o);
         } else if (strcmp(mode, "cleanup") == 0)
                 r = mode_cleanup(&o);
+        else if (strcmp(mode, "watch-fanout") == 0)
+                r = mode_watch_fanout(&o);
         else if (strcmp(mode, "smoke") == 0)
                 r = mode_smoke(&o);
         else if (strcmp(mode, "ready") == 0) {

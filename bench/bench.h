@@ -173,6 +173,9 @@ typedef struct Opts {
         const char *dir;
         Daemon daemon;          /* used when binary is set */
         bool quiet;
+        unsigned subscribers;   /* watch-fanout: Watch connections (64) */
+        unsigned drivers;       /* watch-fanout: cycling connections (32) */
+        double event_rate;      /* watch-fanout: target events/s, all drivers together (20000) */
 } Opts;
 
 typedef struct CycleResult {
@@ -197,6 +200,7 @@ int mode_contention(const Opts *o);
 int mode_scale_leases(Opts *o);
 int mode_scale_conns(Opts *o);
 int mode_cleanup(Opts *o);
+int mode_watch_fanout(const Opts *o);
 int mode_smoke(Opts *o);
 
 extern bool arg_verbose;

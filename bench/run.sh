@@ -312,6 +312,31 @@ EOF
                 >>"$results"; then :; else log "contention (capacity 8) had errors"; fi
 fi
 
+# ---- Watch fan-out: 64 subscribers on everything at 20 k events/s (issue 12) ----
+# Both durabilities; a perf profile of the default one, where the time goes if it falls behind.
+if ((quick)); then fdur=$duration; else fdur=10; fi
+for ((round = 1; round <= rounds; round++)); do
+        for cfg in agend-full agend-normal; do
+                log "watch fan-out, $cfg"
+                "$bench" watch-fanout --socket "${sock[$cfg]}" --server-pid "${pid[$cfg]}" --subscribers 64 \
+                        --event-rate 20000 --duration "$fdur" --warmup "$warmup" --label "$cfg" \
+                        --prefix "f$round" >>"$results" || log "watch fan-out ($cfg) had errors"
+        done
+done
+if ((perf)) && command -v perf >/dev/null; then
+        cfg=agend-normal
+        perf record -q -F 1999 -g -p "${pid[$cfg]}" -o "$tmp/perf-fanout.data" -- sleep "$duration" \
+                >/dev/null 2>&1 &
+        perfpid=$!; pids+=("$perfpid")
+        "$bench" watch-fanout --socket "${sock[$cfg]}" --server-pid "${pid[$cfg]}" --subscribers 64 \
+                --event-rate 20000 --duration "$duration" --warmup 0 --label "$cfg-perf" --prefix fperf \
+                >/dev/null 2>&1 || true
+        wait "$perfpid" 2>/dev/null || true
+        pids=("${pids[@]/#$perfpid/}")
+        perf report -q -i "$tmp/perf-fanout.data" --stdio --no-children --percent-limit 1.5 \
+                --sort dso,symbol -g none 2>/dev/null >"$out/perf-fanout.txt" || true
+fi
+
 if ((cluster)); then
         run_cluster
 fi
@@ -357,7 +382,8 @@ done <"$results"
                 echo "| $cfg | $c × $k | $r | $p50 | $p99 | $a99 | $s | $cl | $e | $wb | $wp |"
         done
         echo
-        grep -h '"kind":"\(floor\|contention\|scale_leases\|scale_conns\|cleanup\)"' "$results" | sed 's/^/    /'
+        grep -h '"kind":"\(floor\|contention\|watch_fanout\|scale_leases\|scale_conns\|cleanup\)"' "$results" |
+                sed 's/^/    /'
         cluster_lines | sed 's/^/    /' || true
 } >"$out/summary.md"
 
