@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "hashmap.h"
@@ -33,6 +34,9 @@ typedef struct UidStat {
 /* Queued output that is not in the connection's VlWriter: a shared message (one event for
  * many subscribers, serialized once) or, once such a message is queued, the private ones
  * behind it, so that order is kept. */
+/* Chunks handed to one sendmsg() at most. */
+#define OUT_IOV_MAX 64
+
 typedef struct OutChunk {
         VarlinkBuf *buf;
         size_t off;             /* bytes of buf already written */
@@ -224,27 +228,42 @@ static int out_write(VarlinkConn *c) {
                 if (k < 0)
                         return k;
         }
+        /* Shared chunks (Watch events) go out many per sendmsg(): a subscriber that has
+         * fallen behind has many small events queued, and one system call per event was
+         * what kept 64 subscribers from keeping up (docs/performance.md, Watch fan-out). */
         while (c->chunks && limit > 0 && vl_writer_pending(&c->out) == 0) {
-                OutChunk *k = c->chunks;
-                ssize_t l = send(c->fd, k->buf->data + k->off, MIN(k->buf->len - k->off, limit),
-                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+                struct iovec iov[OUT_IOV_MAX];
+                size_t n_iov = 0, want = 0;
+                for (OutChunk *k = c->chunks; k && n_iov < OUT_IOV_MAX && want < limit; k = k->next) {
+                        size_t l = MIN(k->buf->len - k->off, limit - want);
+                        iov[n_iov++] = (struct iovec) { .iov_base = k->buf->data + k->off, .iov_len = l };
+                        want += l;
+                }
+                struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n_iov };
+                ssize_t l = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (l < 0) {
                         if (errno == EINTR)
                                 continue;
                         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
                 }
-                k->off += (size_t) l;
                 c->chunks_bytes -= (size_t) l;
                 c->consumed += (size_t) l;
                 limit -= (size_t) l;
-                if (k->off == k->buf->len) {
-                        OutChunk *next = k->next;
+                for (size_t sent = (size_t) l; sent > 0 || (c->chunks && c->chunks->off == c->chunks->buf->len);) {
+                        OutChunk *k = c->chunks;
+                        size_t step = MIN(k->buf->len - k->off, sent);
+                        k->off += step;
+                        sent -= step;
+                        if (k->off < k->buf->len)
+                                break;
+                        c->chunks = k->next;
+                        if (!c->chunks)
+                                c->chunks_tail = NULL;
                         varlink_buf_unref(k->buf);
                         free(k);
-                        c->chunks = next;
-                        if (!next)
-                                c->chunks_tail = NULL;
                 }
+                if ((size_t) l < want)
+                        break;  /* the socket is full */
         }
         return 0;
 }

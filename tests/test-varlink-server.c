@@ -543,6 +543,43 @@ static void test_shared_output(void **state) {
         t_free(t);
 }
 
+/* A subscriber far behind: many shared events queued, with private replies between them,
+ * leave in batches of several per sendmsg(), more than the socket buffer holds, so that
+ * writes end inside a batch and inside a message; every message arrives once, in order. */
+static void test_shared_output_backlog(void **state) {
+        T *t = t_new(NULL);
+        int fd = t_connect(t, NULL);
+        send_str(fd, "{\"method\":\"t.Subscribe\",\"more\":true}");
+        json_object *r = recv_msg(t, fd);
+        assert_null(error_of(r));
+        json_object_put(r);
+        assert_int_equal(t->n_subs, 1);
+        enum { N = 1500 };
+        for (int n = 0; n < N; n++) {
+                char m[1200];
+                snprintf(m, sizeof(m), "{\"parameters\":{\"n\":%d,\"pad\":\"%0*d\"},\"continues\":true}", n,
+                         n % 1000, 0);
+                if (n % 100 == 99) {
+                        assert_int_equal(varlink_conn_reply_serialized(t->subs[0], m, strlen(m), true), 0);
+                        continue;
+                }
+                VarlinkBuf *b;
+                assert_int_equal(varlink_buf_new(m, strlen(m), &b), 0);
+                assert_int_equal(varlink_conn_reply_shared(t->subs[0], b, true), 0);
+                varlink_buf_unref(b);
+        }
+        for (int n = 0; n < N; n++) {
+                r = recv_msg(t, fd);
+                json_object *p, *v;
+                assert_true(json_object_object_get_ex(r, "parameters", &p) && json_object_object_get_ex(p, "n", &v));
+                assert_int_equal(json_object_get_int(v), n);
+                json_object_put(r);
+        }
+        assert_false(readable(fd));
+        close(fd);
+        t_free(t);
+}
+
 static void queue_n(VarlinkConn *c, int n) {
         char m[64];
         snprintf(m, sizeof(m), "{\"parameters\":{\"n\":%d},\"continues\":true}", n);
@@ -660,6 +697,7 @@ int main(void) {
                 cmocka_unit_test(test_calls_per_turn),
                 cmocka_unit_test(test_output_caps),
                 cmocka_unit_test(test_shared_output),
+                cmocka_unit_test(test_shared_output_backlog),
                 cmocka_unit_test(test_partial_timeout),
                 cmocka_unit_test(test_oversized_behind_call),
                 cmocka_unit_test(test_held_output_batches),
