@@ -512,6 +512,59 @@ static void test_log_folds(void **state) {
         store_free(s);
 }
 
+static LeaseRecord fold_record(const char *id, usec_t ttl) {
+        return (LeaseRecord) { .id = id, .secret = "s", .resource = id, .description = "", .units = 1,
+                               .detached = true, .token = 1, .owner = { .uid = 1, .gid = 1, .pid = 1 },
+                               .created = 1, .ttl = ttl, .deadline = USEC_INFINITY };
+}
+
+/* Writes n rows of leases that come and go (n / 2 ids), enough to make the log fold. */
+static void fold_filler(Store *s, const char *prefix, int n) {
+        for (int i = 0; i < n / 2; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "%s%d", prefix, i);
+                LeaseRecord r = fold_record(id, 0);
+                assert_int_equal(s->ops->lease_save(s, &r), 0);
+                assert_int_equal(s->ops->lease_delete(s, id), 0);
+                if (i % 50 == 49)
+                        assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->commit(s) >= 0);
+}
+
+/* A fold keeps, per id, only the last row of the log: a lease folded into the leases table
+ * and deleted in a later window leaves it; one saved several times keeps its last save. */
+static void test_log_fold_last_row_wins(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5), b = fold_record("b", 5), c = fold_record("c", 5);
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_save(s, &b), 0);
+        assert_int_equal(s->ops->lease_save(s, &c), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        fold_filler(s, "x", 4200);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
+        /* a: renewed twice; b: deleted; c: deleted, then saved again. */
+        a.ttl = 6;
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        a.ttl = 7;
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_delete(s, "b"), 0);
+        assert_int_equal(s->ops->lease_delete(s, "c"), 0);
+        c.ttl = 9;
+        assert_int_equal(s->ops->lease_save(s, &c), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        fold_filler(s, "y", 4200);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE id IN ('a', 'b', 'c')"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 2);
+        assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'a'"), 7);
+        assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'c'"), 9);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 2);
+        store_free(s);
+}
+
 /* A database file written by the agend of schema 3 (tests/data/agend-v3.db: two detached
  * leases, one bound lease, events), opened by this one. */
 static void test_migration_from_v3_file(void **state) {
@@ -701,6 +754,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_full_disk_batch_replayed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_log_fold_last_row_wins, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
                 cmocka_unit_test(test_memory_store_waiters),
