@@ -4,10 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "engine.h"
 #include "macro.h"
+#include "random-pool.h"
 #include "store.h"
 #include "string-table.h"
 
@@ -30,6 +30,7 @@ struct Engine {
         uint64_t last_token;
         uint64_t last_waiter_seq;
         bool allow_undeclared;
+        RandomPool random;      /* ids, secrets, tickets: one getrandom() per 4 KiB, not per grant */
 };
 
 static const char *const event_type_table[_EVENT_TYPE_MAX] = {
@@ -143,21 +144,24 @@ static void hex(const uint8_t *bytes, size_t n, char *out) {
         out[2 * n] = 0;
 }
 
-/* A lease id and its secret from one getrandom() call: it is on the grant path. */
-static int random_id_secret(char id[static LEASE_ID_LEN + 1], char secret[static LEASE_SECRET_LEN + 1]) {
+/* A lease id and its secret from the engine's random pool: it is on the grant path. */
+static int random_id_secret(Engine *e, char id[static LEASE_ID_LEN + 1], char secret[static LEASE_SECRET_LEN + 1]) {
         uint8_t bytes[(LEASE_ID_LEN + LEASE_SECRET_LEN) / 2];
-        if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t) sizeof(bytes))
-                return errno > 0 ? -errno : -EIO;
+        int k = random_pool_get(&e->random, bytes, sizeof(bytes));
+        if (k < 0)
+                return k;
         hex(bytes, LEASE_ID_LEN / 2, id);
         hex(bytes + LEASE_ID_LEN / 2, LEASE_SECRET_LEN / 2, secret);
+        explicit_bzero(bytes, sizeof(bytes));
         return 0;
 }
 
 /* A waiter's ticket: its sequence number and 128 random bits. */
-static int waiter_make_ticket(Waiter *w) {
+static int waiter_make_ticket(Engine *e, Waiter *w) {
         uint8_t bytes[LEASE_SECRET_LEN / 2];
-        if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t) sizeof(bytes))
-                return errno > 0 ? -errno : -EIO;
+        int k = random_pool_get(&e->random, bytes, sizeof(bytes));
+        if (k < 0)
+                return k;
         snprintf(w->seq_key, sizeof(w->seq_key), "%016" PRIx64, w->seq);
         memcpy(w->ticket, w->seq_key, WAITER_SEQ_LEN);
         hex(bytes, sizeof(bytes), w->ticket + WAITER_SEQ_LEN);
@@ -184,6 +188,7 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         e->cb = *cb;
         e->userdata = userdata;
         e->allow_undeclared = true;
+        random_pool_init(&e->random, NULL);
         hashmap_init(&e->resources);
         hashmap_init(&e->leases);
         hashmap_init(&e->strings);
@@ -387,7 +392,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         Lease *l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
-        int k = random_id_secret(l->id, l->secret);
+        int k = random_id_secret(e, l->id, l->secret);
         if (k < 0) {
                 free(l);
                 return k;
@@ -661,7 +666,7 @@ int engine_acquire(Engine *e, const AcquireParams *p, Holder *holder, void *user
         w->holder = holder;
         w->userdata = userdata;
         w->seq = e->last_waiter_seq + 1;
-        k = waiter_make_ticket(w);
+        k = waiter_make_ticket(e, w);
         if (k < 0) {
                 waiter_free(w);
                 resource_maybe_drop(e, r);
@@ -1092,6 +1097,7 @@ Engine *engine_free(Engine *e) {
         hashmap_done(&e->leases);
         hashmap_done(&e->unclaimed);
         hashmap_done(&e->resources);
+        random_pool_done(&e->random);
         free(e);
         return NULL;
 }

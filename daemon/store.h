@@ -130,6 +130,9 @@ StoreSync store_sync_from_string(const char *s);
  * schema, fails with a message in *ret_error (malloc'ed) and is left as it is. */
 int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret,
                       char **ret_error);
+/* The store's own sqlite connection (a struct sqlite3 *), for tests that read the tables:
+ * the database is held exclusively while the store is open, so a second connection cannot. */
+void *store_sqlite_handle(Store *s);
 
 /* The in-memory store, for tests. Faults: fail_commit (if > 0) makes the fail_commit-th
  * commit that has something to commit fail with fail_errno (default -EIO), the batch rolled

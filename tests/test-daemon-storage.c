@@ -168,7 +168,8 @@ static void test_modes(void **state) {
         assert_mode(a->state_dir, 0700);
         assert_true(log_has(a, "was open to others"));
         char p[256];
-        static const char *const files[] = { "agend.db", "agend.db-wal", "agend.db-shm", "agend.lock" };
+        /* No agend.db-shm: agend holds the database exclusively, its WAL index in memory. */
+        static const char *const files[] = { "agend.db", "agend.db-wal", "agend.lock" };
         for (size_t i = 0; i < ELEMENTSOF(files); i++) {
                 snprintf(p, sizeof(p), "%s/%s", a->state_dir, files[i]);
                 assert_mode(p, 0600);

@@ -45,30 +45,88 @@ static int teardown(void **state) {
         return 0;
 }
 
-static int64_t count(const char *db, const char *sql) {
+/* The sqlite store open in this test, if any: it holds the database exclusively, so the
+ * tables are read through its own connection while it is open, through a connection of
+ * their own once it is closed. */
+static Store *open_store;
+
+static int track_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret, char **ret_error) {
+        int k = store_sqlite_open(dir, sync, history_size, ret, ret_error);
+        if (k >= 0)
+                open_store = *ret;
+        return k;
+}
+
+static Store *track_free(Store *s) {
+        if (s && s == open_store)
+                open_store = NULL;
+        return store_free(s);
+}
+
+#define store_sqlite_open track_open
+#define store_free track_free
+
+static sqlite3 *reader(const char *db) {
+        if (open_store)
+                return store_sqlite_handle(open_store);
         sqlite3 *h;
-        sqlite3_stmt *st;
         assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        return h;
+}
+
+static void reader_done(sqlite3 *h) {
+        if (!open_store)
+                sqlite3_close(h);
+}
+
+static int64_t count(const char *db, const char *sql) {
+        sqlite3 *h = reader(db);
+        sqlite3_stmt *st;
         assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         int64_t n = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
-        sqlite3_close(h);
+        reader_done(h);
         return n;
 }
 
 /* The first column of the first row, malloc'ed. */
 static char *text(const char *db, const char *sql) {
-        sqlite3 *h;
+        sqlite3 *h = reader(db);
         sqlite3_stmt *st;
-        assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         char *v = strdup((const char *) sqlite3_column_text(st, 0));
         assert_non_null(v);
         sqlite3_finalize(st);
-        sqlite3_close(h);
+        reader_done(h);
         return v;
+}
+
+/* While the store is open, nobody else can read the database: it is held exclusively
+ * (no -shm file, no lock calls per transaction); once closed, sqlite3 reads it. */
+static void test_exclusive_while_open(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(s->ops->meta_set(s, "k", "v"), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        sqlite3 *h;
+        sqlite3_stmt *st = NULL;
+        assert_int_equal(sqlite3_open_v2(f->db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        int rc = sqlite3_prepare_v2(h, "SELECT value FROM meta WHERE key = 'k'", -1, &st, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        assert_int_equal(rc, SQLITE_BUSY);
+        sqlite3_finalize(st);
+        sqlite3_close(h);
+        char shm[sizeof(f->db) + 8];
+        snprintf(shm, sizeof(shm), "%s-shm", f->db);
+        assert_int_equal(access(shm, F_OK), -1);
+        store_free(s);
+        _cleanup_free_ char *v = text(f->db, "SELECT value FROM meta WHERE key = 'k'");
+        assert_string_equal(v, "v");
 }
 
 static void exec(const char *db, const char *sql) {
@@ -181,9 +239,11 @@ static void test_group_commit(void **state) {
                                                 &l, &w),
                                  0);
         }
-        /* Another reader sees none of the ten before the commit ... */
-        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 0);
+        /* None of the ten is committed before the commit (no other process can read the
+         * database while the store holds it: the transaction is simply still open) ... */
+        assert_int_equal(sqlite3_get_autocommit(store_sqlite_handle(s)), 0);
         assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(sqlite3_get_autocommit(store_sqlite_handle(s)), 1);
         /* ... and all of them after it, in one transaction. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 10);
         /* The token high-water mark is reserved ahead of the tokens granted. */
@@ -334,7 +394,7 @@ static void test_file_modes(void **state) {
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "m", .owner = &owner }, &h, NULL, &l, &w),
                          0);
         assert_int_equal(s->ops->commit(s), 1);
-        static const char *const suffixes[] = { "", "-wal", "-shm" };
+        static const char *const suffixes[] = { "", "-wal" };   /* no -shm: held exclusively */
         for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
                 char p[128];
                 struct stat st;
@@ -509,6 +569,59 @@ static void test_log_folds(void **state) {
         assert_int_equal(engine_restore(e, "b", 0), 4);
         assert_non_null(engine_resource_get(e, "late"));
         engine_free(e);
+        store_free(s);
+}
+
+static LeaseRecord fold_record(const char *id, usec_t ttl) {
+        return (LeaseRecord) { .id = id, .secret = "s", .resource = id, .description = "", .units = 1,
+                               .detached = true, .token = 1, .owner = { .uid = 1, .gid = 1, .pid = 1 },
+                               .created = 1, .ttl = ttl, .deadline = USEC_INFINITY };
+}
+
+/* Writes n rows of leases that come and go (n / 2 ids), enough to make the log fold. */
+static void fold_filler(Store *s, const char *prefix, int n) {
+        for (int i = 0; i < n / 2; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "%s%d", prefix, i);
+                LeaseRecord r = fold_record(id, 0);
+                assert_int_equal(s->ops->lease_save(s, &r), 0);
+                assert_int_equal(s->ops->lease_delete(s, id), 0);
+                if (i % 50 == 49)
+                        assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->commit(s) >= 0);
+}
+
+/* A fold keeps, per id, only the last row of the log: a lease folded into the leases table
+ * and deleted in a later window leaves it; one saved several times keeps its last save. */
+static void test_log_fold_last_row_wins(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5), b = fold_record("b", 5), c = fold_record("c", 5);
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_save(s, &b), 0);
+        assert_int_equal(s->ops->lease_save(s, &c), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        fold_filler(s, "x", 4200);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
+        /* a: renewed twice; b: deleted; c: deleted, then saved again. */
+        a.ttl = 6;
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        a.ttl = 7;
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_delete(s, "b"), 0);
+        assert_int_equal(s->ops->lease_delete(s, "c"), 0);
+        c.ttl = 9;
+        assert_int_equal(s->ops->lease_save(s, &c), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        fold_filler(s, "y", 4200);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE id IN ('a', 'b', 'c')"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 2);
+        assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'a'"), 7);
+        assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'c'"), 9);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 2);
         store_free(s);
 }
 
@@ -739,6 +852,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_full_disk_batch_replayed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_log_fold_last_row_wins, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
                 cmocka_unit_test(test_memory_store_waiters),
