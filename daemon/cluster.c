@@ -9,6 +9,7 @@
 
 #include "cluster.h"
 #include "etcd-watch.h"
+#include "hashmap.h"
 #include "list.h"
 #include "macro.h"
 #include "string-table.h"
@@ -79,6 +80,10 @@ struct Cluster {
         unsigned stop_pending;          /* cluster_stop_keep(): deletes not answered yet */
         CResource *resources;
         ClusterWaiter *waiters;
+        /* The lookups of every watch event and Acquire, O(1) for thousands of keys: resources
+         * by name, the mirror's keys by key (a key names its resource), waiters by key (the
+         * newest, as the list's order had it). Keys are borrowed from the objects. */
+        Hashmap resources_by_name, keys_by_key, waiters_by_key;
         EtcdCall *stop_call;
         ClusterStopFn stop_done;
         void *stop_userdata;
@@ -136,13 +141,13 @@ static char *key_resource(const Cluster *c, const char *key) {
 }
 
 static CResource *resource_get(Cluster *c, const char *name, bool create) {
-        LIST_FOREACH(res, r, c->resources)
-                if (streq(r->name, name))
-                        return r;
-        if (!create)
-                return NULL;
-        CResource *r = calloc(1, sizeof(*r));
-        if (!r || !(r->name = strdup(name))) {
+        CResource *r = hashmap_get(&c->resources_by_name, name);
+        if (r || !create)
+                return r;
+        r = calloc(1, sizeof(*r));
+        if (!r || !(r->name = strdup(name)) || hashmap_put(&c->resources_by_name, r->name, r) < 0) {
+                if (r)
+                        free(r->name);
                 free(r);
                 return NULL;
         }
@@ -163,11 +168,16 @@ static void ckey_free(CKey *k) {
         free(k);
 }
 
-static CKey *ckey_find(CResource *r, const char *key) {
-        LIST_FOREACH(keys, k, r->keys)
-                if (streq(k->key, key))
-                        return k;
-        return NULL;
+static CKey *ckey_find(Cluster *c, const char *key) {
+        return hashmap_get(&c->keys_by_key, key);
+}
+
+/* Takes k out of the mirror and frees it. */
+static void ckey_drop(Cluster *c, CKey *k) {
+        CResource *r = k->resource;
+        hashmap_remove(&c->keys_by_key, k->key);
+        LIST_REMOVE_TAIL(keys, r->keys, r->keys_tail, k);
+        ckey_free(k);
 }
 
 static char *json_str(struct json_object *o, const char *key) {
@@ -217,10 +227,17 @@ static int ckey_parse_value(CKey *k, const char *value, size_t len) {
 }
 
 static ClusterWaiter *waiter_by_key(Cluster *c, const char *key) {
-        LIST_FOREACH(waiters, w, c->waiters)
-                if (streq(w->key, key))
-                        return w;
-        return NULL;
+        return hashmap_get(&c->waiters_by_key, key);
+}
+
+/* w becomes the waiter of its key (a newer one with the same key replaces an older). */
+static int waiter_link(Cluster *c, ClusterWaiter *w) {
+        hashmap_remove(&c->waiters_by_key, w->key);
+        int r = hashmap_put(&c->waiters_by_key, w->key, w);
+        if (r < 0)
+                return r;
+        LIST_PREPEND(waiters, c->waiters, w);
+        return 0;
 }
 
 /* A put of key (create or update) at create revision rev. */
@@ -231,10 +248,11 @@ static CResource *mirror_put(Cluster *c, const EtcdKv *kv) {
         CResource *r = resource_get(c, name, true);
         if (!r)
                 return NULL;
-        if (ckey_find(r, kv->key))
+        if (ckey_find(c, kv->key))
                 return r;       /* an update: the order and the value we keep stand */
         CKey *k = calloc(1, sizeof(*k));
-        if (!k || !(k->key = strdup(kv->key)) || ckey_parse_value(k, kv->value, kv->value_len) < 0) {
+        if (!k || !(k->key = strdup(kv->key)) || ckey_parse_value(k, kv->value, kv->value_len) < 0 ||
+            hashmap_put(&c->keys_by_key, k->key, k) < 0) {
                 ckey_free(k);
                 return NULL;
         }
@@ -306,16 +324,14 @@ static void remote_event(Cluster *c, CKey *k, ClusterRemoteEvent ev) {
 }
 
 static CResource *mirror_delete(Cluster *c, const char *key) {
-        _cleanup_free_ char *name = key_resource(c, key);
-        CResource *r = name ? resource_get(c, name, false) : NULL;
-        CKey *k = r ? ckey_find(r, key) : NULL;
+        CKey *k = ckey_find(c, key);
         if (!k)
                 return NULL;
+        CResource *r = k->resource;
         ClusterWaiter *w = k->local;
         if (k->announced)
                 remote_event(c, k, CLUSTER_REMOTE_ENDED);
-        LIST_REMOVE_TAIL(keys, r->keys, r->keys_tail, k);
-        ckey_free(k);
+        ckey_drop(c, k);
         if (w)
                 waiter_end(c, w, -EIDRM, "the key was deleted in etcd (revoked)");
         return r;
@@ -442,11 +458,8 @@ static void on_watch(EtcdWatch *wt, EtcdWatchStatus s, const EtcdEvent *ev, size
 
 static void mirror_clear(Cluster *c) {
         LIST_FOREACH(res, r, c->resources)
-                while (r->keys) {
-                        CKey *k = r->keys;
-                        LIST_REMOVE_TAIL(keys, r->keys, r->keys_tail, k);
-                        ckey_free(k);
-                }
+                while (r->keys)
+                        ckey_drop(c, r->keys);
 }
 
 /* A key on this agend's etcd lease that no waiter here has. Whatever its node (Node= may
@@ -568,6 +581,9 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
         if (!c)
                 return -ENOMEM;
         c->loop = loop;
+        hashmap_init(&c->resources_by_name);
+        hashmap_init(&c->keys_by_key);
+        hashmap_init(&c->waiters_by_key);
         ev_timer_init(&c->redecide, redecide_cb, 0., 0.);
         ev_timer_init(&c->orphans, orphans_cb, 0., 0.);
         c->orphan_grace = o->orphan_grace ?: 10 * USEC_PER_SEC;
@@ -610,6 +626,8 @@ static void waiter_free(ClusterWaiter *w) {
         etcd_call_cancel(w->call);
         ev_timer_stop(w->cluster->loop, &w->retry);
         LIST_REMOVE(waiters, w->cluster->waiters, w);
+        if (hashmap_get(&w->cluster->waiters_by_key, w->key) == w)
+                hashmap_remove(&w->cluster->waiters_by_key, w->key);
         free(w->value);
         free(w->key);
         free(w->resource);
@@ -631,6 +649,9 @@ Cluster *cluster_free(Cluster *c) {
                 free(r->name);
                 free(r);
         }
+        hashmap_done(&c->resources_by_name);
+        hashmap_done(&c->keys_by_key);
+        hashmap_done(&c->waiters_by_key);
         etcd_call_cancel(c->sync_call);
         etcd_watch_free(c->watch);
         etcd_call_cancel(c->stop_call);
@@ -791,7 +812,13 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         memcpy(w->ticket, ticket, sizeof(w->ticket));
         w->lease = lease;
         ev_timer_init(&w->retry, retry_cb, 0., 0.);
-        LIST_PREPEND(waiters, c->waiters, w);
+        if (waiter_link(c, w) < 0) {
+                free(w->value);
+                free(w->key);
+                free(w->resource);
+                free(w);
+                return -ENOMEM;
+        }
 
         int k = send_put(w);
         if (k < 0) {
@@ -840,8 +867,8 @@ int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, Clust
         _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, a->resource), *key = NULL;
         if (!rp || asprintf(&key, "%s%s:%.16s", rp, c->node, ticket) < 0)
                 return -ENOMEM;
-        CKey *k = ckey_find(r, key);
-        if (!k || !is_orphan(c, k))
+        CKey *k = ckey_find(c, key);
+        if (!k || k->resource != r || !is_orphan(c, k))
                 return -ENOENT;
         /* The secret, compared in constant time. */
         const char *want = k->ticket, *got = ticket + 16;
@@ -864,7 +891,12 @@ int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, Clust
         w->lease = k->lease;
         memcpy(w->ticket, ticket, sizeof(w->ticket));
         ev_timer_init(&w->retry, retry_cb, 0., 0.);
-        LIST_PREPEND(waiters, c->waiters, w);
+        if (waiter_link(c, w) < 0) {
+                free(w->key);
+                free(w->resource);
+                free(w);
+                return -ENOMEM;
+        }
         w->entry = k;
         k->local = w;
         ev_timer_start(c->loop, &c->redecide);  /* from the loop, not from inside this call */

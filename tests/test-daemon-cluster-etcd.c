@@ -4,7 +4,8 @@
  * in raw varlink bytes:
  * - a grant on one host queues the others, in request order across hosts; List on another
  *   host shows the holder; List, Watch, Resources and History show other hosts' holders and
- *   waiters (node, owner, description) and this host's cluster leases;
+ *   waiters (node, owner, description) and this host's cluster leases; `agenctl list`
+ *   shows the node of every row in a NODE column;
  * - ttl (renewed) and detached leases on a cluster resource; a reload that raises the
  *   capacity grants the waiter that fits; a waiter keeps its place across a restart of
  *   its agend (ticket); Check answers from etcd; Release and a closed connection hand on;
@@ -21,11 +22,14 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "checker.h"
 #include "helper-agend.h"
@@ -616,6 +620,123 @@ static void test_quorum_lost(void **state) {
         assert_string_equal(jstr(d, "resource"), "disk");
 }
 
+/* What `agenctl ARGS...` (AGENCTL_BINARY) prints on a pipe to host a, with COLUMNS=cols
+ * (0: none); the caller frees it. The arguments end with NULL. */
+static char *agenctl_output(const Agend *a, unsigned cols, ...) {
+        const char *bin = getenv("AGENCTL_BINARY");
+        if (!bin || !*bin)
+                fail_msg("AGENCTL_BINARY is not set");
+        char *argv[16] = { (char *) bin };
+        size_t n = 1;
+        va_list ap;
+        va_start(ap, cols);
+        for (char *s; n < ELEMENTSOF(argv) - 1 && (s = va_arg(ap, char *));)
+                argv[n++] = s;
+        va_end(ap);
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                dup2(p[1], STDOUT_FILENO);
+                setenv("AGEND_SOCKET", a->socket, 1);
+                setenv("AGENCTL_PAGER", "cat", 1);
+                char c[16];
+                snprintf(c, sizeof(c), "%u", cols);
+                if (cols)
+                        setenv("COLUMNS", c, 1);
+                else
+                        unsetenv("COLUMNS");
+                execv(bin, argv);
+                _exit(120);
+        }
+        close(p[1]);
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        assert_non_null(f);
+        char buf[4096];
+        for (ssize_t k; (k = read(p[0], buf, sizeof(buf))) != 0;) {
+                if (k < 0 && errno == EINTR)
+                        continue;
+                assert_true(k > 0);
+                fwrite(buf, 1, (size_t) k, f);
+        }
+        fclose(f);
+        close(p[0]);
+        int st;
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                fail_msg("agenctl exited with wait status %d:\n%s", st, out);
+        return out;
+}
+
+/* The line of out that contains s, copied to line (or fails). */
+static void line_with(const char *out, const char *s, char *line, size_t size) {
+        const char *p = strstr(out, s);
+        if (!p)
+                fail_msg("no \"%s\" in:\n%s", s, out);
+        const char *b = p, *e = strchrnul(p, '\n');
+        while (b > out && b[-1] != '\n')
+                b--;
+        snprintf(line, size, "%.*s", (int) (e - b), b);
+}
+
+/* agenctl list on one host shows the node of every host's holders and waiters in a NODE
+ * column, never cut (like the id); a list with no cluster-scope row has none. */
+static void test_agenctl_list_node(void **state) {
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n[Resource]\nName=disk\n\n";
+        Agend *a = host("node-alpha", res), *b = host("node-bravo", res);
+        VConn *a1 = OPEN(a), *b1 = OPEN(b), *bq = OPEN(b), *ad = OPEN(a);
+        json_object *l1 = GRANT_LEASE(a1, "{\"resource\": \"gpu\", \"description\": \"the holder on alpha\"}");
+        char id1[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(l1, "id"));
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+        GRANT_LEASE(ad, "{\"resource\": \"disk\"}");
+        /* b's mirror has a's holder once its watch brought the key. */
+        double until = helper_now() + 10.0;
+        while (json_object_array_length(jget(CALL_OK(bq, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "leases")) < 1 &&
+               helper_now() < until)
+                helper_sleep(0.02);
+
+        /* On b, wide and narrow: the holder's row names alpha, the waiter's bravo, whole. */
+        static const unsigned widths[] = { 0, 60 };
+        for (size_t i = 0; i < ELEMENTSOF(widths); i++) {
+                char *out = agenctl_output(b, widths[i], "list", "gpu", NULL);
+                char line[512];
+                line_with(out, "ID ", line, sizeof(line));
+                if (!strstr(line, " NODE "))
+                        fail_msg("no NODE column at %u columns:\n%s", widths[i], out);
+                line_with(out, "#1", line, sizeof(line));
+                if (!strstr(line, " node-bravo "))
+                        fail_msg("the waiter's node is not shown whole at %u columns:\n%s", widths[i], out);
+                /* The lease table's one row follows its header. */
+                line_with(strchr(strstr(out, "ID "), '\n') + 1, " ", line, sizeof(line));
+                if (!strstr(line, " node-alpha "))
+                        fail_msg("the holder's node is not shown whole at %u columns:\n%s", widths[i], out);
+                free(out);
+        }
+        /* On a, its own holder's row says its own node; --json carries it too. */
+        char *out = agenctl_output(a, 0, "list", "gpu", NULL);
+        char line[512];
+        line_with(out, id1, line, sizeof(line));
+        assert_non_null(strstr(line, " node-alpha "));
+        free(out);
+        out = agenctl_output(a, 0, "--json=short", "list", "gpu", NULL);
+        json_object *j = json_tokener_parse(out);
+        assert_non_null(j);
+        assert_string_equal(jstr(json_object_array_get_idx(jget(j, "leases"), 0), "node"), "node-alpha");
+        json_object_put(j);
+        free(out);
+        /* Only local rows (no node): no NODE column, the output as before. */
+        out = agenctl_output(a, 0, "list", "disk", NULL);
+        assert_null(strstr(out, "NODE"));
+        assert_non_null(strstr(out, "USER"));
+        free(out);
+        vconn_close(b1);
+}
+
 static int setup(void **state) {
         test_no++;
         ttl = TTL;
@@ -645,6 +766,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reload_capacity, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_agenctl_list_node, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_killed_host, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clean_stop_hands_on, setup, teardown),

@@ -2,7 +2,9 @@
 /* libagenclient's lease generator on a Scope=cluster resource of a real agend with a real
  * 3-member etcd (tests/helper-etcd.c): the same calls as for a local resource are granted,
  * and when agend loses etcd's quorum the holder steps DISCONNECTED and then LOST (the
- * daemon's "disconnected" and "voided" events). Skips (77) without an etcd binary. */
+ * daemon's "disconnected" and "voided" events); a waiter keeps its place in the cluster
+ * queue across a restart of its agend (the generator re-sends its ticket). Skips (77)
+ * without an etcd binary. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -17,6 +19,34 @@
 #define TTL 3
 
 static EtcdCluster *etcd;
+/* LeaseTTLSec= of the agends a test starts: TTL, or longer where a restart must come back
+ * well within it (setup_ttl10). */
+static int ttl = TTL;
+
+/* Writes a's config: host node on the test's etcd, with resources. */
+static void write_cluster_config(Agend *a, const char *node, const char *resources) {
+        FILE *cf = fopen(a->config, "we");
+        assert_non_null(cf);
+        fprintf(cf, "[Cluster]\nEndpoints=%s\nNode=%s\nPrefix=/agend-lease/\nLeaseTTLSec=%d\n\n%s",
+                etcd_cluster_endpoints_string(etcd), node, ttl, resources);
+        fclose(cf);
+}
+
+/* Waits until a grants cluster resources (its etcd lease granted, the prefix read): a
+ * try-once Acquire of probe succeeds. */
+static void wait_cluster_ready(Agend *a, const char *probe) {
+        VConn *c = OPEN(a);
+        double until = helper_now() + 30.0;
+        for (;;) {
+                json_object *r = CALL(c, LEASE_IF "Acquire", "{\"resource\": \"%s\", \"timeout\": 0}", probe);
+                if (!reply_error(r))
+                        break;
+                if (helper_now() > until)
+                        fail_msg("agend not ready: %s", jtext(r));
+                helper_sleep(0.05);
+        }
+        vconn_close(c);
+}
 
 /* helper-lease.h's setup, with a [Cluster] config, waiting until agend grants cluster
  * resources (a try-once Acquire of "probe" succeeds). */
@@ -25,24 +55,9 @@ static int cluster_setup(void **state) {
         assert_non_null(f);
         f->fds = count_fds();
         assert_int_equal(agend_new(&f->a), 0);
-        FILE *cf = fopen(f->a->config, "we");
-        assert_non_null(cf);
-        fprintf(cf, "[Cluster]\nEndpoints=%s\nNode=n1\nPrefix=/agend-lease/\nLeaseTTLSec=%d\n\n"
-                    "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=probe\nScope=cluster\n",
-                etcd_cluster_endpoints_string(etcd), TTL);
-        fclose(cf);
+        write_cluster_config(f->a, "n1", "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=probe\nScope=cluster\n");
         assert_int_equal(agend_start(f->a), 0);
-        VConn *c = OPEN(f->a);
-        double until = helper_now() + 30.0;
-        for (;;) {
-                json_object *r = CALL(c, LEASE_IF "Acquire", "{\"resource\": \"probe\", \"timeout\": 0}");
-                if (!reply_error(r))
-                        break;
-                if (helper_now() > until)
-                        fail_msg("agend not ready: %s", jtext(r));
-                helper_sleep(0.05);
-        }
-        vconn_close(c);
+        wait_cluster_ready(f->a, "probe");
         f->loop = ev_loop_new(EVFLAG_AUTO);
         assert_non_null(f->loop);
         assert_int_equal(agen_client_new(f->loop, f->a->socket, &f->client), 0);
@@ -68,6 +83,79 @@ static void test_granted_and_released(void **state) {
         wait_no_leases(f, "gpu");
 }
 
+static int setup_ttl10(void **state) {
+        ttl = 10;
+        int r = cluster_setup(state);
+        ttl = TTL;
+        return r;
+}
+
+/* A waiter queued behind a holder on another host keeps its place when its agend stops
+ * (SIGTERM) and starts again on the same state directory: the generator reconnects, sends
+ * its ticket, is queued first again and granted before a waiter on the other host that
+ * queued after it. */
+static void test_waiter_keeps_place_across_restart(void **state) {
+        Fixture *f = *state;
+        Agend *b;
+        assert_int_equal(agend_new(&b), 0);
+        ttl = 10;
+        write_cluster_config(b, "n2", "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=probe-b\nScope=cluster\n");
+        ttl = TTL;
+        assert_int_equal(agend_start(b), 0);
+        wait_cluster_ready(b, "probe-b");
+
+        VConn *b1 = OPEN(b), *b2 = OPEN(b);
+        json_object *held = GRANT_LEASE(b1, "{\"resource\": \"gpu\"}");
+        char id1[80];
+        snprintf(id1, sizeof(id1), "%s", jstr(held, "id"));
+        uint64_t t1 = (uint64_t) jint(held, "token");
+
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "first waiter" });
+        assert_non_null(g);
+        assert_int_equal(next_event(f, g, AGEN_LEASE_QUEUED).ev.position, 1);
+        /* The later waiter on the other host, once b's mirror has our key. */
+        assert_int_equal(vconn_send(b2, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        json_object *q = RECV(b2, HELPER_REPLY_TIMEOUT);
+        assert_string_equal(reply_state(q), "queued");
+        assert_int_equal(jint(reply_params(q), "position"), 2);
+
+        int st;
+        assert_int_equal(agend_stop(f->a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        snprintf(f->a->grace, sizeof(f->a->grace), "%s", GRACE);
+        assert_int_equal(agend_start(f->a), 0);
+
+        /* The generator asks again with its ticket: first in line again. */
+        assert_int_equal(next_event(f, g, AGEN_LEASE_QUEUED).ev.position, 1);
+        /* b sees the same line: our key ahead of b2's (two waiters, not three). */
+        json_object *ws = jget(CALL_OK(b1, LEASE_IF "List", "{\"resource\": \"gpu\"}"), "waiters");
+        assert_int_equal(json_object_array_length(ws), 2);
+        assert_string_equal(jstr(json_object_array_get_idx(ws, 0), "node"), "n1");
+        assert_string_equal(jstr(json_object_array_get_idx(ws, 0), "description"), "first waiter");
+
+        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\"}", id1);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        assert_true(s.ev.token > t1);
+        /* b2 still waits behind us. */
+        json_object *m = NULL;
+        assert_true(vconn_recv(b2, 0.2, &m) < 0 || streq_ptr(reply_state(m), "queued"));
+        Closed c = {};
+        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
+        run_until(f, &c.done);
+        assert_int_equal(c.status, 0);
+        agen_gen_unref(g);
+        for (;;) {
+                m = RECV(b2, 10.0);
+                if (!streq_ptr(reply_state(m), "queued"))
+                        break;
+        }
+        assert_true((uint64_t) jint(jget(assert_granted(m), "lease"), "token") > s.ev.token);
+        vconn_close(b1);
+        vconn_close(b2);
+        assert_int_equal(agend_stop(b, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* Last: it breaks the etcd cluster. */
 static void test_quorum_lost(void **state) {
         Fixture *f = *state;
@@ -88,6 +176,7 @@ static void test_quorum_lost(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_granted_and_released, cluster_setup, teardown),
+                cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup_ttl10, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, cluster_setup, teardown),
         };
         int k = etcd_cluster_new(3, 60 * USEC_PER_SEC, 10 * 60 * USEC_PER_SEC, &etcd);

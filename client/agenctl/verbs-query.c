@@ -68,25 +68,50 @@ static int add_owner_cells(Table *t, json_object *owner) {
         return r < 0 ? -ENOMEM : 0;
 }
 
-static int print_leases(json_object *leases, const char *resource, unsigned *ret_reclaimable) {
+/* Whether a row of leases or waiters has a node: a Scope=cluster resource's. */
+static bool has_node(json_object *rows) {
+        size_t n = rows ? json_object_array_length(rows) : 0;
+        for (size_t i = 0; i < n; i++)
+                if (jstr(json_object_array_get_idx(rows, i), "node"))
+                        return true;
+        return false;
+}
+
+/* The headers, with "NODE" after the first four only when node is set (so output without
+ * cluster-scope rows stays as it was). buf holds n + 1 entries. */
+static const char *const *node_headers(const char *const *headers, size_t n, bool node, const char **buf) {
+        for (size_t i = 0, j = 0; i < n; i++) {
+                if (node && i == 4)
+                        buf[j++] = "NODE";
+                buf[j++] = headers[i];
+        }
+        return buf;
+}
+
+static int print_leases(json_object *leases, bool node, unsigned *ret_reclaimable) {
         static const char *const headers[] = { "ID",   "RESOURCE", "UNITS", "STATE", "USER",  "PID",
                                                "COMM", "UNIT",     "AGE",   "TTL",   "TOKEN", "DESCRIPTION" };
-        _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers), headers);
+        const char *buf[ELEMENTSOF(headers) + 1];
+        /* o: the shift of the columns after STATE when there is a NODE column. */
+        size_t o = node;
+        _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers) + o,
+                                                    node_headers(headers, ELEMENTSOF(headers), node, buf));
         if (!t)
                 return -ENOMEM;
         table_set_align_right(t, 2);
-        table_set_align_right(t, 5);
-        table_set_align_right(t, 8);
-        table_set_align_right(t, 9);
-        table_set_align_right(t, 10);
+        table_set_align_right(t, 5 + o);
+        table_set_align_right(t, 8 + o);
+        table_set_align_right(t, 9 + o);
+        table_set_align_right(t, 10 + o);
         /* What gives way first on a narrow terminal: the free text, then the names. The id
          * is never cut: it is what one copies to type it back (systemctl never cuts the
-         * unit name either), and any unique prefix of it is accepted. */
-        table_set_shrink(t, 11, 0, 8);
-        table_set_shrink(t, 7, 1, 4);
-        table_set_shrink(t, 6, 2, 6);
+         * unit name either), and any unique prefix of it is accepted. Nor is the node: it
+         * tells another host's lease, whose id no command here accepts, from this one's. */
+        table_set_shrink(t, 11 + o, 0, 8);
+        table_set_shrink(t, 7 + o, 1, 4);
+        table_set_shrink(t, 6 + o, 2, 6);
         table_set_shrink(t, 1, 3, 8);
-        table_set_shrink(t, 4, 4, 6);
+        table_set_shrink(t, 4 + o, 4, 6);
         table_set_shrink(t, 3, 5, 4);
 
         unsigned reclaimable = 0;
@@ -101,6 +126,7 @@ static int print_leases(json_object *leases, const char *resource, unsigned *ret
                     table_add_cell(t, jstr(l, "resource"), NULL) < 0 ||
                     table_add_cell(t, format_units(units, sizeof(units), l), NULL) < 0 ||
                     table_add_cell(t, state, reclaim ? ANSI_YELLOW : NULL) < 0 ||
+                    (node && table_add_cell(t, jstr(l, "node"), NULL) < 0) ||
                     add_owner_cells(t, jobj(l, "owner")) < 0 ||
                     table_add_cell(t, format_age(age, sizeof(age), jint(l, "created", 0)), NULL) < 0 ||
                     table_add_cell(t, format_left(left, sizeof(left), l), NULL) < 0 ||
@@ -116,20 +142,23 @@ static int print_leases(json_object *leases, const char *resource, unsigned *ret
 
 /* A waiter's STATE: "waiting", or "reclaimable" for a place restored after a restart whose
  * waiter has not come back yet (an older agend or another host's waiter sends none). */
-static int print_waiters(json_object *waiters, unsigned *ret_reclaimable) {
+static int print_waiters(json_object *waiters, bool node, unsigned *ret_reclaimable) {
         static const char *const headers[] = { "POS", "RESOURCE", "UNITS", "STATE",   "USER",
                                                "PID", "COMM",     "UNIT",  "WAITING", "DESCRIPTION" };
-        _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers), headers);
+        const char *buf[ELEMENTSOF(headers) + 1];
+        size_t o = node;
+        _cleanup_(table_freep) Table *t = table_new(ELEMENTSOF(headers) + o,
+                                                    node_headers(headers, ELEMENTSOF(headers), node, buf));
         if (!t)
                 return -ENOMEM;
         table_set_align_right(t, 2);
-        table_set_align_right(t, 5);
-        table_set_align_right(t, 8);
-        table_set_shrink(t, 9, 0, 8);
-        table_set_shrink(t, 7, 1, 4);
-        table_set_shrink(t, 6, 2, 6);
+        table_set_align_right(t, 5 + o);
+        table_set_align_right(t, 8 + o);
+        table_set_shrink(t, 9 + o, 0, 8);
+        table_set_shrink(t, 7 + o, 1, 4);
+        table_set_shrink(t, 6 + o, 2, 6);
         table_set_shrink(t, 1, 3, 8);
-        table_set_shrink(t, 4, 4, 6);
+        table_set_shrink(t, 4 + o, 4, 6);
         table_set_shrink(t, 3, 5, 4);
 
         unsigned reclaimable = 0;
@@ -145,6 +174,7 @@ static int print_waiters(json_object *waiters, unsigned *ret_reclaimable) {
                     table_add_cell(t, jstr(w, "resource"), NULL) < 0 ||
                     table_add_cell(t, format_units(units, sizeof(units), w), NULL) < 0 ||
                     table_add_cell(t, state, reclaim ? ANSI_YELLOW : NULL) < 0 ||
+                    (node && table_add_cell(t, jstr(w, "node"), NULL) < 0) ||
                     add_owner_cells(t, jobj(w, "owner")) < 0 ||
                     table_add_cell(t, format_age(age, sizeof(age), jint(w, "since", 0)), NULL) < 0 ||
                     table_add_cell(t, jstr(w, "description"), NULL) < 0)
@@ -171,17 +201,19 @@ int verb_list(int argc, char **argv) {
                 return EXIT_OK;
         }
 
+        /* One NODE column for both tables, or none: only cluster-scope rows have a node. */
+        json_object *waiters = jobj(reply, "waiters");
+        bool node = has_node(jobj(reply, "leases")) || has_node(waiters);
         unsigned reclaimable = 0;
-        int nl = print_leases(jobj(reply, "leases"), resource, &reclaimable);
+        int nl = print_leases(jobj(reply, "leases"), node, &reclaimable);
         if (nl < 0)
                 return EXIT_FAILURE_OTHER;
-        json_object *waiters = jobj(reply, "waiters");
         size_t nw = waiters ? json_object_array_length(waiters) : 0;
         /* The blank line belongs to the legend: without it, rows follow rows. */
         if (nl > 0 && nw > 0 && arg_legend)
                 putchar('\n');
         unsigned places = 0;
-        if (print_waiters(waiters, &places) < 0)
+        if (print_waiters(waiters, node, &places) < 0)
                 return EXIT_FAILURE_OTHER;
 
         if (arg_legend) {
