@@ -11,6 +11,7 @@
 #include "cluster-service.h"
 #include "cluster.h"
 #include "hashmap.h"
+#include "json-build.h"
 #include "list.h"
 #include "log.h"
 #include "macro.h"
@@ -25,7 +26,7 @@ typedef struct StandIn {
 } StandIn;
 
 struct ClusterLease {
-        Lease lease;                    /* what lease_to_json() and the events read */
+        Lease lease;                    /* what the replies and the events read */
         StandIn res;
         ClusterService *service;
         ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
@@ -159,16 +160,6 @@ static void lease_free(ClusterLease *cl) {
         free(cl);
 }
 
-static struct json_object *granted_params(const ClusterLease *cl) {
-        struct json_object *p = json_object_new_object();
-        if (p) {
-                json_object_object_add(p, "state", json_object_new_string("granted"));
-                json_object_object_add(p, "lease", lease_to_json(&cl->lease));
-                json_object_object_add(p, "secret", json_object_new_string(cl->lease.secret));
-        }
-        return p;
-}
-
 /* The Acquire call of cl ends (granted, timed out, failed): the connection may call again. */
 static void acquire_done(ClusterLease *cl) {
         Conn *c = cl->conn;
@@ -195,15 +186,9 @@ static void on_queued(Cluster *cluster, ClusterWaiter *w, unsigned position, voi
         }
         if (!conn_more(cl->conn))
                 return;
-        struct json_object *p = json_object_new_object();
-        if (p) {
-                json_object_object_add(p, "state", json_object_new_string("queued"));
-                json_object_object_add(p, "position", json_object_new_int64(position));
-                /* Presented again after a restart of this agend, it claims the same key,
-                 * with its place in line (cluster_adopt()). */
-                json_object_object_add(p, "ticket", json_object_new_string(cluster_waiter_ticket(w)));
-        }
-        conn_reply(cl->conn, p, true);
+        /* The ticket, presented again after a restart of this agend, claims the same key,
+         * with its place in line (cluster_adopt()). */
+        conn_reply_queued(cl->conn, position, cluster_waiter_ticket(w));
 }
 
 static void lease_end(ClusterService *s, ClusterLease *cl, EventType t, const char *reason, const Owner *by);
@@ -255,7 +240,7 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
         emit(cl->service, EVENT_GRANTED, cl, NULL, NULL);
         if (cl->pending) {
                 acquire_done(cl);
-                conn_reply(c, granted_params(cl), false);
+                conn_reply_granted(c, &cl->lease, false);
         }
 }
 
@@ -646,10 +631,7 @@ static void on_check(Cluster *cluster, int result, void *userdata) {
                                 conn_error_reason(pc->conn, "io.agend.Lease.Timeout",
                                                   "cluster resource: etcd did not answer", NULL, NULL);
                         else {
-                                struct json_object *r = json_object_new_object();
-                                if (r)
-                                        json_object_object_add(r, "current", json_object_new_boolean(result > 0));
-                                conn_reply(pc->conn, r, false);
+                                conn_reply_bool(pc->conn, "current", result > 0);
                         }
                 }
         }
@@ -695,25 +677,23 @@ static int list_one(const ClusterEntry *e, void *userdata) {
         if (!e->holds) {
                 if (!x->l->waiters)
                         return 0;
-                struct json_object *j = json_object_new_object(), *o = json_object_new_object();
-                if (!j || !o) {
-                        json_object_put(j);
-                        json_object_put(o);
+                /* Each member checked: a waiter is listed whole or the List fails. */
+                _cleanup_json_ json_object *j = json_object_new_object();
+                json_object *o = json_object_new_object();
+                if (json_add(j, "owner", o) < 0 || json_add_int(o, "uid", e->uid) < 0 ||
+                    json_add_int(o, "gid", e->gid) < 0 || json_add_int(o, "pid", e->pid) < 0 ||
+                    json_add_string(o, "comm", strempty(e->comm)) < 0 ||
+                    json_add_string(j, "resource", e->resource) < 0 ||
+                    json_add_string(j, "node", strempty(e->node)) < 0 || json_add_int(j, "units", e->units) < 0 ||
+                    json_add_bool(j, "exclusive", e->exclusive) < 0 ||
+                    json_add_int(j, "position", e->position) < 0 ||
+                    json_add_string(j, "description", strempty(e->description)) < 0 ||
+                    json_add_int(j, "since", 0) < 0)
                         return -ENOMEM;
-                }
-                json_object_object_add(o, "uid", json_object_new_int64(e->uid));
-                json_object_object_add(o, "gid", json_object_new_int64(e->gid));
-                json_object_object_add(o, "pid", json_object_new_int64(e->pid));
-                json_object_object_add(o, "comm", json_object_new_string(strempty(e->comm)));
-                json_object_object_add(j, "resource", json_object_new_string(e->resource));
-                json_object_object_add(j, "node", json_object_new_string(strempty(e->node)));
-                json_object_object_add(j, "units", json_object_new_int64(e->units));
-                json_object_object_add(j, "exclusive", json_object_new_boolean(e->exclusive));
-                json_object_object_add(j, "position", json_object_new_int64(e->position));
-                json_object_object_add(j, "owner", o);
-                json_object_object_add(j, "description", json_object_new_string(strempty(e->description)));
-                json_object_object_add(j, "since", json_object_new_int64(0));
-                return json_object_array_add(x->l->waiters, j) < 0 ? -ENOMEM : 0;
+                if (json_object_array_add(x->l->waiters, j) < 0)
+                        return -ENOMEM;
+                j = NULL;
+                return 0;
         }
         if ((uint64_t) e->create_revision <= x->after)
                 return 0;

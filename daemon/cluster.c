@@ -10,6 +10,7 @@
 #include "cluster.h"
 #include "etcd-watch.h"
 #include "hashmap.h"
+#include "json-writer.h"
 #include "list.h"
 #include "macro.h"
 #include "string-table.h"
@@ -780,22 +781,22 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         char ticket[CLUSTER_TICKET_LEN + 1];
         snprintf(ticket, sizeof(ticket), "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, rnd, secret[0], secret[1]);
         _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, a->resource), *value = NULL;
-        struct json_object *o = json_object_new_object();
-        if (!rp || !o) {
-                json_object_put(o);
-                return -ENOMEM;
-        }
-        json_object_object_add(o, "node", json_object_new_string(c->node));
-        json_object_object_add(o, "uid", json_object_new_int64(a->uid));
-        json_object_object_add(o, "gid", json_object_new_int64(a->gid));
-        json_object_object_add(o, "pid", json_object_new_int64(a->pid));
-        json_object_object_add(o, "comm", json_object_new_string(strempty(a->comm)));
-        json_object_object_add(o, "description", json_object_new_string(strempty(a->description)));
-        json_object_object_add(o, "units", json_object_new_int64(units));
-        json_object_object_add(o, "exclusive", json_object_new_boolean(a->exclusive));
-        json_object_object_add(o, "ticket", json_object_new_string(ticket + 16));
-        value = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-        json_object_put(o);
+        JsonWriter jw;
+        jw_init(&jw);
+        jw_object_begin(&jw, NULL);
+        jw_string(&jw, "node", c->node);
+        jw_int(&jw, "uid", a->uid);
+        jw_int(&jw, "gid", a->gid);
+        jw_int(&jw, "pid", a->pid);
+        jw_string(&jw, "comm", strempty(a->comm));
+        jw_string(&jw, "description", strempty(a->description));
+        jw_int(&jw, "units", units);
+        jw_bool(&jw, "exclusive", a->exclusive);
+        jw_string(&jw, "ticket", ticket + 16);
+        jw_object_end(&jw);
+        if (rp && jw_finish(&jw) >= 0)
+                value = strndup(jw.buf, jw.len);
+        jw_done(&jw);
 
         ClusterWaiter *w = calloc(1, sizeof(*w));
         if (!w || !value || !(w->resource = strdup(a->resource)) ||

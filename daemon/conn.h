@@ -71,6 +71,11 @@ void conn_watch_end(Conn *c);
 
 /* Methods (methods.c). */
 int methods_bind(VarlinkServer *s);
-struct json_object *lease_to_json(const Lease *l);
+/* Replies written by methods.c's writer, for the cluster service too: a grant (a grant
+ * that cannot be written closes the connection, so the lease it never heard of ends with
+ * it), a queued notice, and a one-member reply such as Check's {current}. */
+void conn_reply_granted(Conn *c, const Lease *l, bool continues);
+void conn_reply_queued(Conn *c, int64_t position, const char *ticket);
+void conn_reply_bool(Conn *c, const char *key, bool value);
 /* Engine callbacks. */
 extern const EngineCallbacks methods_engine_callbacks;

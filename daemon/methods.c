@@ -99,19 +99,6 @@ static void lease_write(JsonWriter *w, const char *key, const Lease *l) {
         jw_object_end(w);
 }
 
-/* For the cluster service, which still builds json-c objects: the same text, parsed. NULL
- * on any failure, so that a caller never adds a partial lease. */
-struct json_object *lease_to_json(const Lease *l) {
-        JsonWriter w;
-        jw_init(&w);
-        lease_write(&w, NULL, l);
-        json_object *o = NULL;
-        if (jw_finish(&w) < 0 || json_parse_buffer(w.buf, w.len, &o) < 0)
-                o = NULL;
-        jw_done(&w);
-        return o;
-}
-
 static void waiter_write(JsonWriter *w, const char *key, const Waiter *x) {
         jw_object_begin(w, key);
         jw_string(w, "resource", x->resource->name);
@@ -198,7 +185,7 @@ static bool check_members(Conn *c, struct json_object *p, const char *const *all
         return true;
 }
 
-static void reply_granted(Conn *c, const Lease *l, bool continues) {
+void conn_reply_granted(Conn *c, const Lease *l, bool continues) {
         REPLY_WRITER(w);
         jw_string(&w, "state", "granted");
         lease_write(&w, "lease", l);
@@ -209,12 +196,22 @@ static void reply_granted(Conn *c, const Lease *l, bool continues) {
                 varlink_conn_close(c->link);
 }
 
-static void reply_queued(Conn *c, const Waiter *x) {
+void conn_reply_queued(Conn *c, int64_t position, const char *ticket) {
         REPLY_WRITER(w);
         jw_string(&w, "state", "queued");
-        jw_int(&w, "position", x->position);
-        jw_string(&w, "ticket", x->ticket);
+        jw_int(&w, "position", position);
+        jw_string(&w, "ticket", ticket);
         reply_end(c, &w, true);
+}
+
+static void reply_queued(Conn *c, const Waiter *x) {
+        conn_reply_queued(c, x->position, x->ticket);
+}
+
+void conn_reply_bool(Conn *c, const char *key, bool value) {
+        REPLY_WRITER(w);
+        jw_bool(&w, key, value);
+        reply_end(c, &w, false);
 }
 
 /* The empty reply of Release and Revoke. */
@@ -290,7 +287,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
         Waiter *w = NULL;
         int k = engine_acquire(m->engine, &ap, &c->holder, c, &l, &w);
         if (k == 0)
-                return reply_granted(c, l, false);
+                return conn_reply_granted(c, l, false);
         if (k == 1) {
                 c->busy = CONN_ACQUIRE;
                 c->waiter = w;
@@ -834,7 +831,7 @@ static void cb_granted(Engine *e, Waiter *w, Lease *l, void *userdata) {
         c->waiter = NULL;
         if (c->user && c->user->waiters > 0)
                 c->user->waiters--;
-        reply_granted(c, l, false);
+        conn_reply_granted(c, l, false);
         conn_call_done(c);
 }
 

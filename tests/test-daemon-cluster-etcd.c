@@ -388,6 +388,36 @@ static void test_same_surface(void **state) {
 /* ttl and detached on a cluster resource: the TTL (renewed) runs out on the holder's agend,
  * which deletes the key ("expired"), and the other host is granted, not before; a detached
  * lease outlives its connection and is released with its secret from another one. */
+/* A cluster grant that cannot be written (AGEND_TEST_WRITER_FAIL, builds with test hooks:
+ * the reply writer cannot grow past its 1 KiB inline buffer) is LimitExceeded and a close,
+ * never a reply with a member silently null; the key goes with the connection, so the next
+ * Acquire on the resource is granted. */
+static void test_grant_that_cannot_be_written(void **state) {
+#ifndef AGEND_TEST_HOOKS
+        skip();
+#else
+        const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
+        assert_int_equal(setenv("AGEND_TEST_WRITER_FAIL", "1", 1), 0);
+        Agend *a = host("a", res);
+        unsetenv("AGEND_TEST_WRITER_FAIL");
+        /* Small enough for the key's value (under 1 KiB), too large for the grant reply,
+         * which carries it with the lease, the owner and the secret. */
+        char description[801];
+        memset(description, 'd', sizeof(description) - 1);
+        description[sizeof(description) - 1] = 0;
+        VConn *c1 = OPEN(a);
+        json_object *m = CALL(c1, LEASE_IF "Acquire", "{\"resource\": \"gpu\", \"description\": \"%s\"}", description);
+        assert_string_equal(reply_error(m), LEASE_IF "LimitExceeded");
+        assert_string_equal(jstr(m, "parameters.limit"), "memory");
+        assert_int_equal(vconn_wait_closed(c1, HELPER_REPLY_TIMEOUT), 0);
+        VConn *c2 = OPEN(a);
+        json_object *l = GRANT_LEASE(c2, "{\"resource\": \"gpu\", \"timeout\": 30, \"description\": \"small\"}");
+        assert_string_equal(jstr(l, "description"), "small");
+        assert_string_equal(jstr(l, "node"), "a");
+        vconn_close(c2);
+#endif
+}
+
 static void test_ttl_and_detached(void **state) {
         const char *res = "[Resource]\nName=gpu\nCapacity=1\nScope=cluster\n\n";
         Agend *a = host("a", res), *b = host("b", res);
@@ -765,6 +795,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_history_three_hosts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_same_surface, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ttl_and_detached, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grant_that_cannot_be_written, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reload_capacity, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_agenctl_list_node, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup, teardown),
