@@ -221,8 +221,8 @@ static void test_inline_commit(void **state) {
         assert_int_equal(store_pipe_submit(f->pipe), 0);
         wait_done(f);
         assert_int_equal(f->results[0], 1);
-        assert_int_equal(f->s->ops->meta_set(f->s, "k", "b"), 0);
-        assert_true(store_pipe_may_commit_inline(f->pipe));
+        /* (Whether the next small batch may go inline again depends on how long that
+         * commit took, which a slow run such as valgrind's makes long: not asserted.) */
         fixture_free(f);
 
         /* Every commit takes 50 ms. */
