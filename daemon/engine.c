@@ -487,7 +487,8 @@ static void renumber(Engine *e, Resource *r) {
         for (Waiter *w = r->wait_head; w; w = w->next, pos++)
                 if (w->position != pos) {
                         w->position = pos;
-                        if (e->cb.moved)
+                        /* An unclaimed place (restored, its waiter not back) has nobody to tell. */
+                        if (e->cb.moved && !w->unclaimed)
                                 e->cb.moved(e, w, e->userdata);
                 }
 }

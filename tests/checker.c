@@ -231,6 +231,12 @@ static void check_tokens(Checker *c, unsigned res, const CheckGrant **sent, cons
         }
 }
 
+/* A request that presented a ticket may have taken back a place ahead of waiters queued
+ * before it was sent (check_tickets() judges it instead). */
+static bool ticket_ahead(const CheckGrant *b) {
+        return b->ticket == CHECK_TICKET_KEPT || b->ticket == CHECK_TICKET_UNCONFIRMED;
+}
+
 /* A waiter told "queued" before b was sent, granted by the same daemon process, was
  * granted before b: grants come in token order within one process. */
 static void check_fifo(Checker *c, unsigned res, const CheckGrant **sent, size_t n) {
@@ -257,7 +263,7 @@ static void check_fifo(Checker *c, unsigned res, const CheckGrant **sent, size_t
                         if (!max || q[j]->token > max->token)
                                 max = q[j];
                 }
-                if (max && max->epoch == b->epoch && b->token < max->token)
+                if (max && max->epoch == b->epoch && b->token < max->token && !ticket_ahead(b))
                         violation(c,
                                   "fifo: %s: client %u, queued at %.3f ms, got token %" PRIu64
                                   " after client %u, who asked later (%.3f ms) and got token %" PRIu64 " (epoch %u)",
@@ -265,6 +271,71 @@ static void check_fifo(Checker *c, unsigned res, const CheckGrant **sent, size_t
                                   ms(b->sent), b->token, b->epoch);
         }
         free(q);
+}
+
+/* ---- tickets ---- */
+
+/* The rule, for two grants A and B of one resource granted by the same daemon process
+ * (epoch E):
+ *
+ *   if A's Acquire in E presented a ticket and its first "queued" reply in E carried that
+ *   same ticket (CHECK_TICKET_KEPT: A took back a place restored from an earlier epoch),
+ *   and B's place was created after A's — that is, either B's place was created in E (B
+ *   presented no ticket, or its ticket was refused: CHECK_TICKET_NONE or _REFUSED), or
+ *   B's place too is from an earlier epoch (B presented a ticket: _KEPT or _UNCONFIRMED)
+ *   and the Acquire that created it was sent after the first "queued" reply of the one
+ *   that created A's place —
+ *
+ *   then A's token is smaller than B's (A was granted first).
+ *
+ * Why it holds and flags nothing legitimate: a restored place stays in the queue from
+ * the restore until it is claimed and granted, or dropped when the grace ends (then no
+ * ticket is accepted for it, so A would be _REFUSED, not _KEPT); while unclaimed at the
+ * head it blocks everyone behind it. Queue order is the order places were created
+ * (restored places keep theirs; a new one goes to the tail), grants follow queue order
+ * strictly (a large request at the head holds back smaller ones: nobody overtakes), and
+ * within one process tokens follow grant order. A request with no ticket granted without
+ * queueing in E must have found the queue empty, so after A's grant. A ticket granted
+ * with no "queued" reply (_UNCONFIRMED) is not trusted as A: it may have been refused
+ * and granted on an empty queue. Waiters whose grace ran out are _REFUSED and judged by
+ * the FIFO rule as new arrivals. */
+static int by_epoch_token(const void *a, const void *b) {
+        const CheckGrant *x = *(const CheckGrant *const *) a, *y = *(const CheckGrant *const *) b;
+        if (x->epoch != y->epoch)
+                return x->epoch < y->epoch ? -1 : 1;
+        return x->token < y->token ? -1 : x->token > y->token;
+}
+
+static bool place_after(const CheckGrant *a, const CheckGrant *b) {
+        if (b->ticket == CHECK_TICKET_NONE || b->ticket == CHECK_TICKET_REFUSED)
+                return true;
+        return b->place_sent > a->place_queued;
+}
+
+static void check_tickets(Checker *c, unsigned res, const CheckGrant **v, size_t n) {
+        qsort(v, n, sizeof(*v), by_epoch_token);
+        for (size_t start = 0, end; start < n; start = end) {
+                for (end = start; end < n && v[end]->epoch == v[start]->epoch; end++)
+                        ;
+                for (size_t i = start; i < end; i++) {
+                        const CheckGrant *a = v[i];
+                        if (a->ticket != CHECK_TICKET_KEPT)
+                                continue;
+                        /* Everyone of this epoch granted before A (smaller token). */
+                        for (size_t j = start; j < i; j++) {
+                                const CheckGrant *b = v[j];
+                                if (!place_after(a, b))
+                                        continue;
+                                violation(c,
+                                          "ticket: %s: client %u got its place back by ticket (place queued at "
+                                          "%.3f ms, epoch %u) and token %" PRIu64 ", after client %u, whose place "
+                                          "came later (asked at %.3f ms, epoch %u), got token %" PRIu64 " (epoch %u)",
+                                          c->resources[res].name, a->client, ms(a->place_queued), a->place_epoch,
+                                          a->token, b->client, ms(b->place_sent), b->place_epoch, b->token, a->epoch);
+                                break;  /* one report per waiter */
+                        }
+                }
+        }
 }
 
 static int by_token(const void *a, const void *b) {
@@ -302,6 +373,7 @@ unsigned checker_run(Checker *c) {
                 check_capacity(c, res, sent, n);
                 check_tokens(c, res, sent, granted, n);
                 check_fifo(c, res, sent, n);
+                check_tickets(c, res, granted, n);
         }
 
         for (size_t i = 0; i < c->n_grants; i++) {
@@ -328,6 +400,8 @@ void checker_get_stats(const Checker *c, CheckStats *ret) {
                 s.queued += c->grants[i].queued != 0;
                 s.reclaims += c->grants[i].reclaims;
                 s.reclaims_refused += c->grants[i].reclaim_refused;
+                s.tickets_kept += c->grants[i].ticket == CHECK_TICKET_KEPT;
+                s.tickets_refused += c->grants[i].ticket == CHECK_TICKET_REFUSED;
         }
         *ret = s;
 }

@@ -22,6 +22,10 @@
  * - Nothing lost: a grant whose holder, after a restart, was refused its Reclaim must have
  *   ended with a reason recorded in History; a Reclaim that succeeds returns the same
  *   token.
+ * - Tickets: a waiter that presented its ticket after a restart and got its place back is
+ *   not overtaken by a request queued after that place (the exact rule is at
+ *   check_tickets() in checker.c). The FIFO rule above does not judge a request that
+ *   presented a ticket: it may rightly go ahead of those queued before it was re-sent.
  *
  * Violations are kept as lines of text; checker_run() returns how many there were. */
 
@@ -33,6 +37,15 @@
 #include "usec.h"
 
 typedef struct Checker Checker;
+
+/* What became of the ticket a re-sent Acquire presented (after a restart, in the epoch
+ * that granted it). */
+typedef enum CheckTicket {
+        CHECK_TICKET_NONE,      /* no ticket presented: the request queued at the tail */
+        CHECK_TICKET_KEPT,      /* its first "queued" reply carried the ticket presented */
+        CHECK_TICKET_REFUSED,   /* its first "queued" reply carried another ticket: the tail */
+        CHECK_TICKET_UNCONFIRMED, /* presented, then granted with no "queued" reply */
+} CheckTicket;
 
 typedef struct CheckGrant {
         unsigned client;
@@ -54,6 +67,12 @@ typedef struct CheckGrant {
         /* For a refused Reclaim: the History event that ended it ("released: reason"),
          * copied; NULL = History has no ending event with a reason for this lease. */
         const char *history_end;
+        CheckTicket ticket;
+        /* The place in the queue the grant came from: when the Acquire that created it
+         * was sent, when its first "queued" reply came (0 = never queued), in which
+         * epoch. For a ticket kept, a place from an earlier epoch. */
+        usec_t place_sent, place_queued;
+        unsigned place_epoch;
 } CheckGrant;
 
 typedef struct CheckStats {
@@ -61,6 +80,8 @@ typedef struct CheckStats {
         unsigned long queued;           /* grants that waited in a queue first */
         unsigned long reclaims;
         unsigned long reclaims_refused; /* of which History recorded the end */
+        unsigned long tickets_kept;     /* grants whose Acquire got its place back by ticket */
+        unsigned long tickets_refused;  /* ... presented a ticket and queued at the tail */
         unsigned long violations;
 } CheckStats;
 

@@ -3,7 +3,8 @@
  * clean, and each kind of violation (overlap on a mutex, a counted resource over its
  * capacity, a token not above an earlier grant's, a token handed out twice, a waiter
  * overtaken, a lease gone after a restart with no end in History, a Reclaim with another
- * token) is caught and named. Times are in ms here, µs in the checker. */
+ * token, a place taken back by ticket overtaken by one queued after it) is caught and
+ * named. Times are in ms here, µs in the checker. */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -58,6 +59,40 @@ static void grant(Fixture *f, unsigned client, int res, unsigned units, uint64_t
                 .end = end < 0 ? USEC_INFINITY : MS(end),
         };
         assert_int_equal(checker_add_grant(f->c, &g), 0);
+}
+
+/* A grant after a restart by a re-sent Acquire that presented a ticket: kind says what
+ * came of it; its place was created by a call sent at place_sent, first told "queued" at
+ * place_queued, in place_epoch (ms). */
+static void grant_ticket(Fixture *f, unsigned client, int res, unsigned units, uint64_t token, int sent, int queued,
+                         int granted, int end, unsigned epoch, CheckTicket kind, int place_sent, int place_queued,
+                         unsigned place_epoch) {
+        char id[32];
+        snprintf(id, sizeof(id), "L%llu", (unsigned long long) token);
+        CheckGrant g = {
+                .client = client,
+                .resource = (unsigned) res,
+                .units = units,
+                .token = token,
+                .id = id,
+                .epoch = epoch,
+                .sent = MS(sent),
+                .queued = queued ? MS(queued) : 0,
+                .granted = MS(granted),
+                .end = end < 0 ? USEC_INFINITY : MS(end),
+                .ticket = kind,
+                .place_sent = MS(place_sent),
+                .place_queued = MS(place_queued),
+                .place_epoch = place_epoch,
+        };
+        assert_int_equal(checker_add_grant(f->c, &g), 0);
+}
+
+/* A lease held from 2 ms in epoch 0 across a kill at 50, reclaimed, released at end. */
+static void held_across_kill(Fixture *f, int res, unsigned units, int end) {
+        CheckGrant held = { .client = 9, .resource = (unsigned) res, .units = units, .token = 1, .id = "L1",
+                            .epoch = 0, .sent = MS(1), .granted = MS(2), .end = MS(end), .reclaims = 1 };
+        assert_int_equal(checker_add_grant(f->c, &held), 0);
 }
 
 /* Exactly one violation, and it is of this kind. */
@@ -198,6 +233,74 @@ static void test_reclaim_bad_token(void **state) {
         assert_one_violation(f, "reclaim:");
 }
 
+/* Orders the ticket rule must accept. Mutex held across a kill at 50 until 70. */
+static void test_tickets_clean(void **state) {
+        Fixture *f = *state;
+        held_across_kill(f, f->mutex, 1, 70);
+        /* Client 0's place (queued at 11 in epoch 0) taken back at 63: granted ahead of
+         * client 1, who queued at 61 in epoch 1 before client 0 was back (the FIFO rule
+         * must not judge client 0 as a newcomer). */
+        grant_ticket(f, 0, f->mutex, 1, 100, 62, 63, 71, 75, 1, CHECK_TICKET_KEPT, 10, 11, 0);
+        /* Client 2's place is older (queued at 6): granted first is right; client 3's was
+         * asked at 11, with client 0's first reply (concurrent): either order. */
+        grant_ticket(f, 2, f->mutex, 1, 98, 64, 65, 70, 70, 1, CHECK_TICKET_KEPT, 5, 6, 0);
+        grant_ticket(f, 3, f->mutex, 1, 99, 66, 67, 70, 71, 1, CHECK_TICKET_KEPT, 11, 12, 0);
+        grant(f, 1, f->mutex, 1, 101, 60, 61, 76, 80, 1);
+        /* Pool: client 4's grace ran out (its ticket refused, a new place at the tail):
+         * client 5, queued in epoch 1 before it, goes first. Client 6 presented its ticket
+         * and was granted with no "queued" reply, ahead of client 5 who queued before it
+         * was sent. */
+        grant(f, 5, f->pool, 3, 200, 60, 61, 100, 110, 1);
+        grant_ticket(f, 4, f->pool, 3, 201, 400, 401, 410, 420, 1, CHECK_TICKET_REFUSED, 400, 401, 1);
+        grant_ticket(f, 6, f->pool, 3, 199, 90, 0, 91, 95, 1, CHECK_TICKET_UNCONFIRMED, 30, 31, 0);
+        unsigned n = checker_run(f->c);
+        if (n != 0)
+                checker_print_violations(f->c, stderr, 10);
+        assert_int_equal(n, 0);
+        CheckStats s;
+        checker_get_stats(f->c, &s);
+        assert_int_equal(s.tickets_kept, 3);
+        assert_int_equal(s.tickets_refused, 1);
+}
+
+/* Client 0 took its place back by ticket; client 1, queued only after the restart, is
+ * granted first. (The FIFO rule cannot see it: client 1 queued before client 0 re-sent.) */
+static void test_ticket_overtaken_by_newcomer(void **state) {
+        Fixture *f = *state;
+        held_across_kill(f, f->mutex, 1, 70);
+        grant_ticket(f, 0, f->mutex, 1, 101, 62, 63, 90, 95, 1, CHECK_TICKET_KEPT, 10, 11, 0);
+        grant(f, 1, f->mutex, 1, 100, 60, 61, 71, 85, 1);
+        assert_one_violation(f, "ticket:");
+}
+
+/* Two places from epoch 0 taken back in the wrong order; and a later place claimed with
+ * no "queued" reply (granted at once) while an earlier one was back and waiting. */
+static void test_ticket_places_swapped(void **state) {
+        Fixture *f = *state;
+        held_across_kill(f, f->mutex, 1, 70);
+        grant_ticket(f, 0, f->mutex, 1, 101, 62, 63, 81, 85, 1, CHECK_TICKET_KEPT, 10, 11, 0);
+        grant_ticket(f, 2, f->mutex, 1, 100, 64, 65, 71, 80, 1, CHECK_TICKET_KEPT, 20, 21, 0);
+        assert_one_violation(f, "ticket:");
+}
+
+static void test_ticket_overtaken_unconfirmed(void **state) {
+        Fixture *f = *state;
+        held_across_kill(f, f->mutex, 1, 70);
+        grant_ticket(f, 0, f->mutex, 1, 101, 62, 63, 81, 85, 1, CHECK_TICKET_KEPT, 10, 11, 0);
+        grant_ticket(f, 2, f->mutex, 1, 100, 72, 0, 72, 80, 1, CHECK_TICKET_UNCONFIRMED, 20, 21, 0);
+        assert_one_violation(f, "ticket:");
+}
+
+/* Counted: client 0 took back its place for 2 units with 1 free; client 1 (1 unit, asked
+ * after the restart, before client 0 re-sent) was granted past it. */
+static void test_ticket_counted_head(void **state) {
+        Fixture *f = *state;
+        held_across_kill(f, f->pool, 2, 100);
+        grant_ticket(f, 0, f->pool, 2, 101, 62, 63, 101, 110, 1, CHECK_TICKET_KEPT, 10, 11, 0);
+        grant(f, 1, f->pool, 1, 100, 61, 0, 62, 80, 1);
+        assert_one_violation(f, "ticket:");
+}
+
 /* What clients report is kept across runs and counted with what the checks find. */
 static void test_reported(void **state) {
         Fixture *f = *state;
@@ -224,6 +327,11 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_lost_grant, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reclaim_bad_token, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_reported, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_tickets_clean, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ticket_overtaken_by_newcomer, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ticket_places_swapped, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ticket_overtaken_unconfirmed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ticket_counted_head, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -387,6 +387,46 @@ static void test_free_head_waits_for_its_waiter(void **state) {
         assert_string_equal(jstr(expect_grant_after_moves(b1), "lease.description"), "second");
 }
 
+/* The head's waiter comes back and is granted while the place behind it is still
+ * unclaimed: that place moves up with nobody to tell, agend carries on (it crashed here,
+ * found by test-history once its clients presented tickets), and its waiter is granted
+ * when it comes back. */
+static void test_unclaimed_place_moves_up(void **state) {
+        Agend *a = *state;
+        VConn *h = OPEN(a), *w0 = OPEN(a), *w1 = OPEN(a);
+        char t0[128], t1[128];
+        Held held;
+        int64_t pos = 0;
+
+        hold(h, "u", &held);
+        enqueue(w0, "u", "first", NULL, 1, t0);
+        enqueue(w1, "u", "second", NULL, 2, t1);
+        assert_int_equal(agend_kill(a), 0);
+        assert_int_equal(agend_start(a), 0);
+
+        VConn *h2 = OPEN(a);
+        CALL_OK(h2, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%lld,\"secret\":\"%s\"}", held.id,
+                (long long) held.token, held.secret);
+        CALL_OK(h2, LEASE_IF "Release", "{\"id\":\"%s\"}", held.id);
+
+        VConn *b0 = OPEN(a);
+        assert_int_equal(vconn_send(b0, VL_MORE, LEASE_IF "Acquire",
+                                    "{\"resource\":\"u\",\"description\":\"first\",\"ticket\":\"%s\"}", t0),
+                         0);
+        assert_string_equal(jstr(expect_grant(b0), "lease.description"), "first");
+        /* Alive, and the unclaimed place is now the head. */
+        VConn *obs = OPEN(a);
+        assert_true(waiter_since(obs, "u", "second", &pos) > 0);
+        assert_int_equal(pos, 1);
+        vconn_close(b0);
+
+        VConn *b1 = OPEN(a);
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire",
+                                    "{\"resource\":\"u\",\"description\":\"second\",\"ticket\":\"%s\"}", t1),
+                         0);
+        assert_string_equal(jstr(expect_grant_after_moves(b1), "lease.description"), "second");
+}
+
 /* A clean stop (SIGTERM) keeps the places as well. */
 static void test_order_survives_sigterm(void **state) {
         Agend *a = *state;
@@ -420,6 +460,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unclaimed_place_dropped_after_grace, setup_short_grace,
                                                 helper_teardown),
                 cmocka_unit_test_setup_teardown(test_order_survives_sigterm, setup_long_grace, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_unclaimed_place_moves_up, setup_long_grace, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_free_head_waits_for_its_waiter, setup_long_grace,
                                                 helper_teardown),
         };

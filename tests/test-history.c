@@ -7,9 +7,12 @@
  * written to --log FILE if asked). Between rounds of random length the daemon is killed
  * with SIGKILL — sometimes again while it restores its database — and restarted on the
  * same state directory; each holder then reconnects and reclaims its lease (same id and
- * token), and for every Reclaim refused the History must show how that lease ended.
+ * token), and for every Reclaim refused the History must show how that lease ended; each
+ * waiter re-sends its Acquire presenting the ticket of its last "queued" reply, as
+ * libagenclient does, to take its place back.
  * checker.c then checks what the clients saw: units held <= capacity at every instant,
- * tokens increasing per resource across restarts, no acknowledged grant lost, FIFO.
+ * tokens increasing per resource across restarts, no acknowledged grant lost, FIFO, and a
+ * place taken back by ticket not overtaken by one queued after it.
  *
  *   test-history [--sync normal|full] [--kills N] [--clients N] [--round-ms MIN:MAX]
  *                [--grace SEC] [--seed N] [--log FILE]
@@ -61,8 +64,10 @@ typedef struct Client {
         ClientState state;
         usec_t wake;
         CheckGrant g;           /* the attempt in progress; id/secret below */
+        size_t res;             /* index into resources[] of the attempt in progress */
         char id[128];
         char secret[256];
+        char ticket[128];       /* of the last "queued" reply of the attempt; "" = none */
 } Client;
 
 static struct {
@@ -93,6 +98,7 @@ static uint64_t rng;
 
 static struct {
         unsigned long kills, kills_in_startup, replies, reclaims_refused_released;
+        unsigned long resent, tickets_presented;
         unsigned long restart_usec_max;
 } stats;
 
@@ -153,19 +159,50 @@ static void client_acquire(Client *c) {
         while (pick >= resources[res].weight)
                 pick -= resources[res++].weight;
 
+        c->res = res;
         c->g = (CheckGrant) {
                 .client = c->idx,
                 .resource = (unsigned) res_index[res],
                 .units = rand_range(1, resources[res].max_units),
                 .epoch = epoch,
         };
-        c->id[0] = c->secret[0] = 0;
-        c->g.sent = now();
+        c->id[0] = c->secret[0] = c->ticket[0] = 0;
+        c->g.sent = c->g.place_sent = now();
+        c->g.place_epoch = epoch;
         int r = vconn_send(c->conn, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"%s\",\"units\":%u}",
                            resources[res].name, c->g.units);
         if (r < 0)
                 die("client %u: cannot send Acquire: %s", c->idx, strerror(-r));
         c->state = CLIENT_WAITING;
+}
+
+/* After a restart, a waiter asks again for the same, presenting the ticket of its place
+ * if it was told one (as libagenclient does); the new call is of this epoch. */
+static void client_resend(Client *c) {
+        stats.resent++;
+        c->g.epoch = epoch;
+        c->g.sent = now();
+        c->g.queued = 0;
+        if (c->ticket[0]) {
+                stats.tickets_presented++;
+                c->g.ticket = CHECK_TICKET_UNCONFIRMED;
+        } else {
+                /* No place to take back: this call makes a new one. */
+                c->g.ticket = CHECK_TICKET_NONE;
+                c->g.place_sent = c->g.sent;
+                c->g.place_queued = 0;
+                c->g.place_epoch = epoch;
+        }
+        if (logf_)
+                fprintf(logf_, "%.6f c%u e%u resend ticket=%s\n", usec_to_sec(c->g.sent - t0), c->idx, epoch,
+                        c->ticket[0] ? c->ticket : "-");
+        int r = c->ticket[0] ? vconn_send(c->conn, VL_MORE, LEASE_IF "Acquire",
+                                          "{\"resource\":\"%s\",\"units\":%u,\"ticket\":\"%s\"}",
+                                          resources[c->res].name, c->g.units, c->ticket)
+                             : vconn_send(c->conn, VL_MORE, LEASE_IF "Acquire", "{\"resource\":\"%s\",\"units\":%u}",
+                                          resources[c->res].name, c->g.units);
+        if (r < 0)
+                die("client %u: cannot re-send Acquire: %s", c->idx, strerror(-r));
 }
 
 static void client_release(Client *c) {
@@ -196,8 +233,25 @@ static void client_reply(Client *c, json_object *m, usec_t t) {
                         return;
                 }
                 if (strcmp(st, "queued") == 0) {
-                        if (!c->g.queued)
+                        const char *ticket = jstr(reply_params(m), "ticket");
+                        if (!ticket || !*ticket || strlen(ticket) >= sizeof(c->ticket)) {
+                                checker_add_violation(checker, "protocol: client %u: queued reply without a ticket %s",
+                                                      c->idx, jtext(m));
+                                ticket = "";
+                        }
+                        bool same = c->ticket[0] && strcmp(ticket, c->ticket) == 0;
+                        if (!c->g.queued) {
                                 c->g.queued = t;
+                                if (c->g.ticket == CHECK_TICKET_UNCONFIRMED)
+                                        c->g.ticket = same ? CHECK_TICKET_KEPT : CHECK_TICKET_REFUSED;
+                        }
+                        if (*ticket && !same) {
+                                /* A new place, at the tail, made by this call. */
+                                snprintf(c->ticket, sizeof(c->ticket), "%s", ticket);
+                                c->g.place_sent = c->g.sent;
+                                c->g.place_queued = t;
+                                c->g.place_epoch = epoch;
+                        }
                         return;
                 }
                 json_object *p = reply_params(m);
@@ -346,11 +400,14 @@ static void reclaim_all(usec_t t_kill) {
         for (unsigned i = 0; i < arg.n_clients; i++) {
                 Client *c = &clients[i];
                 client_connect(c);
-                if (c->state != CLIENT_HOLDING && c->state != CLIENT_RELEASING) {
-                        /* A waiting Acquire died with the daemon; ask again later. */
-                        client_think(c);
+                if (c->state == CLIENT_WAITING) {
+                        /* A waiting Acquire died with the daemon: ask again now, with the ticket. */
+                        client_resend(c);
                         continue;
                 }
+                if (c->state != CLIENT_HOLDING && c->state != CLIENT_RELEASING)
+                        continue;
+
                 json_object *m = NULL;
                 int r = vconn_call(c->conn, &m, LEASE_IF "Reclaim", "{\"id\":\"%s\",\"token\":%" PRIu64 ",\"secret\":\"%s\"}",
                                    c->id, c->g.token, c->secret);
@@ -500,10 +557,12 @@ int main(int argc, char **argv) {
         struct utsname u = {};
         (void) uname(&u);
         printf("test-history: sync=%s kills=%lu (in start-up %lu) grants=%lu (queued first %lu) replies=%lu "
-               "reclaims=%lu refused=%lu (release had committed: %lu) violations=%u duration=%.1fs "
+               "reclaims=%lu refused=%lu (release had committed: %lu) resent=%lu (with a ticket %lu; "
+               "granted with the place kept %lu, refused %lu) violations=%u duration=%.1fs "
                "slowest-restart=%.3fs check=%.3fs machine=%s %s, %ld cpus\n",
                arg.sync, stats.kills, stats.kills_in_startup, s.grants, s.queued, stats.replies, s.reclaims,
-               s.reclaims_refused, stats.reclaims_refused_released, v, usec_to_sec(now() - t0),
+               s.reclaims_refused, stats.reclaims_refused_released, stats.resent, stats.tickets_presented,
+               s.tickets_kept, s.tickets_refused, v, usec_to_sec(now() - t0),
                usec_to_sec(stats.restart_usec_max), usec_to_sec(check_usec), u.machine, u.release,
                sysconf(_SC_NPROCESSORS_ONLN));
         checker_print_violations(checker, stdout, 50);
