@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,4 +127,22 @@ bool hashmap_iterate(const Hashmap *h, HashmapIter *i, void **ret_value) {
                         return true;
                 }
         return false;
+}
+
+void *hashmap_uid_entry(Hashmap *h, uint32_t uid, size_t size, bool create) {
+        char key[HASHMAP_UID_KEY_SIZE];
+        snprintf(key, sizeof(key), "%" PRIu32, uid);
+        char *e = hashmap_get(h, key);
+        if (e || !create)
+                return e;
+        assert(size >= sizeof(key));
+        e = calloc(1, size);
+        if (!e)
+                return NULL;
+        memcpy(e, key, sizeof(key));    /* the key lives in the entry */
+        if (hashmap_put(h, e, e) < 0) {
+                free(e);
+                return NULL;
+        }
+        return e;
 }

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct HashmapSlot HashmapSlot;
 typedef struct Hashmap {
@@ -34,3 +35,11 @@ typedef struct HashmapIter {
         bool started;
 } HashmapIter;
 bool hashmap_iterate(const Hashmap *h, HashmapIter *i, void **ret_value);
+
+/* Tables keyed by uid (per-uid counts and limits): an entry is a struct of `size` bytes
+ * whose first member is `char key[HASHMAP_UID_KEY_SIZE]`, the uid in decimal, which the
+ * table keys by. Returns the uid's entry; with create, a new zeroed one if it has none.
+ * NULL: none (or out of memory). The caller removes and frees entries
+ * (hashmap_remove(h, entry->key), free()). */
+#define HASHMAP_UID_KEY_SIZE 16
+void *hashmap_uid_entry(Hashmap *h, uint32_t uid, size_t size, bool create);

@@ -36,21 +36,7 @@ static void notify(Manager *m, const char *state) {
 }
 
 UserStat *manager_user(Manager *m, uint32_t uid, bool create) {
-        char key[16];
-        snprintf(key, sizeof(key), "%" PRIu32, uid);
-        UserStat *u = hashmap_get(&m->users, key);
-        if (u || !create)
-                return u;
-        u = calloc(1, sizeof(*u));
-        if (!u)
-                return NULL;
-        memcpy(u->key, key, sizeof(key));
-        u->uid = uid;
-        if (hashmap_put(&m->users, u->key, u) < 0) {
-                free(u);
-                return NULL;
-        }
-        return u;
+        return hashmap_uid_entry(&m->users, uid, sizeof(UserStat), create);
 }
 
 void manager_user_maybe_free(Manager *m, UserStat *u) {

@@ -25,8 +25,7 @@ typedef struct StoreGuard StoreGuard;
 /* Per-uid usage of the lease service, for its limits (connections per uid are the
  * transport's). */
 typedef struct UserStat {
-        char key[16];           /* the uid in decimal: the hashmap key */
-        uint32_t uid;
+        char key[HASHMAP_UID_KEY_SIZE]; /* first: the uid in decimal, the key (hashmap_uid_entry()) */
         unsigned connections;   /* Conns pointing here (keeps the entry alive) */
         unsigned leases;
         unsigned waiters;

@@ -25,8 +25,7 @@
 #define CLOSE_LINGER_USEC (5 * USEC_PER_SEC)
 
 typedef struct UidStat {
-        char key[16];           /* the uid in decimal: the hashmap key */
-        uid_t uid;
+        char key[HASHMAP_UID_KEY_SIZE]; /* first: the uid in decimal, the key (hashmap_uid_entry()) */
         unsigned connections;
         size_t output;          /* queued output bytes of its connections */
 } UidStat;
@@ -319,21 +318,7 @@ static void out_done(VarlinkConn *c) {
 /* ---- per-uid accounting ---- */
 
 static UidStat *uid_stat(VarlinkServer *s, uid_t uid) {
-        char key[16];
-        snprintf(key, sizeof(key), "%" PRIu32, (uint32_t) uid);
-        UidStat *u = hashmap_get(&s->uids, key);
-        if (u)
-                return u;
-        u = calloc(1, sizeof(*u));
-        if (!u)
-                return NULL;
-        memcpy(u->key, key, sizeof(key));
-        u->uid = uid;
-        if (hashmap_put(&s->uids, u->key, u) < 0) {
-                free(u);
-                return NULL;
-        }
-        return u;
+        return hashmap_uid_entry(&s->uids, uid, sizeof(UidStat), true);
 }
 
 static void uid_stat_maybe_free(VarlinkServer *s, UidStat *u) {
