@@ -118,6 +118,18 @@ static void call_done(int error, long status, const char *body, size_t len, cons
         etcd_result_done(&r);
 }
 
+/* Sends a call's request; the call is freed if it cannot be sent, else handed to ret. */
+static int call_start(EtcdClient *c, EtcdCall *call, const EtcdHttpPost *p, EtcdCall **ret) {
+        int k = etcd_http_post(c->http, p, &call->req);
+        if (k < 0) {
+                free(call);
+                return k;
+        }
+        if (ret)
+                *ret = call;
+        return 0;
+}
+
 static int post(EtcdClient *c, const char *path, char *body, bool idempotent, CallKind kind, EtcdCallback cb,
                 void *userdata, EtcdCall **ret) {
         _cleanup_free_ char *b = body;
@@ -135,14 +147,7 @@ static int post(EtcdClient *c, const char *path, char *body, bool idempotent, Ca
                 .on_done = call_done,
                 .userdata = call,
         };
-        int k = etcd_http_post(c->http, &p, &call->req);
-        if (k < 0) {
-                free(call);
-                return k;
-        }
-        if (ret)
-                *ret = call;
-        return 0;
+        return call_start(c, call, &p, ret);
 }
 
 int etcd_lease_grant(EtcdClient *c, int64_t ttl_sec, EtcdCallback cb, void *userdata, EtcdCall **ret) {
@@ -183,14 +188,7 @@ int etcd_status(EtcdClient *c, int endpoint, EtcdCallback cb, void *userdata, Et
                 .on_done = call_done,
                 .userdata = call,
         };
-        int k = etcd_http_post(c->http, &p, &call->req);
-        if (k < 0) {
-                free(call);
-                return k;
-        }
-        if (ret)
-                *ret = call;
-        return 0;
+        return call_start(c, call, &p, ret);
 }
 
 static void stream_line(EtcdHttpRequest *req, const char *line, size_t len, void *userdata) {
@@ -220,12 +218,5 @@ int etcd_client_stream(EtcdClient *c, const char *path, const char *body, bool r
                 .on_done = call_done,
                 .userdata = call,
         };
-        int k = etcd_http_post(c->http, &p, &call->req);
-        if (k < 0) {
-                free(call);
-                return k;
-        }
-        if (ret)
-                *ret = call;
-        return 0;
+        return call_start(c, call, &p, ret);
 }
