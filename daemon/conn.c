@@ -102,20 +102,6 @@ void conn_free(Conn *c, bool release) {
         free(c);
 }
 
-void conn_reply(Conn *c, struct json_object *parameters, bool continues) {
-        /* NULL is a builder that ran out of memory, not an empty reply: an error, never a
-         * reply without its members. */
-        if (!parameters) {
-                (void) varlink_conn_reply_failed(c->link, -ENOMEM, continues);
-                return;
-        }
-        (void) varlink_conn_reply(c->link, parameters, continues);
-}
-
-void conn_error(Conn *c, const char *error, struct json_object *parameters) {
-        (void) varlink_conn_error(c->link, error, parameters);
-}
-
 void conn_error_reason(Conn *c, const char *error, const char *reason, const char *key, const char *value) {
         (void) varlink_conn_error_reason(c->link, error, reason, key, value);
 }

@@ -56,12 +56,7 @@ static inline bool conn_more(const Conn *c) {
         return varlink_conn_more(c->link);
 }
 
-/* Replies to the call in progress. parameters is taken; NULL means building it failed (out
- * of memory): the call gets an error instead (varlink_conn_reply_failed()). methods.c
- * writes its replies with a JsonWriter (varlink_conn_reply_end()); this is for json-c
- * builders (the cluster service). */
-void conn_reply(Conn *c, struct json_object *parameters, bool continues);
-void conn_error(Conn *c, const char *error, struct json_object *parameters);
+/* An error reply to the call in progress, with a reason (and one named member). */
 void conn_error_reason(Conn *c, const char *error, const char *reason, const char *key, const char *value);
 /* The call in progress (a wait, a watch) has ended; its final reply was sent. */
 void conn_call_done(Conn *c);
