@@ -680,17 +680,19 @@ static void test_run_revoked(void **state) {
         const char *id = lease_id_by_description(a, "victim");
         assert_non_null(id);
 
+        /* From the revoke to run's exit: agend pushes the end to agenctl's Watch, SIGTERM
+         * goes out at once and sleep dies of it. The SIGKILL would come only after 5 s, so
+         * an exit before that is SIGTERM's (a bound from the semantics, not a speed
+         * target: it holds on a busy machine). */
+        double t0 = helper_now();
         Result r = CTL(a, "revoke", id, "--reason", "maintenance window");
         assert_code(r, 0);
-        /* From the committed revoke to run's exit: agend pushes the end to agenctl's Watch,
-         * SIGTERM goes out at once, sleep dies of it: far below the 5 s SIGKILL delay. */
-        double t0 = helper_now();
         int code = ctl_wait(run, CTL_TIMEOUT);
         double took = helper_now() - t0;
         assert_int_equal(code, X_LOST);
         assert_contains(run->ebuf, "was revoked: maintenance window");
-        if (took > 0.5)
-                fail_msg("run took %.3fs after the revoke to stop its command and exit", took);
+        if (took >= 5.0)
+                fail_msg("run took %.3fs after the revoke: its command did not stop on SIGTERM", took);
 
         /* A command that ignores SIGTERM (and its children, which inherit that) gets
          * SIGKILL after the delay. */
@@ -699,13 +701,17 @@ static void test_run_revoked(void **state) {
         assert_true(wait_count(a, false, 1, CTL_TIMEOUT));
         id = lease_id_by_description(a, "stubborn");
         assert_non_null(id);
+        /* Timed from before the revoke, so that the 300 ms delay, which starts after it,
+         * is a lower bound however busy the machine; the sleep 60 ends within
+         * CTL_TIMEOUT only by the SIGKILL. */
+        t0 = helper_now();
         r = CTL(a, "revoke", id, "--reason", "stop");
         assert_code(r, 0);
-        t0 = helper_now();
         code = ctl_wait(run, CTL_TIMEOUT);
         took = helper_now() - t0;
         assert_int_equal(code, X_LOST);
-        assert_true(took >= 0.15 && took < 3.0);
+        if (took < 0.3)
+                fail_msg("the stubborn command was killed %.3fs after the revoke, before the 300 ms delay", took);
         assert_int_equal(n_leases(a), 0);
 
         r = CTL(a, "revoke", "0000000000000000", "--reason", "x");
