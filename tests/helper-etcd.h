@@ -44,6 +44,10 @@ typedef struct EtcdCluster {
 /* Starts n members and waits until every one reports healthy (a leader, a quorum read),
  * at most timeout. lifetime: the watchdog's limit (0 = 15 minutes). */
 int etcd_cluster_new(size_t n, usec_t timeout, usec_t lifetime, EtcdCluster **ret);
+/* For a test program's main(): the usual 3-member cluster (60 s to get healthy, a
+ * 10-minute lifetime). 0 with *ret set; else the program's exit status, said on stderr:
+ * 77 (skipped) without an etcd binary, 1 on any other failure. */
+int etcd_cluster_for_tests(EtcdCluster **ret);
 /* The same with TLS on the client URLs (https://), server and client certificates made
  * with the openssl command in c->tls_dir; members require a client certificate signed by
  * the CA. -ENOENT without etcd or openssl. */

@@ -361,15 +361,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_dead_host_waits_for_ttl, setup, teardown),
         };
         EtcdCluster *probe = NULL;
-        int k = etcd_cluster_new(3, 60 * USEC_PER_SEC, 10 * 60 * USEC_PER_SEC, &probe);
-        if (k == -ENOENT) {
-                fprintf(stderr, "no etcd binary: skipped\n");
-                return 77;
-        }
-        if (k < 0) {
-                fprintf(stderr, "etcd cluster: %s\n", strerror(-k));
-                return 1;
-        }
+        int k = etcd_cluster_for_tests(&probe);
+        if (k != 0)
+                return k;
         etcd = probe;
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         etcd_cluster_free(etcd);

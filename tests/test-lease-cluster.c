@@ -179,15 +179,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup_ttl10, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, cluster_setup, teardown),
         };
-        int k = etcd_cluster_new(3, 60 * USEC_PER_SEC, 10 * 60 * USEC_PER_SEC, &etcd);
-        if (k == -ENOENT) {
-                fprintf(stderr, "no etcd binary: skipped\n");
-                return 77;
-        }
-        if (k < 0) {
-                fprintf(stderr, "etcd cluster: %s\n", strerror(-k));
-                return 1;
-        }
+        int k = etcd_cluster_for_tests(&etcd);
+        if (k != 0)
+                return k;
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         etcd_cluster_free(etcd);
         return r;
