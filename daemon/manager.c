@@ -242,7 +242,7 @@ static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         (void) manager_reload(w->data);
 }
 
-static void apply_limits(Manager *m) {
+void manager_apply_limits(Manager *m) {
         varlink_server_set_limits(m->server, &(VarlinkServerLimits) {
                 .max_message_size = m->config.max_message_size,
                 .max_unanswered_input = m->config.max_unanswered_input,
@@ -282,7 +282,7 @@ int manager_reload(Manager *m) {
         config_done(&m->config);
         m->config = n;
         (void) cluster_service_configure(m->cluster, &m->config);
-        apply_limits(m);
+        manager_apply_limits(m);
         log_info("configuration reloaded: %zu declared resources", m->config.n_resources);
         return 0;
 }
@@ -425,7 +425,7 @@ int manager_run(Manager *m) {
                 k = methods_bind(m->server);
         if (k < 0)
                 return log_error_errno(k, "cannot set up the varlink server: %m"), EXIT_FAILURE;
-        apply_limits(m);
+        manager_apply_limits(m);
 
         /* Listen before restoring, so clients can connect meanwhile; nothing is read from
          * them (the listening watcher starts below) until the leases are back. */

@@ -99,6 +99,8 @@ int manager_reload(Manager *m);
  * release → flush) and the engine timer; m->guard set before. */
 int manager_pipeline_new(Manager *m, Store *inner);
 void manager_loop_start(Manager *m);
+/* Hands the configured input, output and connection limits to the server. */
+void manager_apply_limits(Manager *m);
 
 UserStat *manager_user(Manager *m, uint32_t uid, bool create);
 void manager_user_maybe_free(Manager *m, UserStat *u);

@@ -141,16 +141,7 @@ static void service_new(Fuzz *f, size_t max_message_size) {
         assert(k == 0);
         k = methods_bind(m->server);
         assert(k == 0);
-        varlink_server_set_limits(m->server, &(VarlinkServerLimits) {
-                .max_message_size = m->config.max_message_size,
-                .max_unanswered_input = m->config.max_unanswered_input,
-                .max_connections_per_uid = m->config.max_connections_per_user,
-                .output_high_water = VARLINK_OUTPUT_HIGH_WATER,
-                .max_output_per_conn = m->config.max_output_per_connection,
-                .max_output_per_uid = m->config.max_output_per_user,
-                .max_output_total = m->config.max_output_total,
-                .client_timeout = m->config.client_timeout,
-        });
+        manager_apply_limits(m);
         k = engine_restore(m->engine, m->boot_id, 0);
         assert(k == 0);
         k = m->store->ops->commit(m->store);    /* synchronous, as at start-up */
