@@ -89,6 +89,8 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  by_uid, by_gid, by_pid, by_comm, by_unit FROM events_v5;"
         "DROP TABLE events_v5;"
         "INSERT OR REPLACE INTO meta (key, value) SELECT 'folded_seq', coalesce(max(seq), 0) FROM events;"
+        /* And a restored place's grace counts from its first restore, not from each. */
+        "ALTER TABLE waiters ADD COLUMN unclaimed_since INTEGER;"
         /* For sqlite3 users, as before: SELECT * FROM current_leases. */
         "CREATE VIEW current_leases AS"
         "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
@@ -164,10 +166,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
                       " description, created, ttl, deadline FROM current_leases",
         [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (seq, ticket, resource, units, exclusive, uid, gid, pid,"
-                             " comm, unit, description, since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             " comm, unit, description, since, unclaimed_since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE seq = ?",
         [STMT_LOAD_WAITERS] = "SELECT seq, ticket, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
-                              " since FROM waiters ORDER BY seq",
+                              " since, unclaimed_since FROM waiters ORDER BY seq",
         /* Folding the change rows in ?1 < seq <= ?2 (fold_log()): one scan in seq order,
          * the last row per id kept in memory, then one keyed write per id. */
         [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease FROM events WHERE seq > ?1 AND seq <= ?2"
@@ -575,6 +577,7 @@ static int s_waiter_save(Store *store, const WaiterRecord *w) {
                 V_OWNER(w->owner),
                 V_TEXT(w->description),
                 V_INT(w->since),
+                w->unclaimed_since ? V_INT(w->unclaimed_since) : V_NULL,
         };
         int k = pending_flush(s);
         int r = write_op(s, STMT_WAITER_SAVE, v, ELEMENTSOF(v));
@@ -818,6 +821,7 @@ static int s_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *u
                         .owner = column_owner(st, 5),
                         .description = (const char *) sqlite3_column_text(st, 10),
                         .since = (usec_t) sqlite3_column_int64(st, 11),
+                        .unclaimed_since = (usec_t) sqlite3_column_int64(st, 12),
                 };
                 if (!r.ticket || !r.resource || r.units == 0) {
                         sqlite3_reset(st);

@@ -73,6 +73,10 @@ typedef struct WaiterRecord {
         bool exclusive;
         OwnerRecord owner;
         usec_t since;
+        /* CLOCK_MONOTONIC of the boot that stored it: when a restart first restored the
+         * place without its waiter (its reclaim grace counts from then, however many
+         * restarts follow); 0 while its waiter holds it. */
+        usec_t unclaimed_since;
 } WaiterRecord;
 
 typedef struct StoreOps {

@@ -870,6 +870,9 @@ static void test_migration_from_v5_file(void **state) {
         assert_string_equal(r->wait_tail->ticket, tickets[1]);
         assert_int_equal(r->wait_tail->position, 2);
         assert_non_null(engine_resource_get(e, "db-migrate"));
+        /* The places' grace starts at this, their first restore, and is stored. */
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters WHERE unclaimed_since > 0"), 2);
         /* History as the old agend wrote it: the newest 40 events, with their tokens. */
         Hist hist = {};
         assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
