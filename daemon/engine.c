@@ -22,7 +22,9 @@ struct Engine {
         Hashmap strings;        /* the leases' owner names and descriptions, shared: text → Interned */
         Hashmap unclaimed;      /* ticket's seq part → restored Waiter whose ticket is due */
         Prioq timers;           /* lease expiries, waiter timeouts, the grace period */
-        EngineTimer grace;
+        EngineTimer grace;      /* at the next end of a grace: the leases' or a place's */
+        usec_t grace_usec;      /* the grace of this start */
+        usec_t leases_grace_end;        /* CLOCK_MONOTONIC: restored leases not reclaimed by then end */
 
         unsigned n_leases;
         unsigned n_waiters;
@@ -256,6 +258,7 @@ static void store_waiter_save(Engine *e, const Waiter *w) {
                 .exclusive = w->exclusive,
                 .owner = owner_record(&w->owner),
                 .since = w->since,
+                .unclaimed_since = w->unclaimed ? w->unclaimed_since : 0,
         };
         (void) e->store->ops->waiter_save(e->store, &r);
 }
@@ -587,6 +590,7 @@ static int waiter_claim(Engine *e, Waiter *w, const AcquireParams *p, unsigned u
         w->userdata = userdata;
         hashmap_remove(&e->unclaimed, w->seq_key);
         w->unclaimed = false;
+        w->unclaimed_since = 0;
         grace_maybe_stop(e);
         if (e->store)
                 store_waiter_save(e, w);
@@ -820,16 +824,18 @@ static void end_leases(Engine *e, bool all, EventType type, const char *reason) 
         free(v);
 }
 
-/* Restored waiters whose ticket was not presented in time leave the queue; those behind
- * them move up, and what now fits is granted. */
-static void drop_unclaimed(Engine *e) {
+/* Restored waiters whose ticket was not presented in time (whose grace ended by now;
+ * USEC_INFINITY: all) leave the queue; those behind them move up, and what now fits is
+ * granted. */
+static void drop_unclaimed(Engine *e, usec_t now) {
         HashmapIter i = {};
         Resource *r;
         while (e->unclaimed.size > 0 && hashmap_iterate(&e->resources, &i, (void **) &r)) {
                 bool dropped = false;
                 for (Waiter *w = r->wait_head, *n; w; w = n) {
                         n = w->next;
-                        if (!w->unclaimed)
+                        if (!w->unclaimed ||
+                            (now != USEC_INFINITY && usec_add(w->unclaimed_since, e->grace_usec) > now))
                                 continue;
                         waiter_unlink(e, w);
                         waiter_free(w);
@@ -844,9 +850,29 @@ static void drop_unclaimed(Engine *e) {
 }
 
 static void end_unreclaimed(Engine *e) {
-        drop_unclaimed(e);
+        drop_unclaimed(e, USEC_INFINITY);
         end_leases(e, false, EVENT_RELEASED, "not reclaimed within the grace period");
         grace_maybe_stop(e);
+}
+
+/* The grace timer at the earliest end still ahead: the restored leases' (one for all, from
+ * this start) or a restored place's (from the restart that first restored it). */
+static void grace_arm(Engine *e) {
+        usec_t next = e->n_reclaimable > 0 ? e->leases_grace_end : USEC_INFINITY;
+        HashmapIter i = {};
+        Waiter *w;
+        while (hashmap_iterate(&e->unclaimed, &i, (void **) &w))
+                next = MIN(next, usec_add(w->unclaimed_since, e->grace_usec));
+        timer_set(e, &e->grace, next);
+}
+
+/* Ends what is due of the grace, then waits for the rest. */
+static void grace_expire(Engine *e) {
+        usec_t now = now_mono(e);
+        drop_unclaimed(e, now);
+        if (e->n_reclaimable > 0 && e->leases_grace_end <= now)
+                end_leases(e, false, EVENT_RELEASED, "not reclaimed within the grace period");
+        grace_arm(e);
 }
 
 void engine_run_timers(Engine *e) {
@@ -880,7 +906,7 @@ unsigned engine_run_timers_max(Engine *e, unsigned max) {
                         break;
                 }
                 case TIMER_GRACE:
-                        end_unreclaimed(e);
+                        grace_expire(e);
                         break;
                 }
         }
@@ -924,6 +950,7 @@ static int restore_waiter(const WaiterRecord *rec, void *userdata) {
         w->units = rec->units;
         w->exclusive = rec->exclusive;
         w->since = rec->since;
+        w->unclaimed_since = rec->unclaimed_since;
         w->seq = rec->seq;
         snprintf(w->ticket, sizeof(w->ticket), "%s", rec->ticket);
         snprintf(w->seq_key, sizeof(w->seq_key), "%.*s", WAITER_SEQ_LEN, rec->ticket);
@@ -1016,13 +1043,28 @@ int engine_restore(Engine *e, const char *boot_id, usec_t grace) {
 
         if (!s.same_boot) {
                 /* Their processes are gone with the old boot. */
-                drop_unclaimed(e);
+                drop_unclaimed(e, USEC_INFINITY);
                 end_leases(e, true, EVENT_VOIDED, "the system rebooted since the lease was granted");
         } else if (e->n_reclaimable > 0 || e->unclaimed.size > 0) {
                 if (grace == 0)
                         end_unreclaimed(e);
-                else
-                        timer_set(e, &e->grace, usec_add(now_mono(e), grace));
+                else {
+                        usec_t now = now_mono(e);
+                        e->grace_usec = grace;
+                        e->leases_grace_end = usec_add(now, grace);
+                        /* A place restored for the first time starts its grace now, and
+                         * keeps that start across the restarts that follow: restarts
+                         * quicker than the grace must not hold a queue forever. Written
+                         * after the load, not while its rows are being read. */
+                        HashmapIter i = {};
+                        Waiter *w;
+                        while (hashmap_iterate(&e->unclaimed, &i, (void **) &w))
+                                if (w->unclaimed_since == 0 || w->unclaimed_since > now) {
+                                        w->unclaimed_since = now;
+                                        store_waiter_save(e, w);
+                                }
+                        grace_expire(e);
+                }
         }
         /* Written only when it changed: a restart that changes nothing writes nothing,
          * which lets it restore and serve even on a disk that is full to the last block. */

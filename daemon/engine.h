@@ -141,6 +141,9 @@ struct Waiter {
         bool unclaimed;                         /* ro: restored after a restart; holds its
                                                  * place until its waiter presents the ticket
                                                  * or the grace period ends (holder NULL) */
+        usec_t unclaimed_since;                 /* ro: CLOCK_MONOTONIC, when a restart first
+                                                 * restored it unclaimed: its grace counts from
+                                                 * then, across restarts (0 = claimed) */
         Holder *holder;                         /* ro */
         void *userdata;                         /* rw: the server's */
         Waiter *prev, *next;                    /* private: the resource's FIFO */

@@ -203,6 +203,7 @@ static int batch_apply(Store *inner, const Batch *b) {
                         w.exclusive = get_u64(&c);
                         get_owner(&c, &w.owner);
                         w.since = get_u64(&c);
+                        w.unclaimed_since = get_u64(&c);
                         (void) o->waiter_save(inner, &w);
                         break;
                 }
@@ -442,6 +443,7 @@ static int p_waiter_save(Store *s, const WaiterRecord *w) {
         put_u64(b, w->exclusive);
         put_owner(b, &w->owner);
         put_u64(b, w->since);
+        put_u64(b, w->unclaimed_since);
         p->dirty = true;
         return b->error;
 }

@@ -14,8 +14,9 @@
 #include "log.h"
 #include "macro.h"
 #include "store.h"
+#include "string-table.h"
 
-#define STORE_SCHEMA_VERSION 5
+#define STORE_SCHEMA_VERSION 6
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -61,13 +62,50 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
         "  description, created, ttl, deadline FROM lease_log"
         "  WHERE seq IN (SELECT max(seq) FROM lease_log GROUP BY id) AND op = 'save';",
+        /* 5 → 6: one row per change. The event row carries the lease change it reports
+         * (change = 'save': the whole lease, at grant and renew; 'delete': at its end), so a
+         * cycle inserts two rows instead of four, into one b-tree. lease_log is folded into
+         * leases here, and events gets the lease columns (rebuilt: a change without an event
+         * has no type or time, which version 1 declared NOT NULL). meta 'folded_seq': every
+         * change up to it is in leases; restore = leases + the changes after it. */
+        "DELETE FROM leases WHERE id IN (SELECT id FROM lease_log);"
+        "INSERT INTO leases (id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline)"
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM lease_log"
+        "  WHERE seq IN (SELECT max(seq) FROM lease_log GROUP BY id) AND op = 'save';"
+        "DROP VIEW current_leases;"
+        "DROP TABLE lease_log;"
+        "ALTER TABLE events RENAME TO events_v5;"
+        "CREATE TABLE events ("
+        "  seq INTEGER PRIMARY KEY, time INTEGER, type TEXT, resource TEXT, lease TEXT, token INTEGER,"
+        "  uid INTEGER, gid INTEGER, pid INTEGER, comm TEXT, unit TEXT, units INTEGER, reason TEXT,"
+        "  by_uid INTEGER, by_gid INTEGER, by_pid INTEGER, by_comm TEXT, by_unit TEXT,"
+        "  change TEXT, secret TEXT, exclusive INTEGER, detached INTEGER, description TEXT,"
+        "  created INTEGER, ttl INTEGER, deadline INTEGER);"
+        "INSERT INTO events (seq, time, type, resource, lease, token, uid, gid, pid, comm, unit, units, reason,"
+        "  by_uid, by_gid, by_pid, by_comm, by_unit)"
+        "  SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm, unit, units, reason,"
+        "  by_uid, by_gid, by_pid, by_comm, by_unit FROM events_v5;"
+        "DROP TABLE events_v5;"
+        "INSERT OR REPLACE INTO meta (key, value) SELECT 'folded_seq', coalesce(max(seq), 0) FROM events;"
+        /* And a restored place's grace counts from its first restore, not from each. */
+        "ALTER TABLE waiters ADD COLUMN unclaimed_since INTEGER;"
+        /* For sqlite3 users, as before: SELECT * FROM current_leases. */
+        "CREATE VIEW current_leases AS"
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM leases WHERE id NOT IN"
+        "  (SELECT lease FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
+        "   AND change IS NOT NULL)"
+        "  UNION ALL"
+        "  SELECT lease, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM events WHERE seq IN"
+        "  (SELECT max(seq) FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
+        "   AND change IS NOT NULL GROUP BY lease) AND change = 'save';",
 };
 
 typedef enum Stmt {
-        STMT_LOG_SAVE,
-        STMT_LOG_DELETE,
-        STMT_FOLD_TRIM,
-        STMT_EVENT_APPEND,
+        STMT_ROW_APPEND,
         STMT_META_SET,
         STMT_META_GET,
         STMT_HISTORY_ALL,
@@ -86,39 +124,60 @@ typedef enum Stmt {
         _STMT_MAX,
 } Stmt;
 
+/* The columns of an events row, in the order STMT_ROW_APPEND binds them. */
+enum {
+        COL_SEQ,
+        COL_TIME,
+        COL_TYPE,
+        COL_RESOURCE,
+        COL_LEASE,
+        COL_TOKEN,
+        COL_OWNER,      /* five: uid, gid, pid, comm, unit */
+        COL_UNITS = COL_OWNER + 5,
+        COL_REASON,
+        COL_BY,         /* five */
+        COL_CHANGE = COL_BY + 5,
+        COL_SECRET,
+        COL_EXCLUSIVE,
+        COL_DETACHED,
+        COL_DESCRIPTION,
+        COL_CREATED,
+        COL_TTL,
+        COL_DEADLINE,
+        _COL_MAX,
+};
+
 static const char *const stmt_sql[_STMT_MAX] = {
-        [STMT_LOG_SAVE] = "INSERT INTO lease_log (op, id, secret, resource, units, exclusive, detached, token,"
-                          " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
-                          " VALUES ('save',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [STMT_LOG_DELETE] = "INSERT INTO lease_log (op, id) VALUES ('delete', ?)",
-        [STMT_FOLD_TRIM] = "DELETE FROM lease_log WHERE seq <= ?1",
-        [STMT_EVENT_APPEND] = "INSERT INTO events (time, type, resource, lease, token, uid, gid, pid, comm, unit,"
-                              " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit)"
-                              " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [STMT_ROW_APPEND] = "INSERT INTO events (seq, time, type, resource, lease, token, uid, gid, pid, comm, unit,"
+                            " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit, change, secret, exclusive,"
+                            " detached, description, created, ttl, deadline)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
+        /* type IS NULL: a lease change that no event reported (not history). */
         [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
                              " unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                             " WHERE seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                             " WHERE seq > ? AND seq < ? AND type IS NOT NULL ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
                                   " comm, unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                                  " WHERE resource = ? AND seq > ? AND seq < ?"
+                                  " WHERE resource = ? AND seq > ? AND seq < ? AND type IS NOT NULL"
                                   " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
         [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
                       " description, created, ttl, deadline FROM current_leases",
         [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (seq, ticket, resource, units, exclusive, uid, gid, pid,"
-                             " comm, unit, description, since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             " comm, unit, description, since, unclaimed_since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE seq = ?",
         [STMT_LOAD_WAITERS] = "SELECT seq, ticket, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
-                              " since FROM waiters ORDER BY seq",
-        /* Folding the log rows up to ?1 (fold_log()): one scan in seq order, the last row
-         * per id kept in memory, then one keyed write per id. */
-        [STMT_FOLD_SCAN] = "SELECT seq, op = 'save', id FROM lease_log WHERE seq <= ?1",
+                              " since, unclaimed_since FROM waiters ORDER BY seq",
+        /* Folding the change rows in ?1 < seq <= ?2 (fold_log()): one scan in seq order,
+         * the last row per id kept in memory, then one keyed write per id. */
+        [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease FROM events WHERE seq > ?1 AND seq <= ?2"
+                           " AND change IS NOT NULL",
         [STMT_FOLD_SAVE_ONE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached,"
                                " token, uid, gid, pid, comm, unit, description, created, ttl, deadline)"
-                               " SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid,"
-                               " comm, unit, description, created, ttl, deadline FROM lease_log WHERE seq = ?1",
+                               " SELECT lease, secret, resource, units, exclusive, detached, token, uid, gid, pid,"
+                               " comm, unit, description, created, ttl, deadline FROM events WHERE seq = ?1",
         [STMT_FOLD_DELETE_ONE] = "DELETE FROM leases WHERE id = ?1",
         /* Prepared once like the rest: sqlite3_exec() would parse them again in every commit
          * (two commits per cycle at one client). */
@@ -126,31 +185,6 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_COMMIT] = "COMMIT",
         [STMT_ROLLBACK] = "ROLLBACK",
 };
-
-typedef struct StoreSqlite {
-        Store store;
-        sqlite3 *db;
-        sqlite3_stmt *stmt[_STMT_MAX];
-        char *path;
-        unsigned history_size;
-        bool in_transaction;
-        bool token_dirty;
-        uint64_t last_token;    /* the reserved high-water mark, as stored */
-        int64_t last_event_seq;
-        int64_t events_trimmed; /* every event up to this seq is deleted */
-        int64_t log_first, log_last;    /* lease_log holds at most the rows log_first..log_last */
-        int error;              /* the first write error of the transaction */
-        /* Every write since the last successful commit, as (statement, values), so that a
-         * batch whose commit failed for lack of space can be written again once there is
-         * some: the engine has already applied it in memory and cannot take it back. */
-        uint8_t *redo;
-        size_t redo_len, redo_size;
-        bool replay;            /* the redo log was rolled back: write it again at the next BEGIN */
-        int wal_frames;         /* frames in the WAL after the last commit */
-        int64_t wal_bytes;      /* appended since open */
-        bool defer_checkpoint;  /* a commit on agend's loop thread: checkpoint later */
-        int page_size;
-} StoreSqlite;
 
 /* A value bound to a statement parameter, as the redo log keeps it. */
 typedef enum ValueType {
@@ -174,6 +208,44 @@ typedef struct Value {
 #define V_OWNER_OR_NULL(p)                                                                      \
         (p) ? V_INT((p)->uid) : V_NULL, (p) ? V_INT((p)->gid) : V_NULL, (p) ? V_INT((p)->pid) : V_NULL, \
                 (p) ? V_TEXT((p)->comm) : V_NULL, (p) ? V_TEXT((p)->unit) : V_NULL
+
+typedef enum PendingKind {
+        PENDING_NONE,
+        PENDING_SAVE,   /* row holds a lease change (save); the event may follow */
+        PENDING_EVENT,  /* row holds an event about a lease; its delete may follow */
+} PendingKind;
+
+typedef struct StoreSqlite {
+        Store store;
+        sqlite3 *db;
+        sqlite3_stmt *stmt[_STMT_MAX];
+        char *path;
+        unsigned history_size;
+        bool in_transaction;
+        bool token_dirty;
+        uint64_t last_token;    /* the reserved high-water mark, as stored */
+        int64_t last_event_seq; /* of the newest row of events (a change or an event) */
+        int64_t events_trimmed; /* every row up to this seq is deleted */
+        int64_t folded;         /* every change up to this seq is in leases (meta 'folded_seq') */
+        int error;              /* the first write error of the transaction */
+        /* Every write since the last successful commit, as (statement, values), so that a
+         * batch whose commit failed for lack of space can be written again once there is
+         * some: the engine has already applied it in memory and cannot take it back. */
+        uint8_t *redo;
+        size_t redo_len, redo_size;
+        bool replay;            /* the redo log was rolled back: write it again at the next BEGIN */
+        /* A lease change or an event waiting for its other half, so that the two go into one
+         * row (pending_write()): grant and renew save the lease, then report it; an end
+         * reports it, then deletes it. Its strings are copied into buf. */
+        PendingKind pending;
+        Value row[_COL_MAX];
+        char *pending_buf;
+        size_t pending_size;
+        int wal_frames;         /* frames in the WAL after the last commit */
+        int64_t wal_bytes;      /* appended since open */
+        bool defer_checkpoint;  /* a commit on agend's loop thread: checkpoint later */
+        int page_size;
+} StoreSqlite;
 
 /* The owner in the five columns from i on (the order of V_OWNER). */
 static OwnerRecord column_owner(sqlite3_stmt *st, int i) {
@@ -264,10 +336,6 @@ static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
                 return tx_fail(s, db_errno(s, rc) ?: -EIO);
-        if (k == STMT_EVENT_APPEND)
-                s->last_event_seq = sqlite3_last_insert_rowid(s->db);
-        else if (k == STMT_LOG_SAVE || k == STMT_LOG_DELETE)
-                s->log_last = sqlite3_last_insert_rowid(s->db);
         return 0;
 }
 
@@ -312,7 +380,7 @@ static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         return 0;
 }
 
-#define REDO_VALUES_MAX 17
+#define REDO_VALUES_MAX _COL_MAX
 
 /* Writes the rolled-back batch again, in the transaction just begun. */
 static void redo_replay(StoreSqlite *s) {
@@ -368,29 +436,134 @@ static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         return exec_op(s, k, v, n);
 }
 
+/* Rows get their seq here, not from sqlite: seq of an INTEGER PRIMARY KEY without
+ * AUTOINCREMENT is max + 1, which would go back below the fold point once the trim has
+ * emptied the table, and a change there would count as folded. */
+static int row_write(StoreSqlite *s, Value *row) {
+        row[COL_SEQ] = V_INT(++s->last_event_seq);
+        return write_op(s, STMT_ROW_APPEND, row, _COL_MAX);
+}
+
+static void row_clear(Value *row) {
+        for (size_t i = 0; i < _COL_MAX; i++)
+                row[i] = V_NULL;
+}
+
+static void row_set_owner(Value *row, size_t at, const OwnerRecord *o) {
+        const Value v[] = { V_OWNER_OR_NULL(o) };
+        memcpy(row + at, v, sizeof(v));
+}
+
+static void row_set_lease(Value *row, const LeaseRecord *l) {
+        row[COL_RESOURCE] = V_TEXT(l->resource);
+        row[COL_LEASE] = V_TEXT(l->id);
+        row[COL_TOKEN] = V_INT(l->token);
+        row_set_owner(row, COL_OWNER, &l->owner);
+        row[COL_UNITS] = V_INT(l->units);
+        row[COL_CHANGE] = V_TEXT("save");
+        row[COL_SECRET] = V_TEXT(l->secret);
+        row[COL_EXCLUSIVE] = V_INT(l->exclusive);
+        row[COL_DETACHED] = V_INT(l->detached);
+        row[COL_DESCRIPTION] = V_TEXT(strempty(l->description));
+        row[COL_CREATED] = V_INT(l->created);
+        row[COL_TTL] = V_INT(l->ttl);
+        row[COL_DEADLINE] = l->deadline == USEC_INFINITY ? V_NULL : V_INT(l->deadline);
+}
+
+/* What only the event says (the rest it shares with the lease). */
+static void row_set_event_own(Value *row, const EventRecord *e) {
+        row[COL_TIME] = V_INT(e->time);
+        row[COL_TYPE] = V_TEXT(e->type);
+        row[COL_REASON] = V_TEXT(e->reason);
+        row_set_owner(row, COL_BY, e->revoked_by);
+}
+
+static void row_set_event(Value *row, const EventRecord *e) {
+        row_set_event_own(row, e);
+        row[COL_RESOURCE] = V_TEXT(e->resource);
+        row[COL_LEASE] = V_TEXT(e->lease);
+        row[COL_TOKEN] = e->token ? V_INT(e->token) : V_NULL;
+        row_set_owner(row, COL_OWNER, e->owner);
+        row[COL_UNITS] = V_INT(e->units);
+}
+
+static bool value_is(const Value *v, const char *str) {
+        return v->type == VALUE_TEXT ? str && streq(v->s, str) : !str;
+}
+
+/* Whether the event reports the lease change pending in row: then the row can carry both. */
+static bool row_event_matches(const Value *row, const EventRecord *e) {
+        const Value *o = row + COL_OWNER;
+        return e->lease && value_is(&row[COL_LEASE], e->lease) && value_is(&row[COL_RESOURCE], e->resource) &&
+               e->token != 0 && row[COL_TOKEN].i == (int64_t) e->token && row[COL_UNITS].i == (int64_t) e->units &&
+               e->owner && o[0].i == e->owner->uid && o[1].i == e->owner->gid && o[2].i == e->owner->pid &&
+               value_is(&o[3], e->owner->comm) && value_is(&o[4], e->owner->unit);
+}
+
+/* Keeps the row as pending, its strings copied (the caller's are borrowed). */
+static int pending_keep(StoreSqlite *s, PendingKind kind) {
+        size_t need = 0;
+        for (size_t i = 0; i < _COL_MAX; i++)
+                if (s->row[i].type == VALUE_TEXT)
+                        need += strlen(s->row[i].s) + 1;
+        if (need > s->pending_size) {
+                size_t size = MAX(need, (size_t) 512);
+                char *b = realloc(s->pending_buf, size);
+                if (!b)
+                        return -ENOMEM;
+                s->pending_buf = b;
+                s->pending_size = size;
+        }
+        char *p = s->pending_buf;
+        for (size_t i = 0; i < _COL_MAX; i++)
+                if (s->row[i].type == VALUE_TEXT) {
+                        size_t len = strlen(s->row[i].s) + 1;
+                        memcpy(p, s->row[i].s, len);
+                        s->row[i].s = p;
+                        p += len;
+                }
+        s->pending = kind;
+        return 0;
+}
+
+/* Writes the pending row as it is (a change no event reported, or an event about a lease
+ * that no change follows). Every write, read and commit calls it first, so rows keep the
+ * order of the calls. */
+static int pending_flush(StoreSqlite *s) {
+        if (s->pending == PENDING_NONE)
+                return 0;
+        s->pending = PENDING_NONE;
+        return row_write(s, s->row);
+}
+
 static int s_lease_save(Store *store, const LeaseRecord *l) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        const Value v[] = {
-                V_TEXT(l->id),
-                V_TEXT(l->secret),
-                V_TEXT(l->resource),
-                V_INT(l->units),
-                V_INT(l->exclusive),
-                V_INT(l->detached),
-                V_INT(l->token),
-                V_OWNER(l->owner),
-                V_TEXT(strempty(l->description)),
-                V_INT(l->created),
-                V_INT(l->ttl),
-                l->deadline == USEC_INFINITY ? V_NULL : V_INT(l->deadline),
-        };
-        return write_op(s, STMT_LOG_SAVE, v, ELEMENTSOF(v));
+        int k = pending_flush(s);
+        row_clear(s->row);
+        row_set_lease(s->row, l);
+        /* Without history there is no event to wait for. */
+        if (s->history_size == 0)
+                return row_write(s, s->row);
+        int r = pending_keep(s, PENDING_SAVE);
+        if (r < 0)
+                return row_write(s, s->row);
+        return k;
 }
 
 static int s_lease_delete(Store *store, const char *id) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        const Value v[] = { V_TEXT(id) };
-        return write_op(s, STMT_LOG_DELETE, v, ELEMENTSOF(v));
+        if (s->pending == PENDING_EVENT && value_is(&s->row[COL_LEASE], id)) {
+                s->row[COL_CHANGE] = V_TEXT("delete");
+                s->pending = PENDING_NONE;
+                return row_write(s, s->row);
+        }
+        int k = pending_flush(s);
+        Value row[_COL_MAX];
+        row_clear(row);
+        row[COL_LEASE] = V_TEXT(id);
+        row[COL_CHANGE] = V_TEXT("delete");
+        int r = row_write(s, row);
+        return k < 0 ? k : r;
 }
 
 static int s_waiter_save(Store *store, const WaiterRecord *w) {
@@ -404,32 +577,38 @@ static int s_waiter_save(Store *store, const WaiterRecord *w) {
                 V_OWNER(w->owner),
                 V_TEXT(w->description),
                 V_INT(w->since),
+                w->unclaimed_since ? V_INT(w->unclaimed_since) : V_NULL,
         };
-        return write_op(s, STMT_WAITER_SAVE, v, ELEMENTSOF(v));
+        int k = pending_flush(s);
+        int r = write_op(s, STMT_WAITER_SAVE, v, ELEMENTSOF(v));
+        return k < 0 ? k : r;
 }
 
 static int s_waiter_delete(Store *store, uint64_t seq) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         const Value v[] = { V_INT(seq) };
-        return write_op(s, STMT_WAITER_DELETE, v, ELEMENTSOF(v));
+        int k = pending_flush(s);
+        int r = write_op(s, STMT_WAITER_DELETE, v, ELEMENTSOF(v));
+        return k < 0 ? k : r;
 }
 
 static int s_event_append(Store *store, const EventRecord *e) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         if (s->history_size == 0)
                 return 0;
-        const Value v[] = {
-                V_INT(e->time),
-                V_TEXT(e->type),
-                V_TEXT(e->resource),
-                V_TEXT(e->lease),
-                e->token ? V_INT(e->token) : V_NULL,
-                V_OWNER_OR_NULL(e->owner),
-                V_INT(e->units),
-                V_TEXT(e->reason),
-                V_OWNER_OR_NULL(e->revoked_by),
-        };
-        return write_op(s, STMT_EVENT_APPEND, v, ELEMENTSOF(v));
+        if (s->pending == PENDING_SAVE && row_event_matches(s->row, e)) {
+                row_set_event_own(s->row, e);
+                s->pending = PENDING_NONE;
+                return row_write(s, s->row);
+        }
+        int k = pending_flush(s);
+        row_clear(s->row);
+        row_set_event(s->row, e);
+        /* An end is reported before the lease is deleted: wait for the delete. */
+        if (e->lease && pending_keep(s, PENDING_EVENT) == 0)
+                return k;
+        int r = row_write(s, s->row);
+        return k < 0 ? k : r;
 }
 
 /* The high-water mark is reserved ahead, TOKEN_RESERVE tokens at a time: the meta row is
@@ -448,13 +627,15 @@ static int s_token_save(Store *store, uint64_t last_token) {
 
 static int meta_set(StoreSqlite *s, const char *key, const char *value) {
         const Value v[] = { V_TEXT(key), V_TEXT(value) };
-        return write_op(s, STMT_META_SET, v, ELEMENTSOF(v));
+        int k = pending_flush(s);
+        int r = write_op(s, STMT_META_SET, v, ELEMENTSOF(v));
+        return k < 0 ? k : r;
 }
 
-/* The lease log is folded into the leases table once it holds more than LOG_FOLD_AT rows,
- * down to LOG_FOLD_AT / 2 rows: a fold every LOG_FOLD_AT / 2 appends, in the commit of the
- * batch that crossed the mark. Leases that came and went within those rows cost the
- * leases table nothing. */
+/* The changes in events are folded into the leases table once more than LOG_FOLD_AT rows
+ * were appended after the fold point, up to LOG_FOLD_AT / 2 rows before the newest: a fold
+ * every LOG_FOLD_AT / 2 appends, in the commit of the batch that crossed the mark. Leases
+ * that came and went within those rows cost the leases table nothing. */
 #define LOG_FOLD_AT 4096
 /* Events beyond HistorySize are deleted in chunks of at least this many (or an eighth of
  * HistorySize), not a few rows per commit, each of which would write the leftmost pages. */
@@ -473,13 +654,13 @@ static void fold_entries_free(FoldEntry **v, size_t n) {
         free(v);
 }
 
-/* Folds the log rows up to upto into the leases table: per id only its last row counts
+/* Folds the change rows after from, up to upto, into the leases table: per id only its last row counts
  * (a save: that row replaces the lease; a delete: the lease goes), so a lease granted and
  * released within the window never touches the leases table. One scan of the rows in seq
  * order and one keyed write per id; in SQL alone (max(seq) ... GROUP BY id, twice) the
  * grouping sorts cost more than the rest of the commit. 0, or a negative errno (nothing
  * written when the scan fails; a failed write fails the transaction, as any write). */
-static int fold_log(StoreSqlite *s, int64_t upto) {
+static int fold_log(StoreSqlite *s, int64_t from, int64_t upto) {
         _cleanup_(hashmap_done) Hashmap last = {};
         FoldEntry **v = NULL;
         size_t n = 0, size = 0;
@@ -487,7 +668,8 @@ static int fold_log(StoreSqlite *s, int64_t upto) {
         hashmap_init(&last);
 
         sqlite3_stmt *st = stmt(s, STMT_FOLD_SCAN);
-        sqlite3_bind_int64(st, 1, upto);
+        sqlite3_bind_int64(st, 1, from);
+        sqlite3_bind_int64(st, 2, upto);
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 const char *id = (const char *) sqlite3_column_text(st, 2);
@@ -534,23 +716,28 @@ static int fold_log(StoreSqlite *s, int64_t upto) {
 
 /* Work that keeps the tables small, joined to the batch's transaction (so it costs no
  * sync of its own) and not in the redo log: if the commit fails it is simply done again. */
-static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *log_first) {
-        int64_t keep_after = s->last_event_seq - (int64_t) s->history_size;
+static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *folded) {
+        if (s->last_event_seq - s->folded > LOG_FOLD_AT) {
+                int64_t upto = s->last_event_seq - LOG_FOLD_AT / 2;
+                char buf[32];
+                snprintf(buf, sizeof(buf), "%" PRIi64, upto);
+                const char *value = buf;
+                const Value v[] = { V_TEXT("folded_seq"), V_TEXT(value) };
+                if (fold_log(s, s->folded, upto) == 0 && exec_op(s, STMT_META_SET, v, ELEMENTSOF(v)) == 0)
+                        *folded = upto;
+        }
+        /* Rows past HistorySize go, but no change that is not folded yet: restore reads it. */
+        int64_t keep_after = MIN(s->last_event_seq - (int64_t) s->history_size, *folded);
         if (keep_after - s->events_trimmed >= MAX((int64_t) EVENTS_TRIM_MIN, (int64_t) s->history_size / 8)) {
                 const Value v[] = { V_INT(keep_after) };
                 if (exec_op(s, STMT_EVENTS_TRIM, v, ELEMENTSOF(v)) == 0)
                         *events_trimmed = keep_after;
         }
-        int64_t rows = s->log_last - s->log_first + 1;
-        if (rows > LOG_FOLD_AT) {
-                const Value v[] = { V_INT(s->log_last - LOG_FOLD_AT / 2) };
-                if (fold_log(s, v[0].i) == 0 && exec_op(s, STMT_FOLD_TRIM, v, 1) == 0)
-                        *log_first = v[0].i + 1;
-        }
 }
 
 static int s_commit(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
+        (void) pending_flush(s);        /* an error is kept in s->error */
         if (!s->in_transaction && !s->token_dirty && s->redo_len == 0 && s->error == 0)
                 return 0;
         if (s->token_dirty) {
@@ -561,9 +748,9 @@ static int s_commit(Store *store) {
         }
         /* A batch rolled back before, with nothing new since: write it again now. */
         (void) begin(s);
-        int64_t events_trimmed = s->events_trimmed, log_first = s->log_first;
+        int64_t events_trimmed = s->events_trimmed, folded = s->folded;
         if (s->error == 0 && s->in_transaction)
-                housekeeping(s, &events_trimmed, &log_first);
+                housekeeping(s, &events_trimmed, &folded);
         int k = s->error;
         if (k == 0 && s->in_transaction) {
                 k = exec_simple(s, STMT_COMMIT);
@@ -575,7 +762,7 @@ static int s_commit(Store *store) {
                 s->replay = s->redo_len > 0;
         } else {
                 s->events_trimmed = events_trimmed;
-                s->log_first = log_first;
+                s->folded = folded;
                 s->redo_len = 0;
                 if (s->redo_size > REDO_KEEP) {
                         free(s->redo);
@@ -590,6 +777,7 @@ static int s_commit(Store *store) {
 
 static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
+        (void) pending_flush(s);
         sqlite3_stmt *st = stmt(s, STMT_LOAD);
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -633,6 +821,7 @@ static int s_load_waiters(Store *store, int (*cb)(const WaiterRecord *r, void *u
                         .owner = column_owner(st, 5),
                         .description = (const char *) sqlite3_column_text(st, 10),
                         .since = (usec_t) sqlite3_column_int64(st, 11),
+                        .unclaimed_since = (usec_t) sqlite3_column_int64(st, 12),
                 };
                 if (!r.ticket || !r.resource || r.units == 0) {
                         sqlite3_reset(st);
@@ -680,6 +869,7 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
 static int s_history(Store *store, const char *resource, uint64_t before, unsigned limit,
                      int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
+        (void) pending_flush(s);
         /* Rows past HistorySize wait for a trim in chunks; they are not history any more.
          * Without an index on resource, this is a backward scan of at most HistorySize
          * rows plus a chunk. */
@@ -784,6 +974,7 @@ static void s_free(Store *store) {
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
         free(s->redo);
+        free(s->pending_buf);
         free(s->path);
         free(s);
 }
@@ -967,7 +1158,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 goto fail;
 
         /* A quick check that the schema is what we expect and readable. */
-        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT count(*) FROM events; SELECT count(*) FROM lease_log;", NULL, NULL, &msg);
+        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT seq, change FROM events LIMIT 1;", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
                 k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot read %s: %s", s->path, strna(msg));
                 sqlite3_free(msg);
@@ -989,6 +1180,11 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         }
         s->last_event_seq = 0;
         {
+                _cleanup_free_ char *t = NULL;
+                if (s_meta_get(&s->store, "folded_seq", &t) >= 0 && t)
+                        s->folded = strtoll(t, NULL, 10);
+        }
+        {
                 sqlite3_stmt *st = NULL;
                 if (sqlite3_prepare_v2(s->db,
                                        "SELECT coalesce(max(seq), 0), coalesce(min(seq), 1) - 1 FROM events;", -1,
@@ -998,16 +1194,8 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                         s->events_trimmed = sqlite3_column_int64(st, 1);
                 }
                 sqlite3_finalize(st);
-                st = NULL;
-                /* seq of an INTEGER PRIMARY KEY without AUTOINCREMENT may be reused once the
-                 * table is empty: log_first..log_last only bounds what is there. */
-                if (sqlite3_prepare_v2(s->db, "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) FROM lease_log",
-                                       -1, &st, NULL) == SQLITE_OK &&
-                    sqlite3_step(st) == SQLITE_ROW) {
-                        s->log_first = sqlite3_column_int64(st, 0);
-                        s->log_last = sqlite3_column_int64(st, 1);
-                }
-                sqlite3_finalize(st);
+                /* The trim may have emptied the table: new rows still go after the fold. */
+                s->last_event_seq = MAX(s->last_event_seq, s->folded);
         }
         s->page_size = 4096;
         {

@@ -4,8 +4,9 @@
 /* Durable state behind a vtable, like redis's ae backends. The contract is plain data:
  * records of strings and integers, no engine structure, so a second backend (etcd is
  * planned, brief §7) needs nothing of the engine's internals. Backends:
- * - store-sqlite.c, the daemon's store (an append-only lease log folded into a leases
- *   table off the reply path, docs/architecture.md "The database");
+ * - store-sqlite.c, the daemon's store (append-only rows, each an event and the lease
+ *   change it reports, folded into a leases table off the reply path; docs/architecture.md
+ *   "The database");
  * - store-memory.c, for tests: everything in memory, with fault injection.
  *
  * Writes join the current transaction, which commit() commits. The daemon calls the real
@@ -72,6 +73,10 @@ typedef struct WaiterRecord {
         bool exclusive;
         OwnerRecord owner;
         usec_t since;
+        /* CLOCK_MONOTONIC of the boot that stored it: when a restart first restored the
+         * place without its waiter (its reclaim grace counts from then, however many
+         * restarts follow); 0 while its waiter holds it. */
+        usec_t unclaimed_since;
 } WaiterRecord;
 
 typedef struct StoreOps {

@@ -421,6 +421,73 @@ static void test_grace_expiry_releases(void **state) {
         remove_dir(dir);
 }
 
+/* A restored place whose waiter never comes back (it never learned its ticket) gets the
+ * grace once, counted from the restart that first restored it: restarts quicker than the
+ * grace must not hold the queue forever. A place claimed in time keeps its place. */
+static void test_grace_from_first_restore(void **state) {
+        Fixture *f = *state;
+        char dir[] = "/tmp/agend-test-engine-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        Store *s;
+        Engine *e;
+        Lease *l;
+        Waiter *w;
+        const usec_t grace = 1 * USEC_PER_SEC;
+
+        assert_int_equal(start_engine(f, dir, "boot", grace, &s, &e), 0);
+        /* Detached: the lease stays held across restarts, so the place stays a place. */
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "q", .owner = &owner, .detached = true },
+                                        &f->holders[0], NULL, &l, &w),
+                         0);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "q", .owner = &owner, .timeout = USEC_INFINITY },
+                                        &f->holders[1], NULL, &l, &w),
+                         1);
+        assert_int_equal(s->ops->commit(s), 1);
+        stop_engine(f, s, e);
+
+        /* Restarts every 0.4 s; the place's grace (1 s) started at the first of them. */
+        unsigned waiting[5];
+        for (unsigned i = 0; i < ELEMENTSOF(waiting); i++) {
+                f->mono += 400 * USEC_PER_MSEC;
+                assert_int_equal(start_engine(f, dir, "boot", grace, &s, &e), 1);
+                engine_run_timers(e);
+                waiting[i] = engine_n_waiters(e);
+                assert_true(s->ops->commit(s) >= 0);    /* a restart that changes nothing writes nothing */
+                stop_engine(f, s, e);
+        }
+        /* First restored at t = 0.4 s, so still there at 0.8 and 1.2... */
+        assert_int_equal(waiting[0], 1);
+        assert_int_equal(waiting[1], 1);
+        assert_int_equal(waiting[2], 1);
+        /* ...and gone at 1.6: its grace ended at 1.4, while the daemon was down. */
+        assert_int_equal(waiting[3], 0);
+        assert_int_equal(waiting[4], 0);
+
+        /* Within one start the timer ends it at its own end, not a full grace after this start. */
+        assert_int_equal(start_engine(f, dir, "boot", grace, &s, &e), 1);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "q", .owner = &owner, .timeout = USEC_INFINITY },
+                                        &f->holders[1], NULL, &l, &w),
+                         1);
+        assert_int_equal(s->ops->commit(s), 1);
+        stop_engine(f, s, e);
+        f->mono += 100 * USEC_PER_MSEC;         /* first restored here */
+        assert_int_equal(start_engine(f, dir, "boot", grace, &s, &e), 1);
+        assert_int_equal(s->ops->commit(s), 1);
+        stop_engine(f, s, e);
+        f->mono += 600 * USEC_PER_MSEC;
+        assert_int_equal(start_engine(f, dir, "boot", grace, &s, &e), 1);
+        assert_int_equal(engine_n_waiters(e), 1);
+        f->mono += 300 * USEC_PER_MSEC;         /* 0.9 s after its first restore */
+        engine_run_timers(e);
+        assert_int_equal(engine_n_waiters(e), 1);
+        f->mono += 100 * USEC_PER_MSEC;         /* 1.0 s */
+        engine_run_timers(e);
+        assert_int_equal(engine_n_waiters(e), 0);
+        assert_true(s->ops->commit(s) >= 0);
+        stop_engine(f, s, e);
+        remove_dir(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_mutex_fifo, setup, teardown),
@@ -435,6 +502,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_undeclared_forbidden, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_restore_with_store, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_grace_expiry_releases, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_grace_from_first_restore, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

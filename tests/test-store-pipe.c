@@ -110,6 +110,12 @@ static int history_one(const EventRecord *e, void *userdata) {
         return 0;
 }
 
+static int waiter_grace_start(const WaiterRecord *r, void *userdata) {
+        if (r->seq == 10)
+                *(usec_t *) userdata = r->unclaimed_since;
+        return 0;
+}
+
 static void test_round_trip_and_reads_in_flight(void **state) {
         /* Every commit sleeps 50 ms on the commit thread: the reads below happen while the
          * first one is in flight (or after; either way they must see everything). */
@@ -170,6 +176,16 @@ static void test_round_trip_and_reads_in_flight(void **state) {
                                                                        .description = "", .units = 1,
                                                                        .owner = lease.owner }), 0);
         assert_int_equal(f->s->ops->waiter_delete(f->s, 9), 0);
+        /* Every field of a waiter goes through the pipe, its grace start too. */
+        assert_int_equal(f->s->ops->waiter_save(f->s, &(WaiterRecord) { .ticket = "u", .seq = 10, .resource = "res",
+                                                                       .description = "", .units = 1,
+                                                                       .owner = lease.owner, .since = 7,
+                                                                       .unclaimed_since = 12345 }), 0);
+        usec_t unclaimed_since = 0;
+        assert_int_equal(f->s->ops->commit(f->s), 1);
+        assert_int_equal(f->s->ops->load_waiters(f->s, waiter_grace_start, &unclaimed_since), 0);
+        assert_int_equal(unclaimed_since, 12345);
+        assert_int_equal(f->s->ops->waiter_delete(f->s, 10), 0);
         assert_int_equal(f->s->ops->token_save(f->s, 1000), 0);
         /* The synchronous commit (start-up, shutdown). */
         assert_int_equal(f->s->ops->commit(f->s), 1);

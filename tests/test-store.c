@@ -276,11 +276,13 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'waiters'"), 1);
         /* 4 → 5 drops the index again: History scans events backwards. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 1);
+        /* 5 → 6 folds lease_log away: changes ride in the event rows. */
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'change'"), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name LIKE 'by_%'"), 5);
         Engine *e;
         assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
@@ -516,6 +518,9 @@ static int count_restored(const LeaseRecord *r, void *u) {
         return 0;
 }
 
+/* The fold point: every change up to it is in the leases table. */
+#define FOLDED "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
+
 /* The lease log: appends only on the hot path, folded into leases once it is long, and a
  * restart sees the snapshot plus the log, before and after a fold. */
 static void test_log_folds(void **state) {
@@ -549,7 +554,8 @@ static void test_log_folds(void **state) {
         }
         /* Folded: the log stays short, and of the 6003 leases only the three that stayed
          * reached the leases table. */
-        assert_true(count(f->db, "SELECT count(*) FROM lease_log") <= 4096 + 40);
+        assert_true(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED) <=
+                    4096 + 40);
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
         /* One more that stays, in the log only: a restart restores all four. */
@@ -617,7 +623,8 @@ static void test_log_fold_last_row_wins(void **state) {
         assert_int_equal(s->ops->lease_save(s, &c), 0);
         assert_int_equal(s->ops->commit(s), 1);
         fold_filler(s, "y", 4200);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE id IN ('a', 'b', 'c')"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease IN ('a', 'b', 'c') AND seq > " FOLDED),
+                         0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 2);
         assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'a'"), 7);
         assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE id = 'c'"), 9);
@@ -643,7 +650,7 @@ static void test_migration_from_v3_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
         /* 3 → 4 → 5: the waiters table, then the lease log. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
@@ -687,7 +694,7 @@ static void test_migration_from_v4_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 2);
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
@@ -720,10 +727,180 @@ static void test_migration_from_v4_file(void **state) {
         assert_int_equal(engine_acquire(e, &pn, &h2, NULL, &l, &w), 0);
         assert_int_equal(s->ops->commit(s), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
-        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE resource = 'new'"), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'new' AND change = 'save'"), 1);
         engine_free(e);
         store_free(s);
         free(boot);
+        free(tickets[0]);
+        free(tickets[1]);
+}
+
+/* One row per change: a grant and its event are one row of events, so are an end and its
+ * delete; with HistorySize=0 the changes alone. Restore reads them, History sees only
+ * the events. */
+static void one_row_per_change(const char *dir, const char *db, unsigned history_size) {
+        Store *s;
+        char *err = NULL;
+        Engine *e;
+        Holder h = {}, hk = {};
+        Lease *l, *kept;
+        Waiter *w;
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, history_size, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 0);
+        int64_t rows = count(db, "SELECT count(*) FROM events");
+        for (int i = 0; i < 10; i++) {
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "c", .owner = &owner }, &h, NULL, &l, &w),
+                                 0);
+                assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
+        }
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(db, "SELECT count(*) FROM events") - rows, 20);
+        assert_int_equal(count(db, "SELECT count(*) FROM events WHERE change = 'save'"), 10);
+        assert_int_equal(count(db, "SELECT count(*) FROM events WHERE change = 'delete'"), 10);
+        if (history_size > 0) {
+                assert_int_equal(count(db, "SELECT count(*) FROM events WHERE change = 'save' AND type = 'granted'"
+                                           " AND secret IS NOT NULL AND token IS NOT NULL AND uid = 1"),
+                                 10);
+                assert_int_equal(count(db, "SELECT count(*) FROM events WHERE change = 'delete' AND type = 'released'"
+                                           " AND reason = 'test'"),
+                                 10);
+        } else
+                assert_int_equal(count(db, "SELECT count(*) FROM events WHERE type IS NOT NULL"), 0);
+        /* A renewed TTL lease and a queue: the waiter rows between the change rows. */
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "k", .owner = &owner, .ttl = USEC_PER_SEC,
+                                                              .detached = true },
+                                        &hk, NULL, &kept, &w),
+                         0);
+        Holder hw = {};
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "k", .owner = &owner,
+                                                              .timeout = USEC_INFINITY },
+                                        &hw, NULL, &l, &w),
+                         1);
+        assert_int_equal(engine_lease_renew(e, kept, 7 * USEC_PER_SEC), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(db, "SELECT count(*) FROM current_leases"), 1);
+        assert_int_equal(count(db, "SELECT ttl FROM current_leases"), 7 * USEC_PER_SEC);
+        Hist hist = {};
+        assert_int_equal(engine_history(e, "c", 0, 100, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, history_size > 0 ? 20 : 0);
+        char id[64];
+        snprintf(id, sizeof(id), "%s", kept->id);
+        engine_free(e);
+        store_free(s);
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, history_size, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 10 * USEC_PER_SEC), 1);
+        assert_int_equal(engine_n_waiters(e), 1);
+        assert_non_null(engine_lease_get(e, id));
+        assert_int_equal(engine_lease_get(e, id)->ttl, 7 * USEC_PER_SEC);
+        engine_free(e);
+        store_free(s);
+}
+
+static void test_one_row_per_change(void **state) {
+        Fixture *f = *state;
+        one_row_per_change(f->dir, f->db, 100);
+}
+
+static void test_one_row_per_change_no_history(void **state) {
+        Fixture *f = *state;
+        one_row_per_change(f->dir, f->db, 0);
+}
+
+/* A database file written by the agend of schema 5 (tests/data/agend-v5.db; HistorySize=40;
+ * killed -9 holding a detached lease on "db-migrate" and a renewed TTL lease on "ttl-res",
+ * both already folded into leases, a bound lease on "gpu" still in lease_log behind a few
+ * thousand cycles, and two waiters queued behind it), opened by this one: the leases, the
+ * waiters and the history come back, lease_log is folded away, and a new lease is one row. */
+static void test_migration_from_v5_file(void **state) {
+        Fixture *f = *state;
+        const char *data = getenv("AGEND_TEST_DATA");
+        if (!data) {
+                n_skipped++;
+                skip();
+        }
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "cp %s/agend-v5.db %s/agend.db", data, f->dir);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        /* Some of each: leases folded, leases only in the log, and stale snapshot rows. */
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases WHERE id IN (SELECT id FROM current_leases)"), 2);
+        assert_true(count(f->db, "SELECT count(*) FROM leases") > 2);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM lease_log WHERE resource = 'gpu' AND op = 'save'"), 1);
+        int64_t token = count(f->db, "SELECT max(token) FROM current_leases");
+        int64_t events = count(f->db, "SELECT count(*) FROM events");
+        int64_t last_seq = count(f->db, "SELECT max(seq) FROM events");
+        int64_t released = count(f->db, "SELECT count(*) FROM events WHERE type = 'released'");
+        int64_t oldest_token = count(f->db, "SELECT token FROM events ORDER BY seq DESC LIMIT 1 OFFSET 39");
+        char *boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'");
+        char *gpu = text(f->db, "SELECT id FROM current_leases WHERE resource = 'gpu'");
+        char *tickets[2] = {
+                text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1"),
+                text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1 OFFSET 1"),
+        };
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 0);
+        /* The log folded into the snapshot: leases is exactly what a restart restores. */
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        assert_int_equal(count(f->db, "SELECT ttl FROM current_leases WHERE resource = 'ttl-res'"),
+                         7200 * USEC_PER_SEC);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), events);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE type = 'released'"), released);
+        assert_int_equal(count(f->db, "SELECT " FOLDED), last_seq);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
+        Engine *e;
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, boot, 10 * USEC_PER_SEC), 3);
+        assert_true(engine_last_token(e) >= (uint64_t) token);
+        assert_int_equal(engine_n_leases(e), 3);
+        assert_int_equal(engine_n_waiters(e), 2);
+        Lease *l = engine_lease_get(e, gpu);
+        assert_non_null(l);
+        assert_string_equal(l->description, "holder");
+        Resource *r = engine_resource_get(e, "gpu");
+        assert_non_null(r);
+        assert_string_equal(r->wait_head->ticket, tickets[0]);
+        assert_string_equal(r->wait_head->description, "first waiter");
+        assert_string_equal(r->wait_tail->ticket, tickets[1]);
+        assert_int_equal(r->wait_tail->position, 2);
+        assert_non_null(engine_resource_get(e, "db-migrate"));
+        /* The places' grace starts at this, their first restore, and is stored. */
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters WHERE unclaimed_since > 0"), 2);
+        /* History as the old agend wrote it: the newest 40 events, with their tokens. */
+        Hist hist = {};
+        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, 40);
+        assert_true(oldest_token > 0);
+        assert_int_equal(hist.first_token, oldest_token);
+        /* A new lease: one row, both the grant event and the change. */
+        Holder h = {};
+        Waiter *w;
+        AcquireParams pn = { .resource = "new", .owner = &owner };
+        assert_int_equal(engine_acquire(e, &pn, &h, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'new'"), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'new' AND change = 'save'"
+                                      " AND type = 'granted' AND seq > " FOLDED),
+                         1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 4);
+        engine_free(e);
+        store_free(s);
+
+        /* And after a restart, from the new rows. */
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 4);
+        store_free(s);
+        free(boot);
+        free(gpu);
         free(tickets[0]);
         free(tickets[1]);
 }
@@ -856,6 +1033,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_from_v5_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_one_row_per_change, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_one_row_per_change_no_history, setup, teardown),
                 cmocka_unit_test(test_memory_store_waiters),
                 cmocka_unit_test(test_memory_store_faults),
                 cmocka_unit_test_setup_teardown(test_checkpoint_deferred, setup, teardown),
