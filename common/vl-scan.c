@@ -348,6 +348,9 @@ static bool scan_flag(Scan *s, bool *ret) {
 }
 
 static int reserve(VlScanner *sc, size_t len) {
+        if (sc->params.size > 8 * VL_SCAN_PARAMS_MAX)
+                /* The list of a message json-c read with thousands of members: not kept. */
+                vl_params_done(&sc->params);
         if (sc->params.size < VL_SCAN_PARAMS_MAX) {
                 VlParam *a = realloc(sc->params.items, VL_SCAN_PARAMS_MAX * sizeof(VlParam));
                 if (!a)

@@ -368,6 +368,17 @@ static void test_bounds(void **state) {
                 assert_string_equal(unknown, "p0");
         }
 
+        /* A message json-c read with many members: its long list is not kept. */
+        size_t m = (size_t) snprintf(msg, sizeof(msg), CALL_PREFIX "{");
+        for (int k = 0; k < 600; k++)
+                m += (size_t) snprintf(msg + m, sizeof(msg) - m, "%s\"q%d\":0", k ? "," : "", k);
+        m += (size_t) snprintf(msg + m, sizeof(msg) - m, "}}");
+        assert_true(m < sizeof(msg) - 1);
+        assert_int_equal(read_call(msg, m, &c), 0);
+        assert_int_equal(c.parameters->n, 600);
+        assert_int_equal(read_str(CALL_PREFIX "{\"resource\":\"small\"}}", &c), 1);
+        assert_int_equal(scanner.params.size, VL_SCAN_PARAMS_MAX);
+
         /* The state is reused: a large message, then small ones, each read right. */
         char *big = malloc(200000);
         assert_non_null(big);
