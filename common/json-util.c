@@ -46,6 +46,10 @@ static bool utf8_valid(const unsigned char *p, size_t n) {
         return true;
 }
 
+bool json_utf8_valid(const void *p, size_t n) {
+        return utf8_valid(p, n);
+}
+
 int json_parse_buffer_with(json_tokener *tok, const char *text, size_t len, json_object **ret) {
         assert(tok);
         assert(text || len == 0);
@@ -56,6 +60,12 @@ int json_parse_buffer_with(json_tokener *tok, const char *text, size_t len, json
         if (!utf8_valid((const unsigned char *) text, len))
                 return -EBADMSG;
         json_tokener_reset(tok);
+        /* json_tokener_reset() leaves a pending high surrogate of the last message (one cut
+         * off after "\ud800"), and the next message's first \u escape would be paired with
+         * it or get a U+FFFD put before it: one client's bytes would change the strings of
+         * the next message parsed, another client's. */
+        tok->high_surrogate = 0;
+        tok->ucs_char = 0;
         /* Strings must be UTF-8 (RFC 8259 8.1): a name with stray bytes, stored and sent back
          * in List replies, would make strict peers (python's json, browsers) fail on every
          * later reply that carries it. */

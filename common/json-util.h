@@ -27,6 +27,9 @@ int json_parse_buffer(const char *text, size_t len, json_object **ret);
 /* The same with a parser state the caller keeps (json_parser_new(), json_tokener_free()):
  * reset and reused for each message, so parsing allocates only the tree it returns. */
 json_tokener *json_parser_new(void);
+/* The UTF-8 check json_parse_buffer() makes first (strict RFC 3629: no overlong forms, no
+ * surrogates), for parsers that must refuse exactly what it refuses. */
+bool json_utf8_valid(const void *p, size_t n);
 int json_parse_buffer_with(json_tokener *tok, const char *text, size_t len, json_object **ret);
 
 /* The string is borrowed from o. Strings with an embedded NUL (\u0000) are refused: json-c

@@ -20,6 +20,7 @@
 #include "manager.h"
 #include "peer.h"
 #include "store-guard.h"
+#include "vl-params.h"
 
 #define RESOURCE_NAME_MAX 255
 #define DESCRIPTION_MAX 1024
@@ -34,9 +35,9 @@
 #define ERR_INVALID "org.varlink.service.InvalidParameter"
 
 /* A string member of at most max bytes (get_string() already refuses embedded NULs). */
-static int get_string(struct json_object *p, const char *key, bool required, size_t max, const char **ret) {
+static int get_string(const VlParams *p, const char *key, bool required, size_t max, const char **ret) {
         const char *s = NULL;
-        int k = json_get_string(p, key, required ? JSON_REQUIRED : 0, &s);
+        int k = vl_param_string(p, key, required ? JSON_REQUIRED : 0, &s);
         if (k <= 0)
                 return k;
         if (strlen(s) > max)
@@ -176,9 +177,9 @@ static bool may_use(const Resource *r, const Conn *c) {
         return false;
 }
 
-static bool check_members(Conn *c, struct json_object *p, const char *const *allowed) {
+static bool check_members(Conn *c, const VlParams *p, const char *const *allowed) {
         const char *unknown;
-        if (json_check_keys(p, allowed, &unknown) < 0) {
+        if (vl_params_check_keys(p, allowed, &unknown) < 0) {
                 invalid(c, unknown, "unknown parameter");
                 return false;
         }
@@ -220,7 +221,7 @@ static void reply_empty(Conn *c) {
         reply_end(c, &w, false);
 }
 
-static void method_acquire(Conn *c, struct json_object *p) {
+static void method_acquire(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "resource", "units",    "exclusive",   "timeout",
                                                "ttl",      "detached", "description", "ticket",
                                                NULL };
@@ -234,15 +235,15 @@ static void method_acquire(Conn *c, struct json_object *p) {
                 return;
         if (get_string(p, "resource", true, RESOURCE_NAME_MAX, &resource) < 0 || !name_ok(resource))
                 return invalid(c, "resource", "a resource name: 1..255 bytes, no control characters");
-        if (json_get_int64(p, "units", 0, 1, 1000000, &units) < 0)
+        if (vl_param_int64(p, "units", 0, 1, 1000000, &units) < 0)
                 return invalid(c, "units", "an integer in 1..1000000");
-        if (json_get_bool(p, "exclusive", 0, &exclusive) < 0)
+        if (vl_param_bool(p, "exclusive", 0, &exclusive) < 0)
                 return invalid(c, "exclusive", "a boolean");
-        if (json_get_seconds(p, "timeout", 0, &timeout_u) < 0)
+        if (vl_param_seconds(p, "timeout", 0, &timeout_u) < 0)
                 return invalid(c, "timeout", "seconds, a number >= 0 (0 = try once)");
-        if (json_get_seconds(p, "ttl", 0, &ttl_u) < 0)
+        if (vl_param_seconds(p, "ttl", 0, &ttl_u) < 0)
                 return invalid(c, "ttl", "seconds, a number >= 0 (0 = no TTL)");
-        if (json_get_bool(p, "detached", 0, &detached) < 0)
+        if (vl_param_bool(p, "detached", 0, &detached) < 0)
                 return invalid(c, "detached", "a boolean");
         if (get_string(p, "description", false, DESCRIPTION_MAX, &description) < 0)
                 return invalid(c, "description", "a string of at most 1024 bytes without NUL");
@@ -314,7 +315,7 @@ static void method_acquire(Conn *c, struct json_object *p) {
 
 /* Finds the lease named by "id" and checks that the caller may act on it: its own
  * connection, the secret, or root. */
-static Lease *lease_for_caller(Conn *c, struct json_object *p, bool allow_secret) {
+static Lease *lease_for_caller(Conn *c, const VlParams *p, bool allow_secret) {
         const char *id = NULL, *secret = NULL;
         if (get_string(p, "id", true, 64, &id) < 0) {
                 invalid(c, "id", "a lease id string");
@@ -339,7 +340,7 @@ static Lease *lease_for_caller(Conn *c, struct json_object *p, bool allow_secret
 /* lease_for_caller() for the leases of cluster resources: NULL if the id is not one (the
  * local lookup follows), CLUSTER_LEASE_REFUSED after an error reply. */
 #define CLUSTER_LEASE_REFUSED ((ClusterLease *) 1)
-static ClusterLease *cluster_lease_for_caller(Conn *c, struct json_object *p) {
+static ClusterLease *cluster_lease_for_caller(Conn *c, const VlParams *p) {
         const char *id = NULL, *secret = NULL;
         if (!c->manager->cluster || get_string(p, "id", true, 64, &id) < 0 ||
             get_string(p, "secret", false, 64, &secret) < 0)
@@ -355,7 +356,7 @@ static ClusterLease *cluster_lease_for_caller(Conn *c, struct json_object *p) {
         return CLUSTER_LEASE_REFUSED;
 }
 
-static void method_release(Conn *c, struct json_object *p) {
+static void method_release(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "id", "secret", NULL };
         if (!check_members(c, p, allowed))
                 return;
@@ -381,12 +382,12 @@ static void method_release(Conn *c, struct json_object *p) {
         reply_empty(c);
 }
 
-static void method_renew(Conn *c, struct json_object *p) {
+static void method_renew(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "id", "ttl", "secret", NULL };
         usec_t t = 0;
         if (!check_members(c, p, allowed))
                 return;
-        if (json_get_seconds(p, "ttl", 0, &t) < 0)
+        if (vl_param_seconds(p, "ttl", 0, &t) < 0)
                 return invalid(c, "ttl", "seconds, a number > 0");
         ClusterLease *cl = cluster_lease_for_caller(c, p);
         if (cl) {
@@ -408,7 +409,7 @@ static void method_renew(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_reclaim(Conn *c, struct json_object *p) {
+static void method_reclaim(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "id", "token", "secret", NULL };
         const char *id = NULL, *secret = NULL;
         int64_t token = 0;
@@ -416,7 +417,7 @@ static void method_reclaim(Conn *c, struct json_object *p) {
                 return;
         if (get_string(p, "id", true, 64, &id) < 0)
                 return invalid(c, "id", "a lease id string");
-        if (json_get_int64(p, "token", JSON_REQUIRED, 1, INT64_MAX, &token) < 0)
+        if (vl_param_int64(p, "token", JSON_REQUIRED, 1, INT64_MAX, &token) < 0)
                 return invalid(c, "token", "the lease's fencing token");
         if (get_string(p, "secret", true, 64, &secret) < 0)
                 return invalid(c, "secret", "the lease's secret");
@@ -436,7 +437,7 @@ static void method_reclaim(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_revoke(Conn *c, struct json_object *p) {
+static void method_revoke(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "id", "reason", NULL };
         const char *id = NULL, *reason = NULL;
         if (!check_members(c, p, allowed))
@@ -469,7 +470,7 @@ static void method_revoke(Conn *c, struct json_object *p) {
 
 /* Anyone may ask (leases are visible to every local user), so a guarded service can check
  * the token a writer presents before it accepts the write. */
-static void method_check(Conn *c, struct json_object *p) {
+static void method_check(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "resource", "token", NULL };
         const char *resource = NULL;
         int64_t token = 0;
@@ -477,7 +478,7 @@ static void method_check(Conn *c, struct json_object *p) {
                 return;
         if (get_string(p, "resource", true, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
-        if (json_get_int64(p, "token", JSON_REQUIRED, 0, INT64_MAX, &token) < 0)
+        if (vl_param_int64(p, "token", JSON_REQUIRED, 0, INT64_MAX, &token) < 0)
                 return invalid(c, "token", "a fencing token: an integer >= 0");
         if (cluster_service_serves(c->manager->cluster, resource))
                 return cluster_service_check(c->manager->cluster, c, resource, (uint64_t) token);
@@ -556,7 +557,7 @@ static int lease_token_cmp(const void *a, const void *b) {
 
 /* Leases in token order (tokens are unique and only grow), so "after" is a stable cursor
  * while leases come and go; waiters on the first page only. */
-static void method_list(Conn *c, struct json_object *p) {
+static void method_list(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "resource", "limit", "after", NULL };
         const char *resource = NULL;
         int64_t limit = LIST_PAGE_MAX, after = 0;
@@ -564,9 +565,9 @@ static void method_list(Conn *c, struct json_object *p) {
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
-        if (json_get_int64(p, "limit", 0, 1, INT64_MAX, &limit) < 0)
+        if (vl_param_int64(p, "limit", 0, 1, INT64_MAX, &limit) < 0)
                 return invalid(c, "limit", "an integer >= 1");
-        if (json_get_int64(p, "after", 0, 0, INT64_MAX, &after) < 0)
+        if (vl_param_int64(p, "after", 0, 0, INT64_MAX, &after) < 0)
                 return invalid(c, "after", "a continue_after value of an earlier reply");
         size_t page = (size_t) MIN(limit, (int64_t) LIST_PAGE_MAX);
         _cleanup_free_ Lease **leases_buf = NULL;
@@ -610,7 +611,7 @@ static void method_list(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_resources(Conn *c, struct json_object *p) {
+static void method_resources(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { NULL };
         if (!check_members(c, p, allowed))
                 return;
@@ -635,7 +636,7 @@ static void method_resources(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_status(Conn *c, struct json_object *p) {
+static void method_status(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { NULL };
         Manager *m = c->manager;
         if (!check_members(c, p, allowed))
@@ -655,7 +656,7 @@ static void method_status(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_watch(Conn *c, struct json_object *p) {
+static void method_watch(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "resource", "lease", NULL };
         const char *resource = NULL, *lease = NULL;
         if (!check_members(c, p, allowed))
@@ -694,7 +695,7 @@ static int history_one(const Event *e, void *userdata) {
         return s->events->error;
 }
 
-static void method_history(Conn *c, struct json_object *p) {
+static void method_history(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "resource", "limit", "before", NULL };
         const char *resource = NULL;
         int64_t limit = HISTORY_LIMIT_DEFAULT, before = 0;
@@ -702,9 +703,9 @@ static void method_history(Conn *c, struct json_object *p) {
                 return;
         if (get_string(p, "resource", false, RESOURCE_NAME_MAX, &resource) < 0)
                 return invalid(c, "resource", "a resource name");
-        if (json_get_int64(p, "limit", 0, 1, HISTORY_LIMIT_MAX, &limit) < 0)
+        if (vl_param_int64(p, "limit", 0, 1, HISTORY_LIMIT_MAX, &limit) < 0)
                 return invalid(c, "limit", "an integer in 1..100000");
-        if (json_get_int64(p, "before", 0, 1, INT64_MAX, &before) < 0)
+        if (vl_param_int64(p, "before", 0, 1, INT64_MAX, &before) < 0)
                 return invalid(c, "before", "a continue_before value of an earlier reply");
         unsigned page = (unsigned) MIN(limit, (int64_t) HISTORY_PAGE_MAX);
         _cleanup_(jw_done) JsonWriter events;
@@ -726,7 +727,7 @@ static void method_history(Conn *c, struct json_object *p) {
         reply_end(c, &w, false);
 }
 
-static void method_get_info(Conn *c, struct json_object *p) {
+static void method_get_info(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { NULL };
         if (!check_members(c, p, allowed))
                 return;
@@ -756,7 +757,7 @@ static const char org_varlink_service_description[] =
         "error PermissionDenied (reason: ?string)\n"
         "error ExpectedMore (reason: ?string)\n";
 
-static void method_get_interface_description(Conn *c, struct json_object *p) {
+static void method_get_interface_description(Conn *c, const VlParams *p) {
         static const char *const allowed[] = { "interface", NULL };
         const char *iface = NULL;
         if (!check_members(c, p, allowed))
@@ -778,7 +779,7 @@ static void method_get_interface_description(Conn *c, struct json_object *p) {
 
 typedef struct MethodEntry {
         const char *name;
-        void (*func)(Conn *c, struct json_object *p);
+        void (*func)(Conn *c, const VlParams *p);
 } MethodEntry;
 
 static const MethodEntry methods[] = {
@@ -797,7 +798,7 @@ static const MethodEntry methods[] = {
         { "org.varlink.service.GetInterfaceDescription", method_get_interface_description },
 };
 
-static void method_call(VarlinkConn *link, struct json_object *p, void *userdata) {
+static void method_call(VarlinkConn *link, const VlParams *p, void *userdata) {
         const MethodEntry *e = userdata;
         e->func(varlink_conn_get_userdata(link), p);
 }
@@ -817,7 +818,7 @@ int methods_bind(VarlinkServer *s) {
                 jw_realloc = realloc_fail;
 #endif
         for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
-                int k = varlink_server_bind_method(s, methods[i].name, method_call, (void *) &methods[i]);
+                int k = varlink_server_bind_method_params(s, methods[i].name, method_call, (void *) &methods[i]);
                 if (k < 0)
                         return k;
         }

@@ -35,6 +35,7 @@
 #include <sys/types.h>
 
 #include "json-writer.h"
+#include "vl-params.h"
 #include "usec.h"
 #include "vl.h"
 
@@ -47,6 +48,9 @@ typedef struct VarlinkConn VarlinkConn;
  * varlink_conn_reply()/_error*(); until its final reply (continues = false) the call is in
  * progress and holds the connection's later calls. */
 typedef void (*VarlinkMethodFn)(VarlinkConn *c, json_object *parameters, void *userdata);
+/* The same with the parameters as a flat list (common/vl-params.h), read from the message
+ * without a json-c tree for the usual calls: the daemon's hot path. Borrowed for the call. */
+typedef void (*VarlinkParamsFn)(VarlinkConn *c, const VlParams *parameters, void *userdata);
 
 typedef struct VarlinkServerCallbacks {
         /* A connection was accepted (or added). Return < 0 to refuse it (it is closed
@@ -91,6 +95,7 @@ void varlink_server_set_limits(VarlinkServer *s, const VarlinkServerLimits *l);
 /* Binds name ("interface.Method") to fn. Calls to other methods get MethodNotFound if the
  * interface has any bound method, InterfaceNotFound otherwise. */
 int varlink_server_bind_method(VarlinkServer *s, const char *name, VarlinkMethodFn fn, void *userdata);
+int varlink_server_bind_method_params(VarlinkServer *s, const char *name, VarlinkParamsFn fn, void *userdata);
 
 /* Takes a listening socket (non-blocking); accepting starts with varlink_server_start(). */
 int varlink_server_listen_fd(VarlinkServer *s, int fd);

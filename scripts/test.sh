@@ -76,9 +76,9 @@ CC=clang meson setup build-fuzz --reconfigure -Dbuildtype=debug -Dfuzz=true -Dbe
         -Db_sanitize=address,undefined -Db_lundef=false >/dev/null 2>&1 || \
         CC=clang meson setup build-fuzz -Dbuildtype=debug -Dfuzz=true -Dbench=false \
                 -Db_sanitize=address,undefined -Db_lundef=false
-fuzzers=(vl json config dispatch)
+fuzzers=(vl json scan config dispatch)
 # Seed corpora; the JSON parser's is the y_/n_ corpus of the unit tests.
-declare -A corpus=([vl]=tests/fuzz/vl [json]=tests/data [config]=tests/fuzz/config [dispatch]=tests/fuzz/dispatch)
+declare -A corpus=([vl]=tests/fuzz/vl [json]=tests/data [scan]=tests/fuzz/scan [config]=tests/fuzz/config [dispatch]=tests/fuzz/dispatch)
 ninja -C build-fuzz "${fuzzers[@]/#/tests/fuzz/fuzz-}"
 for f in "${fuzzers[@]}"; do
         scratch=$(mktemp -d)

@@ -178,6 +178,53 @@ static void test_nul_in_string(void **state) {
         assert_string_equal(jstr(l, "description"), "tab\there");
 }
 
+/* The forms of a parameter the daemon reads as json-c did: a repeated key keeps its last
+ * value, integers past int64 saturate, 1.0 is an integer, NaN and Infinity are numbers no
+ * getter takes, escaped keys are the same keys, nested unknown members are named. Some of
+ * these messages are read by the call scanner, the others by json-c. */
+static void test_parameter_forms(void **state) {
+        Agend *a = *state;
+        VConn *c = OPEN(a);
+        json_object *l = GRANT_LEASE(c, "{\"resource\":\"forms\",\"units\":\"x\",\"units\":1}");
+        assert_int_equal(jint(l, "units"), 1);
+        CALL_OK(c, LEASE_IF "Release", "{\"id\":\"%s\"}", jstr(l, "id"));
+        l = GRANT_LEASE(c, "{\"\\u0072esource\":\"forms\",\"units\":1.0,\"ttl\":1e2}");
+        assert_int_equal(jint(l, "units"), 1);
+        CALL_OK(c, LEASE_IF "Release", "{\"id\":\"%s\",\"id\":\"%s\"}", "nope", jstr(l, "id"));
+
+        static const struct {
+                const char *method, *params, *parameter;
+        } cases[] = {
+                { "Acquire", "{\"resource\":\"forms\",\"units\":1,\"units\":\"x\"}", "units" },
+                { "Acquire", "{\"resource\":\"forms\",\"units\":99999999999999999999}", "units" },
+                { "Acquire", "{\"resource\":\"forms\",\"units\":-99999999999999999999}", "units" },
+                { "Acquire", "{\"resource\":\"forms\",\"units\":-01}", "units" },
+                { "Acquire", "{\"resource\":\"forms\",\"timeout\":NaN}", "timeout" },
+                { "Acquire", "{\"resource\":\"forms\",\"timeout\":-Infinity}", "timeout" },
+                { "Acquire", "{\"resource\":\"forms\",\"ttl\":1e400}", "ttl" },
+                { "Acquire", "{\"resource\":\"forms\",\"extra\":{\"a\":[1,{\"b\":null}]}}", "extra" },
+                { "Acquire", "{\"resource\":\"forms\",\"units\\u0000x\":\"y\"}", "units" },
+                { "History", "{\"before\":-1}", "before" },
+                { "Renew", "{\"id\":\"x\",\"ttl\":\"1\",\"ttl\":null,\"ttl\":true}", "ttl" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char method[64];
+                snprintf(method, sizeof(method), LEASE_IF "%s", cases[i].method);
+                json_object *m = CALL(c, method, "%s", cases[i].params);
+                const char *e = reply_error(m), *p = jstr(reply_params(m), "parameter");
+                if (!e || strcmp(e, "org.varlink.service.InvalidParameter") != 0 || !p ||
+                    strcmp(p, cases[i].parameter) != 0)
+                        fail_msg("%s %s: expected InvalidParameter \"%s\", got %s", cases[i].method,
+                                 cases[i].params, cases[i].parameter, jtext(m));
+        }
+        /* Past int64 saturates to INT64_MAX, a valid "before". */
+        CALL_OK(c, LEASE_IF "History", "{\"before\":99999999999999999999}");
+        json_object *s = CALL_OK(c, LEASE_IF "Status", "{}");
+        assert_int_equal(jint(s, "leases"), 0);
+        vconn_close(c);
+        assert_serves(a);
+}
+
 /* 100 MB in one message that never ends: the daemon must give up while the bytes arrive
  * (1 MiB limit by default), not after reading them all. */
 static void test_huge_message(void **state) {
@@ -350,6 +397,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unknown_method, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_invalid_parameters, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_nul_in_string, helper_setup, helper_teardown),
+                cmocka_unit_test_setup_teardown(test_parameter_forms, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_huge_message, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_size_limit_edges, helper_setup, helper_teardown),
                 cmocka_unit_test_setup_teardown(test_thousand_garbage_connections, helper_setup,

@@ -195,6 +195,23 @@ static void test_parse_edges(void **state) {
         assert_int_equal(json_parse_buffer(deep, 2000, &o), -EBADMSG);
 }
 
+/* A reused parser state carries nothing from one message to the next: a message that
+ * fails in the escape after a high surrogate must not change the strings of the next one (json-c's
+ * reset keeps the pending surrogate; the daemon reuses one state for every client). */
+static void test_reuse_no_carry(void **state) {
+        json_tokener *tok = json_parser_new();
+        json_object *o = NULL;
+        assert_non_null(tok);
+        static const char cut[] = "{\"a\":\"\\ud800\\uZ\"}";
+        static const char next[] = "{\"a\":\"\\u00e9\\udc00x\"}";
+        assert_int_equal(json_parse_buffer_with(tok, cut, strlen(cut), &o), -EBADMSG);
+        assert_int_equal(json_parse_buffer_with(tok, next, strlen(next), &o), 0);
+        /* é, then the lone low surrogate as U+FFFD, as a fresh state reads it */
+        assert_string_equal(json_object_get_string(json_object_object_get(o, "a")), "\xc3\xa9\xef\xbf\xbdx");
+        json_object_put(o);
+        json_tokener_free(tok);
+}
+
 int main(int argc, char *argv[]) {
         data_dir = argc > 1 ? argv[1] : getenv("AGEND_TEST_DATA");
         if (!data_dir)
@@ -203,6 +220,7 @@ int main(int argc, char *argv[]) {
                 cmocka_unit_test(test_corpus),
                 cmocka_unit_test(test_getters),
                 cmocka_unit_test(test_parse_edges),
+                cmocka_unit_test(test_reuse_no_carry),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
