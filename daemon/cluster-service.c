@@ -27,6 +27,8 @@ typedef struct StandIn {
 
 struct ClusterLease {
         Lease lease;                    /* what the replies and the events read */
+        Owner owner;                    /* lease.owner points here */
+        char id[LEASE_ID_LEN + 1];      /* lease.id as text: the key of ClusterService.granted */
         StandIn res;
         ClusterService *service;
         ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
@@ -99,9 +101,9 @@ static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *r
                 .type = t,
                 .time = usec_now(CLOCK_REALTIME),
                 .resource = cl->res.res.name,
-                .lease = cl->lease.id,
+                .lease = cl->id,
                 .token = cl->lease.token,
-                .owner = &cl->lease.owner,
+                .owner = &cl->owner,
                 .units = cl->lease.units,
                 .reason = reason,
                 .revoked_by = by,
@@ -116,6 +118,16 @@ static void emit(ClusterService *s, EventType t, ClusterLease *cl, const char *r
 static void remote_id(const char *key, char *buf, size_t size) {
         const char *colon = strrchr(key, ':');
         snprintf(buf, size, "%s", colon ? colon + 1 : key);
+}
+
+/* The id of another host's lease in a List, as remote_id() writes it on Watch: its key's
+ * 16 hex digits. A key that has no such tail (not written by an agend) gets a hash of it:
+ * an opaque id, as remote ids are. */
+static void remote_lease_id(const char *key, uint64_t *ret) {
+        char id[LEASE_ID_LEN + 1];
+        remote_id(key, id, sizeof(id));
+        if (lease_id_from_string(id, ret) < 0)
+                *ret = ((uint64_t) objmap_hash_string(key) << 32) | objmap_hash_string(id);
 }
 
 /* Another host's key queued, holds or went: said on Watch(resource) and Watch(), not
@@ -151,9 +163,9 @@ static void lease_free(ClusterLease *cl) {
         ev_timer_stop(s->manager->loop, &cl->timeout);
         ev_timer_stop(s->manager->loop, &cl->expiry);
         if (cl->granted)
-                (void) hashmap_remove(&s->granted, cl->lease.id);
+                (void) hashmap_remove(&s->granted, cl->id);
         LIST_REMOVE(all, s->leases, cl);
-        owner_done(&cl->lease.owner);
+        owner_done(&cl->owner);
         free(cl->lease.description);
         free(cl->res.res.name);
         free(cl->res.node);
@@ -203,7 +215,7 @@ static void expiry_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 
 static void expiry_start(ClusterLease *cl) {
         struct ev_loop *loop = cl->service->manager->loop;
-        cl->lease.deadline = usec_now(CLOCK_MONOTONIC) + cl->lease.ttl;
+        cl->lease.expiry.pq.when = usec_now(CLOCK_MONOTONIC) + cl->lease.ttl;     /* lease_deadline() */
         ev_timer_stop(loop, &cl->expiry);
         ev_timer_set(&cl->expiry, (double) cl->lease.ttl / USEC_PER_SEC, 0.);
         ev_timer_start(loop, &cl->expiry);
@@ -211,7 +223,7 @@ static void expiry_start(ClusterLease *cl) {
 
 static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
-        cl->granted = hashmap_put(&cl->service->granted, cl->lease.id, cl) == 0;
+        cl->granted = hashmap_put(&cl->service->granted, cl->id, cl) == 0;
         if (!cl->granted) {
                 /* Out of memory (ids are random: -EEXIST does not happen): not held. */
                 cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
@@ -494,13 +506,9 @@ static unsigned capacity_of(ClusterService *s, const char *resource) {
         return d ? d->capacity : 0;
 }
 
-static void random_hex(char *buf, size_t n_hex) {
-        uint8_t b[32];
-        size_t n = n_hex / 2;
+static void random_bytes(void *b, size_t n) {
         if (getrandom(b, n, 0) != (ssize_t) n)
                 memset(b, 0, n);        /* getrandom() does not fail for <= 256 bytes */
-        for (size_t i = 0; i < n; i++)
-                sprintf(buf + 2 * i, "%02x", b[i]);
 }
 
 static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
@@ -529,20 +537,22 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
         ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
         ev_timer_init(&cl->expiry, expiry_cb, 0., 0.);
         LIST_PREPEND(all, s->leases, cl);
-        random_hex(cl->lease.id, LEASE_ID_LEN);
-        random_hex(cl->lease.secret, LEASE_SECRET_LEN);
+        random_bytes(&cl->lease.id, sizeof(cl->lease.id));
+        random_bytes(cl->lease.secret, sizeof(cl->lease.secret));
+        lease_id_to_string(cl->lease.id, cl->id);
+        cl->lease.owner = &cl->owner;
         cl->res.res.name = strdup(ap->resource);
         cl->res.res.cluster = true;
         cl->res.node = strdup(cluster_node(s->cluster));
         cl->lease.description = strdup(strempty(ap->description));
         cl->lease.resource = &cl->res.res;
         cl->lease.exclusive = ap->exclusive;
-        cl->lease.deadline = USEC_INFINITY;
+        cl->lease.expiry.pq.when = USEC_INFINITY;
         cl->lease.state = LEASE_HELD;
         cl->lease.ttl = ap->ttl;
         cl->lease.detached = ap->detached;
         cl->try_once = ap->try_once;
-        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->lease.owner, ap->owner) < 0) {
+        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->owner, ap->owner) < 0) {
                 lease_free(cl);
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
         }
@@ -663,6 +673,7 @@ bool cluster_service_usage(ClusterService *s, const char *resource, unsigned *re
 
 typedef struct ListingLease {
         Lease lease;
+        Owner owner;                    /* lease.owner points here */
         StandIn res;
 } ListingLease;
 
@@ -713,25 +724,26 @@ static int list_one(const ClusterEntry *e, void *userdata) {
         ll->res.res.cluster = true;
         ll->res.node = strdup(strempty(e->node));
         ll->lease.description = strdup(strempty(e->description));
-        ll->lease.owner.comm = strdup(strempty(e->comm));
-        if (!ll->res.res.name || !ll->res.node || !ll->lease.description || !ll->lease.owner.comm)
+        ll->lease.owner = &ll->owner;
+        ll->owner.comm = strdup(strempty(e->comm));
+        if (!ll->res.res.name || !ll->res.node || !ll->lease.description || !ll->owner.comm)
                 return -ENOMEM;
         ll->lease.resource = &ll->res.res;
         ll->lease.units = e->units;
         ll->lease.exclusive = e->exclusive;
         ll->lease.token = (uint64_t) e->create_revision;
-        ll->lease.owner.uid = e->uid;
-        ll->lease.owner.gid = e->gid;
-        ll->lease.owner.pid = e->pid;
-        ll->lease.deadline = USEC_INFINITY;
+        ll->owner.uid = e->uid;
+        ll->owner.gid = e->gid;
+        ll->owner.pid = e->pid;
+        ll->lease.expiry.pq.when = USEC_INFINITY;     /* lease_deadline(): none */
         ll->lease.state = LEASE_HELD;
         if (e->local) {
                 ClusterLease *cl = cluster_waiter_get_userdata(e->local);
-                memcpy(ll->lease.id, cl->lease.id, sizeof(ll->lease.id));
+                ll->lease.id = cl->lease.id;
                 ll->lease.created = cl->lease.created;
         } else
                 /* Another host's lease: where it is held is in node; its id is opaque. */
-                remote_id(e->key, ll->lease.id, sizeof(ll->lease.id));
+                remote_lease_id(e->key, &ll->lease.id);
         return 0;
 }
 
@@ -754,7 +766,7 @@ void cluster_listing_done(ClusterListing *l) {
                 free(ll->res.res.name);
                 free(ll->res.node);
                 free(ll->lease.description);
-                free(ll->lease.owner.comm);
+                free(ll->owner.comm);
                 free(ll);
         }
         free(l->leases);

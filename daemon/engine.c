@@ -17,9 +17,10 @@ struct Engine {
         EngineCallbacks cb;
         void *userdata;
 
-        Hashmap resources;      /* name → Resource */
-        Hashmap leases;         /* id → Lease */
+        ObjMap resources;       /* Resource by name */
+        ObjMap leases;          /* Lease by id */
         Hashmap strings;        /* the leases' owner names and descriptions, shared: text → Interned */
+        ObjMap owners;          /* the leases' owners, shared: SharedOwner by value */
         Hashmap unclaimed;      /* ticket's seq part → restored Waiter whose ticket is due */
         Prioq timers;           /* lease expiries, waiter timeouts, the grace period */
         EngineTimer grace;      /* at the next end of a grace: the leases' or a place's */
@@ -99,20 +100,73 @@ static void unintern(Engine *e, char *s) {
         free(i);
 }
 
-static void lease_strings_done(Engine *e, Lease *l) {
-        unintern(e, l->owner.comm);
-        unintern(e, l->owner.unit);
-        unintern(e, l->description);
-        l->owner.comm = l->owner.unit = l->description = NULL;
+/* Leases of one connection, or of one program, have one owner: they point at one shared,
+ * counted record instead of a copy each (24 bytes a lease). */
+typedef struct SharedOwner {
+        Owner owner;            /* comm and unit interned */
+        unsigned refs;
+} SharedOwner;
+
+static uint32_t owner_hash(const Owner *o) {
+        uint32_t h = objmap_hash_string(strempty(o->comm)) ^ (objmap_hash_string(strempty(o->unit)) * 31u);
+        return h ^ (o->uid * 0x9e3779b1u) ^ (o->gid * 0x85ebca6bu) ^ ((uint32_t) o->pid * 0xc2b2ae35u);
 }
 
-/* The owner and description of a lease, interned. */
+static bool owner_eq(const void *obj, const void *key) {
+        const Owner *a = &((const SharedOwner *) obj)->owner, *b = key;
+        return a->uid == b->uid && a->gid == b->gid && a->pid == b->pid && streq_ptr(a->comm, b->comm) &&
+                streq_ptr(a->unit, b->unit);
+}
+
+static const Owner *owner_intern(Engine *e, const Owner *o) {
+        uint32_t h = owner_hash(o);
+        SharedOwner *so = objmap_get(&e->owners, h, o);
+        if (so) {
+                so->refs++;
+                return &so->owner;
+        }
+        so = malloc(sizeof(*so));
+        if (!so)
+                return NULL;
+        *so = (SharedOwner) {
+                .owner = { .uid = o->uid, .gid = o->gid, .pid = o->pid, .comm = intern(e, o->comm),
+                           .unit = intern(e, o->unit) },
+                .refs = 1,
+        };
+        if ((o->comm && !so->owner.comm) || (o->unit && !so->owner.unit) ||
+            objmap_put(&e->owners, h, &so->owner, so) < 0) {
+                unintern(e, so->owner.comm);
+                unintern(e, so->owner.unit);
+                free(so);
+                return NULL;
+        }
+        return &so->owner;
+}
+
+static void owner_unintern(Engine *e, const Owner *o) {
+        if (!o)
+                return;
+        SharedOwner *so = container_of(o, SharedOwner, owner);
+        if (--so->refs > 0)
+                return;
+        objmap_remove(&e->owners, owner_hash(o), o);
+        unintern(e, so->owner.comm);
+        unintern(e, so->owner.unit);
+        free(so);
+}
+
+static void lease_strings_done(Engine *e, Lease *l) {
+        owner_unintern(e, l->owner);
+        unintern(e, l->description);
+        l->owner = NULL;
+        l->description = NULL;
+}
+
+/* The owner and description of a lease, shared. */
 static int lease_strings_set(Engine *e, Lease *l, const Owner *o, const char *description) {
-        l->owner = (Owner) { .uid = o->uid, .gid = o->gid, .pid = o->pid };
-        l->owner.comm = intern(e, o->comm);
-        l->owner.unit = intern(e, o->unit);
+        l->owner = owner_intern(e, o);
         l->description = intern(e, strempty(description));
-        if ((o->comm && !l->owner.comm) || (o->unit && !l->owner.unit) || !l->description) {
+        if (!l->owner || !l->description) {
                 lease_strings_done(e, l);
                 return -ENOMEM;
         }
@@ -146,14 +200,75 @@ static void hex(const uint8_t *bytes, size_t n, char *out) {
         out[2 * n] = 0;
 }
 
+static int unhex(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return -1;      /* upper case too: the text must come back as it was written */
+}
+
+/* n bytes from exactly 2n lowercase hex digits. */
+static int unhex_bytes(const char *s, uint8_t *out, size_t n) {
+        if (!s || strlen(s) != 2 * n)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++) {
+                int hi = unhex(s[2 * i]), lo = unhex(s[2 * i + 1]);
+                if (hi < 0 || lo < 0)
+                        return -EINVAL;
+                out[i] = (uint8_t) (hi << 4 | lo);
+        }
+        return 0;
+}
+
+char *lease_id_to_string(uint64_t id, char buf[static LEASE_ID_LEN + 1]) {
+        uint8_t b[LEASE_ID_LEN / 2];
+        for (size_t i = 0; i < sizeof(b); i++)
+                b[i] = (uint8_t) (id >> (8 * (sizeof(b) - 1 - i)));
+        hex(b, sizeof(b), buf);
+        return buf;
+}
+
+int lease_id_from_string(const char *s, uint64_t *ret) {
+        uint8_t b[LEASE_ID_LEN / 2];
+        if (unhex_bytes(s, b, sizeof(b)) < 0)
+                return -EINVAL;
+        uint64_t id = 0;
+        for (size_t i = 0; i < sizeof(b); i++)
+                id = id << 8 | b[i];
+        *ret = id;
+        return 0;
+}
+
+char *lease_secret_to_string(const Lease *l, char buf[static LEASE_SECRET_LEN + 1]) {
+        hex(l->secret, LEASE_SECRET_SIZE, buf);
+        return buf;
+}
+
+int lease_secret_from_string(const char *s, uint8_t ret[static LEASE_SECRET_SIZE]) {
+        return unhex_bytes(s, ret, LEASE_SECRET_SIZE);
+}
+
+/* The client's text is decoded (its time depends on that text only), then the bytes are
+ * compared in constant time. */
+bool lease_secret_eq(const Lease *l, const char *secret) {
+        uint8_t b[LEASE_SECRET_SIZE];
+        if (lease_secret_from_string(secret, b) < 0)
+                return false;
+        unsigned char d = 0;
+        for (size_t i = 0; i < LEASE_SECRET_SIZE; i++)
+                d |= b[i] ^ l->secret[i];
+        return d == 0;
+}
+
 /* A lease id and its secret from the engine's random pool: it is on the grant path. */
-static int random_id_secret(Engine *e, char id[static LEASE_ID_LEN + 1], char secret[static LEASE_SECRET_LEN + 1]) {
-        uint8_t bytes[(LEASE_ID_LEN + LEASE_SECRET_LEN) / 2];
+static int random_id_secret(Engine *e, uint64_t *id, uint8_t secret[static LEASE_SECRET_SIZE]) {
+        uint8_t bytes[sizeof(uint64_t) + LEASE_SECRET_SIZE];
         int k = random_pool_get(&e->random, bytes, sizeof(bytes));
         if (k < 0)
                 return k;
-        hex(bytes, LEASE_ID_LEN / 2, id);
-        hex(bytes + LEASE_ID_LEN / 2, LEASE_SECRET_LEN / 2, secret);
+        memcpy(id, bytes, sizeof(*id));
+        memcpy(secret, bytes + sizeof(*id), LEASE_SECRET_SIZE);
         explicit_bzero(bytes, sizeof(bytes));
         return 0;
 }
@@ -180,6 +295,27 @@ static bool ticket_eq(const char *a, const char *b) {
         return d == 0;
 }
 
+static bool resource_eq(const void *obj, const void *key) {
+        return strcmp(((const Resource *) obj)->name, key) == 0;
+}
+
+static bool lease_eq(const void *obj, const void *key) {
+        return ((const Lease *) obj)->id == *(const uint64_t *) key;
+}
+
+/* Ids are random bits (or restored ones the engine made): their own hash. */
+static uint32_t lease_hash(uint64_t id) {
+        return (uint32_t) (id ^ (id >> 32));
+}
+
+static Resource *resource_lookup(Engine *e, const char *name) {
+        return objmap_get(&e->resources, objmap_hash_string(name), name);
+}
+
+static Lease *lease_lookup(Engine *e, uint64_t id) {
+        return objmap_get(&e->leases, lease_hash(id), &id);
+}
+
 int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb, void *userdata,
                Engine **ret) {
         Engine *e = calloc(1, sizeof(*e));
@@ -191,8 +327,9 @@ int engine_new(const EngineClock *clock, Store *store, const EngineCallbacks *cb
         e->userdata = userdata;
         e->allow_undeclared = true;
         random_pool_init(&e->random, NULL);
-        hashmap_init(&e->resources);
-        hashmap_init(&e->leases);
+        objmap_init(&e->resources, resource_eq);
+        objmap_init(&e->leases, lease_eq);
+        objmap_init(&e->owners, owner_eq);
         hashmap_init(&e->strings);
         hashmap_init(&e->unclaimed);
         prioq_item_init(&e->grace.pq);
@@ -231,21 +368,23 @@ static void store_event_append(Engine *e, const Event *ev) {
 }
 
 static void store_lease_save(Engine *e, const Lease *l) {
+        char secret[LEASE_SECRET_LEN + 1];
         LeaseRecord r = {
-                .id = l->id,
-                .secret = l->secret,
+                .id = LEASE_ID_STR(l),
+                .secret = lease_secret_to_string(l, secret),
                 .resource = l->resource->name,
                 .description = l->description,
                 .units = l->units,
                 .exclusive = l->exclusive,
                 .detached = l->detached,
                 .token = l->token,
-                .owner = owner_record(&l->owner),
+                .owner = owner_record(l->owner),
                 .created = l->created,
                 .ttl = l->ttl,
-                .deadline = l->deadline,
+                .deadline = lease_deadline(l),
         };
         (void) e->store->ops->lease_save(e->store, &r);
+        explicit_bzero(secret, sizeof(secret));
 }
 
 static void store_waiter_save(Engine *e, const Waiter *w) {
@@ -265,11 +404,12 @@ static void store_waiter_save(Engine *e, const Waiter *w) {
 
 static void emit_by(Engine *e, EventType type, Resource *r, Lease *l, const Owner *owner, unsigned units,
                     const char *reason, const Owner *by) {
+        char id[LEASE_ID_LEN + 1];
         Event ev = {
                 .type = type,
                 .time = now_real(e),
                 .resource = r->name,
-                .lease = l ? l->id : NULL,
+                .lease = l ? lease_id_to_string(l->id, id) : NULL,
                 .token = l ? l->token : 0,
                 .owner = owner,
                 .units = units,
@@ -287,11 +427,18 @@ static void emit(Engine *e, EventType type, Resource *r, Lease *l, const Owner *
         emit_by(e, type, r, l, owner, units, reason, NULL);
 }
 
+static void resource_access_free(ResourceAccess *a) {
+        if (!a)
+                return;
+        free(a->allow_uids);
+        free(a->allow_gids);
+        free(a);
+}
+
 static void resource_free(Resource *r) {
         if (!r)
                 return;
-        free(r->allow_uids);
-        free(r->allow_gids);
+        resource_access_free(r->access);
         free(r);
 }
 
@@ -300,12 +447,12 @@ static void resource_free(Resource *r) {
 static void resource_maybe_drop(Engine *e, Resource *r) {
         if (r->declared || r->n_leases > 0 || r->n_waiters > 0)
                 return;
-        hashmap_remove(&e->resources, r->name);
+        objmap_remove(&e->resources, objmap_hash_string(r->name), r->name);
         resource_free(r);
 }
 
 static int resource_get(Engine *e, const char *name, bool create, Resource **ret) {
-        Resource *r = hashmap_get(&e->resources, name);
+        Resource *r = resource_lookup(e, name);
         if (r) {
                 *ret = r;
                 return 0;
@@ -319,7 +466,7 @@ static int resource_get(Engine *e, const char *name, bool create, Resource **ret
                 return -ENOMEM;
         r->name = memcpy((char *) (r + 1), name, n + 1);
         r->capacity = 1;
-        if (hashmap_put(&e->resources, r->name, r) < 0) {
+        if (objmap_put(&e->resources, objmap_hash_string(r->name), r->name, r) < 0) {
                 resource_free(r);
                 return -ENOMEM;
         }
@@ -336,10 +483,11 @@ static void timer_set(Engine *e, EngineTimer *t, usec_t when) {
         t->pq.when = when;
         if (prioq_item_queued(&t->pq))
                 prioq_reshuffle(&e->timers, &t->pq);
-        else if (prioq_put(&e->timers, &t->pq) < 0)
-                /* Out of memory: the deadline is kept on the object and checked again by
-                 * the next renew; rather than fail the grant, the lease lives longer. */
-                t->pq.when = USEC_INFINITY;
+        else
+                /* Out of memory: the deadline stays in t->pq.when (a lease's deadline) and
+                 * is queued again by the next renew; rather than fail the grant, the lease
+                 * lives longer. */
+                (void) prioq_put(&e->timers, &t->pq);
 }
 
 static void holder_link(Lease *l, Holder *h) {
@@ -368,25 +516,25 @@ static void lease_free(Engine *e, Lease *l) {
         if (l->state == LEASE_RECLAIMABLE)
                 e->n_reclaimable--;
         prioq_remove(&e->timers, &l->expiry.pq);
-        hashmap_remove(&e->leases, l->id);
+        objmap_remove(&e->leases, lease_hash(l->id), &l->id);
         e->n_leases--;
         lease_strings_done(e, l);
         free(l);
 }
 
 /* Links a lease built by the caller into its resource and the maps. */
-static int lease_attach(Engine *e, Lease *l, Resource *r) {
+static int lease_attach(Engine *e, Lease *l, Resource *r, usec_t deadline) {
         l->resource = r;
         prioq_item_init(&l->expiry.pq);
         l->expiry.pq.tag = TIMER_LEASE_EXPIRY;
-        if (hashmap_put(&e->leases, l->id, l) < 0)
+        if (objmap_put(&e->leases, lease_hash(l->id), &l->id, l) < 0)
                 return -ENOMEM;
         LIST_PREPEND(res, r->leases, l);
         r->n_leases++;
         r->used += l->units;
         e->n_leases++;
-        if (l->deadline != USEC_INFINITY)
-                timer_set(e, &l->expiry, l->deadline);
+        if (deadline != USEC_INFINITY)
+                timer_set(e, &l->expiry, deadline);
         return 0;
 }
 
@@ -395,12 +543,12 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         Lease *l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
-        int k = random_id_secret(e, l->id, l->secret);
+        int k = random_id_secret(e, &l->id, l->secret);
         if (k < 0) {
                 free(l);
                 return k;
         }
-        if (hashmap_get(&e->leases, l->id)) {   /* 64 random bits: practically never */
+        if (lease_lookup(e, l->id)) {   /* 64 random bits: practically never */
                 free(l);
                 return -EAGAIN;
         }
@@ -415,8 +563,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
         l->token = ++e->last_token;
         l->created = now_real(e);
         l->ttl = ttl;
-        l->deadline = ttl > 0 ? usec_add(now_mono(e), ttl) : USEC_INFINITY;
-        if (lease_attach(e, l, r) < 0) {
+        if (lease_attach(e, l, r, ttl > 0 ? usec_add(now_mono(e), ttl) : USEC_INFINITY) < 0) {
                 lease_strings_done(e, l);
                 free(l);
                 return -ENOMEM;
@@ -426,7 +573,7 @@ static int lease_create(Engine *e, Resource *r, unsigned units, bool exclusive, 
                 (void) e->store->ops->token_save(e->store, e->last_token);
                 store_lease_save(e, l);
         }
-        emit(e, EVENT_GRANTED, r, l, &l->owner, l->units, NULL);
+        emit(e, EVENT_GRANTED, r, l, l->owner, l->units, NULL);
         *ret = l;
         return 0;
 }
@@ -523,16 +670,12 @@ int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool 
         e->allow_undeclared = allow_undeclared;
 
         /* Forget old declarations first, then apply the new ones. */
-        HashmapIter i = {};
+        ObjMapIter i = {};
         Resource *r;
-        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+        while (objmap_iterate(&e->resources, &i, (void **) &r)) {
                 r->declared = false;
                 r->restricted = false;
-                free(r->allow_uids);
-                free(r->allow_gids);
-                r->allow_uids = NULL;
-                r->allow_gids = NULL;
-                r->n_allow_uids = r->n_allow_gids = 0;
+                resource_access_free(TAKE_PTR(r->access));
         }
         for (size_t k = 0; k < n_decls; k++) {
                 const ResourceDecl *d = &decls[k];
@@ -542,24 +685,29 @@ int engine_configure(Engine *e, const ResourceDecl *decls, size_t n_decls, bool 
                 r->declared = true;
                 r->capacity = MAX(d->capacity, 1u);
                 r->restricted = d->restricted;
+                if (d->n_allow_uids == 0 && d->n_allow_gids == 0)
+                        continue;
+                ResourceAccess *a = r->access = calloc(1, sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
                 if (d->n_allow_uids > 0) {
-                        r->allow_uids = malloc(d->n_allow_uids * sizeof(uid_t));
-                        if (!r->allow_uids)
+                        a->allow_uids = malloc(d->n_allow_uids * sizeof(uid_t));
+                        if (!a->allow_uids)
                                 return -ENOMEM;
-                        memcpy(r->allow_uids, d->allow_uids, d->n_allow_uids * sizeof(uid_t));
-                        r->n_allow_uids = d->n_allow_uids;
+                        memcpy(a->allow_uids, d->allow_uids, d->n_allow_uids * sizeof(uid_t));
+                        a->n_allow_uids = d->n_allow_uids;
                 }
                 if (d->n_allow_gids > 0) {
-                        r->allow_gids = malloc(d->n_allow_gids * sizeof(gid_t));
-                        if (!r->allow_gids)
+                        a->allow_gids = malloc(d->n_allow_gids * sizeof(gid_t));
+                        if (!a->allow_gids)
                                 return -ENOMEM;
-                        memcpy(r->allow_gids, d->allow_gids, d->n_allow_gids * sizeof(gid_t));
-                        r->n_allow_gids = d->n_allow_gids;
+                        memcpy(a->allow_gids, d->allow_gids, d->n_allow_gids * sizeof(gid_t));
+                        a->n_allow_gids = d->n_allow_gids;
                 }
         }
         /* Capacities may have grown; names no longer declared and unused go away. */
-        i = (HashmapIter) {};
-        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+        i = (ObjMapIter) {};
+        while (objmap_iterate(&e->resources, &i, (void **) &r)) {
                 if (!r->declared)
                         r->capacity = MAX(r->capacity, 1u);
                 dispatch(e, r);
@@ -702,9 +850,9 @@ void engine_waiter_cancel(Engine *e, Waiter *w) {
 
 static int lease_end(Engine *e, Lease *l, EventType type, const char *reason, const Owner *by) {
         Resource *r = l->resource;
-        emit_by(e, type, r, l, &l->owner, l->units, reason, by);
+        emit_by(e, type, r, l, l->owner, l->units, reason, by);
         if (e->store)
-                (void) e->store->ops->lease_delete(e->store, l->id);
+                (void) e->store->ops->lease_delete(e->store, LEASE_ID_STR(l));
         lease_free(e, l);
         grace_maybe_stop(e);
         dispatch(e, r);
@@ -725,11 +873,10 @@ int engine_lease_renew(Engine *e, Lease *l, usec_t ttl) {
                 return -EINVAL;
         if (ttl > 0)
                 l->ttl = ttl;
-        l->deadline = usec_add(now_mono(e), l->ttl);
-        timer_set(e, &l->expiry, l->deadline);
+        timer_set(e, &l->expiry, usec_add(now_mono(e), l->ttl));
         if (e->store)
                 store_lease_save(e, l);
-        emit(e, EVENT_RENEWED, l->resource, l, &l->owner, l->units, NULL);
+        emit(e, EVENT_RENEWED, l->resource, l, l->owner, l->units, NULL);
         return 0;
 }
 
@@ -746,7 +893,7 @@ int engine_lease_reclaim(Engine *e, Lease *l, Holder *holder) {
         e->n_reclaimable--;
         holder_link(l, holder);
         grace_maybe_stop(e);
-        emit(e, EVENT_RECLAIMED, l->resource, l, &l->owner, l->units, NULL);
+        emit(e, EVENT_RECLAIMED, l->resource, l, l->owner, l->units, NULL);
         return 0;
 }
 
@@ -761,15 +908,18 @@ void engine_holder_gone(Engine *e, Holder *h) {
 }
 
 Lease *engine_lease_get(Engine *e, const char *id) {
-        return hashmap_get(&e->leases, id);
+        uint64_t k;
+        if (lease_id_from_string(id, &k) < 0)
+                return NULL;
+        return lease_lookup(e, k);
 }
 
 Resource *engine_resource_get(Engine *e, const char *name) {
-        return hashmap_get(&e->resources, name);
+        return resource_lookup(e, name);
 }
 
 bool engine_token_current(Engine *e, const char *resource, uint64_t token) {
-        Resource *r = resource ? hashmap_get(&e->resources, resource) : NULL;
+        Resource *r = resource ? resource_lookup(e, resource) : NULL;
         if (!r || token == 0)
                 return false;
         LIST_FOREACH(res, l, r->leases)
@@ -778,7 +928,7 @@ bool engine_token_current(Engine *e, const char *resource, uint64_t token) {
         return false;
 }
 
-const Hashmap *engine_resources(Engine *e) {
+const ObjMap *engine_resources(Engine *e) {
         return &e->resources;
 }
 
@@ -814,9 +964,9 @@ static void end_leases(Engine *e, bool all, EventType type, const char *reason) 
         Lease **v = malloc(MAX(e->n_leases, 1u) * sizeof(Lease *));
         if (!v)
                 return;
-        HashmapIter i = {};
+        ObjMapIter i = {};
         Lease *l;
-        while (hashmap_iterate(&e->leases, &i, (void **) &l))
+        while (objmap_iterate(&e->leases, &i, (void **) &l))
                 if (all || l->state == LEASE_RECLAIMABLE)
                         v[n++] = l;
         for (k = 0; k < n; k++)
@@ -828,9 +978,9 @@ static void end_leases(Engine *e, bool all, EventType type, const char *reason) 
  * USEC_INFINITY: all) leave the queue; those behind them move up, and what now fits is
  * granted. */
 static void drop_unclaimed(Engine *e, usec_t now) {
-        HashmapIter i = {};
+        ObjMapIter i = {};
         Resource *r;
-        while (e->unclaimed.size > 0 && hashmap_iterate(&e->resources, &i, (void **) &r)) {
+        while (e->unclaimed.size > 0 && objmap_iterate(&e->resources, &i, (void **) &r)) {
                 bool dropped = false;
                 for (Waiter *w = r->wait_head, *n; w; w = n) {
                         n = w->next;
@@ -969,8 +1119,10 @@ static int restore_waiter(const WaiterRecord *rec, void *userdata) {
 static int restore_one(const LeaseRecord *rec, void *userdata) {
         RestoreState *s = userdata;
         Engine *e = s->engine;
-        if (!rec->id || !rec->secret || !rec->resource || rec->units == 0 ||
-            strlen(rec->id) != LEASE_ID_LEN || strlen(rec->secret) != LEASE_SECRET_LEN)
+        uint64_t id;
+        uint8_t secret[LEASE_SECRET_SIZE];
+        if (!rec->resource || rec->units == 0 || lease_id_from_string(rec->id, &id) < 0 ||
+            lease_secret_from_string(rec->secret, secret) < 0)
                 return -EBADMSG;
         Resource *r;
         int k = resource_get(e, rec->resource, true, &r);
@@ -979,8 +1131,9 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
         Lease *l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
-        snprintf(l->id, sizeof(l->id), "%s", rec->id);
-        snprintf(l->secret, sizeof(l->secret), "%s", rec->secret);
+        l->id = id;
+        memcpy(l->secret, secret, sizeof(secret));
+        explicit_bzero(secret, sizeof(secret));
         Owner o = {
                 .uid = rec->owner.uid,
                 .gid = rec->owner.gid,
@@ -998,13 +1151,12 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
         l->token = rec->token;
         l->created = rec->created;
         l->ttl = rec->ttl;
-        /* A monotonic deadline means nothing on another boot; those leases are voided. */
-        l->deadline = s->same_boot ? rec->deadline : USEC_INFINITY;
         l->state = rec->detached ? LEASE_HELD : LEASE_RECLAIMABLE;
         if (l->state == LEASE_RECLAIMABLE)
                 e->n_reclaimable++;
         e->last_token = MAX(e->last_token, l->token);
-        k = lease_attach(e, l, r);
+        /* A monotonic deadline means nothing on another boot; those leases are voided. */
+        k = lease_attach(e, l, r, s->same_boot ? rec->deadline : USEC_INFINITY);
         if (k < 0) {
                 if (l->state == LEASE_RECLAIMABLE)
                         e->n_reclaimable--;
@@ -1119,27 +1271,32 @@ Engine *engine_free(Engine *e) {
                 return NULL;
         Lease *l;
         Resource *r;
-        HashmapIter i = {};
+        ObjMapIter oi = {};
         /* The heap points into leases and waiters: empty it before they go. */
         prioq_done(&e->timers);
-        while (hashmap_iterate(&e->leases, &i, (void **) &l))
+        while (objmap_iterate(&e->leases, &oi, (void **) &l))
                 free(l);
         Interned *str;
-        i = (HashmapIter) {};
+        HashmapIter i = {};
         while (hashmap_iterate(&e->strings, &i, (void **) &str))
                 free(str);
         hashmap_done(&e->strings);
-        i = (HashmapIter) {};
-        while (hashmap_iterate(&e->resources, &i, (void **) &r)) {
+        oi = (ObjMapIter) {};
+        while (objmap_iterate(&e->resources, &oi, (void **) &r)) {
                 for (Waiter *w = r->wait_head, *n; w; w = n) {
                         n = w->next;
                         waiter_free(w);
                 }
                 resource_free(r);
         }
-        hashmap_done(&e->leases);
+        objmap_done(&e->leases);
+        SharedOwner *so;
+        oi = (ObjMapIter) {};
+        while (objmap_iterate(&e->owners, &oi, (void **) &so))
+                free(so);
+        objmap_done(&e->owners);
         hashmap_done(&e->unclaimed);
-        hashmap_done(&e->resources);
+        objmap_done(&e->resources);
         random_pool_done(&e->random);
         free(e);
         return NULL;

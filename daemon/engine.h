@@ -17,6 +17,7 @@
 
 #include "hashmap.h"
 #include "list.h"
+#include "objmap.h"
 #include "prioq.h"
 #include "usec.h"
 
@@ -28,6 +29,7 @@ typedef struct Store Store;
 
 #define LEASE_ID_LEN 16         /* hex digits of 64 random bits */
 #define LEASE_SECRET_LEN 32     /* hex digits of 128 random bits */
+#define LEASE_SECRET_SIZE (LEASE_SECRET_LEN / 2)
 /* A waiter's ticket: its queue sequence (16 hex digits, the key it is found by) and 128
  * random bits (32 hex digits, compared in constant time): unguessable, like a secret. */
 #define WAITER_SEQ_LEN 16
@@ -103,26 +105,48 @@ typedef struct EngineTimer {
 } EngineTimer;
 
 struct Lease {
-        /* Ordered so that the struct is 200 bytes, malloc's 208-byte chunk: it is most of
-         * the memory of an idle lease. */
-        char id[LEASE_ID_LEN + 1];              /* ro */
-        char secret[LEASE_SECRET_LEN + 1];      /* ro */
-        bool exclusive;                         /* ro */
-        bool detached;                          /* ro */
-        LeaseState state;                       /* ro */
-        unsigned units;                         /* ro */
+        /* 136 bytes, malloc's 144-byte chunk: it is most of the memory of an idle lease.
+         * The id and secret are kept as the bits they are (the wire and the store have them
+         * as hex text: lease_id_to_string(), lease_secret_to_string()), the owner is one
+         * record shared by its leases, the deadline is the expiry timer's. */
+        uint64_t id;                            /* ro: 64 random bits */
+        uint8_t secret[LEASE_SECRET_SIZE];      /* ro: 128 random bits; compare with lease_secret_eq() */
         Resource *resource;                     /* ro */
         uint64_t token;                         /* ro */
-        Owner owner;                            /* ro; comm and unit shared by the engine (interned) */
+        const Owner *owner;                     /* ro, never NULL; shared (interned by the engine) */
         char *description;                      /* ro, never NULL; shared by the engine (interned) */
         usec_t created;                         /* ro: CLOCK_REALTIME */
         usec_t ttl;                             /* ro: 0 = none */
-        usec_t deadline;                        /* ro: CLOCK_MONOTONIC, USEC_INFINITY = none */
         Holder *holder;                         /* ro: the connection that holds it, or NULL */
         LIST_FIELDS(Lease, holder);             /* private: Holder.leases */
         LIST_FIELDS(Lease, res);                /* private: Resource.leases */
-        EngineTimer expiry;                     /* private */
+        EngineTimer expiry;                     /* private; expiry.pq.when is the deadline
+                                                 * (CLOCK_MONOTONIC, USEC_INFINITY = none):
+                                                 * lease_deadline() */
+        unsigned units;                         /* ro */
+        bool exclusive;                         /* ro */
+        bool detached;                          /* ro */
+        uint8_t state;                          /* ro: LeaseState */
 };
+
+/* The deadline (CLOCK_MONOTONIC) or USEC_INFINITY. */
+static inline usec_t lease_deadline(const Lease *l) {
+        return l->expiry.pq.when;
+}
+
+/* A lease id as the wire and the store write it: 16 lowercase hex digits. Returns buf. */
+char *lease_id_to_string(uint64_t id, char buf[static LEASE_ID_LEN + 1]);
+#define LEASE_ID_STR(l) lease_id_to_string((l)->id, (char[LEASE_ID_LEN + 1]) {})
+/* 0, or -EINVAL for anything but exactly 16 lowercase hex digits (what
+ * lease_id_to_string() writes, so that an id read back is written the same). */
+int lease_id_from_string(const char *s, uint64_t *ret);
+/* The secret as 32 lowercase hex digits. Returns buf. */
+char *lease_secret_to_string(const Lease *l, char buf[static LEASE_SECRET_LEN + 1]);
+/* 0, or -EINVAL: 32 lowercase hex digits into LEASE_SECRET_SIZE bytes. */
+int lease_secret_from_string(const char *s, uint8_t ret[static LEASE_SECRET_SIZE]);
+/* Whether secret (text from a client) is l's secret. Its time depends on the text given,
+ * never on how much of the secret it matches. */
+bool lease_secret_eq(const Lease *l, const char *secret);
 
 struct Waiter {
         Resource *resource;                     /* ro */
@@ -150,22 +174,29 @@ struct Waiter {
         EngineTimer timeout;                    /* private */
 };
 
-struct Resource {
-        /* Ordered so that no padding is left: 96 bytes; one per lease at 1 M leases on
-         * 1 M names (bench/scale.c). */
-        char *name;                             /* ro: stored after the struct */
-        unsigned capacity;                      /* ro */
-        unsigned used;                          /* ro: units held, reclaimable ones too */
-        uid_t *allow_uids;                      /* ro: NULL = everyone (with allow_gids) */
+/* Who may use a declared resource with an allow list; most resources have none. */
+typedef struct ResourceAccess {
+        uid_t *allow_uids;                      /* NULL = none (with allow_gids) */
         size_t n_allow_uids;
         gid_t *allow_gids;
         size_t n_allow_gids;
+} ResourceAccess;
+
+struct Resource {
+        /* 64 bytes and the name after them: an 80-byte malloc chunk for a short name, one
+         * per lease at 1 M leases on 1 M names (bench/scale.c). The allow lists, which only
+         * declared resources have, are in their own allocation. */
+        char *name;                             /* ro: stored after the struct */
+        ResourceAccess *access;                 /* ro: NULL = no allow list */
         Lease *leases;                          /* ro: list through Lease.res_next */
         Waiter *wait_head, *wait_tail;          /* ro: FIFO */
+        unsigned capacity;                      /* ro */
+        unsigned used;                          /* ro: units held, reclaimable ones too */
         unsigned n_leases;                      /* ro */
         unsigned n_waiters;                     /* ro */
         bool declared;                          /* ro: from the configuration */
-        bool restricted;                        /* ro: an allow list is set */
+        bool restricted;                        /* ro: an allow list is set (access may still be
+                                                 * NULL: an empty list lets only root in) */
         bool cluster;                           /* ro: the stand-in of a Scope=cluster lease
                                                  * (cluster_lease_node()); in the padding */
 };
@@ -267,7 +298,7 @@ Resource *engine_resource_get(Engine *e, const char *name);
  * A restored lease still waiting for its holder counts: nothing newer can hold its units
  * until it is reclaimed or released. An unknown resource holds nothing: false. */
 bool engine_token_current(Engine *e, const char *resource, uint64_t token);
-const Hashmap *engine_resources(Engine *e);
+const ObjMap *engine_resources(Engine *e);
 unsigned engine_n_leases(Engine *e);
 unsigned engine_n_waiters(Engine *e);
 /* Waiters restored after a restart whose ticket has not been presented yet. */

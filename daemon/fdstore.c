@@ -75,7 +75,7 @@ static int adopt_one(Manager *m, int fd, const char *name) {
                 if (watch && !watched)
                         watched = id;
                 /* The kernel's word on the peer must match the lease's holder. */
-                if (!l || l->owner.pid != c->peer.pid || l->owner.uid != c->peer.uid)
+                if (!l || l->owner->pid != c->peer.pid || l->owner->uid != c->peer.uid)
                         continue;
                 if (engine_lease_reclaim(m->engine, l, &c->holder) >= 0)
                         n++;
@@ -142,10 +142,10 @@ int fdstore_save(Manager *m) {
                 else
                         len = (size_t) snprintf(name, sizeof(name), "b");
                 for (Lease *l = c->holder.leases; l && fits; l = l->holder_next) {
-                        if (len + 1 + strlen(l->id) > FDNAME_MAX)
+                        if (len + 1 + LEASE_ID_LEN > FDNAME_MAX)
                                 fits = false;
                         else
-                                len += (size_t) snprintf(name + len, sizeof(name) - len, "-%s", l->id);
+                                len += (size_t) snprintf(name + len, sizeof(name) - len, "-%s", LEASE_ID_STR(l));
                 }
                 if (!fits)
                         continue;       /* too many leases to name: the holder reclaims */

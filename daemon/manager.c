@@ -452,11 +452,11 @@ int manager_run(Manager *m) {
                 return EXIT_FAILURE;
         }
         /* Per-uid lease counts of the restored leases. */
-        HashmapIter hi = {};
+        ObjMapIter hi = {};
         Resource *r;
-        while (hashmap_iterate(engine_resources(m->engine), &hi, (void **) &r))
+        while (objmap_iterate(engine_resources(m->engine), &hi, (void **) &r))
                 for (Lease *l = r->leases; l; l = l->res_next) {
-                        UserStat *u = manager_user(m, l->owner.uid, true);
+                        UserStat *u = manager_user(m, l->owner->uid, true);
                         if (u)
                                 u->leases++;
                 }

@@ -80,18 +80,18 @@ static int64_t deadline_to_real(usec_t deadline) {
 
 static void lease_write(JsonWriter *w, const char *key, const Lease *l) {
         jw_object_begin(w, key);
-        jw_string(w, "id", l->id);
+        jw_string(w, "id", LEASE_ID_STR(l));
         jw_string(w, "resource", l->resource->name);
         jw_int(w, "units", l->units);
         jw_bool(w, "exclusive", l->exclusive);
         jw_int(w, "token", (int64_t) l->token);
-        owner_write(w, "owner", &l->owner);
+        owner_write(w, "owner", l->owner);
         jw_string(w, "description", strempty(l->description));
         jw_int(w, "created", (int64_t) l->created);
         if (l->ttl > 0)
                 jw_double(w, "ttl", usec_to_sec(l->ttl));
-        if (l->deadline != USEC_INFINITY)
-                jw_int(w, "deadline", deadline_to_real(l->deadline));
+        if (lease_deadline(l) != USEC_INFINITY)
+                jw_int(w, "deadline", deadline_to_real(lease_deadline(l)));
         jw_bool(w, "detached", l->detached);
         jw_string(w, "state", l->state == LEASE_RECLAIMABLE ? "reclaimable" : "held");
         const char *node = cluster_lease_node(l);
@@ -154,25 +154,15 @@ static bool name_ok(const char *s) {
         return true;
 }
 
-/* Constant time, so the secret cannot be guessed byte by byte from reply timing. */
-static bool secret_eq(const char *a, const char *b) {
-        size_t n = strlen(a);
-        if (strlen(b) != n)
-                return false;
-        unsigned char d = 0;
-        for (size_t i = 0; i < n; i++)
-                d |= (unsigned char) a[i] ^ (unsigned char) b[i];
-        return d == 0;
-}
-
 static bool may_use(const Resource *r, const Conn *c) {
         if (!r || !r->restricted || c->peer.uid == 0)
                 return true;
-        for (size_t i = 0; i < r->n_allow_uids; i++)
-                if (r->allow_uids[i] == c->peer.uid)
+        const ResourceAccess *a = r->access;
+        for (size_t i = 0; a && i < a->n_allow_uids; i++)
+                if (a->allow_uids[i] == c->peer.uid)
                         return true;
-        for (size_t i = 0; i < r->n_allow_gids; i++)
-                if (peer_in_group(c->peer.gid, c->groups, c->n_groups, r->allow_gids[i]))
+        for (size_t i = 0; a && i < a->n_allow_gids; i++)
+                if (peer_in_group(c->peer.gid, c->groups, c->n_groups, a->allow_gids[i]))
                         return true;
         return false;
 }
@@ -190,7 +180,9 @@ void conn_reply_granted(Conn *c, const Lease *l, bool continues) {
         REPLY_WRITER(w);
         jw_string(&w, "state", "granted");
         lease_write(&w, "lease", l);
-        jw_string(&w, "secret", l->secret);
+        char secret[LEASE_SECRET_LEN + 1];
+        jw_string(&w, "secret", lease_secret_to_string(l, secret));
+        explicit_bzero(secret, sizeof(secret));
         /* A grant the holder never hears of must not stay held in its name: the error
          * is followed by a close, which ends the connection's leases. */
         if (varlink_conn_reply_end(c->link, &w, continues) < 0)
@@ -330,7 +322,7 @@ static Lease *lease_for_caller(Conn *c, const VlParams *p, bool allow_secret) {
                 conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", id);
                 return NULL;
         }
-        if (l->holder == &c->holder || c->peer.uid == 0 || (allow_secret && secret && secret_eq(secret, l->secret)))
+        if (l->holder == &c->holder || c->peer.uid == 0 || (allow_secret && secret && lease_secret_eq(l, secret)))
                 return l;
         conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                           secret ? "the secret does not match" : "not the holder: give the lease's secret", "id", id);
@@ -349,7 +341,7 @@ static ClusterLease *cluster_lease_for_caller(Conn *c, const VlParams *p) {
         if (!cl)
                 return NULL;
         const Lease *l = cluster_lease_get_lease(cl);
-        if (l->holder == &c->holder || c->peer.uid == 0 || (secret && secret_eq(secret, l->secret)))
+        if (l->holder == &c->holder || c->peer.uid == 0 || (secret && lease_secret_eq(l, secret)))
                 return cl;
         conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                           secret ? "the secret does not match" : "not the holder: give the lease's secret", "id", id);
@@ -425,7 +417,7 @@ static void method_reclaim(Conn *c, const VlParams *p) {
         if (!l)
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease",
                                          "no lease with this id (not restored, or not reclaimed in time)", "id", id);
-        if ((uint64_t) token != l->token || !secret_eq(secret, l->secret))
+        if ((uint64_t) token != l->token || !lease_secret_eq(l, secret))
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied", "token or secret does not match",
                                          "id", id);
         int k = engine_lease_reclaim(c->manager->engine, l, &c->holder);
@@ -581,9 +573,9 @@ static void method_list(Conn *c, const VlParams *p) {
                 if (res)
                         k = list_resource(res, &s);
         } else {
-                HashmapIter i = {};
+                ObjMapIter i = {};
                 Resource *res;
-                while (k >= 0 && hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
+                while (k >= 0 && objmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res))
                         k = list_resource(res, &s);
         }
         /* Cluster resources: their holders and waiters on every host, as this host's mirror
@@ -617,9 +609,9 @@ static void method_resources(Conn *c, const VlParams *p) {
                 return;
         REPLY_WRITER(w);
         jw_array_begin(&w, "resources");
-        HashmapIter i = {};
+        ObjMapIter i = {};
         Resource *res;
-        while (hashmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res)) {
+        while (objmap_iterate(engine_resources(c->manager->engine), &i, (void **) &res)) {
                 jw_object_begin(&w, NULL);
                 jw_string(&w, "name", res->name);
                 jw_int(&w, "capacity", res->capacity);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The two containers under the engine: the deadline heap (pops in order, removal and
  * re-keying from anywhere keep the heap valid, indices stay true) and the string hash
- * map (many entries, removal during iteration, lookups after growth). */
+ * map (many entries, removal during iteration, lookups after growth), and the map of
+ * objects that carry their key (the same, plus hashes that collide). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "hashmap.h"
+#include "objmap.h"
 #include "prioq.h"
 
 static uint64_t rng_state = 0x243f6a8885a308d3ULL;
@@ -156,11 +158,87 @@ static void test_hashmap(void **state) {
         free(keys);
 }
 
+typedef struct Obj {
+        char key[16];
+} Obj;
+
+static bool obj_eq(const void *obj, const void *key) {
+        return strcmp(((const Obj *) obj)->key, key) == 0;
+}
+
+/* hash_mask: which bits of the real hash to keep; 0 makes every hash collide, so
+ * that only ObjMap.eq tells the objects apart. */
+static void check_objmap(unsigned n, uint32_t hash_mask) {
+        Obj *objs = calloc(n, sizeof(*objs));
+        assert_non_null(objs);
+        ObjMap m;
+        objmap_init(&m, obj_eq);
+#define H(k) (objmap_hash_string(k) & hash_mask)
+        for (unsigned i = 0; i < n; i++) {
+                snprintf(objs[i].key, sizeof(objs[i].key), "k%u", i);
+                assert_int_equal(objmap_put(&m, H(objs[i].key), objs[i].key, &objs[i]), 0);
+        }
+        assert_int_equal(m.size, n);
+        /* The same key in another object is a duplicate. */
+        Obj dup = { .key = "k7" };
+        assert_int_equal(objmap_put(&m, H(dup.key), dup.key, &dup), -EEXIST);
+        for (unsigned i = 0; i < n; i++)
+                assert_ptr_equal(objmap_get(&m, H(objs[i].key), objs[i].key), &objs[i]);
+        assert_null(objmap_get(&m, H("absent"), "absent"));
+        /* Lookups go by content, not by pointer. */
+        assert_ptr_equal(objmap_get(&m, H("k12"), "k12"), &objs[12]);
+
+        /* Remove every other object while iterating; each is seen exactly once. */
+        unsigned char *seen = calloc(n, 1);
+        assert_non_null(seen);
+        ObjMapIter it = {};
+        void *v;
+        unsigned visited = 0;
+        while (objmap_iterate(&m, &it, &v)) {
+                unsigned i = (unsigned) ((Obj *) v - objs);
+                assert_true(i < n);
+                assert_int_equal(seen[i], 0);
+                seen[i] = 1;
+                visited++;
+                if (i % 2 == 0)
+                        assert_ptr_equal(objmap_remove(&m, H(objs[i].key), objs[i].key), v);
+        }
+        assert_int_equal(visited, n);
+        assert_int_equal(m.size, n / 2);
+        for (unsigned i = 0; i < n; i++)
+                assert_ptr_equal(objmap_get(&m, H(objs[i].key), objs[i].key), i % 2 ? &objs[i] : NULL);
+        assert_null(objmap_remove(&m, H(objs[0].key), objs[0].key));
+
+        /* Churn: tombstones must neither fill the table nor hide objects. */
+        for (unsigned i = 0; i < n; i += 2) {
+                assert_int_equal(objmap_put(&m, H(objs[i].key), objs[i].key, &objs[i]), 0);
+                assert_ptr_equal(objmap_remove(&m, H(objs[i].key), objs[i].key), &objs[i]);
+        }
+        assert_int_equal(m.size, n / 2);
+        for (unsigned i = 1; i < n; i += 2)
+                assert_ptr_equal(objmap_get(&m, H(objs[i].key), objs[i].key), &objs[i]);
+        assert_true(m.n_used * 4 <= m.n_slots * 3);
+        /* At most 4 slots an object after growth (load ≥ 1/4 just after a rehash at ≤ 1/2). */
+        assert_true(m.n_slots <= 4 * (size_t) n + 64);
+#undef H
+        objmap_done(&m);
+        assert_int_equal(m.size, 0);
+        free(seen);
+        free(objs);
+}
+
+static void test_objmap(void **state) {
+        check_objmap(20000, UINT32_MAX);
+        check_objmap(300, 0);           /* every hash the same */
+        check_objmap(2000, 0xf);        /* 16 hashes */
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_prioq_order),
                 cmocka_unit_test(test_prioq_done_unqueues),
                 cmocka_unit_test(test_hashmap),
+                cmocka_unit_test(test_objmap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,9 +111,8 @@ static void test_engine_grants(void **state) {
                 AcquireParams p = { .resource = names[i], .owner = &owner, .try_once = true };
                 assert_int_equal(engine_acquire(e, &p, &h, NULL, &l, &w), 0);
                 assert_non_null(l);
-                assert_int_equal(strlen(l->id), LEASE_ID_LEN);
-                assert_int_equal(strlen(l->secret), LEASE_SECRET_LEN);
-                memcpy(id_copy[i], l->id, sizeof(id_copy[i]));
+                lease_id_to_string(l->id, id_copy[i]);
+                assert_int_equal(strlen(id_copy[i]), LEASE_ID_LEN);
                 assert_null(hashmap_get(&ids, id_copy[i]));
                 assert_int_equal(hashmap_put(&ids, id_copy[i], id_copy[i]), 0);
         }

@@ -785,7 +785,7 @@ static void one_row_per_change(const char *dir, const char *db, unsigned history
         assert_int_equal(engine_history(e, "c", 0, 100, hist_cb, &hist), 0);
         assert_int_equal(hist.n, history_size > 0 ? 20 : 0);
         char id[64];
-        snprintf(id, sizeof(id), "%s", kept->id);
+        snprintf(id, sizeof(id), "%s", LEASE_ID_STR(kept));
         engine_free(e);
         store_free(s);
         assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, history_size, &s, &err), 0);

@@ -296,9 +296,9 @@ static void turn(Fuzz *f) {
 
 /* What is left once every client has hung up: detached leases only, within capacity. */
 static void check_leases(Fuzz *f) {
-        HashmapIter i = {};
+        ObjMapIter i = {};
         Resource *r;
-        while (hashmap_iterate(engine_resources(f->m->engine), &i, (void **) &r)) {
+        while (objmap_iterate(engine_resources(f->m->engine), &i, (void **) &r)) {
                 unsigned units = 0, n = 0;
                 for (Lease *l = r->leases; l; l = l->res_next) {
                         assert(l->detached && !l->holder);
