@@ -323,7 +323,14 @@ static int tx_fail(StoreSqlite *s, int k) {
 
 /* Binds values 1..n to statement k and runs it. */
 static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
-        sqlite3_stmt *st = stmt(s, k);
+        /* exec_op resets its statement after each step, and when it binds every parameter
+         * no binding of the last row can be left: both calls of stmt() are then work for
+         * nothing (two rows per cycle, 26 parameters each). */
+        sqlite3_stmt *st = s->stmt[k];
+        if (sqlite3_stmt_busy(st))
+                sqlite3_reset(st);
+        if ((int) n < sqlite3_bind_parameter_count(st))
+                sqlite3_clear_bindings(st);
         for (size_t i = 0; i < n; i++) {
                 if (v[i].type == VALUE_INT)
                         sqlite3_bind_int64(st, (int) i + 1, v[i].i);
