@@ -219,6 +219,10 @@ typedef struct StoreSqlite {
         Store store;
         sqlite3 *db;
         sqlite3_stmt *stmt[_STMT_MAX];
+        /* Per statement, the parameters exec_op() may have left bound to something other
+         * than NULL (a set bit: maybe; a clear one: NULL for sure), so that a NULL is bound
+         * only where the last row had a value. */
+        uint64_t maybe_bound[_STMT_MAX];
         char *path;
         unsigned history_size;
         bool in_transaction;
@@ -328,17 +332,25 @@ static int exec_op_len(StoreSqlite *s, Stmt k, const Value *v, size_t n, const u
          * no binding of the last row can be left: both calls of stmt() are then work for
          * nothing (two rows per cycle, 26 parameters each). */
         sqlite3_stmt *st = s->stmt[k];
+        uint64_t *maybe = &s->maybe_bound[k];
         if (sqlite3_stmt_busy(st))
                 sqlite3_reset(st);
-        if ((int) n < sqlite3_bind_parameter_count(st))
+        if ((int) n < sqlite3_bind_parameter_count(st) || n > 64) {
                 sqlite3_clear_bindings(st);
+                *maybe = 0;
+        }
         for (size_t i = 0; i < n; i++) {
-                if (v[i].type == VALUE_INT)
+                uint64_t bit = i < 64 ? UINT64_C(1) << i : 0;
+                if (v[i].type == VALUE_INT) {
                         sqlite3_bind_int64(st, (int) i + 1, v[i].i);
-                else if (v[i].type == VALUE_TEXT)
+                        *maybe |= bit;
+                } else if (v[i].type == VALUE_TEXT) {
                         sqlite3_bind_text(st, (int) i + 1, v[i].s, len ? (int) len[i] : -1, SQLITE_STATIC);
-                else
+                        *maybe |= bit;
+                } else if (*maybe & bit) {
                         sqlite3_bind_null(st, (int) i + 1);
+                        *maybe &= ~bit;
+                }
         }
         int rc = sqlite3_step(st);
         sqlite3_reset(st);
@@ -1186,6 +1198,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
 
         for (int i = 0; i < _STMT_MAX; i++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);
+                s->maybe_bound[i] = 0;  /* a new statement has every parameter NULL */
                 if (rc != SQLITE_OK) {
                         k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot prepare statements on %s: %s",
                                  s->path, sqlite3_errmsg(s->db));
