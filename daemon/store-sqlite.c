@@ -219,6 +219,10 @@ typedef struct StoreSqlite {
         Store store;
         sqlite3 *db;
         sqlite3_stmt *stmt[_STMT_MAX];
+        /* Per statement, the parameters exec_op() may have left bound to something other
+         * than NULL (a set bit: maybe; a clear one: NULL for sure), so that a NULL is bound
+         * only where the last row had a value. */
+        uint64_t maybe_bound[_STMT_MAX];
         char *path;
         unsigned history_size;
         bool in_transaction;
@@ -321,22 +325,42 @@ static int tx_fail(StoreSqlite *s, int k) {
         return k;
 }
 
-/* Binds values 1..n to statement k and runs it. */
-static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
-        sqlite3_stmt *st = stmt(s, k);
+/* Binds values 1..n to statement k and runs it; len, if not NULL, has the length of each
+ * text value (so that sqlite need not count it again). */
+static int exec_op_len(StoreSqlite *s, Stmt k, const Value *v, size_t n, const uint32_t *len) {
+        /* exec_op resets its statement after each step, and when it binds every parameter
+         * no binding of the last row can be left: both calls of stmt() are then work for
+         * nothing (two rows per cycle, 26 parameters each). */
+        sqlite3_stmt *st = s->stmt[k];
+        uint64_t *maybe = &s->maybe_bound[k];
+        if (sqlite3_stmt_busy(st))
+                sqlite3_reset(st);
+        if ((int) n < sqlite3_bind_parameter_count(st) || n > 64) {
+                sqlite3_clear_bindings(st);
+                *maybe = 0;
+        }
         for (size_t i = 0; i < n; i++) {
-                if (v[i].type == VALUE_INT)
+                uint64_t bit = i < 64 ? UINT64_C(1) << i : 0;
+                if (v[i].type == VALUE_INT) {
                         sqlite3_bind_int64(st, (int) i + 1, v[i].i);
-                else if (v[i].type == VALUE_TEXT)
-                        sqlite3_bind_text(st, (int) i + 1, v[i].s, -1, SQLITE_STATIC);
-                else
+                        *maybe |= bit;
+                } else if (v[i].type == VALUE_TEXT) {
+                        sqlite3_bind_text(st, (int) i + 1, v[i].s, len ? (int) len[i] : -1, SQLITE_STATIC);
+                        *maybe |= bit;
+                } else if (*maybe & bit) {
                         sqlite3_bind_null(st, (int) i + 1);
+                        *maybe &= ~bit;
+                }
         }
         int rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
                 return tx_fail(s, db_errno(s, rc) ?: -EIO);
         return 0;
+}
+
+static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
+        return exec_op_len(s, k, v, n, NULL);
 }
 
 /* The redo log is one byte buffer: per write, the statement, the number of values, and
@@ -355,10 +379,18 @@ static int redo_reserve(StoreSqlite *s, size_t n) {
         return 0;
 }
 
-static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
+/* Fills len[] with the length of each text value, for exec_op_len(). */
+static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n, uint32_t *len) {
         size_t need = 2;
-        for (size_t i = 0; i < n; i++)
-                need += 1 + (v[i].type == VALUE_INT ? 8 : v[i].type == VALUE_TEXT ? 4 + strlen(v[i].s) + 1 : 0);
+        for (size_t i = 0; i < n; i++) {
+                need += 1;
+                if (v[i].type == VALUE_INT)
+                        need += 8;
+                else if (v[i].type == VALUE_TEXT) {
+                        len[i] = (uint32_t) strlen(v[i].s);
+                        need += 4 + (size_t) len[i] + 1;
+                }
+        }
         if (redo_reserve(s, need) < 0)
                 return -ENOMEM;
         uint8_t *p = s->redo + s->redo_len;
@@ -370,10 +402,9 @@ static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
                         memcpy(p, &v[i].i, 8);
                         p += 8;
                 } else if (v[i].type == VALUE_TEXT) {
-                        uint32_t len = (uint32_t) strlen(v[i].s);
-                        memcpy(p, &len, 4);
-                        memcpy(p + 4, v[i].s, len + 1);
-                        p += 4 + len + 1;
+                        memcpy(p, &len[i], 4);
+                        memcpy(p + 4, v[i].s, (size_t) len[i] + 1);
+                        p += 4 + (size_t) len[i] + 1;
                 }
         }
         s->redo_len = (size_t) (p - s->redo);
@@ -389,6 +420,7 @@ static void redo_replay(StoreSqlite *s) {
                 Stmt k = (Stmt) *p++;
                 size_t n = *p++;
                 Value v[REDO_VALUES_MAX];
+                uint32_t len[REDO_VALUES_MAX];
                 assert(n <= REDO_VALUES_MAX);
                 for (size_t i = 0; i < n; i++) {
                         v[i] = (Value) { .type = (ValueType) *p++ };
@@ -396,13 +428,12 @@ static void redo_replay(StoreSqlite *s) {
                                 memcpy(&v[i].i, p, 8);
                                 p += 8;
                         } else if (v[i].type == VALUE_TEXT) {
-                                uint32_t len;
-                                memcpy(&len, p, 4);
+                                memcpy(&len[i], p, 4);
                                 v[i].s = (const char *) p + 4;
-                                p += 4 + len + 1;
+                                p += 4 + (size_t) len[i] + 1;
                         }
                 }
-                (void) exec_op(s, k, v, n);
+                (void) exec_op_len(s, k, v, n, len);
         }
 }
 
@@ -428,12 +459,13 @@ static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         assert(n <= REDO_VALUES_MAX);
         /* BEGIN first: it replays the log as it was, without this write. */
         int b = begin(s);
-        int r = redo_record(s, k, v, n);
+        uint32_t len[REDO_VALUES_MAX];
+        int r = redo_record(s, k, v, n, len);
         if (r < 0)
                 return tx_fail(s, r);
         if (b < 0)
                 return b;       /* logged: the commit fails, and the next BEGIN replays it */
-        return exec_op(s, k, v, n);
+        return exec_op_len(s, k, v, n, len);
 }
 
 /* Rows get their seq here, not from sqlite: seq of an INTEGER PRIMARY KEY without
@@ -502,10 +534,10 @@ static bool row_event_matches(const Value *row, const EventRecord *e) {
 
 /* Keeps the row as pending, its strings copied (the caller's are borrowed). */
 static int pending_keep(StoreSqlite *s, PendingKind kind) {
-        size_t need = 0;
+        size_t need = 0, len[_COL_MAX];
         for (size_t i = 0; i < _COL_MAX; i++)
                 if (s->row[i].type == VALUE_TEXT)
-                        need += strlen(s->row[i].s) + 1;
+                        need += (len[i] = strlen(s->row[i].s) + 1);
         if (need > s->pending_size) {
                 size_t size = MAX(need, (size_t) 512);
                 char *b = realloc(s->pending_buf, size);
@@ -517,10 +549,9 @@ static int pending_keep(StoreSqlite *s, PendingKind kind) {
         char *p = s->pending_buf;
         for (size_t i = 0; i < _COL_MAX; i++)
                 if (s->row[i].type == VALUE_TEXT) {
-                        size_t len = strlen(s->row[i].s) + 1;
-                        memcpy(p, s->row[i].s, len);
+                        memcpy(p, s->row[i].s, len[i]);
                         s->row[i].s = p;
-                        p += len;
+                        p += len[i];
                 }
         s->pending = kind;
         return 0;
@@ -1167,6 +1198,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
 
         for (int i = 0; i < _STMT_MAX; i++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);
+                s->maybe_bound[i] = 0;  /* a new statement has every parameter NULL */
                 if (rc != SQLITE_OK) {
                         k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot prepare statements on %s: %s",
                                  s->path, sqlite3_errmsg(s->db));

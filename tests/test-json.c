@@ -212,6 +212,35 @@ static void test_reuse_no_carry(void **state) {
         json_tokener_free(tok);
 }
 
+/* The UTF-8 check reads ASCII eight bytes at a time: a bad or multi-byte sequence at any
+ * offset, and one cut at the end, is judged as at offset 0. */
+static void test_utf8_every_offset(void **state) {
+        static const struct {
+                const char *seq;
+                bool valid;
+        } cases[] = {
+                { "\xc3\xa9", true },         { "\xe2\x82\xac", true },   { "\xf0\x9f\x98\x80", true },
+                { "\xc0\xaf", false },        { "\xed\xa0\x80", false },  { "\xf4\x90\x80\x80", false },
+                { "\x80", false },             { "\xff", false },            { "\xc3", false },
+                { "\xe2\x82", false },
+        };
+        char buf[64];
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+                size_t len = strlen(cases[k].seq);
+                for (size_t at = 0; at + len <= 40; at++) {
+                        memset(buf, 'a', at);
+                        memcpy(buf + at, cases[k].seq, len);
+                        /* cut at its end, then followed by ASCII */
+                        assert_int_equal(json_utf8_valid(buf, at + len), cases[k].valid);
+                        memset(buf + at + len, 'b', 20);
+                        assert_int_equal(json_utf8_valid(buf, at + len + 20), cases[k].valid);
+                }
+        }
+        memset(buf, 'a', sizeof(buf));
+        for (size_t n = 0; n <= sizeof(buf); n++)
+                assert_true(json_utf8_valid(buf, n));
+}
+
 int main(int argc, char *argv[]) {
         data_dir = argc > 1 ? argv[1] : getenv("AGEND_TEST_DATA");
         if (!data_dir)
@@ -221,6 +250,7 @@ int main(int argc, char *argv[]) {
                 cmocka_unit_test(test_getters),
                 cmocka_unit_test(test_parse_edges),
                 cmocka_unit_test(test_reuse_no_carry),
+                cmocka_unit_test(test_utf8_every_offset),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

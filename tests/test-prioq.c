@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The two containers under the engine: the deadline heap (pops in order, removal and
  * re-keying from anywhere keep the heap valid, indices stay true) and the string hash
- * map (many entries, removal during iteration, lookups after growth), and the map of
+ * map (many entries, removal during iteration, lookups after growth, the per-uid keys), and the map of
  * objects that carry their key (the same, plus hashes that collide). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -233,12 +233,38 @@ static void test_objmap(void **state) {
         check_objmap(2000, 0xf);        /* 16 hashes */
 }
 
+/* Per-uid entries are keyed by the uid in decimal ("%u"), at the extremes too, and the
+ * same uid finds the same entry. */
+static void test_uid_entry_keys(void **state) {
+        Hashmap h;
+        hashmap_init(&h);
+        static const uint32_t uids[] = { 0, 7, 10, 99, 1000, 65534, 4294967295u };
+        char *e[(sizeof(uids) / sizeof(uids[0]))];
+        for (size_t i = 0; i < (sizeof(uids) / sizeof(uids[0])); i++) {
+                char want[16];
+                snprintf(want, sizeof(want), "%u", uids[i]);
+                e[i] = hashmap_uid_entry(&h, uids[i], 32, true);
+                assert_non_null(e[i]);
+                assert_string_equal(e[i], want);
+                assert_ptr_equal(hashmap_get(&h, want), e[i]);
+        }
+        for (size_t i = 0; i < (sizeof(uids) / sizeof(uids[0])); i++)
+                assert_ptr_equal(hashmap_uid_entry(&h, uids[i], 32, false), e[i]);
+        assert_null(hashmap_uid_entry(&h, 12345, 32, false));
+        for (size_t i = 0; i < (sizeof(uids) / sizeof(uids[0])); i++) {
+                hashmap_remove(&h, e[i]);
+                free(e[i]);
+        }
+        hashmap_done(&h);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_prioq_order),
                 cmocka_unit_test(test_prioq_done_unqueues),
                 cmocka_unit_test(test_hashmap),
                 cmocka_unit_test(test_objmap),
+                cmocka_unit_test(test_uid_entry_keys),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -632,6 +632,38 @@ static void test_log_fold_last_row_wins(void **state) {
         store_free(s);
 }
 
+/* A row's NULLs are NULL whatever the row before it held: the row statement keeps its
+ * bindings from row to row and binds NULL only where the last row had a value. */
+static void test_row_nulls_not_carried(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 0, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5), b = fold_record("b", 5), c = fold_record("c", 5);
+        a.deadline = 5 * USEC_PER_SEC;
+        a.owner.comm = "comm";
+        a.owner.unit = "a.service";
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_save(s, &b), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        c.deadline = 6 * USEC_PER_SEC;
+        c.owner.unit = "c.service";
+        assert_int_equal(s->ops->lease_save(s, &c), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(s->ops->lease_save(s, &b), 0);      /* again, in its own transaction */
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease = 'b' AND deadline IS NULL"
+                                      " AND comm IS NULL AND unit IS NULL"),
+                         2);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease = 'a' AND deadline = 5000000"
+                                      " AND comm = 'comm' AND unit = 'a.service'"),
+                         1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease = 'c' AND deadline = 6000000"
+                                      " AND comm IS NULL AND unit = 'c.service'"),
+                         1);
+        store_free(s);
+}
+
 /* A database file written by the agend of schema 3 (tests/data/agend-v3.db: two detached
  * leases, one bound lease, events), opened by this one. */
 static void test_migration_from_v3_file(void **state) {
@@ -1030,6 +1062,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_fold_last_row_wins, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_row_nulls_not_carried, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
