@@ -26,6 +26,14 @@ static inline ssize_t string_table_lookup(const char *const *table, size_t n, co
         return -EINVAL;
 }
 
+/* Whether s is one of the NULL-terminated list l (the keys a method allows, say). */
+static inline bool strv_contains(const char *const *l, const char *s) {
+        for (; *l; l++)
+                if (strcmp(*l, s) == 0)
+                        return true;
+        return false;
+}
+
 /* name##_to_string(type) → the table's entry or NULL (out of range, negative included),
  * and name##_from_string(const char *) → the value or -EINVAL, from name##_table. scope:
  * static, or nothing, or _public_. */

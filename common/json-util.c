@@ -8,6 +8,7 @@
 
 #include "json-util.h"
 #include "macro.h"
+#include "string-table.h"
 
 #define JSON_MAX_DEPTH 64
 
@@ -220,13 +221,7 @@ int json_check_keys(json_object *o, const char *const *allowed, const char **ret
                 return -EINVAL;
         json_object_object_foreach(o, k, v) {
                 (void) v;
-                bool ok = false;
-                for (const char *const *a = allowed; *a; a++)
-                        if (strcmp(*a, k) == 0) {
-                                ok = true;
-                                break;
-                        }
-                if (!ok) {
+                if (!strv_contains(allowed, k)) {
                         if (ret_key)
                                 *ret_key = k;
                         return -EINVAL;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "macro.h"
+#include "string-table.h"
 #include "vl-params.h"
 
 void vl_params_done(VlParams *p) {
@@ -161,18 +162,11 @@ int vl_param_seconds(const VlParams *p, const char *key, unsigned flags, usec_t 
 int vl_params_check_keys(const VlParams *p, const char *const *allowed, const char **ret_key) {
         assert(p);
         assert(allowed);
-        for (size_t i = 0; i < p->n; i++) {
-                bool ok = false;
-                for (const char *const *a = allowed; *a; a++)
-                        if (strcmp(*a, p->items[i].key) == 0) {
-                                ok = true;
-                                break;
-                        }
-                if (!ok) {
+        for (size_t i = 0; i < p->n; i++)
+                if (!strv_contains(allowed, p->items[i].key)) {
                         if (ret_key)
                                 *ret_key = p->items[i].key;
                         return -EINVAL;
                 }
-        }
         return 0;
 }
