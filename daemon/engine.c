@@ -1070,6 +1070,10 @@ typedef struct RestoreState {
         unsigned n;
 } RestoreState;
 
+static Owner owner_from_record(const OwnerRecord *r) {
+        return (Owner) { .uid = r->uid, .gid = r->gid, .pid = r->pid, .comm = (char *) r->comm, .unit = (char *) r->unit };
+}
+
 /* A stored waiter comes back as an unclaimed place at the tail (they load in seq order). */
 static int restore_waiter(const WaiterRecord *rec, void *userdata) {
         RestoreState *s = userdata;
@@ -1083,13 +1087,7 @@ static int restore_waiter(const WaiterRecord *rec, void *userdata) {
         Waiter *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
-        const Owner o = {
-                .uid = rec->owner.uid,
-                .gid = rec->owner.gid,
-                .pid = rec->owner.pid,
-                .comm = (char *) rec->owner.comm,
-                .unit = (char *) rec->owner.unit,
-        };
+        const Owner o = owner_from_record(&rec->owner);
         w->description = strdup(strempty(rec->description));
         if (!w->description || owner_copy(&w->owner, &o) < 0) {
                 free(w->description);
@@ -1134,13 +1132,7 @@ static int restore_one(const LeaseRecord *rec, void *userdata) {
         l->id = id;
         memcpy(l->secret, secret, sizeof(secret));
         explicit_bzero(secret, sizeof(secret));
-        Owner o = {
-                .uid = rec->owner.uid,
-                .gid = rec->owner.gid,
-                .pid = rec->owner.pid,
-                .comm = (char *) rec->owner.comm,
-                .unit = (char *) rec->owner.unit,
-        };
+        const Owner o = owner_from_record(&rec->owner);
         if (lease_strings_set(e, l, &o, rec->description) < 0) {
                 free(l);
                 return -ENOMEM;
@@ -1229,10 +1221,6 @@ typedef struct HistoryState {
         int (*cb)(const Event *e, void *userdata);
         void *userdata;
 } HistoryState;
-
-static Owner owner_from_record(const OwnerRecord *r) {
-        return (Owner) { .uid = r->uid, .gid = r->gid, .pid = r->pid, .comm = (char *) r->comm, .unit = (char *) r->unit };
-}
 
 static int history_one(const EventRecord *r, void *userdata) {
         HistoryState *s = userdata;
