@@ -5,6 +5,7 @@
 #include "cluster-service.h"
 #include "conn.h"
 #include "log.h"
+#include "list.h"
 #include "macro.h"
 #include "manager.h"
 #include "peer.h"
@@ -36,11 +37,7 @@ int conn_new(Manager *m, VarlinkConn *link, Conn **ret) {
 
 void conn_watch_start(Conn *c) {
         Manager *m = c->manager;
-        c->watch_prev = NULL;
-        c->watch_next = m->watchers;
-        if (m->watchers)
-                m->watchers->watch_prev = c;
-        m->watchers = c;
+        LIST_PREPEND(watch, m->watchers, c);
         c->is_watcher = true;
         c->busy = CONN_WATCH;
 }
@@ -49,13 +46,7 @@ static void watcher_unlink(Conn *c) {
         Manager *m = c->manager;
         if (!c->is_watcher)
                 return;
-        if (c->watch_prev)
-                c->watch_prev->watch_next = c->watch_next;
-        else
-                m->watchers = c->watch_next;
-        if (c->watch_next)
-                c->watch_next->watch_prev = c->watch_prev;
-        c->watch_prev = c->watch_next = NULL;
+        LIST_REMOVE(watch, m->watchers, c);
         c->is_watcher = false;
 }
 

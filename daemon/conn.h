@@ -14,6 +14,7 @@
 #include <stdbool.h>
 
 #include "engine.h"
+#include "list.h"
 #include "varlink-server.h"
 
 typedef struct Manager Manager;
@@ -42,7 +43,7 @@ struct Conn {
         char *watch_lease;      /* Watch(lease): only this lease, ends with it */
 
         bool is_watcher;
-        Conn *watch_prev, *watch_next;
+        LIST_FIELDS(Conn, watch);
 };
 
 /* The connect callback's work: identifies the peer (SO_PEERCRED, /proc). */

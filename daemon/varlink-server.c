@@ -13,6 +13,7 @@
 #include "json-util.h"
 #include "vl-scan.h"
 #include "log.h"
+#include "list.h"
 #include "macro.h"
 #include "varlink-server.h"
 
@@ -93,7 +94,7 @@ struct VarlinkConn {
         VarlinkConn *prev, *next;
         /* On the server's held list: output queued while holding that may not all be
          * released yet. Doubly linked: a connection leaves it in O(1) when freed. */
-        VarlinkConn *held_prev, *held_next;
+        LIST_FIELDS(VarlinkConn, held);
         VarlinkConn *dirty_next, *pending_next, *deferred_next;
         /* Its own link for the list of connections to close: closing one can end a call of
          * another (a grant), which puts that one on the dirty list; a shared link would cut
@@ -348,25 +349,15 @@ static void held_add(VarlinkConn *c) {
         if (c->is_held)
                 return;
         c->is_held = true;
-        c->held_prev = NULL;
-        c->held_next = s->held;
-        if (s->held)
-                s->held->held_prev = c;
-        s->held = c;
+        LIST_PREPEND(held, s->held, c);
 }
 
 static void held_remove(VarlinkConn *c) {
         VarlinkServer *s = c->server;
         if (!c->is_held)
                 return;
-        if (c->held_prev)
-                c->held_prev->held_next = c->held_next;
-        else
-                s->held = c->held_next;
-        if (c->held_next)
-                c->held_next->held_prev = c->held_prev;
+        LIST_REMOVE(held, s->held, c);
         c->is_held = false;
-        c->held_prev = c->held_next = NULL;
 }
 
 /* Every path that queues output marks the connection dirty: while output is held, that is
