@@ -52,8 +52,7 @@ struct VarlinkBuf {
 
 typedef struct Method {
         char *name;
-        VarlinkMethodFn fn;     /* one of fn and pfn */
-        VarlinkParamsFn pfn;
+        VarlinkParamsFn fn;
         void *userdata;
 } Method;
 
@@ -827,20 +826,11 @@ static bool interface_known(VarlinkServer *s, const char *method, size_t n) {
         return false;
 }
 
-/* call: the json-c parse of the message if there is one (NULL when the scanner read it). */
-static void call_dispatch(VarlinkConn *c, const VlScannedCall *sc, const char *msg, size_t len, const VlCall *call) {
+static void call_dispatch(VarlinkConn *c, const VlScannedCall *sc) {
         VarlinkServer *s = c->server;
         const Method *m = method_find(s, sc->method);
-        if (m && m->pfn)
-                return m->pfn(c, sc->parameters, m->userdata);
-        if (m) {
-                /* A method that reads a json-c tree: parse the message for it (agend binds
-                 * none; the server's tests do). */
-                _cleanup_(vl_call_done) VlCall tree = {};
-                if (!call && vl_call_parse_with(s->parser, msg, len, &tree) < 0)
-                        return varlink_conn_protocol_error(c, "out of memory");
-                return m->fn(c, call ? call->parameters : tree.parameters, m->userdata);
-        }
+        if (m)
+                return m->fn(c, sc->parameters, m->userdata);
         const char *dot = strrchr(sc->method, '.');
         size_t n = (size_t) (dot - sc->method);
         if (interface_known(s, sc->method, n))
@@ -928,7 +918,7 @@ static void conn_dispatch(VarlinkConn *c) {
                 c->oneway = sc.oneway;
                 bool busy = s->scanner_busy;
                 s->scanner_busy = true;
-                call_dispatch(c, &sc, msg, len, call.message ? &call : NULL);
+                call_dispatch(c, &sc);
                 s->scanner_busy = busy;
                 vl_call_done(&call);
                 vl_scanner_done(&nested);
@@ -1152,8 +1142,8 @@ void varlink_server_set_limits(VarlinkServer *s, const VarlinkServerLimits *l) {
         }
 }
 
-static int bind_method(VarlinkServer *s, const char *name, VarlinkMethodFn fn, VarlinkParamsFn pfn, void *userdata) {
-        assert_return(s && name && (fn || pfn), -EINVAL);
+int varlink_server_bind_method_params(VarlinkServer *s, const char *name, VarlinkParamsFn fn, void *userdata) {
+        assert_return(s && name && fn, -EINVAL);
         assert_return(strchr(name, '.'), -EINVAL);
         if (method_find(s, name))
                 return -EEXIST;
@@ -1164,18 +1154,8 @@ static int bind_method(VarlinkServer *s, const char *name, VarlinkMethodFn fn, V
         char *copy = strdup(name);
         if (!copy)
                 return -ENOMEM;
-        s->methods[s->n_methods++] = (Method) { .name = copy, .fn = fn, .pfn = pfn, .userdata = userdata };
+        s->methods[s->n_methods++] = (Method) { .name = copy, .fn = fn, .userdata = userdata };
         return 0;
-}
-
-int varlink_server_bind_method(VarlinkServer *s, const char *name, VarlinkMethodFn fn, void *userdata) {
-        assert_return(fn, -EINVAL);
-        return bind_method(s, name, fn, NULL, userdata);
-}
-
-int varlink_server_bind_method_params(VarlinkServer *s, const char *name, VarlinkParamsFn fn, void *userdata) {
-        assert_return(fn, -EINVAL);
-        return bind_method(s, name, NULL, fn, userdata);
 }
 
 int varlink_server_listen_fd(VarlinkServer *s, int fd) {

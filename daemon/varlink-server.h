@@ -44,12 +44,11 @@
 typedef struct VarlinkServer VarlinkServer;
 typedef struct VarlinkConn VarlinkConn;
 
-/* A method. parameters is borrowed for the call. The handler replies now or later with
- * varlink_conn_reply()/_error*(); until its final reply (continues = false) the call is in
- * progress and holds the connection's later calls. */
-typedef void (*VarlinkMethodFn)(VarlinkConn *c, json_object *parameters, void *userdata);
-/* The same with the parameters as a flat list (common/vl-params.h), read from the message
- * without a json-c tree for the usual calls: the daemon's hot path. Borrowed for the call. */
+/* A method. Its parameters come as a flat list (common/vl-params.h), read by the call
+ * scanner from the message without a json-c tree, or listed from json-c's parse of a
+ * message the scanner leaves to json-c; borrowed for the call. The handler replies now or
+ * later with varlink_conn_reply*()/_error*(); until its final reply (continues = false)
+ * the call is in progress and holds the connection's later calls. */
 typedef void (*VarlinkParamsFn)(VarlinkConn *c, const VlParams *parameters, void *userdata);
 
 typedef struct VarlinkServerCallbacks {
@@ -94,7 +93,6 @@ void varlink_server_set_limits(VarlinkServer *s, const VarlinkServerLimits *l);
 
 /* Binds name ("interface.Method") to fn. Calls to other methods get MethodNotFound if the
  * interface has any bound method, InterfaceNotFound otherwise. */
-int varlink_server_bind_method(VarlinkServer *s, const char *name, VarlinkMethodFn fn, void *userdata);
 int varlink_server_bind_method_params(VarlinkServer *s, const char *name, VarlinkParamsFn fn, void *userdata);
 
 /* Takes a listening socket (non-blocking); accepting starts with varlink_server_start(). */

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "json-writer.h"
 #include "macro.h"
 #include "test-fds.h"
 #include "varlink-server.h"
@@ -62,21 +63,50 @@ static void on_disconnect(VarlinkServer *s, VarlinkConn *c, void *userdata) {
         }
 }
 
-static void m_echo(VarlinkConn *c, json_object *p, void *userdata) {
+/* Replies with the parameters as the method read them from the list: the members in
+ * order, each with its kind and value, so a reply equal to the call's parameters shows that
+ * they arrived unchanged (whether the scanner or json-c read the message). The tests send
+ * no object or array parameters, which the list does not carry. */
+static void m_echo(VarlinkConn *c, const VlParams *p, void *userdata) {
         T *t = userdata;
         t->calls++;
         t->echo_calls++;
-        varlink_conn_reply(c, json_object_get(p), false);
+        _cleanup_(jw_done) JsonWriter w;
+        jw_init(&w);
+        varlink_reply_begin(&w);
+        for (size_t i = 0; i < p->n; i++) {
+                const VlParam *x = &p->items[i];
+                switch (x->kind) {
+                case VL_PARAM_NULL:
+                        jw_null(&w, x->key);
+                        break;
+                case VL_PARAM_BOOL:
+                        jw_bool(&w, x->key, x->b);
+                        break;
+                case VL_PARAM_INT:
+                        jw_int(&w, x->key, x->i);
+                        break;
+                case VL_PARAM_DOUBLE:
+                        jw_double(&w, x->key, x->d);
+                        break;
+                case VL_PARAM_STRING:
+                        jw_string_len(&w, x->key, x->s, x->len);
+                        break;
+                case VL_PARAM_OTHER:
+                        fail_msg("t.Echo got an object or array parameter: %s", x->key);
+                }
+        }
+        assert_int_equal(varlink_conn_reply_end(c, &w, false), 0);
 }
 
-static void m_wait(VarlinkConn *c, json_object *p, void *userdata) {
+static void m_wait(VarlinkConn *c, const VlParams *p, void *userdata) {
         T *t = userdata;
         t->calls++;
         assert_true(t->n_waiting < ELEMENTSOF(t->waiting));
         t->waiting[t->n_waiting++] = c;
 }
 
-static void m_big(VarlinkConn *c, json_object *p, void *userdata) {
+static void m_big(VarlinkConn *c, const VlParams *p, void *userdata) {
         T *t = userdata;
         t->calls++;
         char *s = malloc(t->big + 1);
@@ -89,10 +119,11 @@ static void m_big(VarlinkConn *c, json_object *p, void *userdata) {
         varlink_conn_reply(c, r, false);
 }
 
-static void m_subscribe(VarlinkConn *c, json_object *p, void *userdata) {
+static void m_subscribe(VarlinkConn *c, const VlParams *p, void *userdata) {
         T *t = userdata;
         t->calls++;
         assert_true(t->n_subs < ELEMENTSOF(t->subs));
+        assert_true(varlink_conn_more(c));      /* every test subscribes with "more" */
         t->subs[t->n_subs++] = c;
         varlink_conn_reply(c, NULL, true);
 }
@@ -114,11 +145,11 @@ static T *t_new(const VarlinkServerLimits *limits) {
                          0);
         if (limits)
                 varlink_server_set_limits(t->server, limits);
-        assert_int_equal(varlink_server_bind_method(t->server, "t.Echo", m_echo, t), 0);
-        assert_int_equal(varlink_server_bind_method(t->server, "t.Wait", m_wait, t), 0);
-        assert_int_equal(varlink_server_bind_method(t->server, "t.Big", m_big, t), 0);
-        assert_int_equal(varlink_server_bind_method(t->server, "t.Subscribe", m_subscribe, t), 0);
-        assert_int_equal(varlink_server_bind_method(t->server, "t.Echo", m_echo, t), -EEXIST);
+        assert_int_equal(varlink_server_bind_method_params(t->server, "t.Echo", m_echo, t), 0);
+        assert_int_equal(varlink_server_bind_method_params(t->server, "t.Wait", m_wait, t), 0);
+        assert_int_equal(varlink_server_bind_method_params(t->server, "t.Big", m_big, t), 0);
+        assert_int_equal(varlink_server_bind_method_params(t->server, "t.Subscribe", m_subscribe, t), 0);
+        assert_int_equal(varlink_server_bind_method_params(t->server, "t.Echo", m_echo, t), -EEXIST);
         return t;
 }
 
@@ -205,6 +236,20 @@ static void test_dispatch(void **state) {
         assert_null(error_of(r));
         assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { \"x\": 1 } }");
         json_object_put(r);
+        /* Every kind of scalar arrives unchanged, in order. */
+        send_str(fd, "{\"method\":\"t.Echo\",\"parameters\":{\"s\":\"a\\\"b\\n\",\"b\":false,\"n\":null,"
+                     "\"d\":1.5,\"i\":-7}}");
+        r = recv_msg(t, fd);
+        assert_string_equal(json_object_to_json_string(r),
+                            "{ \"parameters\": { \"s\": \"a\\\"b\\n\", \"b\": false, \"n\": null, \"d\": 1.5, "
+                            "\"i\": -7 } }");
+        json_object_put(r);
+        /* A call the scanner leaves to json-c (a repeated key) reaches the same method,
+         * with the parameters as json-c reads them: the last value of the key. */
+        send_str(fd, "{\"method\":\"t.Echo\",\"parameters\":{\"x\":1,\"x\":2}}");
+        r = recv_msg(t, fd);
+        assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { \"x\": 2 } }");
+        json_object_put(r);
 
         send_str(fd, "{\"method\":\"t.Nope\"}");
         r = recv_msg(t, fd);
@@ -221,7 +266,7 @@ static void test_dispatch(void **state) {
         r = recv_msg(t, fd);
         assert_string_equal(json_object_to_json_string(r), "{ \"parameters\": { \"y\": 2 } }");
         json_object_put(r);
-        assert_int_equal(t->echo_calls, 3);
+        assert_int_equal(t->echo_calls, 5);
 
         /* Not JSON: ProtocolError, then closed. */
         send_str(fd, "nope");
