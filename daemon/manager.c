@@ -100,22 +100,33 @@ static void commit_done(StorePipe *p, int k, void *userdata);
  * all the time, so its commits all go through the thread. */
 #define INLINE_TIMER_HORIZON (10 * USEC_PER_MSEC)
 
+static bool timer_due_soon(Manager *m) {
+        usec_t next = engine_next_deadline(m->engine);
+        return next != USEC_INFINITY && next <= usec_now(CLOCK_MONOTONIC) + INLINE_TIMER_HORIZON;
+}
+
 /* Nothing for the loop to do while the disk works: no call waiting for its turn, no
  * connection with input or a connection to accept, no timer due soon. */
 static bool loop_idle(Manager *m) {
-        if (varlink_server_input_waiting(m->server))
-                return false;
-        usec_t next = engine_next_deadline(m->engine);
-        return next == USEC_INFINITY || next > usec_now(CLOCK_MONOTONIC) + INLINE_TIMER_HORIZON;
+        return !varlink_server_input_waiting(m->server) && !timer_due_soon(m);
 }
 
-/* When the loop is idle (the one-client case) the hand-off to the commit thread is pure
- * cost: the batch is committed right here and its output released at once, in the same
- * order as through the thread, since no commit is in flight. A batch the guard wants
- * committed again at once (-EINPROGRESS) is, a few times at most, then handed to the
- * thread. */
+/* When the hand-off to the commit thread buys nothing, the batch is committed right here
+ * and its output released at once, in the same order as through the thread, since no
+ * commit is in flight:
+ * - when the loop is idle (the one-client case), in either sync mode;
+ * - with sync=normal, also while calls wait, as long as no timer is due soon: such a
+ *   commit writes to the page cache and never syncs (the checkpoint, which does, is kept
+ *   for the thread by store_pipe_may_commit_inline()), and on two cores the hand-off's
+ *   wake-ups cost more than the overlap gains (docs/performance.md, "Round 2: the commit
+ *   inline under load"). With sync=full the loop never waits for an fdatasync while work
+ *   waits.
+ * A batch the guard wants committed again at once (-EINPROGRESS) is, a few times at most,
+ * then handed to the thread. */
 static bool commit_inline(Manager *m) {
-        if (!store_pipe_may_commit_inline(m->pipe) || !loop_idle(m))
+        if (!store_pipe_may_commit_inline(m->pipe))
+                return false;
+        if (m->config.sync == STORE_SYNC_FULL ? !loop_idle(m) : timer_due_soon(m))
                 return false;
         for (int i = 0; i < 3; i++) {
                 m->commit_owed = false;

@@ -247,7 +247,7 @@ typedef struct StoreSqlite {
         size_t pending_size;
         int wal_frames;         /* frames in the WAL after the last commit */
         int64_t wal_bytes;      /* appended since open */
-        bool defer_checkpoint;  /* a commit on agend's loop thread: checkpoint later */
+        bool defer_maintenance; /* a commit on agend's loop thread: fold and checkpoint later */
         int page_size;
 } StoreSqlite;
 
@@ -745,10 +745,15 @@ static int fold_log(StoreSqlite *s, int64_t from, int64_t upto) {
         return k;
 }
 
+static bool fold_due(const StoreSqlite *s) {
+        return s->last_event_seq - s->folded > LOG_FOLD_AT;
+}
+
 /* Work that keeps the tables small, joined to the batch's transaction (so it costs no
- * sync of its own) and not in the redo log: if the commit fails it is simply done again. */
+ * sync of its own) and not in the redo log: if the commit fails it is simply done again.
+ * A commit on the loop (defer_maintenance) leaves the fold to the next one on the thread. */
 static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *folded) {
-        if (s->last_event_seq - s->folded > LOG_FOLD_AT) {
+        if (fold_due(s) && !s->defer_maintenance) {
                 int64_t upto = s->last_event_seq - LOG_FOLD_AT / 2;
                 char buf[32];
                 snprintf(buf, sizeof(buf), "%" PRIi64, upto);
@@ -959,21 +964,22 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         int added = frames >= s->wal_frames ? frames - s->wal_frames : frames;
         s->wal_bytes += (int64_t) added * (s->page_size + 24);
         s->wal_frames = frames;
-        if (frames >= WAL_CHECKPOINT_FRAMES && !s->defer_checkpoint)
+        if (frames >= WAL_CHECKPOINT_FRAMES && !s->defer_maintenance)
                 (void) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         return SQLITE_OK;
 }
 
-/* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database:
- * tens of milliseconds on a busy disk, which the loop must not spend. */
+/* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database, and
+ * a fold with many leases rewrites a random page of leases per change: tens of
+ * milliseconds each, which the loop must not spend. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return s->wal_frames >= WAL_CHECKPOINT_FRAMES;
+        return s->wal_frames >= WAL_CHECKPOINT_FRAMES || fold_due(s);
 }
 
 static void s_defer_maintenance(Store *store, bool defer) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        s->defer_checkpoint = defer;
+        s->defer_maintenance = defer;
 }
 
 void *store_sqlite_handle(Store *store) {

@@ -107,9 +107,9 @@ typedef struct StoreOps {
         /* Bytes appended to the durable log since the store opened (sqlite: WAL frames,
          * headers included), for Status and the benchmark; NULL if the backend cannot say. */
         int64_t (*log_bytes)(Store *s);
-        /* Optional, for the pipelined commit, which commits on the loop thread when that
-         * is idle (store-pipe.c): maintenance_due() says whether a commit now would also
-         * do work that can take long (sqlite: checkpoint the WAL); while
+        /* Optional, for the pipelined commit, which commits on the loop thread when it
+         * may (store-pipe.c, manager.c): maintenance_due() says whether a commit now would
+         * also do work that can take long (sqlite: checkpoint the WAL, fold the log); while
          * defer_maintenance(true) is in force, commits leave that work to a later commit. */
         bool (*maintenance_due)(Store *s);
         void (*defer_maintenance)(Store *s, bool defer);

@@ -1049,6 +1049,51 @@ static void test_checkpoint_deferred(void **state) {
         store_free(s);
 }
 
+/* An inline commit (defer_maintenance(true)) must not fold either: a fold with many
+ * leases rewrites a random page of leases per change, tens of milliseconds the loop must
+ * not spend. The log grows past its fold mark while deferred, maintenance_due() says so,
+ * and the first commit without the deferral folds. */
+static void test_fold_deferred(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        Engine *e;
+        Holder h = {};
+        Lease *l;
+        Waiter *w;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, "b", 0), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        s->ops->defer_maintenance(s, true);
+        bool due = false;
+        for (int i = 0; i < 3000; i++) {
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, &h, NULL,
+                                                &l, &w),
+                                 0);
+                assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
+                if (i % 20 == 19) {
+                        assert_int_equal(s->ops->commit(s), 1);
+                        due = due || s->ops->maintenance_due(s);
+                }
+        }
+        /* 6000 change rows, none folded: the mark was crossed under the deferral. */
+        assert_true(due);
+        assert_true(s->ops->maintenance_due(s));
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED), 6000);
+        s->ops->defer_maintenance(s, false);
+        assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, &h, NULL, &l, &w),
+                         0);
+        assert_int_equal(s->ops->commit(s), 1);        /* folds (and checkpoints) */
+        assert_true(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED) <= 4096);
+        assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
+        assert_int_equal(s->ops->commit(s), 1);        /* the WAL starts over */
+        assert_false(s->ops->maintenance_due(s));
+        h = (Holder) {};
+        engine_free(e);
+        store_free(s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
@@ -1072,6 +1117,7 @@ int main(void) {
                 cmocka_unit_test(test_memory_store_waiters),
                 cmocka_unit_test(test_memory_store_faults),
                 cmocka_unit_test_setup_teardown(test_checkpoint_deferred, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fold_deferred, setup, teardown),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);
         return failed ? failed : n_skipped ? 77 : 0;
