@@ -957,6 +957,10 @@ usec_t engine_next_deadline(Engine *e) {
         return i ? i->when : USEC_INFINITY;
 }
 
+usec_t engine_now(Engine *e) {
+        return now_mono(e);
+}
+
 /* Ends every lease matching state (all of them if all), collected first because ending
  * one changes the map. */
 static void end_leases(Engine *e, bool all, EventType type, const char *reason) {

@@ -313,6 +313,9 @@ int engine_history(Engine *e, const char *resource, uint64_t before, unsigned li
 
 /* The next deadline (CLOCK_MONOTONIC) or USEC_INFINITY; and running what is due. */
 usec_t engine_next_deadline(Engine *e);
+/* Now on the engine's monotonic clock (CLOCK_MONOTONIC unless engine_new() got another),
+ * the clock of engine_next_deadline(). */
+usec_t engine_now(Engine *e);
 void engine_run_timers(Engine *e);
 /* At most max of what is due (0 = all); returns how many ran. The daemon runs a bounded
  * number per loop iteration, so that a mass expiry does not stall the other clients: the

@@ -52,7 +52,10 @@ static void arm_timer(Manager *m) {
         ev_timer_stop(m->loop, &m->timer);
         if (next == USEC_INFINITY)
                 return;
-        usec_t now = usec_now(CLOCK_MONOTONIC);
+        /* On the engine's clock, the deadline's: on another one (a harness's) the timer
+         * would be due at every turn while timer_cb, at the engine's clock, finds nothing
+         * due, and the loop would spin instead of sleeping until the commit is done. */
+        usec_t now = engine_now(m->engine);
         double after = next > now ? usec_to_sec(next - now) : 0.0;
         ev_timer_set(&m->timer, after, 0.0);
         ev_timer_start(m->loop, &m->timer);

@@ -331,6 +331,10 @@ int store_pipe_submit(StorePipe *p) {
         return 0;
 }
 
+void store_pipe_wait(StorePipe *p) {
+        wait_idle(p);
+}
+
 bool store_pipe_may_commit_inline(const StorePipe *p) {
         if (p->in_flight || p->estimate >= STORE_PIPE_INLINE_MAX_USEC || p->pending.len > STORE_PIPE_INLINE_MAX_BYTES)
                 return false;

@@ -74,3 +74,7 @@ bool store_pipe_in_flight(const StorePipe *p);
  * may hold a batch whose commit failed for lack of space, to be committed again).
  * -EBUSY while a commit is in flight. */
 int store_pipe_submit(StorePipe *p);
+/* Until the commit thread is done with the batch in flight, if any. Its done() still runs
+ * on the loop, from the ev_async now pending: for a harness that turns the loop one
+ * iteration at a time (tests/fuzz/fuzz-dispatch.c) and counts iterations, not time. */
+void store_pipe_wait(StorePipe *p);
