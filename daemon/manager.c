@@ -105,7 +105,7 @@ static void commit_done(StorePipe *p, int k, void *userdata);
 
 static bool timer_due_soon(Manager *m) {
         usec_t next = engine_next_deadline(m->engine);
-        return next != USEC_INFINITY && next <= usec_now(CLOCK_MONOTONIC) + INLINE_TIMER_HORIZON;
+        return next != USEC_INFINITY && next <= engine_now(m->engine) + INLINE_TIMER_HORIZON;
 }
 
 /* Nothing for the loop to do while the disk works: no call waiting for its turn, no
