@@ -954,9 +954,13 @@ static int s_history(Store *store, const char *resource, uint64_t before, unsign
         return sqlite_to_errno(rc);
 }
 
-/* Replaces sqlite's own auto-checkpoint hook (same threshold, same passive checkpoint) so
- * that it can also count what each commit appended. */
-#define WAL_CHECKPOINT_FRAMES 1000
+/* Replaces sqlite's own auto-checkpoint hook (a passive checkpoint) so that it can also
+ * count what each commit appended. At 4000 frames instead of sqlite's 1000: each
+ * checkpoint holds up the batches behind it (two syncs), and under load most frames are
+ * the same few pages written again (the right edge of events); a quarter as many
+ * checkpoints halved the 64-client p99 at the same or better throughput, for a WAL of up
+ * to ~25 MB (docs/performance.md, "Round 2: commits on the loop under load"). */
+#define WAL_CHECKPOINT_FRAMES 4000
 
 static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         StoreSqlite *s = userdata;
