@@ -246,6 +246,8 @@ typedef struct StoreSqlite {
         char *pending_buf;
         size_t pending_size;
         int wal_frames;         /* frames in the WAL after the last commit */
+        int wal_room_checked_at; /* wal_frames at the last look at free space (-1: none) */
+        bool wal_room;          /* then: room for the WAL to grow to WAL_CHECKPOINT_FRAMES */
         int64_t wal_bytes;      /* appended since open */
         bool defer_maintenance; /* a commit on agend's loop thread: fold and checkpoint later */
         int page_size;
@@ -959,8 +961,32 @@ static int s_history(Store *store, const char *resource, uint64_t before, unsign
  * checkpoint holds up the batches behind it (two syncs), and under load most frames are
  * the same few pages written again (the right edge of events); a quarter as many
  * checkpoints halved the 64-client p99 at the same or better throughput, for a WAL of up
- * to ~25 MB (docs/performance.md, "Round 2: commits on the loop under load"). */
+ * to ~25 MB (docs/performance.md, "Round 2: commits on the loop under load").
+ * But the WAL grows past sqlite's 1000 frames only while its file system has room for
+ * that many times over: on a nearly full disk, a WAL growing into the space the disk-full
+ * guard's reserve freed would eat it (store-guard.h). */
 #define WAL_CHECKPOINT_FRAMES 4000
+#define WAL_CHECKPOINT_FRAMES_LOW_SPACE 1000
+#define WAL_ROOM_FACTOR 4
+/* Free space is looked at again after this many more frames. */
+#define WAL_ROOM_RECHECK 250
+
+static bool wal_has_room(StoreSqlite *s, int frames) {
+        if (s->wal_room_checked_at >= 0 && frames >= s->wal_room_checked_at &&
+            frames < s->wal_room_checked_at + WAL_ROOM_RECHECK)
+                return s->wal_room;
+        struct statvfs st;
+        uint64_t need = (uint64_t) WAL_ROOM_FACTOR * WAL_CHECKPOINT_FRAMES * (uint64_t) (s->page_size + 24);
+        s->wal_room = statvfs(s->path, &st) == 0 && (uint64_t) st.f_bavail * st.f_frsize >= need;
+        s->wal_room_checked_at = frames;
+        return s->wal_room;
+}
+
+static bool checkpoint_due(StoreSqlite *s, int frames) {
+        if (frames >= WAL_CHECKPOINT_FRAMES)
+                return true;
+        return frames >= WAL_CHECKPOINT_FRAMES_LOW_SPACE && !wal_has_room(s, frames);
+}
 
 static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         StoreSqlite *s = userdata;
@@ -968,7 +994,7 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         int added = frames >= s->wal_frames ? frames - s->wal_frames : frames;
         s->wal_bytes += (int64_t) added * (s->page_size + 24);
         s->wal_frames = frames;
-        if (frames >= WAL_CHECKPOINT_FRAMES && !s->defer_maintenance)
+        if (checkpoint_due(s, frames) && !s->defer_maintenance)
                 (void) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         return SQLITE_OK;
 }
@@ -978,7 +1004,7 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
  * milliseconds each, which the loop must not spend. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return s->wal_frames >= WAL_CHECKPOINT_FRAMES || fold_due(s);
+        return checkpoint_due(s, s->wal_frames) || fold_due(s);
 }
 
 static void s_defer_maintenance(Store *store, bool defer) {
@@ -1137,6 +1163,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 return -ENOMEM;
         s->store.ops = &sqlite_ops;
         s->history_size = history_size;
+        s->wal_room_checked_at = -1;
         if (asprintf(&s->path, "%s/agend.db", dir) < 0) {
                 free(s);
                 return -ENOMEM;

@@ -1094,6 +1094,53 @@ static void test_fold_deferred(void **state) {
         store_free(s);
 }
 
+/* Commits 2 KiB rows with the checkpoint deferred until maintenance_due(): the WAL frames
+ * it had grown to by then (log_bytes() counts each frame with its header). */
+static int64_t frames_until_checkpoint_due(const char *dir) {
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        s->ops->defer_maintenance(s, true);
+        char value[2048];
+        for (int i = 0; i < 20000 && !s->ops->maintenance_due(s); i++) {
+                memset(value, 'a' + i % 26, sizeof(value) - 1);
+                value[sizeof(value) - 1] = 0;
+                assert_int_equal(s->ops->meta_set(s, "filler", value), 0);
+                assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->maintenance_due(s));
+        int64_t frames = s->ops->log_bytes(s) / (4096 + 24);
+        store_free(s);
+        return frames;
+}
+
+/* The WAL is checkpointed at 4000 frames where its file system has room for that many
+ * times over, and at sqlite's 1000 where it has not: on a nearly full disk a WAL growing
+ * to 16 MB would eat the reserve the disk-full guard frees (store-guard.h). */
+static void test_checkpoint_threshold_needs_room(void **state) {
+        Fixture *f = *state;
+        int r = helper_private_mounts();
+        if (r < 0) {
+                n_skipped++;
+                fprintf(stderr, "cannot make a private mount namespace (%s): skipped\n", strerror(-r));
+                skip();
+        }
+        char roomy[128], small[128];
+        snprintf(roomy, sizeof(roomy), "%s/roomy", f->dir);
+        snprintf(small, sizeof(small), "%s/small", f->dir);
+        assert_int_equal(mkdir(roomy, 0700), 0);
+        assert_int_equal(mkdir(small, 0700), 0);
+        assert_int_equal(helper_mount_tmpfs(roomy, 256UL << 20, false), 0);
+        assert_int_equal(helper_mount_tmpfs(small, 48UL << 20, false), 0);
+
+        int64_t n = frames_until_checkpoint_due(roomy);
+        assert_in_range(n, 4000, 4100);
+        n = frames_until_checkpoint_due(small);
+        assert_in_range(n, 1000, 1100);
+        (void) umount2(roomy, MNT_DETACH);
+        (void) umount2(small, MNT_DETACH);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
@@ -1118,6 +1165,7 @@ int main(void) {
                 cmocka_unit_test(test_memory_store_faults),
                 cmocka_unit_test_setup_teardown(test_checkpoint_deferred, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fold_deferred, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_checkpoint_threshold_needs_room, setup, teardown),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);
         return failed ? failed : n_skipped ? 77 : 0;
