@@ -220,17 +220,22 @@ static void test_waiters_across_restart(void **state) {
         store_free(s);
 }
 
+/* A store in the fixture's directory (HistorySize 100) and an engine restored from it. */
+static void open_with_engine(Fixture *f, StoreSync sync, Store **ret_store, Engine **ret_engine) {
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, sync, 100, ret_store, &err), 0);
+        assert_int_equal(engine_new(NULL, *ret_store, &callbacks, NULL, ret_engine), 0);
+        assert_int_equal(engine_restore(*ret_engine, "b", 0), 0);
+}
+
 static void test_group_commit(void **state) {
         Fixture *f = *state;
         Store *s;
-        char *err = NULL;
         Engine *e;
         Holder h = {};
         Lease *l;
         Waiter *w;
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_FULL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, "b", 0), 0);
+        open_with_engine(f, STORE_SYNC_FULL, &s, &e);
         assert_int_equal(s->ops->commit(s), 1);
         for (int i = 0; i < 10; i++) {
                 char name[8];
@@ -390,9 +395,7 @@ static void test_file_modes(void **state) {
         Lease *l;
         Waiter *w;
         mode_t old = umask(022);
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, "b", 0), 0);
+        open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "m", .owner = &owner }, &h, NULL, &l, &w),
                          0);
         assert_int_equal(s->ops->commit(s), 1);
@@ -531,9 +534,7 @@ static void test_log_folds(void **state) {
         Holder h = {};
         Lease *l;
         Waiter *w;
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, "b", 0), 0);
+        open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
         /* Three leases that stay, then 6000 that come and go, 20 per commit. */
         for (int i = 0; i < 3; i++) {
                 char name[8];
@@ -1056,14 +1057,11 @@ static void test_checkpoint_deferred(void **state) {
 static void test_fold_deferred(void **state) {
         Fixture *f = *state;
         Store *s;
-        char *err = NULL;
         Engine *e;
         Holder h = {};
         Lease *l;
         Waiter *w;
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, "b", 0), 0);
+        open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
         assert_int_equal(s->ops->commit(s), 1);
         s->ops->defer_maintenance(s, true);
         bool due = false;
