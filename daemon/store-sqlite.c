@@ -386,12 +386,12 @@ static int redo_record(StoreSqlite *s, Stmt k, const Value *v, size_t n, uint32_
         size_t need = 2;
         for (size_t i = 0; i < n; i++) {
                 need += 1;
+                /* Every len[] is set, so that no reader sees one that was never written. */
+                len[i] = v[i].type == VALUE_TEXT ? (uint32_t) strlen(v[i].s) : 0;
                 if (v[i].type == VALUE_INT)
                         need += 8;
-                else if (v[i].type == VALUE_TEXT) {
-                        len[i] = (uint32_t) strlen(v[i].s);
+                else if (v[i].type == VALUE_TEXT)
                         need += 4 + (size_t) len[i] + 1;
-                }
         }
         if (redo_reserve(s, need) < 0)
                 return -ENOMEM;

@@ -131,7 +131,7 @@ static void test_catalog(void **state) {
         while (fgets(line, sizeof(line), f))
                 if (strncmp(line, "-- ", 3) == 0 && n < 16) {
                         line[strcspn(line + 3, " \n") + 3] = 0;
-                        snprintf(ids[n++], sizeof(ids[0]), "%s", line + 3);
+                        snprintf(ids[n++], sizeof(ids[0]), "%.63s", line + 3);  /* an id is 32 */
                 }
         fclose(f);
 
