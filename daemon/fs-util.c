@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "fs-util.h"
 #include "macro.h"
@@ -25,4 +26,11 @@ int mkdir_p(const char *path, mode_t mode, bool parents_only) {
                         break;
         }
         return 0;
+}
+
+int64_t fs_free_bytes(const char *path) {
+        struct statvfs sv;
+        if (statvfs(path, &sv) < 0)
+                return -errno;
+        return (int64_t) sv.f_bavail * (int64_t) sv.f_frsize;
 }

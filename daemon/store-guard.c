@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "build-config.h"
+#include "fs-util.h"
 #include "log.h"
 #include "macro.h"
 #include "store-guard.h"
@@ -34,13 +34,6 @@ struct StoreGuard {
         usec_t retry_at;        /* CLOCK_MONOTONIC: the next commit attempt while held */
         char reason[256];
 };
-
-static int64_t free_bytes(const StoreGuard *g) {
-        struct statvfs sv;
-        if (statvfs(g->dir, &sv) < 0)
-                return -errno;
-        return (int64_t) sv.f_bavail * (int64_t) sv.f_frsize;
-}
 
 static bool reserve_present(const StoreGuard *g) {
         struct stat st;
@@ -113,7 +106,7 @@ static void leave_degraded(StoreGuard *g, int64_t avail) {
 
 /* The periodic check: enter early when space runs low, leave when it is back. */
 static void check(StoreGuard *g) {
-        int64_t avail = free_bytes(g);
+        int64_t avail = fs_free_bytes(g->dir);
         if (avail < 0)
                 return;
         if ((uint64_t) avail < STORE_GUARD_LOW) {
@@ -136,7 +129,7 @@ static void check(StoreGuard *g) {
                         return;
                 }
                 g->reserve_warned = false;
-                avail = free_bytes(g);
+                avail = fs_free_bytes(g->dir);
         }
         if (g->degraded && !g->held && (uint64_t) avail >= 2 * STORE_GUARD_LOW)
                 leave_degraded(g, avail);
@@ -157,7 +150,7 @@ int store_guard_new(const char *dir, StoreGuard **ret) {
                 free(g);
                 return -ENOMEM;
         }
-        int64_t avail = free_bytes(g);
+        int64_t avail = fs_free_bytes(g->dir);
         if (avail >= 0 && (uint64_t) avail < STORE_GUARD_LOW) {
                 /* Opening may need a block (a new -shm) and the restore writes: use the
                  * reserve for them, and start refusing new leases. */

@@ -10,6 +10,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "fs-util.h"
 #include "hashmap.h"
 #include "log.h"
 #include "macro.h"
@@ -975,9 +976,8 @@ static bool wal_has_room(StoreSqlite *s, int frames) {
         if (s->wal_room_checked_at >= 0 && frames >= s->wal_room_checked_at &&
             frames < s->wal_room_checked_at + WAL_ROOM_RECHECK)
                 return s->wal_room;
-        struct statvfs st;
-        uint64_t need = (uint64_t) WAL_ROOM_FACTOR * WAL_CHECKPOINT_FRAMES * (uint64_t) (s->page_size + 24);
-        s->wal_room = statvfs(s->path, &st) == 0 && (uint64_t) st.f_bavail * st.f_frsize >= need;
+        int64_t need = (int64_t) WAL_ROOM_FACTOR * WAL_CHECKPOINT_FRAMES * (s->page_size + 24);
+        s->wal_room = fs_free_bytes(s->path) >= need;
         s->wal_room_checked_at = frames;
         return s->wal_room;
 }
