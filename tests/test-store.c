@@ -1012,6 +1012,19 @@ static void test_memory_store_faults(void **state) {
         assert_int_equal(store_memory_from_spec("sqlite", &s), -EINVAL);
 }
 
+/* Commits 2 KiB meta values, one per commit, until the store says maintenance is due
+ * (with the checkpoint deferred: the WAL grows past its threshold). */
+static void fill_until_maintenance_due(Store *s) {
+        char value[2048];
+        for (int i = 0; i < 20000 && !s->ops->maintenance_due(s); i++) {
+                memset(value, 'a' + i % 26, sizeof(value) - 1);
+                value[sizeof(value) - 1] = 0;
+                assert_int_equal(s->ops->meta_set(s, "filler", value), 0);
+                assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->maintenance_due(s));
+}
+
 /* The pipelined commit commits on agend's loop thread when that is idle, and a WAL
  * checkpoint must not run there (tens of milliseconds): with defer_maintenance(true) the
  * store lets the WAL grow past its checkpoint threshold and says so (maintenance_due()),
@@ -1025,15 +1038,7 @@ static void test_checkpoint_deferred(void **state) {
         assert_non_null(s->ops->defer_maintenance);
         assert_false(s->ops->maintenance_due(s));
         s->ops->defer_maintenance(s, true);
-        char value[2048];
-        int i = 0;
-        for (; i < 20000 && !s->ops->maintenance_due(s); i++) {
-                memset(value, 'a' + i % 26, sizeof(value) - 1);
-                value[sizeof(value) - 1] = 0;
-                assert_int_equal(s->ops->meta_set(s, "filler", value), 0);
-                assert_int_equal(s->ops->commit(s), 1);
-        }
-        assert_true(s->ops->maintenance_due(s));
+        fill_until_maintenance_due(s);
         /* Still deferred: more commits leave it due (a checkpoint would let the WAL start
          * over at the next commit). */
         for (int j = 0; j < 3; j++) {
@@ -1099,14 +1104,7 @@ static int64_t frames_until_checkpoint_due(const char *dir) {
         char *err = NULL;
         assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
         s->ops->defer_maintenance(s, true);
-        char value[2048];
-        for (int i = 0; i < 20000 && !s->ops->maintenance_due(s); i++) {
-                memset(value, 'a' + i % 26, sizeof(value) - 1);
-                value[sizeof(value) - 1] = 0;
-                assert_int_equal(s->ops->meta_set(s, "filler", value), 0);
-                assert_int_equal(s->ops->commit(s), 1);
-        }
-        assert_true(s->ops->maintenance_due(s));
+        fill_until_maintenance_due(s);
         int64_t frames = s->ops->log_bytes(s) / (4096 + 24);
         store_free(s);
         return frames;
