@@ -9,7 +9,8 @@
  * Which path a commit takes: the first test's commits are fast and the loop is idle, so
  * they are committed inline on the loop (store_pipe_commit_inline()); the tests with
  * delay-commit make every commit slow (the start-up commit already is), so theirs go
- * through the commit thread, with the loop deciding the next batch meanwhile. */
+ * through the commit thread, with the loop deciding the next batch meanwhile; the last
+ * test's failing commit is made on the loop while calls wait (sync=normal). */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -167,6 +168,54 @@ static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) 
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
 }
 
+/* With sync=normal the loop also commits a batch itself while calls wait (manager.c,
+ * commit_inline()): the same rule must hold there. The holder sends its Release and, in
+ * the same write, 64 Status calls, more than one connection may run per loop iteration
+ * (VARLINK_CALLS_PER_TURN, 16 in daemon/varlink-server.h): the rest wait for the next turn while the Release's batch is
+ * committed on the loop, and that commit (3) fails. Nothing the holder sent may be
+ * answered, and the watcher must not see the release. */
+static void test_failed_commit_with_calls_waiting(void **state) {
+        Agend *a = NULL;
+        assert_int_equal(setenv("AGEND_TEST_STORE", STORE_SPEC, 1), 0);
+        assert_int_equal(agend_new(&a), 0);
+        int r = agend_start(a);
+        unsetenv("AGEND_TEST_STORE");
+        assert_int_equal(r, 0);
+
+        VConn *watcher = OPEN(a), *holder = OPEN(a);
+        assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
+        json_object *m = RECV(watcher, HELPER_REPLY_TIMEOUT); /* in effect */
+        assert_null(reply_error(m));
+        const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
+        assert_non_null(id);
+
+        char buf[4096];
+        int n = snprintf(buf, sizeof(buf), "{\"method\":\"" LEASE_IF "Release\",\"parameters\":{\"id\":\"%s\"}}", id);
+        assert_true(n > 0);
+        size_t len = (size_t) n + 1;    /* each message ends with a NUL */
+        for (int i = 0; i < 64; i++) {
+                n = snprintf(buf + len, sizeof(buf) - len, "{\"method\":\"" LEASE_IF "Status\",\"parameters\":{}}");
+                assert_true(n > 0 && len + (size_t) n + 1 < sizeof(buf));
+                len += (size_t) n + 1;
+        }
+        assert_int_equal(vconn_send_raw(holder, buf, len), 0);
+
+        expect_silence(holder, "the Release or a Status sent behind it");
+        for (;;) {
+                r = vconn_recv(watcher, HELPER_START_TIMEOUT, &m);
+                if (r == -ECONNRESET)
+                        break;
+                if (r < 0)
+                        fail_msg("agend neither sent nor closed: %s", strerror(-r));
+                const char *t = jstr(m, "parameters.event.type");
+                if (t && strcmp(t, "released") == 0)
+                        fail_msg("a watcher saw the release before its commit (which failed): %s", jtext(m));
+        }
+        int st = 0;
+        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+}
+
 static int teardown(void **state) {
         helper_cleanup();
         return 0;
@@ -181,6 +230,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_nothing_before_commit, teardown),
                 cmocka_unit_test_teardown(test_delayed_and_failed_commit_holds_later_batches, teardown),
                 cmocka_unit_test_teardown(test_batch_decided_in_flight_waits_for_its_own_commit, teardown),
+                cmocka_unit_test_teardown(test_failed_commit_with_calls_waiting, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
