@@ -117,8 +117,8 @@ typedef enum Stmt {
         STMT_WAITER_DELETE,
         STMT_LOAD_WAITERS,
         STMT_FOLD_SCAN,
-        STMT_FOLD_SAVE_ONE,
-        STMT_FOLD_DELETE_ONE,
+        STMT_FOLD_SAVE,
+        STMT_FOLD_DELETE,
         STMT_BEGIN,
         STMT_COMMIT,
         STMT_ROLLBACK,
@@ -148,6 +148,14 @@ enum {
         _COL_MAX,
 };
 
+/* The columns of a leases row (STMT_FOLD_SAVE's order), as columns of an events row. */
+static const uint8_t lease_cols[] = {
+        COL_LEASE, COL_SECRET, COL_RESOURCE, COL_UNITS, COL_EXCLUSIVE, COL_DETACHED, COL_TOKEN,
+        COL_OWNER, COL_OWNER + 1, COL_OWNER + 2, COL_OWNER + 3, COL_OWNER + 4,
+        COL_DESCRIPTION, COL_CREATED, COL_TTL, COL_DEADLINE,
+};
+#define LEASE_COLS ELEMENTSOF(lease_cols)
+
 static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_ROW_APPEND] = "INSERT INTO events (seq, time, type, resource, lease, token, uid, gid, pid, comm, unit,"
                             " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit, change, secret, exclusive,"
@@ -171,15 +179,14 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_WAITER_DELETE] = "DELETE FROM waiters WHERE seq = ?",
         [STMT_LOAD_WAITERS] = "SELECT seq, ticket, resource, units, exclusive, uid, gid, pid, comm, unit, description,"
                               " since, unclaimed_since FROM waiters ORDER BY seq",
-        /* Folding the change rows in ?1 < seq <= ?2 (fold_log()): one scan in seq order,
-         * the last row per id kept in memory, then one keyed write per id. */
-        [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease FROM events WHERE seq > ?1 AND seq <= ?2"
-                           " AND change IS NOT NULL",
-        [STMT_FOLD_SAVE_ONE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached,"
-                               " token, uid, gid, pid, comm, unit, description, created, ttl, deadline)"
-                               " SELECT lease, secret, resource, units, exclusive, detached, token, uid, gid, pid,"
-                               " comm, unit, description, created, ttl, deadline FROM events WHERE seq = ?1",
-        [STMT_FOLD_DELETE_ONE] = "DELETE FROM leases WHERE id = ?1",
+        /* The changes not folded yet, as open finds them (fold_map_load()); lease_cols order. */
+        [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease, secret, resource, units, exclusive, detached, token,"
+                           " uid, gid, pid, comm, unit, description, created, ttl, deadline FROM events"
+                           " WHERE seq > ?1 AND change IS NOT NULL ORDER BY seq",
+        [STMT_FOLD_SAVE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached, token,"
+                           " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
+                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [STMT_FOLD_DELETE] = "DELETE FROM leases WHERE id = ?1",
         /* Prepared once like the rest: sqlite3_exec() would parse them again in every commit
          * (two commits per cycle at one client). */
         [STMT_BEGIN] = "BEGIN",
@@ -232,6 +239,15 @@ typedef struct StoreSqlite {
         int64_t last_event_seq; /* of the newest row of events (a change or an event) */
         int64_t events_trimmed; /* every row up to this seq is deleted */
         int64_t folded;         /* every change up to this seq is in leases (meta 'folded_seq') */
+        /* Per lease id, its last change after the fold point, kept as its row is written,
+         * so that a fold writes from memory and need not read the rows again
+         * (FoldEntry). */
+        Hashmap fold_map;
+        /* No lease with a greater token is in the leases table: every one there was put
+         * there by a fold (which raises this) or was there at open (the reserved token
+         * mark then, and load() raises it to any token it reads). A lease above it that
+         * ends before a fold needs no write at all. */
+        uint64_t table_token_max;
         int error;              /* the first write error of the transaction */
         /* Every write since the last successful commit, as (statement, values), so that a
          * batch whose commit failed for lack of space can be written again once there is
@@ -471,12 +487,100 @@ static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         return exec_op_len(s, k, v, n, len);
 }
 
+/* A lease id's last change after the fold point: a save keeps the leases row it makes
+ * (its strings copied after the struct, the id first), a delete only the id. */
+typedef struct FoldEntry {
+        int64_t seq;            /* of the change's row in events */
+        bool save;
+        bool in_table;          /* the leases table may hold the id: a delete must be written */
+        Value v[LEASE_COLS];    /* the leases row (a delete: v[0], the id) */
+        char id[];
+} FoldEntry;
+
+static FoldEntry *fold_entry_new(const Value *v, bool save) {
+        size_t n = save ? LEASE_COLS : 1, need = 0, len[LEASE_COLS];
+        for (size_t i = 0; i < n; i++)
+                if (v[i].type == VALUE_TEXT)
+                        need += (len[i] = strlen(v[i].s) + 1);
+        FoldEntry *e = malloc(sizeof(*e) + need);
+        if (!e)
+                return NULL;
+        e->save = save;
+        char *p = e->id;
+        for (size_t i = 0; i < LEASE_COLS; i++) {
+                e->v[i] = i < n ? v[i] : V_NULL;
+                if (i < n && v[i].type == VALUE_TEXT) {
+                        memcpy(p, v[i].s, len[i]);
+                        e->v[i].s = p;
+                        p += len[i];
+                }
+        }
+        return e;
+}
+
+static void fold_entry_drop(StoreSqlite *s, FoldEntry *e) {
+        hashmap_remove(&s->fold_map, e->id);
+        free(e);
+}
+
+/* Notes a change row (v: its leases columns) for the next fold. */
+static int fold_note(StoreSqlite *s, int64_t seq, bool save, const Value *v) {
+        if (v[0].type != VALUE_TEXT)
+                return 0;       /* no id: nothing to fold (the store never writes one) */
+        FoldEntry *old = hashmap_get(&s->fold_map, v[0].s);
+        if (!save && old) {
+                if (!old->in_table) {
+                        /* Granted and ended since the fold point: the table never had it. */
+                        fold_entry_drop(s, old);
+                        return 0;
+                }
+                old->seq = seq;
+                old->save = false;
+                return 0;
+        }
+        const Value *token = &v[6];     /* lease_cols: COL_TOKEN */
+        bool in_table = old ? old->in_table
+                            : !save || token->type != VALUE_INT || (uint64_t) token->i <= s->table_token_max;
+        FoldEntry *e = fold_entry_new(v, save);
+        if (!e)
+                return -ENOMEM;
+        e->seq = seq;
+        e->in_table = in_table;
+        if (old)
+                fold_entry_drop(s, old);
+        if (hashmap_put(&s->fold_map, e->id, e) < 0) {
+                free(e);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static void fold_map_free(StoreSqlite *s) {
+        HashmapIter i = {};
+        FoldEntry *e;
+        while (hashmap_iterate(&s->fold_map, &i, (void **) &e))
+                free(e);
+        hashmap_done(&s->fold_map);
+}
+
 /* Rows get their seq here, not from sqlite: seq of an INTEGER PRIMARY KEY without
  * AUTOINCREMENT is max + 1, which would go back below the fold point once the trim has
  * emptied the table, and a change there would count as folded. */
 static int row_write(StoreSqlite *s, Value *row) {
         row[COL_SEQ] = V_INT(++s->last_event_seq);
-        return write_op(s, STMT_ROW_APPEND, row, _COL_MAX);
+        int k = write_op(s, STMT_ROW_APPEND, row, _COL_MAX);
+        if (row[COL_CHANGE].type == VALUE_TEXT) {
+                /* Noted even when the write failed: the redo log writes the row again. A
+                 * failed note fails the commit (as a full redo log does): a fold without it
+                 * would lose the change. */
+                Value v[LEASE_COLS];
+                for (size_t i = 0; i < LEASE_COLS; i++)
+                        v[i] = row[lease_cols[i]];
+                int r = fold_note(s, row[COL_SEQ].i, streq(row[COL_CHANGE].s, "save"), v);
+                if (r < 0)
+                        return tx_fail(s, r);
+        }
+        return k;
 }
 
 static void row_clear(Value *row) {
@@ -675,77 +779,76 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
  * HistorySize), not a few rows per commit, each of which would write the leftmost pages. */
 #define EVENTS_TRIM_MIN 256
 
-/* The last row of one id in the rows being folded. */
-typedef struct FoldEntry {
-        int64_t seq;
-        bool save;
-        char id[];
-} FoldEntry;
+/* A fold writes one leases row per entry, each a random page of leases once there are
+ * many: with more entries than this it is left to the commit thread (maintenance_due()),
+ * with fewer (leases that came and went cost no entry) a commit on the loop does it. */
+#define FOLD_INLINE_MAX 256
 
-static void fold_entries_free(FoldEntry **v, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                free(v[i]);
-        free(v);
+/* Writes every noted change up to upto into leases (per id only its last: a save
+ * replaces the row, a delete removes it), from memory: a lease granted and ended since the
+ * fold point never touches the table. The entries stay until the commit is durable
+ * (fold_map_prune()); if it fails, the next fold writes them again. */
+static int fold_write(StoreSqlite *s, int64_t upto) {
+        HashmapIter i = {};
+        FoldEntry *e;
+        while (hashmap_iterate(&s->fold_map, &i, (void **) &e)) {
+                if (e->seq > upto)
+                        continue;
+                int k;
+                if (e->save) {
+                        k = exec_op(s, STMT_FOLD_SAVE, e->v, LEASE_COLS);
+                        /* Raised before the commit is known to last: a lease taken for one
+                         * the table may hold costs only a DELETE that finds nothing. */
+                        e->in_table = true;
+                        if (e->v[6].type == VALUE_INT)
+                                s->table_token_max = MAX(s->table_token_max, (uint64_t) e->v[6].i);
+                } else
+                        k = exec_op(s, STMT_FOLD_DELETE, e->v, 1);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
 }
 
-/* Folds the change rows after from, up to upto, into the leases table: per id only its last row counts
- * (a save: that row replaces the lease; a delete: the lease goes), so a lease granted and
- * released within the window never touches the leases table. One scan of the rows in seq
- * order and one keyed write per id; in SQL alone (max(seq) ... GROUP BY id, twice) the
- * grouping sorts cost more than the rest of the commit. 0, or a negative errno (nothing
- * written when the scan fails; a failed write fails the transaction, as any write). */
-static int fold_log(StoreSqlite *s, int64_t from, int64_t upto) {
-        _cleanup_(hashmap_done) Hashmap last = {};
-        FoldEntry **v = NULL;
-        size_t n = 0, size = 0;
-        int k = 0;
-        hashmap_init(&last);
+/* After the fold's commit: the entries it wrote are in the table now. */
+static void fold_map_prune(StoreSqlite *s) {
+        HashmapIter i = {};
+        FoldEntry *e;
+        while (hashmap_iterate(&s->fold_map, &i, (void **) &e))
+                if (e->seq <= s->folded)
+                        fold_entry_drop(s, e);
+}
 
+/* At open: the changes after the fold point, as row_write() would have noted them. */
+static int fold_map_load(StoreSqlite *s) {
         sqlite3_stmt *st = stmt(s, STMT_FOLD_SCAN);
-        sqlite3_bind_int64(st, 1, from);
-        sqlite3_bind_int64(st, 2, upto);
-        int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                const char *id = (const char *) sqlite3_column_text(st, 2);
-                if (!id)
-                        continue;
-                FoldEntry *e = hashmap_get(&last, id);
-                if (!e) {
-                        size_t len = strlen(id);
-                        if (n == size) {
-                                size_t ns = MAX(size * 2, (size_t) 256);
-                                FoldEntry **nv = reallocarray(v, ns, sizeof(*v));
-                                if (!nv) {
-                                        k = -ENOMEM;
-                                        break;
-                                }
-                                v = nv;
-                                size = ns;
-                        }
-                        e = malloc(sizeof(*e) + len + 1);
-                        if (!e) {
-                                k = -ENOMEM;
+        sqlite3_bind_int64(st, 1, s->folded);
+        int rc, k = 0;
+        while (k == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                Value v[LEASE_COLS];
+                for (size_t i = 0; i < LEASE_COLS; i++) {
+                        int col = (int) i + 2;
+                        switch (sqlite3_column_type(st, col)) {
+                        case SQLITE_NULL:
+                                v[i] = V_NULL;
                                 break;
-                        }
-                        memcpy(e->id, id, len + 1);
-                        v[n++] = e;
-                        if (hashmap_put(&last, e->id, e) < 0) {
-                                k = -ENOMEM;
+                        case SQLITE_INTEGER:
+                                v[i] = V_INT(sqlite3_column_int64(st, col));
                                 break;
+                        default:
+                                v[i] = V_TEXT((const char *) sqlite3_column_text(st, col));
                         }
                 }
-                e->seq = sqlite3_column_int64(st, 0);
-                e->save = sqlite3_column_int(st, 1);
+                k = fold_note(s, sqlite3_column_int64(st, 0), sqlite3_column_int(st, 1), v);
         }
         sqlite3_reset(st);
         if (k == 0 && rc != SQLITE_DONE)
-                k = db_errno(s, rc) ?: -EIO;
-        for (size_t i = 0; k == 0 && i < n; i++) {
-                const Value val = v[i]->save ? V_INT(v[i]->seq) : V_TEXT(v[i]->id);
-                k = exec_op(s, v[i]->save ? STMT_FOLD_SAVE_ONE : STMT_FOLD_DELETE_ONE, &val, 1);
-        }
-        fold_entries_free(v, n);
+                k = sqlite_to_errno(rc) ?: -EIO;
         return k;
+}
+
+static bool fold_heavy(const StoreSqlite *s) {
+        return s->fold_map.size > FOLD_INLINE_MAX;
 }
 
 static bool fold_due(const StoreSqlite *s) {
@@ -756,13 +859,13 @@ static bool fold_due(const StoreSqlite *s) {
  * sync of its own) and not in the redo log: if the commit fails it is simply done again.
  * A commit on the loop (defer_maintenance) leaves the fold to the next one on the thread. */
 static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *folded) {
-        if (fold_due(s) && !s->defer_maintenance) {
+        if (fold_due(s) && !(s->defer_maintenance && fold_heavy(s))) {
                 int64_t upto = s->last_event_seq - LOG_FOLD_AT / 2;
                 char buf[32];
                 snprintf(buf, sizeof(buf), "%" PRIi64, upto);
                 const char *value = buf;
                 const Value v[] = { V_TEXT("folded_seq"), V_TEXT(value) };
-                if (fold_log(s, s->folded, upto) == 0 && exec_op(s, STMT_META_SET, v, ELEMENTSOF(v)) == 0)
+                if (fold_write(s, upto) == 0 && exec_op(s, STMT_META_SET, v, ELEMENTSOF(v)) == 0)
                         *folded = upto;
         }
         /* Rows past HistorySize go, but no change that is not folded yet: restore reads it. */
@@ -801,7 +904,10 @@ static int s_commit(Store *store) {
                 s->replay = s->redo_len > 0;
         } else {
                 s->events_trimmed = events_trimmed;
-                s->folded = folded;
+                if (folded > s->folded) {
+                        s->folded = folded;
+                        fold_map_prune(s);
+                }
                 s->redo_len = 0;
                 if (s->redo_size > REDO_KEEP) {
                         free(s->redo);
@@ -836,6 +942,8 @@ static int s_load(Store *store, int (*cb)(const LeaseRecord *r, void *userdata),
                                             ? USEC_INFINITY
                                             : (usec_t) sqlite3_column_int64(st, 15),
                 };
+                /* The reserved mark already covers it, unless the database lost its mark. */
+                s->table_token_max = MAX(s->table_token_max, r.token);
                 int k = cb(&r, userdata);
                 if (k < 0) {
                         sqlite3_reset(st);
@@ -1004,7 +1112,7 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
  * milliseconds each, which the loop must not spend. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return checkpoint_due(s, s->wal_frames) || fold_due(s);
+        return checkpoint_due(s, s->wal_frames) || (fold_due(s) && fold_heavy(s));
 }
 
 static void s_defer_maintenance(Store *store, bool defer) {
@@ -1040,6 +1148,7 @@ static void s_free(Store *store) {
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
+        fold_map_free(s);
         free(s->redo);
         free(s->pending_buf);
         free(s->path);
@@ -1162,6 +1271,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         if (!s)
                 return -ENOMEM;
         s->store.ops = &sqlite_ops;
+        hashmap_init(&s->fold_map);
         s->history_size = history_size;
         s->wal_room_checked_at = -1;
         if (asprintf(&s->path, "%s/agend.db", dir) < 0) {
@@ -1266,6 +1376,14 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 /* The trim may have emptied the table: new rows still go after the fold. */
                 s->last_event_seq = MAX(s->last_event_seq, s->folded);
         }
+        /* Every change in the log may be about a lease in the table: none is dropped. */
+        s->table_token_max = UINT64_MAX;
+        k = fold_map_load(s);
+        s->table_token_max = s->last_token;
+        if (k < 0) {
+                k = fail(ret_error, k, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
+                goto fail;
+        }
         s->page_size = 4096;
         {
                 sqlite3_stmt *st = NULL;
@@ -1279,6 +1397,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         return 0;
 
 fail:
+        fold_map_free(s);
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);

@@ -633,6 +633,36 @@ static void test_log_fold_last_row_wins(void **state) {
         store_free(s);
 }
 
+/* A fold after a restart folds the changes the last run logged and did not fold: the
+ * fold works from changes noted in memory as rows are written, and open notes the rows
+ * after the fold point again. A lease saved before the restart and one of the last run's
+ * that is deleted after it both reach the table as they should. */
+static void test_fold_after_restart(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5), b = fold_record("b", 5);
+        a.token = 7;
+        b.token = 8;
+        assert_int_equal(s->ops->token_save(s, 8), 0);
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->lease_save(s, &b), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 0);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(s->ops->lease_delete(s, "b"), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        fold_filler(s, "x", 4200);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease IN ('a', 'b') AND seq > " FOLDED), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 1);
+        assert_int_equal(count(f->db, "SELECT token FROM leases WHERE id = 'a'"), 7);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 1);
+        store_free(s);
+}
+
 /* A row's NULLs are NULL whatever the row before it held: the row statement keeps its
  * bindings from row to row and binds NULL only where the last row had a value. */
 static void test_row_nulls_not_carried(void **state) {
@@ -1055,10 +1085,43 @@ static void test_checkpoint_deferred(void **state) {
         store_free(s);
 }
 
-/* An inline commit (defer_maintenance(true)) must not fold either: a fold with many
- * leases rewrites a random page of leases per change, tens of milliseconds the loop must
- * not spend. The log grows past its fold mark while deferred, maintenance_due() says so,
- * and the first commit without the deferral folds. */
+/* Acquires n detached leases that stay, on resources prefix0, prefix1, ... */
+static void acquire_detached(Engine *e, Holder *h, const char *prefix, int n) {
+        for (int i = 0; i < n; i++) {
+                char name[32];
+                Lease *l;
+                Waiter *w;
+                snprintf(name, sizeof(name), "%s%d", prefix, i);
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = name, .owner = &owner, .detached = true },
+                                                h, NULL, &l, &w),
+                                 0);
+        }
+}
+
+/* n acquire-release cycles on one resource, a commit every 20 (returned: whether
+ * maintenance_due() said yes after any of them). */
+static bool cycles(Engine *e, Store *s, Holder *h, int n) {
+        bool due = false;
+        for (int i = 0; i < n; i++) {
+                Lease *l;
+                Waiter *w;
+                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, h, NULL,
+                                                &l, &w),
+                                 0);
+                assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
+                if (i % 20 == 19) {
+                        assert_int_equal(s->ops->commit(s), 1);
+                        due = due || s->ops->maintenance_due(s);
+                }
+        }
+        return due;
+}
+
+/* An inline commit (defer_maintenance(true)) must not make a heavy fold: one with many
+ * leases to write rewrites a random page of leases per lease, tens of milliseconds the
+ * loop must not spend. With 300 leases that stay to write, the log grows past its fold
+ * mark while deferred, maintenance_due() says so, and the first commit without the
+ * deferral folds. */
 static void test_fold_deferred(void **state) {
         Fixture *f = *state;
         Store *s;
@@ -1069,29 +1132,43 @@ static void test_fold_deferred(void **state) {
         open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
         assert_int_equal(s->ops->commit(s), 1);
         s->ops->defer_maintenance(s, true);
-        bool due = false;
-        for (int i = 0; i < 3000; i++) {
-                assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, &h, NULL,
-                                                &l, &w),
-                                 0);
-                assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
-                if (i % 20 == 19) {
-                        assert_int_equal(s->ops->commit(s), 1);
-                        due = due || s->ops->maintenance_due(s);
-                }
-        }
-        /* 6000 change rows, none folded: the mark was crossed under the deferral. */
-        assert_true(due);
+        acquire_detached(e, &h, "stay", 300);
+        assert_int_equal(s->ops->commit(s), 1);
+        /* 300 + 6000 change rows, none folded: the mark was crossed under the deferral. */
+        assert_true(cycles(e, s, &h, 3000));
         assert_true(s->ops->maintenance_due(s));
-        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED), 6000);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED), 6300);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 0);
         s->ops->defer_maintenance(s, false);
         assert_int_equal(engine_acquire(e, &(AcquireParams) { .resource = "cycle", .owner = &owner }, &h, NULL, &l, &w),
                          0);
         assert_int_equal(s->ops->commit(s), 1);        /* folds (and checkpoints) */
         assert_true(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED) <= 4096);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 300);
         assert_int_equal(engine_lease_end(e, l, EVENT_RELEASED, "test"), 0);
         assert_int_equal(s->ops->commit(s), 1);        /* the WAL starts over */
         assert_false(s->ops->maintenance_due(s));
+        h = (Holder) {};
+        engine_free(e);
+        store_free(s);
+}
+
+/* A light fold is made in a commit on the loop: leases that came and went since the fold
+ * point need no write (the fold works from memory), so with few leases to write the fold
+ * costs the loop little, and waiting for the thread would cost a hand-off per fold. */
+static void test_light_fold_inline(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        Engine *e;
+        Holder h = {};
+        open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
+        s->ops->defer_maintenance(s, true);
+        acquire_detached(e, &h, "stay", 10);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_false(cycles(e, s, &h, 3000));
+        /* Folded under the deferral, and only the ten that stayed reached the table. */
+        assert_true(count(f->db, "SELECT count(*) FROM events WHERE change IS NOT NULL AND seq > " FOLDED) <= 4096);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 10);
         h = (Holder) {};
         engine_free(e);
         store_free(s);
@@ -1150,6 +1227,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_fold_last_row_wins, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fold_after_restart, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_row_nulls_not_carried, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
@@ -1161,6 +1239,7 @@ int main(void) {
                 cmocka_unit_test(test_memory_store_faults),
                 cmocka_unit_test_setup_teardown(test_checkpoint_deferred, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fold_deferred, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_light_fold_inline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_checkpoint_threshold_needs_room, setup, teardown),
         };
         int failed = cmocka_run_group_tests(tests, NULL, NULL);
