@@ -17,7 +17,7 @@
 #include "store.h"
 #include "string-table.h"
 
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -103,15 +103,54 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  description, created, ttl, deadline FROM events WHERE seq IN"
         "  (SELECT max(seq) FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
         "   AND change IS NOT NULL GROUP BY lease) AND change = 'save';",
+        /* 6 → 7: events becomes a ring. A row goes to slot seq % ring_size, replacing the
+         * row ring_size older, instead of being appended at the right edge while a trim
+         * deletes at the left: the pages the trim freed were taken back one by one from
+         * sqlite's free list, which wrote the list's trunk page and page 1 in nearly every
+         * commit. seq stays a column (with no index: scans go by slot ranges). meta
+         * 'ring_size' 0: the slots are still the seqs; open lays the ring out
+         * (ring_fit()). The view is made again: the rename would have pointed it at
+         * events_v6. */
+        "DROP VIEW current_leases;"
+        "ALTER TABLE events RENAME TO events_v6;"
+        "CREATE TABLE events ("
+        "  slot INTEGER PRIMARY KEY, seq INTEGER NOT NULL, time INTEGER, type TEXT, resource TEXT, lease TEXT,"
+        "  token INTEGER, uid INTEGER, gid INTEGER, pid INTEGER, comm TEXT, unit TEXT, units INTEGER, reason TEXT,"
+        "  by_uid INTEGER, by_gid INTEGER, by_pid INTEGER, by_comm TEXT, by_unit TEXT,"
+        "  change TEXT, secret TEXT, exclusive INTEGER, detached INTEGER, description TEXT,"
+        "  created INTEGER, ttl INTEGER, deadline INTEGER);"
+        "INSERT INTO events SELECT seq, * FROM events_v6;"
+        "DROP TABLE events_v6;"
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('ring_size', '0');"
+        "CREATE VIEW current_leases AS"
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM leases WHERE id NOT IN"
+        "  (SELECT lease FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
+        "   AND change IS NOT NULL)"
+        "  UNION ALL"
+        "  SELECT lease, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
+        "  description, created, ttl, deadline FROM events WHERE seq IN"
+        "  (SELECT max(seq) FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
+        "   AND change IS NOT NULL GROUP BY lease) AND change = 'save';",
 };
+
+/* The columns of events after slot, in table order. */
+#define EVENT_COLUMNS                                                                              \
+        "seq, time, type, resource, lease, token, uid, gid, pid, comm, unit, units, reason, by_uid, by_gid," \
+        " by_pid, by_comm, by_unit, change, secret, exclusive, detached, description, created, ttl, deadline"
+#define HISTORY_COLUMNS                                                                         \
+        "seq, time, type, resource, lease, token, uid, gid, pid, comm, unit, units, reason, by_uid, by_gid," \
+        " by_pid, by_comm, by_unit"
+/* The rows of events in slots ?1..?2 with ?3 < seq <= ?4: the slot range bounds the scan,
+ * the seq bounds keep out a row that a rolled-back batch left behind. */
+#define RING_RANGE "slot BETWEEN ?1 AND ?2 AND seq > ?3 AND seq <= ?4"
 
 typedef enum Stmt {
         STMT_ROW_APPEND,
         STMT_META_SET,
         STMT_META_GET,
-        STMT_HISTORY_ALL,
-        STMT_HISTORY_RESOURCE,
-        STMT_EVENTS_TRIM,
+        STMT_HISTORY,
+        STMT_HISTORY_COUNT,
         STMT_LOAD,
         STMT_WAITER_SAVE,
         STMT_WAITER_DELETE,
@@ -145,6 +184,7 @@ enum {
         COL_CREATED,
         COL_TTL,
         COL_DEADLINE,
+        COL_SLOT,       /* last: the rest is in the table's order */
         _COL_MAX,
 };
 
@@ -157,21 +197,17 @@ static const uint8_t lease_cols[] = {
 #define LEASE_COLS ELEMENTSOF(lease_cols)
 
 static const char *const stmt_sql[_STMT_MAX] = {
-        [STMT_ROW_APPEND] = "INSERT INTO events (seq, time, type, resource, lease, token, uid, gid, pid, comm, unit,"
-                            " units, reason, by_uid, by_gid, by_pid, by_comm, by_unit, change, secret, exclusive,"
-                            " detached, description, created, ttl, deadline)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [STMT_ROW_APPEND] = "INSERT OR REPLACE INTO events (" EVENT_COLUMNS ", slot)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [STMT_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?",
-        /* type IS NULL: a lease change that no event reported (not history). */
-        [STMT_HISTORY_ALL] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid, comm,"
-                             " unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                             " WHERE seq > ? AND seq < ? AND type IS NOT NULL ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        [STMT_HISTORY_RESOURCE] = "SELECT * FROM (SELECT seq, time, type, resource, lease, token, uid, gid, pid,"
-                                  " comm, unit, units, reason, by_uid, by_gid, by_pid, by_comm, by_unit FROM events"
-                                  " WHERE resource = ? AND seq > ? AND seq < ? AND type IS NOT NULL"
-                                  " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        [STMT_EVENTS_TRIM] = "DELETE FROM events WHERE seq <= ?",
+        /* The newest ?6 events of a range of slots (?5: of that resource, or NULL: of any),
+         * oldest first. type IS NULL: a lease change that no event reported (not history). */
+        [STMT_HISTORY] = "SELECT * FROM (SELECT " HISTORY_COLUMNS " FROM events WHERE " RING_RANGE
+                         " AND type IS NOT NULL AND (?5 IS NULL OR resource = ?5) ORDER BY slot DESC LIMIT ?6)"
+                         " ORDER BY seq",
+        [STMT_HISTORY_COUNT] = "SELECT count(*) FROM (SELECT 1 FROM events WHERE " RING_RANGE
+                               " AND type IS NOT NULL AND (?5 IS NULL OR resource = ?5) LIMIT ?6)",
         [STMT_LOAD] = "SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit,"
                       " description, created, ttl, deadline FROM current_leases",
         [STMT_WAITER_SAVE] = "INSERT OR REPLACE INTO waiters (seq, ticket, resource, units, exclusive, uid, gid, pid,"
@@ -182,7 +218,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
         /* The changes not folded yet, as open finds them (fold_map_load()); lease_cols order. */
         [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease, secret, resource, units, exclusive, detached, token,"
                            " uid, gid, pid, comm, unit, description, created, ttl, deadline FROM events"
-                           " WHERE seq > ?1 AND change IS NOT NULL ORDER BY seq",
+                           " WHERE " RING_RANGE " AND change IS NOT NULL ORDER BY slot",
         [STMT_FOLD_SAVE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached, token,"
                            " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -237,7 +273,7 @@ typedef struct StoreSqlite {
         bool token_dirty;
         uint64_t last_token;    /* the reserved high-water mark, as stored */
         int64_t last_event_seq; /* of the newest row of events (a change or an event) */
-        int64_t events_trimmed; /* every row up to this seq is deleted */
+        int64_t ring_size;      /* events' slots (0: the slots are the seqs, before ring_fit()) */
         int64_t folded;         /* every change up to this seq is in leases (meta 'folded_seq') */
         /* Per lease id, its last change after the fold point, kept as its row is written,
          * so that a fold writes from memory and need not read the rows again
@@ -487,6 +523,39 @@ static int write_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
         return exec_op_len(s, k, v, n, len);
 }
 
+/* The slots of the rows with lo < seq <= hi, as at most two ranges in seq order (oldest
+ * first): the ring holds the newest ring_size rows, row seq in slot seq % ring_size. */
+typedef struct SlotRange {
+        int64_t first, last;
+} SlotRange;
+
+static size_t ring_ranges(const StoreSqlite *s, int64_t lo, int64_t hi, SlotRange r[static 2]) {
+        hi = MIN(hi, s->last_event_seq);
+        if (s->ring_size == 0) {        /* not laid out yet: slot = seq */
+                r[0] = (SlotRange) { lo + 1, hi };
+                return hi > lo;
+        }
+        lo = MAX(lo, hi - s->ring_size);
+        if (hi <= lo)
+                return 0;
+        int64_t a = (lo + 1) % s->ring_size, b = hi % s->ring_size;
+        if (a <= b) {
+                r[0] = (SlotRange) { a, b };
+                return 1;
+        }
+        r[0] = (SlotRange) { a, s->ring_size - 1 };
+        r[1] = (SlotRange) { 0, b };
+        return 2;
+}
+
+/* Binds RING_RANGE's four parameters. */
+static void bind_range(sqlite3_stmt *st, const SlotRange *r, int64_t lo, int64_t hi) {
+        sqlite3_bind_int64(st, 1, r->first);
+        sqlite3_bind_int64(st, 2, r->last);
+        sqlite3_bind_int64(st, 3, lo);
+        sqlite3_bind_int64(st, 4, hi);
+}
+
 /* A lease id's last change after the fold point: a save keeps the leases row it makes
  * (its strings copied after the struct, the id first), a delete only the id. */
 typedef struct FoldEntry {
@@ -568,6 +637,7 @@ static void fold_map_free(StoreSqlite *s) {
  * emptied the table, and a change there would count as folded. */
 static int row_write(StoreSqlite *s, Value *row) {
         row[COL_SEQ] = V_INT(++s->last_event_seq);
+        row[COL_SLOT] = V_INT(s->last_event_seq % s->ring_size);
         int k = write_op(s, STMT_ROW_APPEND, row, _COL_MAX);
         if (row[COL_CHANGE].type == VALUE_TEXT) {
                 /* Noted even when the write failed: the redo log writes the row again. A
@@ -775,9 +845,9 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
  * every LOG_FOLD_AT / 2 appends, in the commit of the batch that crossed the mark. Leases
  * that came and went within those rows cost the leases table nothing. */
 #define LOG_FOLD_AT 4096
-/* Events beyond HistorySize are deleted in chunks of at least this many (or an eighth of
- * HistorySize), not a few rows per commit, each of which would write the leftmost pages. */
-#define EVENTS_TRIM_MIN 256
+/* The ring holds HistorySize rows, and at least this many: every change after the fold
+ * point must stay in it until folded (housekeeping()). */
+#define RING_MIN (4 * LOG_FOLD_AT)
 
 /* A fold writes one leases row per entry, each a random page of leases once there are
  * many: with more entries than this it is left to the commit thread (maintenance_due()),
@@ -821,29 +891,34 @@ static void fold_map_prune(StoreSqlite *s) {
 
 /* At open: the changes after the fold point, as row_write() would have noted them. */
 static int fold_map_load(StoreSqlite *s) {
-        sqlite3_stmt *st = stmt(s, STMT_FOLD_SCAN);
-        sqlite3_bind_int64(st, 1, s->folded);
-        int rc, k = 0;
-        while (k == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-                Value v[LEASE_COLS];
-                for (size_t i = 0; i < LEASE_COLS; i++) {
-                        int col = (int) i + 2;
-                        switch (sqlite3_column_type(st, col)) {
-                        case SQLITE_NULL:
-                                v[i] = V_NULL;
-                                break;
-                        case SQLITE_INTEGER:
-                                v[i] = V_INT(sqlite3_column_int64(st, col));
-                                break;
-                        default:
-                                v[i] = V_TEXT((const char *) sqlite3_column_text(st, col));
+        SlotRange r[2];
+        size_t n = ring_ranges(s, s->folded, s->last_event_seq, r);
+        int k = 0;
+        for (size_t j = 0; k == 0 && j < n; j++) {
+                sqlite3_stmt *st = stmt(s, STMT_FOLD_SCAN);
+                bind_range(st, &r[j], s->folded, s->last_event_seq);
+                int rc;
+                while (k == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                        Value v[LEASE_COLS];
+                        for (size_t i = 0; i < LEASE_COLS; i++) {
+                                int col = (int) i + 2;
+                                switch (sqlite3_column_type(st, col)) {
+                                case SQLITE_NULL:
+                                        v[i] = V_NULL;
+                                        break;
+                                case SQLITE_INTEGER:
+                                        v[i] = V_INT(sqlite3_column_int64(st, col));
+                                        break;
+                                default:
+                                        v[i] = V_TEXT((const char *) sqlite3_column_text(st, col));
+                                }
                         }
+                        k = fold_note(s, sqlite3_column_int64(st, 0), sqlite3_column_int(st, 1), v);
                 }
-                k = fold_note(s, sqlite3_column_int64(st, 0), sqlite3_column_int(st, 1), v);
+                sqlite3_reset(st);
+                if (k == 0 && rc != SQLITE_DONE)
+                        k = sqlite_to_errno(rc) ?: -EIO;
         }
-        sqlite3_reset(st);
-        if (k == 0 && rc != SQLITE_DONE)
-                k = sqlite_to_errno(rc) ?: -EIO;
         return k;
 }
 
@@ -855,26 +930,34 @@ static bool fold_due(const StoreSqlite *s) {
         return s->last_event_seq - s->folded > LOG_FOLD_AT;
 }
 
-/* Work that keeps the tables small, joined to the batch's transaction (so it costs no
- * sync of its own) and not in the redo log: if the commit fails it is simply done again.
- * A commit on the loop (defer_maintenance) leaves the fold to the next one on the thread. */
-static void housekeeping(StoreSqlite *s, int64_t *events_trimmed, int64_t *folded) {
-        if (fold_due(s) && !(s->defer_maintenance && fold_heavy(s))) {
-                int64_t upto = s->last_event_seq - LOG_FOLD_AT / 2;
-                char buf[32];
-                snprintf(buf, sizeof(buf), "%" PRIi64, upto);
-                const char *value = buf;
-                const Value v[] = { V_TEXT("folded_seq"), V_TEXT(value) };
-                if (fold_write(s, upto) == 0 && exec_op(s, STMT_META_SET, v, ELEMENTSOF(v)) == 0)
-                        *folded = upto;
-        }
-        /* Rows past HistorySize go, but no change that is not folded yet: restore reads it. */
-        int64_t keep_after = MIN(s->last_event_seq - (int64_t) s->history_size, *folded);
-        if (keep_after - s->events_trimmed >= MAX((int64_t) EVENTS_TRIM_MIN, (int64_t) s->history_size / 8)) {
-                const Value v[] = { V_INT(keep_after) };
-                if (exec_op(s, STMT_EVENTS_TRIM, v, ELEMENTSOF(v)) == 0)
-                        *events_trimmed = keep_after;
-        }
+static int meta_set_int(StoreSqlite *s, const char *key, int64_t value) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%" PRIi64, value);
+        const char *text = buf;
+        const Value v[] = { V_TEXT(key), V_TEXT(text) };
+        return exec_op(s, STMT_META_SET, v, ELEMENTSOF(v));
+}
+
+/* Folds the changes up to upto: 0, and *folded = upto; or the transaction fails. */
+static int fold(StoreSqlite *s, int64_t upto, int64_t *folded) {
+        int k = fold_write(s, upto);
+        if (k == 0)
+                k = meta_set_int(s, "folded_seq", upto);
+        if (k == 0)
+                *folded = upto;
+        return k;
+}
+
+/* The fold, joined to the batch's transaction (so it costs no sync of its own) and not in
+ * the redo log: if the commit fails it is simply done again. A commit on the loop
+ * (defer_maintenance) leaves a heavy fold to the next one on the thread, unless the batch
+ * went round the ring onto changes not folded yet: their rows are gone, and only this
+ * fold, in the same transaction, keeps them (from memory). */
+static void housekeeping(StoreSqlite *s, int64_t *folded) {
+        if (s->last_event_seq - s->ring_size > s->folded)
+                (void) fold(s, s->last_event_seq, folded);
+        else if (fold_due(s) && !(s->defer_maintenance && fold_heavy(s)))
+                (void) fold(s, s->last_event_seq - LOG_FOLD_AT / 2, folded);
 }
 
 static int s_commit(Store *store) {
@@ -890,9 +973,9 @@ static int s_commit(Store *store) {
         }
         /* A batch rolled back before, with nothing new since: write it again now. */
         (void) begin(s);
-        int64_t events_trimmed = s->events_trimmed, folded = s->folded;
+        int64_t folded = s->folded;
         if (s->error == 0 && s->in_transaction)
-                housekeeping(s, &events_trimmed, &folded);
+                housekeeping(s, &folded);
         int k = s->error;
         if (k == 0 && s->in_transaction) {
                 k = exec_simple(s, STMT_COMMIT);
@@ -903,7 +986,6 @@ static int s_commit(Store *store) {
                         (void) exec_simple(s, STMT_ROLLBACK);
                 s->replay = s->redo_len > 0;
         } else {
-                s->events_trimmed = events_trimmed;
                 if (folded > s->folded) {
                         s->folded = folded;
                         fold_map_prune(s);
@@ -1013,31 +1095,21 @@ static int s_meta_set(Store *store, const char *key, const char *value) {
 /* History(resource) looks back through at most this many of the newest events. */
 #define HISTORY_SCAN_MAX 200000
 
-static int s_history(Store *store, const char *resource, uint64_t before, unsigned limit,
-                     int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
-        StoreSqlite *s = container_of(store, StoreSqlite, store);
-        (void) pending_flush(s);
-        /* Rows past HistorySize wait for a trim in chunks; they are not history any more.
-         * Without an index on resource, this is a backward scan of at most HistorySize
-         * rows plus a chunk. */
-        int64_t oldest = s->last_event_seq - (int64_t) s->history_size;
-        sqlite3_stmt *st;
-        int64_t below = before == 0 || before > INT64_MAX ? INT64_MAX : (int64_t) before;
-        if (resource) {
-                /* Bounded: with a HistorySize= of millions, a rare resource must not make one
-                 * call scan them all on the loop. */
-                oldest = MAX(oldest, s->last_event_seq - (int64_t) HISTORY_SCAN_MAX);
-                st = stmt(s, STMT_HISTORY_RESOURCE);
-                sqlite3_bind_text(st, 1, resource, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(st, 2, oldest);
-                sqlite3_bind_int64(st, 3, below);
-                sqlite3_bind_int64(st, 4, limit);
-        } else {
-                st = stmt(s, STMT_HISTORY_ALL);
-                sqlite3_bind_int64(st, 1, oldest);
-                sqlite3_bind_int64(st, 2, below);
-                sqlite3_bind_int64(st, 3, limit);
-        }
+/* Binds STMT_HISTORY's or STMT_HISTORY_COUNT's parameters. */
+static sqlite3_stmt *history_stmt(StoreSqlite *s, Stmt k, const SlotRange *r, int64_t lo, int64_t hi,
+                                  const char *resource, int64_t limit) {
+        sqlite3_stmt *st = stmt(s, k);
+        bind_range(st, r, lo, hi);
+        if (resource)
+                sqlite3_bind_text(st, 5, resource, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, limit);
+        return st;
+}
+
+/* Calls cb for the newest limit events in one range of slots, oldest first. */
+static int history_range(StoreSqlite *s, const SlotRange *r, int64_t lo, int64_t hi, const char *resource,
+                         int64_t limit, int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
+        sqlite3_stmt *st = history_stmt(s, STMT_HISTORY, r, lo, hi, resource, limit);
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 OwnerRecord o = column_owner(st, 6), by = column_owner(st, 13);
@@ -1063,6 +1135,41 @@ static int s_history(Store *store, const char *resource, uint64_t before, unsign
         }
         sqlite3_reset(st);
         return sqlite_to_errno(rc);
+}
+
+static int s_history(Store *store, const char *resource, uint64_t before, unsigned limit,
+                     int (*cb)(const EventRecord *e, void *userdata), void *userdata) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        (void) pending_flush(s);
+        /* The ring may hold more than HistorySize rows (RING_MIN); they are not history.
+         * Without an index on resource, this is a backward scan of at most HistorySize
+         * rows. */
+        int64_t lo = s->last_event_seq - (int64_t) s->history_size;
+        int64_t hi = before == 0 || before > INT64_MAX ? s->last_event_seq : (int64_t) before - 1;
+        if (resource)
+                /* Bounded: with a HistorySize= of millions, a rare resource must not make one
+                 * call scan them all on the loop. */
+                lo = MAX(lo, s->last_event_seq - (int64_t) HISTORY_SCAN_MAX);
+        SlotRange r[2];
+        size_t n = ring_ranges(s, lo, hi, r);
+        if (n == 0)
+                return 0;
+        if (n == 1)
+                return history_range(s, &r[0], lo, hi, resource, limit, cb, userdata);
+        /* Wrapped: the newest events are in r[1]. How many of the limit they take decides how
+         * many come from r[0], which are older and so reported first. */
+        sqlite3_stmt *st = history_stmt(s, STMT_HISTORY_COUNT, &r[1], lo, hi, resource, limit);
+        int rc = sqlite3_step(st);
+        int64_t newer = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc) ?: -EIO;
+        if ((int64_t) limit > newer) {
+                int k = history_range(s, &r[0], lo, hi, resource, (int64_t) limit - newer, cb, userdata);
+                if (k < 0)
+                        return k;
+        }
+        return newer > 0 ? history_range(s, &r[1], lo, hi, resource, newer, cb, userdata) : 0;
 }
 
 /* Replaces sqlite's own auto-checkpoint hook (a passive checkpoint) so that it can also
@@ -1265,6 +1372,48 @@ static int prepare_files(StoreSqlite *s, const char *dir, char **ret_error) {
         return 0;
 }
 
+/* Lays events out as a ring of size slots unless it is one already: after the migration
+ * to schema 7, or when HistorySize= changed. In one transaction: every change is folded
+ * (rows that no longer fit go), then the newest rows move to their slots. */
+static int ring_fit(StoreSqlite *s, int64_t size, char **ret_error) {
+        if (s->ring_size == size)
+                return 0;
+        _cleanup_free_ char *sql = NULL;
+        if (asprintf(&sql,
+                     "CREATE TABLE events_resize AS SELECT " EVENT_COLUMNS " FROM events WHERE seq > %" PRIi64 ";"
+                     "DELETE FROM events;"
+                     "INSERT INTO events (slot, " EVENT_COLUMNS ") SELECT seq %% %" PRIi64 ", " EVENT_COLUMNS
+                     " FROM events_resize;"
+                     "DROP TABLE events_resize;"
+                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('ring_size', '%" PRIi64 "');",
+                     s->last_event_seq - size, size, size) < 0)
+                return -ENOMEM;
+        int64_t folded = s->folded;
+        char *msg = NULL;
+        int k = exec_simple(s, STMT_BEGIN);
+        if (k == 0)
+                k = fold(s, s->last_event_seq, &folded);
+        if (k == 0) {
+                int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+                k = rc == SQLITE_OK ? 0 : db_errno(s, rc) ?: -EIO;
+        }
+        if (k == 0)
+                k = exec_simple(s, STMT_COMMIT);
+        s->error = 0;
+        if (k < 0) {
+                if (!sqlite3_get_autocommit(s->db))
+                        (void) exec_simple(s, STMT_ROLLBACK);
+                k = fail(ret_error, k, "cannot lay out the events of %s as a ring of %" PRIi64 " rows: %s", s->path,
+                         size, msg ? msg : sqlite3_errmsg(s->db));
+                sqlite3_free(msg);
+                return k;
+        }
+        s->folded = folded;
+        fold_map_prune(s);
+        s->ring_size = size;
+        return 0;
+}
+
 int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret,
                       char **ret_error) {
         StoreSqlite *s = calloc(1, sizeof(*s));
@@ -1336,7 +1485,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 goto fail;
 
         /* A quick check that the schema is what we expect and readable. */
-        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT seq, change FROM events LIMIT 1;", NULL, NULL, &msg);
+        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT slot, seq, change FROM events LIMIT 1;", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
                 k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot read %s: %s", s->path, strna(msg));
                 sqlite3_free(msg);
@@ -1357,23 +1506,22 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 if (s_meta_get(&s->store, "last_token", &t) >= 0 && t)
                         s->last_token = strtoull(t, NULL, 10);
         }
-        s->last_event_seq = 0;
         {
-                _cleanup_free_ char *t = NULL;
+                _cleanup_free_ char *t = NULL, *r = NULL;
                 if (s_meta_get(&s->store, "folded_seq", &t) >= 0 && t)
                         s->folded = strtoll(t, NULL, 10);
+                if (s_meta_get(&s->store, "ring_size", &r) >= 0 && r)
+                        s->ring_size = MAX(strtoll(r, NULL, 10), 0);
         }
         {
+                /* A scan of the ring (seq has no index), once. */
                 sqlite3_stmt *st = NULL;
-                if (sqlite3_prepare_v2(s->db,
-                                       "SELECT coalesce(max(seq), 0), coalesce(min(seq), 1) - 1 FROM events;", -1,
-                                       &st, NULL) == SQLITE_OK &&
-                    sqlite3_step(st) == SQLITE_ROW) {
+                if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(seq), 0) FROM events;", -1, &st, NULL) ==
+                            SQLITE_OK &&
+                    sqlite3_step(st) == SQLITE_ROW)
                         s->last_event_seq = sqlite3_column_int64(st, 0);
-                        s->events_trimmed = sqlite3_column_int64(st, 1);
-                }
                 sqlite3_finalize(st);
-                /* The trim may have emptied the table: new rows still go after the fold. */
+                /* An empty table (schema 6 trimmed it): new rows still go after the fold. */
                 s->last_event_seq = MAX(s->last_event_seq, s->folded);
         }
         /* Every change in the log may be about a lease in the table: none is dropped. */
@@ -1384,6 +1532,9 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 k = fail(ret_error, k, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
                 goto fail;
         }
+        k = ring_fit(s, MAX((int64_t) history_size, (int64_t) RING_MIN), ret_error);
+        if (k < 0)
+                goto fail;
         s->page_size = 4096;
         {
                 sqlite3_stmt *st = NULL;

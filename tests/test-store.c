@@ -281,7 +281,7 @@ static void test_migration_from_v1(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 7);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'waiters'"), 1);
         /* 4 → 5 drops the index again: History scans events backwards. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
@@ -339,7 +339,19 @@ static void test_refuses_newer_schema(void **state) {
 typedef struct Hist {
         unsigned n;
         uint64_t first_token, last_token;
+        uint64_t last_seq;
 } Hist;
+
+static int store_hist_cb(const EventRecord *e, void *u) {
+        Hist *h = u;
+        if (h->n++ == 0)
+                h->first_token = e->token;
+        else
+                assert_true(e->seq > h->last_seq);      /* oldest first */
+        h->last_seq = e->seq;
+        h->last_token = e->token;
+        return 0;
+}
 
 static int hist_cb(const Event *e, void *u) {
         Hist *h = u;
@@ -663,6 +675,137 @@ static void test_fold_after_restart(void **state) {
         store_free(s);
 }
 
+/* Appends n events (no lease, so one row each) of tokens from, from + 1, ..., on resources
+ * "a" and "b" by turns (even tokens "a"), a commit every 500. */
+static void append_events(Store *s, uint64_t from, int n) {
+        for (int i = 0; i < n; i++) {
+                uint64_t token = from + (uint64_t) i;
+                EventRecord ev = { .type = "revoked", .time = 1, .resource = token % 2 ? "b" : "a", .token = token };
+                assert_int_equal(s->ops->event_append(s, &ev), 0);
+                if (i % 500 == 499)
+                        assert_int_equal(s->ops->commit(s), 1);
+        }
+        assert_true(s->ops->commit(s) >= 0);
+}
+
+/* History straight from the store: how many, the first and last token. */
+static Hist store_history(Store *s, const char *resource, unsigned limit) {
+        Hist hist = {};
+        assert_int_equal(s->ops->history(s, resource, 0, limit, store_hist_cb, &hist), 0);
+        return hist;
+}
+
+#define RING_MIN 16384
+
+/* events is a ring: past its size a row replaces the one that many rows older instead of
+ * being appended while old ones are deleted, so the file neither grows nor keeps a free
+ * list (whose trunk page and page 1 a commit would write each time it takes a page back).
+ * History reads across the point where the ring wraps, oldest first. */
+static void test_events_ring(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        assert_int_equal(count(f->db, "SELECT value FROM meta WHERE key = 'ring_size'"), RING_MIN);
+        append_events(s, 1, RING_MIN + 10);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), RING_MIN);
+        assert_int_equal(count(f->db, "SELECT min(seq) FROM events"), 11);
+        assert_int_equal(count(f->db, "SELECT max(seq) FROM events"), RING_MIN + 10);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE slot != seq % 16384"), 0);
+        /* The newest 100 straddle slot 0: 90 before it, 10 after. */
+        Hist h = store_history(s, NULL, 1000);
+        assert_int_equal(h.n, 100);
+        assert_int_equal(h.first_token, RING_MIN + 10 - 99);
+        assert_int_equal(h.last_token, RING_MIN + 10);
+        h = store_history(s, NULL, 15);
+        assert_int_equal(h.n, 15);
+        assert_int_equal(h.first_token, RING_MIN + 10 - 14);
+        h = store_history(s, "a", 30);
+        assert_int_equal(h.n, 30);
+        assert_int_equal(h.first_token, RING_MIN + 10 - 58);
+        assert_int_equal(h.last_token, RING_MIN + 10);
+        int64_t pages = count(f->db, "PRAGMA page_count");
+        /* Round the ring once more: the same pages, rewritten. */
+        append_events(s, RING_MIN + 11, RING_MIN);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), RING_MIN);
+        assert_int_equal(count(f->db, "PRAGMA freelist_count"), 0);
+        assert_true(count(f->db, "PRAGMA page_count") <= pages + 2);
+        h = store_history(s, "b", 1000);
+        assert_int_equal(h.n, 50);
+        assert_int_equal(h.last_token, 2 * RING_MIN + 9);
+        store_free(s);
+}
+
+/* A batch of more rows than the ring holds goes round it onto changes not folded yet:
+ * their rows are replaced, and the fold made in the same commit is what keeps them, even
+ * a heavy one in a commit on the loop (which otherwise leaves it to the thread). */
+static void test_batch_past_ring(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        s->ops->defer_maintenance(s, true);
+        for (int i = 0; i < 300; i++) {
+                char id[16];
+                snprintf(id, sizeof(id), "keep%d", i);
+                LeaseRecord r = fold_record(id, 5);
+                assert_int_equal(s->ops->lease_save(s, &r), 0);
+        }
+        for (int i = 0; i < RING_MIN + 100; i++) {
+                EventRecord ev = { .type = "revoked", .time = 1, .resource = "r", .token = 1 };
+                assert_int_equal(s->ops->event_append(s, &ev), 0);
+        }
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease LIKE 'keep%'"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 300);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 300);
+        store_free(s);
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 300);
+        store_free(s);
+}
+
+/* A new HistorySize= lays the ring out again at open: the newest rows are kept in their new
+ * slots, every change is folded first (a smaller ring may not hold them), and History
+ * and restore go on as before. */
+static void test_ring_resized(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5);
+        append_events(s, 1, RING_MIN + 500);
+        assert_int_equal(s->ops->lease_save(s, &a), 0);  /* not folded */
+        assert_int_equal(s->ops->commit(s), 1);
+        int64_t last = count(f->db, "SELECT max(seq) FROM events");
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 20000, &s, &err), 0);
+        assert_int_equal(count(f->db, "SELECT value FROM meta WHERE key = 'ring_size'"), 20000);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), RING_MIN);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE slot != seq % 20000"), 0);
+        assert_int_equal(count(f->db, "SELECT " FOLDED), last);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases WHERE id = 'a'"), 1);
+        append_events(s, RING_MIN + 501, 10);
+        Hist h = store_history(s, NULL, 100000);
+        assert_int_equal(h.n, RING_MIN - 1 + 10);       /* a's save is not an event */
+        assert_int_equal(h.last_token, RING_MIN + 510);
+        store_free(s);
+
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 10, &s, &err), 0);
+        assert_int_equal(count(f->db, "SELECT value FROM meta WHERE key = 'ring_size'"), RING_MIN);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE slot != seq % 16384"), 0);
+        h = store_history(s, NULL, 1000);
+        assert_int_equal(h.n, 10);
+        assert_int_equal(h.last_token, RING_MIN + 510);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 1);
+        store_free(s);
+}
+
 /* A row's NULLs are NULL whatever the row before it held: the row statement keeps its
  * bindings from row to row and binds NULL only where the last row had a value. */
 static void test_row_nulls_not_carried(void **state) {
@@ -713,7 +856,7 @@ static void test_migration_from_v3_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 7);
         /* 3 → 4 → 5: the waiters table, then the lease log. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
@@ -757,7 +900,7 @@ static void test_migration_from_v4_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 7);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_resource'"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 2);
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
@@ -906,7 +1049,7 @@ static void test_migration_from_v5_file(void **state) {
         Store *s;
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
-        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 7);
         assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'lease_log'"), 0);
         /* The log folded into the snapshot: leases is exactly what a restart restores. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
@@ -970,6 +1113,95 @@ static void test_migration_from_v5_file(void **state) {
 
 /* The in-memory store keeps waiters as sqlite does, for the life of the Store object: an
  * engine restored from it finds them in their order, as unclaimed places. */
+/* A database file written by the agend of schema 6 (tests/data/agend-v6.db: HistorySize=40;
+ * gpu and ttl-res folded into leases, db-migrate only in events after folded_seq, two
+ * waiters on gpu, 2 060 cycles on churn), opened by this one: events becomes a ring, every
+ * change is folded on the way, and leases, waiters and History are as the old agend left
+ * them. */
+static void test_migration_from_v6_file(void **state) {
+        Fixture *f = *state;
+        const char *data = getenv("AGEND_TEST_DATA");
+        if (!data) {
+                n_skipped++;
+                skip();
+        }
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "cp %s/agend-v6.db %s/agend.db", data, f->dir);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 2);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'db-migrate' AND seq > " FOLDED),
+                         1);
+        int64_t events = count(f->db, "SELECT count(*) FROM events");
+        int64_t last_seq = count(f->db, "SELECT max(seq) FROM events");
+        int64_t released = count(f->db, "SELECT count(*) FROM events WHERE type = 'released'");
+        int64_t oldest_token =
+                count(f->db, "SELECT token FROM events WHERE type IS NOT NULL ORDER BY seq DESC LIMIT 1 OFFSET 39");
+        char *boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'");
+        char *gpu = text(f->db, "SELECT id FROM current_leases WHERE resource = 'gpu'");
+        char *first = text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1");
+
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
+        assert_int_equal(count(f->db, "PRAGMA user_version"), 7);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = 'events_v6'"), 0);
+        assert_int_equal(count(f->db, "SELECT value FROM meta WHERE key = 'ring_size'"), RING_MIN);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events"), events);
+        assert_int_equal(count(f->db, "SELECT max(seq) FROM events"), last_seq);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE slot != seq % 16384"), 0);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE type = 'released'"), released);
+        /* Folded on the way: leases is exactly what a restart restores. */
+        assert_int_equal(count(f->db, "SELECT " FOLDED), last_seq);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 3);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
+        assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE resource = 'ttl-res'"), 7200 * USEC_PER_SEC);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
+
+        Engine *e;
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, boot, 10 * USEC_PER_SEC), 3);
+        assert_int_equal(engine_n_leases(e), 3);
+        assert_int_equal(engine_n_waiters(e), 2);
+        Lease *l = engine_lease_get(e, gpu);
+        assert_non_null(l);
+        assert_string_equal(l->description, "holder");
+        Resource *r = engine_resource_get(e, "gpu");
+        assert_non_null(r);
+        assert_string_equal(r->wait_head->ticket, first);
+        assert_string_equal(r->wait_head->description, "first waiter");
+        assert_non_null(engine_resource_get(e, "db-migrate"));
+        /* History as the old agend wrote it: the newest 40 events, with their tokens. */
+        Hist hist = {};
+        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, 40);
+        assert_true(oldest_token > 0);
+        assert_int_equal(hist.first_token, oldest_token);
+        /* A new lease: one row, in its slot. */
+        Holder h = {};
+        Waiter *w;
+        AcquireParams pn = { .resource = "new", .owner = &owner };
+        assert_int_equal(engine_acquire(e, &pn, &h, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'new' AND change = 'save'"
+                                      " AND type = 'granted' AND slot = seq % 16384 AND seq > " FOLDED),
+                         1);
+        assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 4);
+        engine_free(e);
+        store_free(s);
+
+        /* And after a restart. */
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
+        unsigned n = 0;
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, 4);
+        store_free(s);
+        free(boot);
+        free(gpu);
+        free(first);
+}
+
 static void test_memory_store_waiters(void **state) {
         Store *s;
         Engine *e;
@@ -1228,11 +1460,15 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_log_folds, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_log_fold_last_row_wins, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fold_after_restart, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_events_ring, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_batch_past_ring, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ring_resized, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_row_nulls_not_carried, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v4_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v5_file, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_from_v6_file, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_one_row_per_change, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_one_row_per_change_no_history, setup, teardown),
                 cmocka_unit_test(test_memory_store_waiters),
