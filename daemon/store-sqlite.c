@@ -259,6 +259,8 @@ typedef enum PendingKind {
         PENDING_EVENT,  /* row holds an event about a lease; its delete may follow */
 } PendingKind;
 
+typedef struct FoldEntry FoldEntry;
+
 typedef struct StoreSqlite {
         Store store;
         sqlite3 *db;
@@ -279,6 +281,7 @@ typedef struct StoreSqlite {
          * so that a fold writes from memory and need not read the rows again
          * (FoldEntry). */
         Hashmap fold_map;
+        FoldEntry *fold_head, *fold_tail;       /* the same entries, oldest change first */
         /* No lease with a greater token is in the leases table: every one there was put
          * there by a fold (which raises this) or was there at open (the reserved token
          * mark then, and load() raises it to any token it reads). A lease above it that
@@ -558,13 +561,14 @@ static void bind_range(sqlite3_stmt *st, const SlotRange *r, int64_t lo, int64_t
 
 /* A lease id's last change after the fold point: a save keeps the leases row it makes
  * (its strings copied after the struct, the id first), a delete only the id. */
-typedef struct FoldEntry {
+struct FoldEntry {
+        FoldEntry *prev, *next; /* StoreSqlite.fold_head's list, in seq order */
         int64_t seq;            /* of the change's row in events */
         bool save;
         bool in_table;          /* the leases table may hold the id: a delete must be written */
         Value v[LEASE_COLS];    /* the leases row (a delete: v[0], the id) */
         char id[];
-} FoldEntry;
+};
 
 static FoldEntry *fold_entry_new(const Value *v, bool save) {
         size_t n = save ? LEASE_COLS : 1, need = 0, len[LEASE_COLS];
@@ -587,7 +591,22 @@ static FoldEntry *fold_entry_new(const Value *v, bool save) {
         return e;
 }
 
+static void fold_list_unlink(StoreSqlite *s, FoldEntry *e) {
+        *(e->prev ? &e->prev->next : &s->fold_head) = e->next;
+        *(e->next ? &e->next->prev : &s->fold_tail) = e->prev;
+        e->prev = e->next = NULL;
+}
+
+/* A change is always the newest: the list stays in seq order by appending. */
+static void fold_list_append(StoreSqlite *s, FoldEntry *e) {
+        e->prev = s->fold_tail;
+        e->next = NULL;
+        *(s->fold_tail ? &s->fold_tail->next : &s->fold_head) = e;
+        s->fold_tail = e;
+}
+
 static void fold_entry_drop(StoreSqlite *s, FoldEntry *e) {
+        fold_list_unlink(s, e);
         hashmap_remove(&s->fold_map, e->id);
         free(e);
 }
@@ -605,6 +624,8 @@ static int fold_note(StoreSqlite *s, int64_t seq, bool save, const Value *v) {
                 }
                 old->seq = seq;
                 old->save = false;
+                fold_list_unlink(s, old);
+                fold_list_append(s, old);
                 return 0;
         }
         const Value *token = &v[6];     /* lease_cols: COL_TOKEN */
@@ -621,14 +642,13 @@ static int fold_note(StoreSqlite *s, int64_t seq, bool save, const Value *v) {
                 free(e);
                 return -ENOMEM;
         }
+        fold_list_append(s, e);
         return 0;
 }
 
 static void fold_map_free(StoreSqlite *s) {
-        HashmapIter i = {};
-        FoldEntry *e;
-        while (hashmap_iterate(&s->fold_map, &i, (void **) &e))
-                free(e);
+        while (s->fold_head)
+                fold_entry_drop(s, s->fold_head);
         hashmap_done(&s->fold_map);
 }
 
@@ -850,20 +870,21 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
 #define RING_MIN (4 * LOG_FOLD_AT)
 
 /* A fold writes one leases row per entry, each a random page of leases once there are
- * many: with more entries than this it is left to the commit thread (maintenance_due()),
- * with fewer (leases that came and went cost no entry) a commit on the loop does it. */
-#define FOLD_INLINE_MAX 256
+ * many (1 M leases expiring: one random delete per lease). So a commit folds a bounded
+ * step, the oldest changes first, FOLD_STEP_MIN entries plus an eighth of the backlog
+ * past the fold mark: no commit carries a fold of thousands of writes that the batches
+ * behind it would wait for, and a growing backlog takes larger steps. Only a backlog of
+ * half the ring is folded all at once, and left to the commit thread (maintenance_due()). */
+#define FOLD_STEP_MIN 64
 
-/* Writes every noted change up to upto into leases (per id only its last: a save
- * replaces the row, a delete removes it), from memory: a lease granted and ended since the
- * fold point never touches the table. The entries stay until the commit is durable
- * (fold_map_prune()); if it fails, the next fold writes them again. */
-static int fold_write(StoreSqlite *s, int64_t upto) {
-        HashmapIter i = {};
-        FoldEntry *e;
-        while (hashmap_iterate(&s->fold_map, &i, (void **) &e)) {
-                if (e->seq > upto)
-                        continue;
+/* Writes the oldest noted changes up to upto into leases, at most max of them (per id
+ * only its last: a save replaces the row, a delete removes it), from memory: a lease
+ * granted and ended since the fold point never touches the table. *ret_point: the new
+ * fold point, before the oldest change not written. The entries stay until the commit is
+ * durable (fold_map_prune()); if it fails, the next fold writes them again. */
+static int fold_write(StoreSqlite *s, int64_t upto, size_t max, int64_t *ret_point) {
+        FoldEntry *e = s->fold_head;
+        for (size_t n = 0; e && e->seq <= upto && n < max; e = e->next, n++) {
                 int k;
                 if (e->save) {
                         k = exec_op(s, STMT_FOLD_SAVE, e->v, LEASE_COLS);
@@ -877,16 +898,14 @@ static int fold_write(StoreSqlite *s, int64_t upto) {
                 if (k < 0)
                         return k;
         }
+        *ret_point = e && e->seq <= upto ? e->seq - 1 : upto;
         return 0;
 }
 
 /* After the fold's commit: the entries it wrote are in the table now. */
 static void fold_map_prune(StoreSqlite *s) {
-        HashmapIter i = {};
-        FoldEntry *e;
-        while (hashmap_iterate(&s->fold_map, &i, (void **) &e))
-                if (e->seq <= s->folded)
-                        fold_entry_drop(s, e);
+        while (s->fold_head && s->fold_head->seq <= s->folded)
+                fold_entry_drop(s, s->fold_head);
 }
 
 /* At open: the changes after the fold point, as row_write() would have noted them. */
@@ -922,12 +941,17 @@ static int fold_map_load(StoreSqlite *s) {
         return k;
 }
 
-static bool fold_heavy(const StoreSqlite *s) {
-        return s->fold_map.size > FOLD_INLINE_MAX;
+static int64_t fold_backlog(const StoreSqlite *s) {
+        return s->last_event_seq - s->folded;
 }
 
 static bool fold_due(const StoreSqlite *s) {
-        return s->last_event_seq - s->folded > LOG_FOLD_AT;
+        return fold_backlog(s) > LOG_FOLD_AT;
+}
+
+/* Behind by half the ring: fold it all (on the thread), before the ring goes round. */
+static bool fold_catch_up_due(const StoreSqlite *s) {
+        return fold_backlog(s) > s->ring_size / 2;
 }
 
 static int meta_set_int(StoreSqlite *s, const char *key, int64_t value) {
@@ -938,26 +962,31 @@ static int meta_set_int(StoreSqlite *s, const char *key, int64_t value) {
         return exec_op(s, STMT_META_SET, v, ELEMENTSOF(v));
 }
 
-/* Folds the changes up to upto: 0, and *folded = upto; or the transaction fails. */
-static int fold(StoreSqlite *s, int64_t upto, int64_t *folded) {
-        int k = fold_write(s, upto);
+/* Folds at most max of the changes up to upto: 0, and *folded moved; or the transaction
+ * fails. */
+static int fold(StoreSqlite *s, int64_t upto, size_t max, int64_t *folded) {
+        int64_t point;
+        int k = fold_write(s, upto, max, &point);
+        if (k == 0 && point > s->folded)
+                k = meta_set_int(s, "folded_seq", point);
         if (k == 0)
-                k = meta_set_int(s, "folded_seq", upto);
-        if (k == 0)
-                *folded = upto;
+                *folded = point;
         return k;
 }
 
 /* The fold, joined to the batch's transaction (so it costs no sync of its own) and not in
- * the redo log: if the commit fails it is simply done again. A commit on the loop
- * (defer_maintenance) leaves a heavy fold to the next one on the thread, unless the batch
- * went round the ring onto changes not folded yet: their rows are gone, and only this
- * fold, in the same transaction, keeps them (from memory). */
+ * the redo log: if the commit fails it is simply done again. A step at a time, on the loop
+ * too; the whole backlog when it is half the ring, except on the loop (defer_maintenance:
+ * maintenance_due() sends the next commit to the thread), unless the batch went round the
+ * ring onto changes not folded yet: their rows are gone, and only this fold, in the same
+ * transaction, keeps them (from memory). */
 static void housekeeping(StoreSqlite *s, int64_t *folded) {
-        if (s->last_event_seq - s->ring_size > s->folded)
-                (void) fold(s, s->last_event_seq, folded);
-        else if (fold_due(s) && !(s->defer_maintenance && fold_heavy(s)))
-                (void) fold(s, s->last_event_seq - LOG_FOLD_AT / 2, folded);
+        int64_t backlog = fold_backlog(s);
+        if (backlog > s->ring_size || (fold_catch_up_due(s) && !s->defer_maintenance))
+                (void) fold(s, s->last_event_seq, SIZE_MAX, folded);
+        else if (fold_due(s))
+                (void) fold(s, s->last_event_seq - LOG_FOLD_AT / 2,
+                            FOLD_STEP_MIN + (size_t) (backlog - LOG_FOLD_AT) / 8, folded);
 }
 
 static int s_commit(Store *store) {
@@ -1219,7 +1248,7 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
  * milliseconds each, which the loop must not spend. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return checkpoint_due(s, s->wal_frames) || (fold_due(s) && fold_heavy(s));
+        return checkpoint_due(s, s->wal_frames) || fold_catch_up_due(s);
 }
 
 static void s_defer_maintenance(Store *store, bool defer) {
@@ -1392,7 +1421,7 @@ static int ring_fit(StoreSqlite *s, int64_t size, char **ret_error) {
         char *msg = NULL;
         int k = exec_simple(s, STMT_BEGIN);
         if (k == 0)
-                k = fold(s, s->last_event_seq, &folded);
+                k = fold(s, s->last_event_seq, SIZE_MAX, &folded);
         if (k == 0) {
                 int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
                 k = rc == SQLITE_OK ? 0 : db_errno(s, rc) ?: -EIO;
