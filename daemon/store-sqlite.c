@@ -538,7 +538,7 @@ static size_t ring_ranges(const StoreSqlite *s, int64_t lo, int64_t hi, SlotRang
                 r[0] = (SlotRange) { lo + 1, hi };
                 return hi > lo;
         }
-        lo = MAX(lo, hi - s->ring_size);
+        lo = MAX(MAX(lo, hi - s->ring_size), (int64_t) 0);        /* seq counts from 1 */
         if (hi <= lo)
                 return 0;
         int64_t a = (lo + 1) % s->ring_size, b = hi % s->ring_size;
@@ -652,9 +652,8 @@ static void fold_map_free(StoreSqlite *s) {
         hashmap_done(&s->fold_map);
 }
 
-/* Rows get their seq here, not from sqlite: seq of an INTEGER PRIMARY KEY without
- * AUTOINCREMENT is max + 1, which would go back below the fold point once the trim has
- * emptied the table, and a change there would count as folded. */
+/* Rows get their seq here (the newest at open, or the fold point if later, plus one per
+ * row) and with it their slot in the ring. */
 static int row_write(StoreSqlite *s, Value *row) {
         row[COL_SEQ] = V_INT(++s->last_event_seq);
         row[COL_SLOT] = V_INT(s->last_event_seq % s->ring_size);
@@ -861,9 +860,9 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
 }
 
 /* The changes in events are folded into the leases table once more than LOG_FOLD_AT rows
- * were appended after the fold point, up to LOG_FOLD_AT / 2 rows before the newest: a fold
- * every LOG_FOLD_AT / 2 appends, in the commit of the batch that crossed the mark. Leases
- * that came and went within those rows cost the leases table nothing. */
+ * were appended after the fold point, up to LOG_FOLD_AT / 2 rows before the newest, in
+ * steps (FOLD_STEP_MIN). Leases that came and went within those rows cost the leases
+ * table nothing. */
 #define LOG_FOLD_AT 4096
 /* The ring holds HistorySize rows, and at least this many: every change after the fold
  * point must stay in it until folded (housekeeping()). */
