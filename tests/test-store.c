@@ -533,6 +533,17 @@ static int count_restored(const LeaseRecord *r, void *u) {
         return 0;
 }
 
+/* Opens the store in dir again: load() restores want leases. */
+static void assert_restart_restores(const char *dir, unsigned history_size, unsigned want) {
+        Store *s;
+        char *err = NULL;
+        unsigned n = 0;
+        assert_int_equal(store_sqlite_open(dir, STORE_SYNC_NORMAL, history_size, &s, &err), 0);
+        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
+        assert_int_equal(n, want);
+        store_free(s);
+}
+
 /* The fold point: every change up to it is in the leases table. */
 #define FOLDED "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
 
@@ -736,6 +747,24 @@ static void test_events_ring(void **state) {
         store_free(s);
 }
 
+/* Saves n leases keep0, keep1, ... that stay, without a commit. */
+static void save_kept(Store *s, int n) {
+        for (int i = 0; i < n; i++) {
+                char id[16];
+                snprintf(id, sizeof(id), "keep%d", i);
+                LeaseRecord r = fold_record(id, 5);
+                assert_int_equal(s->ops->lease_save(s, &r), 0);
+        }
+}
+
+/* Appends n events without a lease (one row each), without a commit. */
+static void append_bare_events(Store *s, int n) {
+        for (int i = 0; i < n; i++) {
+                EventRecord ev = { .type = "revoked", .time = 1, .resource = "r", .token = 1 };
+                assert_int_equal(s->ops->event_append(s, &ev), 0);
+        }
+}
+
 /* A batch of more rows than the ring holds goes round it onto changes not folded yet:
  * their rows are replaced, and the fold made in the same commit is what keeps them, even
  * a heavy one in a commit on the loop (which otherwise leaves it to the thread). */
@@ -745,26 +774,14 @@ static void test_batch_past_ring(void **state) {
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
         s->ops->defer_maintenance(s, true);
-        for (int i = 0; i < 300; i++) {
-                char id[16];
-                snprintf(id, sizeof(id), "keep%d", i);
-                LeaseRecord r = fold_record(id, 5);
-                assert_int_equal(s->ops->lease_save(s, &r), 0);
-        }
-        for (int i = 0; i < RING_MIN + 100; i++) {
-                EventRecord ev = { .type = "revoked", .time = 1, .resource = "r", .token = 1 };
-                assert_int_equal(s->ops->event_append(s, &ev), 0);
-        }
+        save_kept(s, 300);
+        append_bare_events(s, RING_MIN + 100);
         assert_int_equal(s->ops->commit(s), 1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE lease LIKE 'keep%'"), 0);
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 300);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 300);
         store_free(s);
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
-        unsigned n = 0;
-        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
-        assert_int_equal(n, 300);
-        store_free(s);
+        assert_restart_restores(f->dir, 100, 300);
 }
 
 /* A new HistorySize= lays the ring out again at open: the newest rows are kept in their new
@@ -838,18 +855,23 @@ static void test_row_nulls_not_carried(void **state) {
         store_free(s);
 }
 
-/* A database file written by the agend of schema 3 (tests/data/agend-v3.db: two detached
- * leases, one bound lease, events), opened by this one. */
-static void test_migration_from_v3_file(void **state) {
-        Fixture *f = *state;
+/* Copies tests/data/NAME to the fixture's agend.db (skipped without AGEND_TEST_DATA). */
+static void use_fixture(Fixture *f, const char *name) {
         const char *data = getenv("AGEND_TEST_DATA");
         if (!data) {
                 n_skipped++;
                 skip();
         }
         char cmd[512];
-        snprintf(cmd, sizeof(cmd), "cp %s/agend-v3.db %s/agend.db", data, f->dir);
+        snprintf(cmd, sizeof(cmd), "cp %s/%s %s/agend.db", data, name, f->dir);
         assert_int_equal(system(cmd), 0);
+}
+
+/* A database file written by the agend of schema 3 (tests/data/agend-v3.db: two detached
+ * leases, one bound lease, events), opened by this one. */
+static void test_migration_from_v3_file(void **state) {
+        Fixture *f = *state;
+        use_fixture(f, "agend-v3.db");
         assert_int_equal(count(f->db, "PRAGMA user_version"), 3);
         int64_t token = count(f->db, "SELECT max(token) FROM leases");
         int64_t n_events = count(f->db, "SELECT count(*) FROM events");
@@ -881,14 +903,7 @@ static void test_migration_from_v3_file(void **state) {
  * waiters come back in their order with their tickets, and the lease log works. */
 static void test_migration_from_v4_file(void **state) {
         Fixture *f = *state;
-        const char *data = getenv("AGEND_TEST_DATA");
-        if (!data) {
-                n_skipped++;
-                skip();
-        }
-        char cmd[512];
-        snprintf(cmd, sizeof(cmd), "cp %s/agend-v4.db %s/agend.db", data, f->dir);
-        assert_int_equal(system(cmd), 0);
+        use_fixture(f, "agend-v4.db");
         assert_int_equal(count(f->db, "PRAGMA user_version"), 4);
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
         int64_t token = count(f->db, "SELECT max(token) FROM leases");
@@ -1021,14 +1036,7 @@ static void test_one_row_per_change_no_history(void **state) {
  * waiters and the history come back, lease_log is folded away, and a new lease is one row. */
 static void test_migration_from_v5_file(void **state) {
         Fixture *f = *state;
-        const char *data = getenv("AGEND_TEST_DATA");
-        if (!data) {
-                n_skipped++;
-                skip();
-        }
-        char cmd[512];
-        snprintf(cmd, sizeof(cmd), "cp %s/agend-v5.db %s/agend.db", data, f->dir);
-        assert_int_equal(system(cmd), 0);
+        use_fixture(f, "agend-v5.db");
         assert_int_equal(count(f->db, "PRAGMA user_version"), 5);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
         /* Some of each: leases folded, leases only in the log, and stale snapshot rows. */
@@ -1100,11 +1108,7 @@ static void test_migration_from_v5_file(void **state) {
         store_free(s);
 
         /* And after a restart, from the new rows. */
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
-        unsigned n = 0;
-        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
-        assert_int_equal(n, 4);
-        store_free(s);
+        assert_restart_restores(f->dir, 40, 4);
         free(boot);
         free(gpu);
         free(tickets[0]);
@@ -1120,14 +1124,7 @@ static void test_migration_from_v5_file(void **state) {
  * them. */
 static void test_migration_from_v6_file(void **state) {
         Fixture *f = *state;
-        const char *data = getenv("AGEND_TEST_DATA");
-        if (!data) {
-                n_skipped++;
-                skip();
-        }
-        char cmd[512];
-        snprintf(cmd, sizeof(cmd), "cp %s/agend-v6.db %s/agend.db", data, f->dir);
-        assert_int_equal(system(cmd), 0);
+        use_fixture(f, "agend-v6.db");
         assert_int_equal(count(f->db, "PRAGMA user_version"), 6);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 3);
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 2);
@@ -1192,11 +1189,7 @@ static void test_migration_from_v6_file(void **state) {
         store_free(s);
 
         /* And after a restart. */
-        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 40, &s, &err), 0);
-        unsigned n = 0;
-        assert_int_equal(s->ops->load(s, count_restored, &n), 0);
-        assert_int_equal(n, 4);
-        store_free(s);
+        assert_restart_restores(f->dir, 40, 4);
         free(boot);
         free(gpu);
         free(first);
@@ -1391,16 +1384,8 @@ static void test_fold_catch_up_deferred(void **state) {
         char *err = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
         s->ops->defer_maintenance(s, true);
-        for (int i = 0; i < 2000; i++) {
-                char id[16];
-                snprintf(id, sizeof(id), "keep%d", i);
-                LeaseRecord r = fold_record(id, 5);
-                assert_int_equal(s->ops->lease_save(s, &r), 0);
-        }
-        for (int i = 0; i < 9000; i++) {
-                EventRecord ev = { .type = "revoked", .time = 1, .resource = "r", .token = 1 };
-                assert_int_equal(s->ops->event_append(s, &ev), 0);
-        }
+        save_kept(s, 2000);
+        append_bare_events(s, 9000);
         assert_int_equal(s->ops->commit(s), 1);
         /* A step: 64 + (11 000 - 4 096) / 8. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM leases"), 64 + (11000 - 4096) / 8);
