@@ -3,6 +3,7 @@
  * refusal of files it cannot read, history capping, file modes, a batch that fails for
  * lack of space and is written again when there is space. Real files in a temp directory
  * (a small tmpfs in a private mount namespace for the full disk). */
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -823,6 +824,113 @@ static void test_ring_resized(void **state) {
         store_free(s);
 }
 
+/* What a restart must restore, kept beside the store by test_random_against_model(): per
+ * id (MODEL_IDS of them) whether a lease is held, and its token and ttl. */
+#define MODEL_IDS 300
+
+typedef struct Model {
+        bool held[MODEL_IDS];
+        uint64_t token[MODEL_IDS];
+        usec_t ttl[MODEL_IDS];
+        unsigned n_seen;
+        bool mismatch;
+} Model;
+
+static int model_check_cb(const LeaseRecord *r, void *u) {
+        Model *m = u;
+        unsigned i;
+        if (sscanf(r->id, "m%u", &i) != 1 || i >= MODEL_IDS || !m->held[i] || m->token[i] != r->token ||
+            m->ttl[i] != r->ttl) {
+                fprintf(stderr, "restored %s (token %" PRIu64 ", ttl %" PRIu64 ") is not in the model\n", r->id,
+                        r->token, (uint64_t) r->ttl);
+                m->mismatch = true;
+        }
+        m->n_seen++;
+        return 0;
+}
+
+/* load() restores exactly the model's leases. */
+static void model_check(Store *s, Model *m) {
+        unsigned held = 0;
+        for (unsigned i = 0; i < MODEL_IDS; i++)
+                held += m->held[i];
+        m->n_seen = 0;
+        m->mismatch = false;
+        assert_int_equal(s->ops->load(s, model_check_cb, m), 0);
+        assert_false(m->mismatch);
+        assert_int_equal(m->n_seen, held);
+}
+
+/* xorshift64: the same sequence on every run. */
+static uint64_t next_random(uint64_t *x) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        return *x;
+}
+
+/* Random saves, renewals, deletes and bare events, in commits of random size, on the loop
+ * (deferred) or not, with restarts that sometimes change HistorySize= (so the ring is laid
+ * out again): after a commit now and then and after every restart, what a restart restores
+ * is exactly what the model holds, and History's newest bare event is the newest one
+ * appended. Enough rows to fold many times in steps and to go round the ring twice. */
+static void test_random_against_model(void **state) {
+        Fixture *f = *state;
+        static const unsigned history_sizes[] = { 100, 20000 };
+        Store *s;
+        char *err = NULL;
+        Model m = {};
+        uint64_t x = 0x9e3779b97f4a7c15ULL, token = 0, last_event = 0;
+        unsigned history = history_sizes[0];
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, history, &s, &err), 0);
+        for (int op = 0; op < 50000; op++) {
+                uint64_t r = next_random(&x);
+                /* Nine in ten changes go to 30 hot ids; the other ids stay unchanged across
+                 * many folds and restarts, so what a fold wrote (or failed to write) for
+                 * them is what a restart finds. */
+                unsigned i = (unsigned) (r >> 8) % ((r >> 20) % 10 ? 30 : MODEL_IDS), what = (unsigned) r % 100;
+                char id[16];
+                snprintf(id, sizeof(id), "m%u", i);
+                if (what < 35) {                /* grant, or renew with another ttl */
+                        LeaseRecord l = fold_record(id, (usec_t) (r >> 32) % 1000 + 1);
+                        l.token = m.held[i] ? m.token[i] : ++token;
+                        assert_int_equal(s->ops->token_save(s, token), 0);
+                        assert_int_equal(s->ops->lease_save(s, &l), 0);
+                        m.held[i] = true;
+                        m.token[i] = l.token;
+                        m.ttl[i] = l.ttl;
+                } else if (what < 65) {
+                        if (m.held[i])
+                                assert_int_equal(s->ops->lease_delete(s, id), 0);
+                        m.held[i] = false;
+                } else if (what < 97) {
+                        EventRecord ev = { .type = "revoked", .time = 1, .resource = "r", .token = ++last_event };
+                        assert_int_equal(s->ops->event_append(s, &ev), 0);
+                } else if (what < 99 || (r >> 44) % 64 != 0) {
+                        assert_true(s->ops->commit(s) >= 0);
+                        s->ops->defer_maintenance(s, (r >> 40) & 1);
+                        /* Not after every commit: load() reads the view, a scan of the ring. */
+                        if ((r >> 48) % 16 != 0)
+                                continue;
+                        model_check(s, &m);
+                        if (last_event > 0) {
+                                Hist h = store_history(s, NULL, 10);
+                                assert_int_equal(h.last_token, last_event);
+                        }
+                } else {
+                        assert_true(s->ops->commit(s) >= 0);
+                        store_free(s);
+                        history = history_sizes[(r >> 40) % 2];
+                        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, history, &s, &err), 0);
+                        model_check(s, &m);
+                }
+        }
+        assert_true(s->ops->commit(s) >= 0);
+        model_check(s, &m);
+        assert_true(count(f->db, "SELECT max(seq) FROM events") > 2 * RING_MIN);
+        store_free(s);
+}
+
 /* A row's NULLs are NULL whatever the row before it held: the row statement keeps its
  * bindings from row to row and binds NULL only where the last row had a value. */
 static void test_row_nulls_not_carried(void **state) {
@@ -1477,6 +1585,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_events_ring, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_batch_past_ring, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ring_resized, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_random_against_model, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_row_nulls_not_carried, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_exclusive_while_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_from_v3_file, setup, teardown),
