@@ -305,7 +305,7 @@ typedef struct StoreSqlite {
         int wal_room_checked_at; /* wal_frames at the last look at free space (-1: none) */
         bool wal_room;          /* then: room for the WAL to grow to WAL_CHECKPOINT_FRAMES */
         int64_t wal_bytes;      /* appended since open */
-        bool defer_maintenance; /* a commit on agend's loop thread: fold and checkpoint later */
+        bool defer_maintenance; /* a commit on agend's loop thread: checkpoint and catch-up fold later */
         int page_size;
 } StoreSqlite;
 
@@ -1243,8 +1243,9 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
 }
 
 /* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database, and
- * a fold with many leases rewrites a random page of leases per change: tens of
- * milliseconds each, which the loop must not spend. */
+ * a catch-up fold (half the ring behind) rewrites a random page of leases per change: tens
+ * of milliseconds each, which the loop must not spend. The fold's ordinary steps are
+ * bounded and made on the loop too. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
         return checkpoint_due(s, s->wal_frames) || fold_catch_up_due(s);

@@ -109,7 +109,7 @@ typedef struct StoreOps {
         int64_t (*log_bytes)(Store *s);
         /* Optional, for the pipelined commit, which commits on the loop thread when it
          * may (store-pipe.c, manager.c): maintenance_due() says whether a commit now would
-         * also do work that can take long (sqlite: checkpoint the WAL, fold the log); while
+         * also do work that can take long (sqlite: checkpoint the WAL, fold a backlog of the log); while
          * defer_maintenance(true) is in force, commits leave that work to a later commit. */
         bool (*maintenance_due)(Store *s);
         void (*defer_maintenance)(Store *s, bool defer);
