@@ -29,13 +29,58 @@
 /* Commits of one run: 1 = the start (the boot id), 2 = the grant, 3 = the release. */
 #define STORE_SPEC "memory,fail-commit=3"
 
-static void test_nothing_before_commit(void **state) {
+/* Starts agend on the in-memory store with the faults of spec (AGEND_TEST_STORE). */
+static Agend *start_with_store(const char *spec) {
         Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_STORE", STORE_SPEC, 1), 0);
+        assert_int_equal(setenv("AGEND_TEST_STORE", spec, 1), 0);
         assert_int_equal(agend_new(&a), 0);
         int r = agend_start(a);
         unsetenv("AGEND_TEST_STORE");
         assert_int_equal(r, 0);
+        return a;
+}
+
+/* Reads the watcher until agend closes it; fails on a "released" event: the release's
+ * commit failed. */
+static void expect_no_release(VConn *watcher) {
+        for (;;) {
+                json_object *m;
+                int r = vconn_recv(watcher, HELPER_START_TIMEOUT, &m);
+                if (r == -ECONNRESET)
+                        return;
+                if (r < 0)
+                        fail_msg("agend neither sent nor closed: %s", strerror(-r));
+                const char *t = jstr(m, "parameters.event.type");
+                if (t && strcmp(t, "released") == 0)
+                        fail_msg("a watcher saw the release before its commit (which failed): %s", jtext(m));
+        }
+}
+
+/* Reads conn until agend closes it; fails on anything but an error (a reply, an event):
+ * what the failed commit, or a batch after it, decided. */
+static void expect_silence(VConn *c, const char *what) {
+        for (;;) {
+                json_object *m;
+                int r = vconn_recv(c, HELPER_START_TIMEOUT, &m);
+                if (r == -ECONNRESET)
+                        return;
+                if (r < 0)
+                        fail_msg("agend neither answered %s nor closed: %s", what, strerror(-r));
+                if (!reply_error(m))
+                        fail_msg("%s was answered although its commit, or one before it, failed: %s", what,
+                                 jtext(m));
+        }
+}
+
+/* agend exits, and not with 0: it stopped for the failed commit. */
+static void expect_failed_exit(Agend *a) {
+        int st = 0;
+        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+}
+
+static void test_nothing_before_commit(void **state) {
+        Agend *a = start_with_store(STORE_SPEC);
 
         VConn *watcher = OPEN(a), *holder = OPEN(a);
         assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
@@ -54,47 +99,12 @@ static void test_nothing_before_commit(void **state) {
 
         /* Commit 3 fails: no reply to the Release, no released event, agend stops. */
         assert_int_equal(vconn_send(holder, 0, LEASE_IF "Release", "{\"id\":\"%s\"}", id), 0);
-        for (;;) {
-                r = vconn_recv(holder, HELPER_START_TIMEOUT, &m);
-                if (r == -ECONNRESET)
-                        break;
-                if (r < 0)
-                        fail_msg("agend neither answered nor closed: %s", strerror(-r));
-                if (!reply_error(m))
-                        fail_msg("the Release was answered before its commit (which failed): %s", jtext(m));
-        }
-        for (;;) {
-                r = vconn_recv(watcher, HELPER_START_TIMEOUT, &m);
-                if (r == -ECONNRESET)
-                        break;
-                if (r < 0)
-                        fail_msg("agend neither sent nor closed: %s", strerror(-r));
-                const char *t = jstr(m, "parameters.event.type");
-                if (t && strcmp(t, "released") == 0)
-                        fail_msg("a watcher saw the release before its commit (which failed): %s", jtext(m));
-        }
-        int st = 0;
-        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        expect_silence(holder, "the Release");
+        expect_no_release(watcher);
+        expect_failed_exit(a);
         _cleanup_free_ char *log = agend_read_log(a);
         if (!log || !strstr(log, "cannot commit"))
                 fail_msg("agend did not stop for the failed commit:\n%s", log ? log : "(no log)");
-}
-
-/* Reads conn until agend closes it; fails if any reply (no error) or a "released"/"granted"
- * event for resource arrives: what the failed commit, or a batch after it, decided. */
-static void expect_silence(VConn *c, const char *what) {
-        for (;;) {
-                json_object *m;
-                int r = vconn_recv(c, HELPER_START_TIMEOUT, &m);
-                if (r == -ECONNRESET)
-                        return;
-                if (r < 0)
-                        fail_msg("agend neither answered %s nor closed: %s", what, strerror(-r));
-                if (!reply_error(m))
-                        fail_msg("%s was answered although its commit, or one before it, failed: %s", what,
-                                 jtext(m));
-        }
 }
 
 /* The pipelined commit (issue 12 item 1): every commit takes 1 s; the third (a Release)
@@ -104,12 +114,7 @@ static void expect_silence(VConn *c, const char *what) {
  * answered: they come after a commit that failed. Commit 2 (the grant), delayed too, must
  * answer, so the test cannot pass by answering nothing. */
 static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
-        Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_STORE", "memory,fail-commit=3,delay-commit=1000000", 1), 0);
-        assert_int_equal(agend_new(&a), 0);
-        int r = agend_start(a);
-        unsetenv("AGEND_TEST_STORE");
-        assert_int_equal(r, 0);
+        Agend *a = start_with_store("memory,fail-commit=3,delay-commit=1000000");
 
         VConn *holder = OPEN(a), *other = OPEN(a), *next = OPEN(a);
         const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
@@ -128,7 +133,7 @@ static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
         expect_silence(other, "an Acquire decided after the failed batch");
         for (;;) {
                 json_object *m;
-                r = vconn_recv(next, HELPER_START_TIMEOUT, &m);
+                int r = vconn_recv(next, HELPER_START_TIMEOUT, &m);
                 if (r == -ECONNRESET)
                         break;
                 if (r < 0)
@@ -136,9 +141,7 @@ static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
                 if (!reply_error(m) && jget(m, "parameters.lease"))
                         fail_msg("a grant made possible by the failed release was sent: %s", jtext(m));
         }
-        int st = 0;
-        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        expect_failed_exit(a);
 }
 
 /* The classic pipelining mistake: output decided while commit N is in flight must wait
@@ -146,12 +149,7 @@ static void test_delayed_and_failed_commit_holds_later_batches(void **state) {
  * commit 3 fails. An Acquire sent while commit 2 is in flight is decided into batch 3:
  * the grant must arrive, that Acquire's reply never. */
 static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) {
-        Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_STORE", "memory,fail-commit=3,delay-commit=1000000", 1), 0);
-        assert_int_equal(agend_new(&a), 0);
-        int r = agend_start(a);
-        unsetenv("AGEND_TEST_STORE");
-        assert_int_equal(r, 0);
+        Agend *a = start_with_store("memory,fail-commit=3,delay-commit=1000000");
 
         VConn *holder = OPEN(a), *other = OPEN(a);
         assert_int_equal(vconn_send(holder, 0, LEASE_IF "Acquire", "{\"resource\":\"r\"}"), 0);
@@ -163,9 +161,7 @@ static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) 
         if (reply_error(m) || !jget(m, "parameters.lease"))
                 fail_msg("the grant of commit 2 did not arrive: %s", jtext(m));
         expect_silence(other, "an Acquire decided while commit 2 was in flight (its own commit failed)");
-        int st = 0;
-        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        expect_failed_exit(a);
 }
 
 /* With sync=normal the loop also commits a batch itself while calls wait (manager.c,
@@ -175,12 +171,7 @@ static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) 
  * committed on the loop, and that commit (3) fails. Nothing the holder sent may be
  * answered, and the watcher must not see the release. */
 static void test_failed_commit_with_calls_waiting(void **state) {
-        Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_STORE", STORE_SPEC, 1), 0);
-        assert_int_equal(agend_new(&a), 0);
-        int r = agend_start(a);
-        unsetenv("AGEND_TEST_STORE");
-        assert_int_equal(r, 0);
+        Agend *a = start_with_store(STORE_SPEC);
 
         VConn *watcher = OPEN(a), *holder = OPEN(a);
         assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
@@ -201,19 +192,8 @@ static void test_failed_commit_with_calls_waiting(void **state) {
         assert_int_equal(vconn_send_raw(holder, buf, len), 0);
 
         expect_silence(holder, "the Release or a Status sent behind it");
-        for (;;) {
-                r = vconn_recv(watcher, HELPER_START_TIMEOUT, &m);
-                if (r == -ECONNRESET)
-                        break;
-                if (r < 0)
-                        fail_msg("agend neither sent nor closed: %s", strerror(-r));
-                const char *t = jstr(m, "parameters.event.type");
-                if (t && strcmp(t, "released") == 0)
-                        fail_msg("a watcher saw the release before its commit (which failed): %s", jtext(m));
-        }
-        int st = 0;
-        assert_int_equal(agend_wait_exit(a, HELPER_START_TIMEOUT, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        expect_no_release(watcher);
+        expect_failed_exit(a);
 }
 
 static int teardown(void **state) {
