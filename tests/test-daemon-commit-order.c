@@ -40,6 +40,19 @@ static Agend *start_with_store(const char *spec) {
         return a;
 }
 
+/* A watcher of resource r (its Watch in effect) and a holder granted a lease on r: the
+ * lease's id. */
+static const char *watch_and_grant(Agend *a, VConn **ret_watcher, VConn **ret_holder) {
+        VConn *watcher = OPEN(a), *holder = OPEN(a);
+        assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
+        assert_null(reply_error(RECV(watcher, HELPER_REPLY_TIMEOUT)));
+        const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
+        assert_non_null(id);
+        *ret_watcher = watcher;
+        *ret_holder = holder;
+        return id;
+}
+
 /* Reads the watcher until agend closes it; fails on a "released" event: the release's
  * commit failed. */
 static void expect_no_release(VConn *watcher) {
@@ -81,15 +94,11 @@ static void expect_failed_exit(Agend *a) {
 
 static void test_nothing_before_commit(void **state) {
         Agend *a = start_with_store(STORE_SPEC);
-
-        VConn *watcher = OPEN(a), *holder = OPEN(a);
-        assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
-        json_object *m = RECV(watcher, HELPER_REPLY_TIMEOUT); /* in effect */
-        assert_null(reply_error(m));
+        VConn *watcher, *holder;
+        json_object *m;
 
         /* Commit 2 succeeds: the grant and its event arrive. */
-        const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
-        assert_non_null(id);
+        const char *id = watch_and_grant(a, &watcher, &holder);
         bool granted = false;
         while (!granted) {
                 m = RECV(watcher, HELPER_REPLY_TIMEOUT);
@@ -167,18 +176,13 @@ static void test_batch_decided_in_flight_waits_for_its_own_commit(void **state) 
 /* With sync=normal the loop also commits a batch itself while calls wait (manager.c,
  * commit_inline()): the same rule must hold there. The holder sends its Release and, in
  * the same write, 64 Status calls, more than one connection may run per loop iteration
- * (VARLINK_CALLS_PER_TURN, 16 in daemon/varlink-server.h): the rest wait for the next turn while the Release's batch is
- * committed on the loop, and that commit (3) fails. Nothing the holder sent may be
- * answered, and the watcher must not see the release. */
+ * (VARLINK_CALLS_PER_TURN, 16 in daemon/varlink-server.h): the rest wait for the next
+ * turn while the Release's batch is committed on the loop, and that commit (3) fails.
+ * Nothing the holder sent may be answered, and the watcher must not see the release. */
 static void test_failed_commit_with_calls_waiting(void **state) {
         Agend *a = start_with_store(STORE_SPEC);
-
-        VConn *watcher = OPEN(a), *holder = OPEN(a);
-        assert_int_equal(vconn_send(watcher, VL_MORE, LEASE_IF "Watch", "{\"resource\":\"r\"}"), 0);
-        json_object *m = RECV(watcher, HELPER_REPLY_TIMEOUT); /* in effect */
-        assert_null(reply_error(m));
-        const char *id = jstr(GRANT_LEASE(holder, "{\"resource\":\"r\"}"), "id");
-        assert_non_null(id);
+        VConn *watcher, *holder;
+        const char *id = watch_and_grant(a, &watcher, &holder);
 
         char buf[4096];
         int n = snprintf(buf, sizeof(buf), "{\"method\":\"" LEASE_IF "Release\",\"parameters\":{\"id\":\"%s\"}}", id);
