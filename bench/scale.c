@@ -337,7 +337,9 @@ int mode_scale_leases(Opts *o) {
         logf_("scale-leases: %zu acquired in %.1f s (%.0f/s), RSS %ld -> %ld KiB, Status leases %lld, "
               "database_size %lld\n",
               done - load_errors, load_secs, (double) done / load_secs, rss0, rss1, st1.leases, st1.database_size);
-        long long db_file = file_size(d->state_dir, "agend.db"), wal_file = file_size(d->state_dir, "agend.db-wal");
+        /* agend.db and the leases snapshot agend-leases.db, each with its WAL. */
+        long long db_file = file_size(d->state_dir, "agend.db") + file_size(d->state_dir, "agend-leases.db"),
+                  wal_file = file_size(d->state_dir, "agend.db-wal") + file_size(d->state_dir, "agend-leases.db-wal");
 
         /* Restart. */
         (void) daemon_stop(d, &stop_t);

@@ -14,10 +14,11 @@
 #include "hashmap.h"
 #include "log.h"
 #include "macro.h"
+#include "store-fold.h"
 #include "store.h"
 #include "string-table.h"
 
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 
 /* Each entry brings a database from version i to i + 1, inside one transaction. Never
  * edit a released entry: add one. */
@@ -132,7 +133,45 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  description, created, ttl, deadline FROM events WHERE seq IN"
         "  (SELECT max(seq) FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
         "   AND change IS NOT NULL GROUP BY lease) AND change = 'save';",
+        /* 7 → 8: the leases snapshot moves to a file of its own, agend-leases.db, written by
+         * a thread of its own (store-fold.h). snapshot_fill() has copied leases and
+         * folded_seq there (committed first: if this step fails, the next open copies them
+         * again). The view goes with the table; open makes it again as a temporary view
+         * over both files. */
+        "DROP VIEW current_leases;"
+        "DROP TABLE leases;"
+        "DELETE FROM meta WHERE key = 'folded_seq';",
 };
+
+/* The snapshot's schema (agend-leases.db, attached as snap): the leases table as it was
+ * in agend.db, and its folded_seq. */
+#define SNAPSHOT_SCHEMA                                                                         \
+        "CREATE TABLE IF NOT EXISTS snap.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"         \
+        "CREATE TABLE IF NOT EXISTS snap.leases ("                                               \
+        "  id TEXT PRIMARY KEY, secret TEXT NOT NULL, resource TEXT NOT NULL,"                  \
+        "  units INTEGER NOT NULL, exclusive INTEGER NOT NULL, detached INTEGER NOT NULL,"      \
+        "  token INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, pid INTEGER NOT NULL," \
+        "  comm TEXT, unit TEXT, description TEXT NOT NULL, created INTEGER NOT NULL,"          \
+        "  ttl INTEGER NOT NULL, deadline INTEGER);"
+
+/* What a restart restores, for sqlite3 users too (docs/architecture.md): the snapshot,
+ * less the leases changed after its folded_seq, plus their last change if a save. A
+ * temporary view: a view of agend.db cannot name a table of an attached file. */
+#define CURRENT_LEASES_VIEW                                                                     \
+        "CREATE TEMP VIEW IF NOT EXISTS current_leases AS"                                       \
+        "  SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit," \
+        "  description, created, ttl, deadline FROM snap.leases WHERE id NOT IN"                 \
+        "  (SELECT lease FROM main.events WHERE seq > (SELECT CAST(value AS INTEGER) FROM snap.meta"   \
+        "   WHERE key = 'folded_seq') AND change IS NOT NULL)"                                   \
+        "  UNION ALL"                                                                            \
+        "  SELECT lease, secret, resource, units, exclusive, detached, token, uid, gid, pid, comm, unit," \
+        "  description, created, ttl, deadline FROM main.events WHERE seq IN"                    \
+        "  (SELECT max(seq) FROM main.events WHERE seq > (SELECT CAST(value AS INTEGER) FROM snap.meta" \
+        "   WHERE key = 'folded_seq') AND change IS NOT NULL GROUP BY lease) AND change = 'save';"
+
+const char *store_sqlite_inspect_sql(void) {
+        return CURRENT_LEASES_VIEW;
+}
 
 /* The columns of events after slot, in table order. */
 #define EVENT_COLUMNS                                                                              \
@@ -156,8 +195,6 @@ typedef enum Stmt {
         STMT_WAITER_DELETE,
         STMT_LOAD_WAITERS,
         STMT_FOLD_SCAN,
-        STMT_FOLD_SAVE,
-        STMT_FOLD_DELETE,
         STMT_BEGIN,
         STMT_COMMIT,
         STMT_ROLLBACK,
@@ -188,13 +225,13 @@ enum {
         _COL_MAX,
 };
 
-/* The columns of a leases row (STMT_FOLD_SAVE's order), as columns of an events row. */
+/* The columns of a leases row (LEASE_COL_*), as columns of an events row. */
 static const uint8_t lease_cols[] = {
         COL_LEASE, COL_SECRET, COL_RESOURCE, COL_UNITS, COL_EXCLUSIVE, COL_DETACHED, COL_TOKEN,
         COL_OWNER, COL_OWNER + 1, COL_OWNER + 2, COL_OWNER + 3, COL_OWNER + 4,
         COL_DESCRIPTION, COL_CREATED, COL_TTL, COL_DEADLINE,
 };
-#define LEASE_COLS ELEMENTSOF(lease_cols)
+_Static_assert(ELEMENTSOF(lease_cols) == LEASE_COLS, "a leases row has LEASE_COLS columns");
 
 static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_ROW_APPEND] = "INSERT OR REPLACE INTO events (" EVENT_COLUMNS ", slot)"
@@ -219,10 +256,6 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_FOLD_SCAN] = "SELECT seq, change = 'save', lease, secret, resource, units, exclusive, detached, token,"
                            " uid, gid, pid, comm, unit, description, created, ttl, deadline FROM events"
                            " WHERE " RING_RANGE " AND change IS NOT NULL ORDER BY slot",
-        [STMT_FOLD_SAVE] = "INSERT OR REPLACE INTO leases (id, secret, resource, units, exclusive, detached, token,"
-                           " uid, gid, pid, comm, unit, description, created, ttl, deadline)"
-                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        [STMT_FOLD_DELETE] = "DELETE FROM leases WHERE id = ?1",
         /* Prepared once like the rest: sqlite3_exec() would parse them again in every commit
          * (two commits per cycle at one client). */
         [STMT_BEGIN] = "BEGIN",
@@ -230,22 +263,6 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_ROLLBACK] = "ROLLBACK",
 };
 
-/* A value bound to a statement parameter, as the redo log keeps it. */
-typedef enum ValueType {
-        VALUE_NULL,
-        VALUE_INT,
-        VALUE_TEXT,
-} ValueType;
-
-typedef struct Value {
-        ValueType type;
-        int64_t i;
-        const char *s;
-} Value;
-
-#define V_INT(x) ((Value) { .type = VALUE_INT, .i = (int64_t) (x) })
-#define V_TEXT(x) ((Value) { .type = (x) ? VALUE_TEXT : VALUE_NULL, .s = (x) })
-#define V_NULL ((Value) { .type = VALUE_NULL })
 /* An owner's five columns, in the order every table has them: uid, gid, pid, comm, unit.
  * V_OWNER_OR_NULL: all NULL for none (an event without an owner, or not a revoke). */
 #define V_OWNER(o) V_INT((o).uid), V_INT((o).gid), V_INT((o).pid), V_TEXT((o).comm), V_TEXT((o).unit)
@@ -259,13 +276,11 @@ typedef enum PendingKind {
         PENDING_EVENT,  /* row holds an event about a lease; its delete may follow */
 } PendingKind;
 
-typedef struct FoldEntry FoldEntry;
-
 typedef struct StoreSqlite {
         Store store;
         sqlite3 *db;
         sqlite3_stmt *stmt[_STMT_MAX];
-        /* Per statement, the parameters exec_op() may have left bound to something other
+        /* Per statement, the parameters exec_op_len() may have left bound to something other
          * than NULL (a set bit: maybe; a clear one: NULL for sure), so that a NULL is bound
          * only where the last row had a value. */
         uint64_t maybe_bound[_STMT_MAX];
@@ -276,16 +291,20 @@ typedef struct StoreSqlite {
         uint64_t last_token;    /* the reserved high-water mark, as stored */
         int64_t last_event_seq; /* of the newest row of events (a change or an event) */
         int64_t ring_size;      /* events' slots (0: the slots are the seqs, before ring_fit()) */
-        int64_t folded;         /* every change up to this seq is in leases (meta 'folded_seq') */
+        /* Every change up to this seq is handed over to the fold thread (at open: is in the
+         * snapshot, its 'folded_seq'). */
+        int64_t folded;
+        char *snap_path;        /* agend-leases.db */
+        FoldThread *fold;
         /* Per lease id, its last change after the fold point, kept as its row is written,
-         * so that a fold writes from memory and need not read the rows again
+         * so that the fold thread writes from memory and need not read the rows again
          * (FoldEntry). */
         Hashmap fold_map;
         FoldEntry *fold_head, *fold_tail;       /* the same entries, oldest change first */
-        /* No lease with a greater token is in the leases table: every one there was put
-         * there by a fold (which raises this) or was there at open (the reserved token
+        /* No lease with a greater token is in the leases table: every one there was handed
+         * to the fold thread (which raises this) or was there at open (the reserved token
          * mark then, and load() raises it to any token it reads). A lease above it that
-         * ends before a fold needs no write at all. */
+         * ends before it is handed over needs no write at all. */
         uint64_t table_token_max;
         int error;              /* the first write error of the transaction */
         /* Every write since the last successful commit, as (statement, values), so that a
@@ -353,13 +372,17 @@ static int sqlite_to_errno(int rc) {
  * write (SQLITE_FULL, or an I/O error whose system errno is ENOSPC/EDQUOT on anything but
  * a sync), which is safe to retry once there is space; a failed fsync is -EIO whatever its
  * errno, because after it the kernel may have dropped the pages it could not write. */
-static int db_errno(StoreSqlite *s, int rc) {
-        if ((rc & 0xff) == SQLITE_IOERR && s->db) {
-                int ext = sqlite3_extended_errcode(s->db), sys = sqlite3_system_errno(s->db);
+int sqlite_db_errno(sqlite3 *db, int rc) {
+        if ((rc & 0xff) == SQLITE_IOERR && db) {
+                int ext = sqlite3_extended_errcode(db), sys = sqlite3_system_errno(db);
                 if (ext != SQLITE_IOERR_FSYNC && ext != SQLITE_IOERR_DIR_FSYNC && (sys == ENOSPC || sys == EDQUOT))
                         return -ENOSPC;
         }
         return sqlite_to_errno(rc);
+}
+
+static int db_errno(StoreSqlite *s, int rc) {
+        return sqlite_db_errno(s->db, rc);
 }
 
 static sqlite3_stmt *stmt(StoreSqlite *s, Stmt k) {
@@ -415,10 +438,6 @@ static int exec_op_len(StoreSqlite *s, Stmt k, const Value *v, size_t n, const u
         if (rc != SQLITE_DONE)
                 return tx_fail(s, db_errno(s, rc) ?: -EIO);
         return 0;
-}
-
-static int exec_op(StoreSqlite *s, Stmt k, const Value *v, size_t n) {
-        return exec_op_len(s, k, v, n, NULL);
 }
 
 /* The redo log is one byte buffer: per write, the statement, the number of values, and
@@ -559,17 +578,6 @@ static void bind_range(sqlite3_stmt *st, const SlotRange *r, int64_t lo, int64_t
         sqlite3_bind_int64(st, 4, hi);
 }
 
-/* A lease id's last change after the fold point: a save keeps the leases row it makes
- * (its strings copied after the struct, the id first), a delete only the id. */
-struct FoldEntry {
-        FoldEntry *prev, *next; /* StoreSqlite.fold_head's list, in seq order */
-        int64_t seq;            /* of the change's row in events */
-        bool save;
-        bool in_table;          /* the leases table may hold the id: a delete must be written */
-        Value v[LEASE_COLS];    /* the leases row (a delete: v[0], the id) */
-        char id[];
-};
-
 static FoldEntry *fold_entry_new(const Value *v, bool save) {
         size_t n = save ? LEASE_COLS : 1, need = 0, len[LEASE_COLS];
         for (size_t i = 0; i < n; i++)
@@ -628,7 +636,7 @@ static int fold_note(StoreSqlite *s, int64_t seq, bool save, const Value *v) {
                 fold_list_append(s, old);
                 return 0;
         }
-        const Value *token = &v[6];     /* lease_cols: COL_TOKEN */
+        const Value *token = &v[LEASE_COL_TOKEN];
         bool in_table = old ? old->in_table
                             : !save || token->type != VALUE_INT || (uint64_t) token->i <= s->table_token_max;
         FoldEntry *e = fold_entry_new(v, save);
@@ -859,52 +867,37 @@ static int meta_set(StoreSqlite *s, const char *key, const char *value) {
         return k < 0 ? k : r;
 }
 
-/* The changes in events are folded into the leases table once more than LOG_FOLD_AT rows
- * were appended after the fold point, up to LOG_FOLD_AT / 2 rows before the newest, in
- * steps (FOLD_STEP_MIN). Leases that came and went within those rows cost the leases
- * table nothing. */
+/* The changes in events are handed to the fold thread once more than LOG_FOLD_AT rows were
+ * appended after the fold point, up to LOG_FOLD_AT / 2 rows before the newest. Leases
+ * that came and went within those rows cost the snapshot nothing. */
 #define LOG_FOLD_AT 4096
-/* The ring holds HistorySize rows, and at least this many: every change after the fold
- * point must stay in it until folded (housekeeping()). */
+/* The ring holds HistorySize rows, and at least this many: every change after the
+ * snapshot's folded_seq must stay in it until folded (ring_guard()). */
 #define RING_MIN (4 * LOG_FOLD_AT)
 
-/* A fold writes one leases row per entry, each a random page of leases once there are
- * many (1 M leases expiring: one random delete per lease). So a commit folds a bounded
- * step, the oldest changes first, FOLD_STEP_MIN entries plus an eighth of the backlog
- * past the fold mark: no commit carries a fold of thousands of writes that the batches
- * behind it would wait for, and a growing backlog takes larger steps. Only a backlog of
- * half the ring is folded all at once, and left to the commit thread (maintenance_due()). */
-#define FOLD_STEP_MIN 64
-
-/* Writes the oldest noted changes up to upto into leases, at most max of them (per id
- * only its last: a save replaces the row, a delete removes it), from memory: a lease
- * granted and ended since the fold point never touches the table. *ret_point: the new
- * fold point, before the oldest change not written. The entries stay until the commit is
- * durable (fold_map_prune()); if it fails, the next fold writes them again. */
-static int fold_write(StoreSqlite *s, int64_t upto, size_t max, int64_t *ret_point) {
-        FoldEntry *e = s->fold_head;
-        for (size_t n = 0; e && e->seq <= upto && n < max; e = e->next, n++) {
-                int k;
-                if (e->save) {
-                        k = exec_op(s, STMT_FOLD_SAVE, e->v, LEASE_COLS);
-                        /* Raised before the commit is known to last: a lease taken for one
-                         * the table may hold costs only a DELETE that finds nothing. */
-                        e->in_table = true;
-                        if (e->v[6].type == VALUE_INT)
-                                s->table_token_max = MAX(s->table_token_max, (uint64_t) e->v[6].i);
-                } else
-                        k = exec_op(s, STMT_FOLD_DELETE, e->v, 1);
-                if (k < 0)
-                        return k;
+/* Hands the noted changes up to upto over to the fold thread, oldest first (per id only
+ * its last: a save replaces the row, a delete removes it): a lease granted and ended since
+ * the fold point never reaches the snapshot. */
+static void fold_hand_over(StoreSqlite *s, int64_t upto) {
+        if (upto <= s->folded)
+                return;
+        FoldEntry *head = s->fold_head, *tail = NULL;
+        for (FoldEntry *e = head; e && e->seq <= upto; e = e->next) {
+                hashmap_remove(&s->fold_map, e->id);
+                /* Raised before the snapshot has it: a lease taken for one the table may
+                 * hold costs only a DELETE that finds nothing. */
+                if (e->save && e->v[LEASE_COL_TOKEN].type == VALUE_INT)
+                        s->table_token_max = MAX(s->table_token_max, (uint64_t) e->v[LEASE_COL_TOKEN].i);
+                tail = e;
         }
-        *ret_point = e && e->seq <= upto ? e->seq - 1 : upto;
-        return 0;
-}
-
-/* After the fold's commit: the entries it wrote are in the table now. */
-static void fold_map_prune(StoreSqlite *s) {
-        while (s->fold_head && s->fold_head->seq <= s->folded)
-                fold_entry_drop(s, s->fold_head);
+        if (tail) {
+                s->fold_head = tail->next;
+                *(s->fold_head ? &s->fold_head->prev : &s->fold_tail) = NULL;
+                tail->next = NULL;
+        } else
+                head = NULL;
+        s->folded = upto;
+        fold_thread_hand_over(s->fold, head, tail, upto);
 }
 
 /* At open: the changes after the fold point, as row_write() would have noted them. */
@@ -948,44 +941,33 @@ static bool fold_due(const StoreSqlite *s) {
         return fold_backlog(s) > LOG_FOLD_AT;
 }
 
-/* Behind by half the ring: fold it all (on the thread), before the ring goes round. */
-static bool fold_catch_up_due(const StoreSqlite *s) {
-        return fold_backlog(s) > s->ring_size / 2;
+/* Rows up to this seq have been overwritten in the ring (by the batch being committed,
+ * or before). */
+static int64_t ring_overwritten(const StoreSqlite *s) {
+        return s->ring_size > 0 ? s->last_event_seq - s->ring_size : 0;
 }
 
-static int meta_set_int(StoreSqlite *s, const char *key, int64_t value) {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%" PRIi64, value);
-        const char *text = buf;
-        const Value v[] = { V_TEXT(key), V_TEXT(text) };
-        return exec_op(s, STMT_META_SET, v, ELEMENTSOF(v));
+/* Half the ring is not in the snapshot yet: the next commit may have to wait for the
+ * fold (ring_guard()), which agend's loop must not. */
+static bool fold_behind(const StoreSqlite *s) {
+        return s->ring_size > 0 && s->last_event_seq - fold_thread_folded(s->fold) > s->ring_size / 2;
 }
 
-/* Folds at most max of the changes up to upto: 0, and *folded moved; or the transaction
- * fails. */
-static int fold(StoreSqlite *s, int64_t upto, size_t max, int64_t *folded) {
-        int64_t point;
-        int k = fold_write(s, upto, max, &point);
-        if (k == 0 && point > s->folded)
-                k = meta_set_int(s, "folded_seq", point);
-        if (k == 0)
-                *folded = point;
-        return k;
-}
-
-/* The fold, joined to the batch's transaction (so it costs no sync of its own) and not in
- * the redo log: if the commit fails it is simply done again. A step at a time, on the loop
- * too; the whole backlog when it is half the ring, except on the loop (defer_maintenance:
- * maintenance_due() sends the next commit to the thread), unless the batch went round the
- * ring onto changes not folded yet: their rows are gone, and only this fold, in the same
- * transaction, keeps them (from memory). */
-static void housekeeping(StoreSqlite *s, int64_t *folded) {
-        int64_t backlog = fold_backlog(s);
-        if (backlog > s->ring_size || (fold_catch_up_due(s) && !s->defer_maintenance))
-                (void) fold(s, s->last_event_seq, SIZE_MAX, folded);
-        else if (fold_due(s))
-                (void) fold(s, s->last_event_seq - LOG_FOLD_AT / 2,
-                            FOLD_STEP_MIN + (size_t) (backlog - LOG_FOLD_AT) / 8, folded);
+/* The batch being committed has overwritten ring rows up to ring_overwritten(): any
+ * change among them must be in the snapshot before this commit makes its row's loss
+ * durable. Rarely so: the fold thread is handed changes LOG_FOLD_AT / 2 rows old, and
+ * the ring holds at least RING_MIN. So this waits only when the fold falls far behind
+ * (a disk too slow for the snapshot's random writes), or for a batch larger than the
+ * ring: then changes of this very batch are handed over before their commit. The
+ * snapshot holding a change that a failed commit then leaves out of agend.db is no
+ * harm: the engine has applied it in memory, and the batch is written again
+ * (redo log) or agend stops; tokens and seqs restart above both files. */
+static int ring_guard(StoreSqlite *s) {
+        int64_t need = ring_overwritten(s);
+        if (need <= fold_thread_folded(s->fold))
+                return 0;
+        fold_hand_over(s, need);
+        return fold_thread_wait(s->fold, need);
 }
 
 static int s_commit(Store *store) {
@@ -1001,23 +983,20 @@ static int s_commit(Store *store) {
         }
         /* A batch rolled back before, with nothing new since: write it again now. */
         (void) begin(s);
-        int64_t folded = s->folded;
         if (s->error == 0 && s->in_transaction)
-                housekeeping(s, &folded);
+                (void) tx_fail(s, ring_guard(s));
         int k = s->error;
-        if (k == 0 && s->in_transaction) {
+        if (k == 0 && s->in_transaction)
                 k = exec_simple(s, STMT_COMMIT);
-        }
         if (k < 0) {
                 /* sqlite rolls back by itself after most failed COMMITs; make sure. */
                 if (!sqlite3_get_autocommit(s->db))
                         (void) exec_simple(s, STMT_ROLLBACK);
                 s->replay = s->redo_len > 0;
         } else {
-                if (folded > s->folded) {
-                        s->folded = folded;
-                        fold_map_prune(s);
-                }
+                /* Durable now: the fold thread may have them. */
+                if (fold_due(s))
+                        fold_hand_over(s, s->last_event_seq - LOG_FOLD_AT / 2);
                 s->redo_len = 0;
                 if (s->redo_size > REDO_KEEP) {
                         free(s->redo);
@@ -1242,13 +1221,12 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         return SQLITE_OK;
 }
 
-/* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database, and
- * a catch-up fold (half the ring behind) rewrites a random page of leases per change: tens
- * of milliseconds each, which the loop must not spend. The fold's ordinary steps are
- * bounded and made on the loop too. */
+/* A checkpoint writes up to WAL_CHECKPOINT_FRAMES pages back and syncs the database: tens
+ * of milliseconds, which the loop must not spend; nor may it wait for a fold that fell
+ * behind. */
 static bool s_maintenance_due(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return checkpoint_due(s, s->wal_frames) || fold_catch_up_due(s);
+        return checkpoint_due(s, s->wal_frames) || fold_behind(s);
 }
 
 static void s_defer_maintenance(Store *store, bool defer) {
@@ -1257,7 +1235,9 @@ static void s_defer_maintenance(Store *store, bool defer) {
 }
 
 void *store_sqlite_handle(Store *store) {
-        return container_of(store, StoreSqlite, store)->db;
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        fold_thread_wait_idle(s->fold);
+        return s->db;
 }
 
 static int64_t s_log_bytes(Store *store) {
@@ -1265,22 +1245,24 @@ static int64_t s_log_bytes(Store *store) {
         return s->wal_bytes;
 }
 
-static int64_t s_size(Store *store) {
-        StoreSqlite *s = container_of(store, StoreSqlite, store);
+static int64_t file_and_wal_size(const char *path) {
         struct stat st;
         int64_t total = 0;
-        if (stat(s->path, &st) == 0)
+        if (stat(path, &st) == 0)
                 total += st.st_size;
         _cleanup_free_ char *wal = NULL;
-        if (asprintf(&wal, "%s-wal", s->path) >= 0 && stat(wal, &st) == 0)
+        if (asprintf(&wal, "%s-wal", path) >= 0 && stat(wal, &st) == 0)
                 total += st.st_size;
         return total;
 }
 
-static void s_free(Store *store) {
+static int64_t s_size(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        if (s->in_transaction)
-                (void) s_commit(store);
+        return file_and_wal_size(s->path) + file_and_wal_size(s->snap_path);
+}
+
+static void store_sqlite_free(StoreSqlite *s) {
+        s->fold = fold_thread_stop(s->fold);
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
@@ -1288,7 +1270,20 @@ static void s_free(Store *store) {
         free(s->redo);
         free(s->pending_buf);
         free(s->path);
+        free(s->snap_path);
         free(s);
+}
+
+static void s_free(Store *store) {
+        StoreSqlite *s = container_of(store, StoreSqlite, store);
+        if (s->in_transaction)
+                (void) s_commit(store);
+        /* Everything into the snapshot, so that the next start has nothing to read back
+         * from events; unless a batch is still to be written again (then what it changed
+         * is not in agend.db, and the next start reads back what is). */
+        if (s->redo_len == 0 && !s->replay && s->error == 0)
+                fold_hand_over(s, s->last_event_seq);
+        store_sqlite_free(s);
 }
 
 static const StoreOps sqlite_ops = {
@@ -1321,6 +1316,18 @@ static int fail(char **ret_error, int k, const char *fmt, ...) {
         return k;
 }
 
+/* Before the step 7 → 8, in a transaction of the snapshot's own: the snapshot gets
+ * agend.db's leases table and folded_seq (again, if an earlier attempt stopped between
+ * the two steps). */
+#define SNAPSHOT_FILL                                                                           \
+        "BEGIN;" SNAPSHOT_SCHEMA                                                                 \
+        "DELETE FROM snap.leases;"                                                               \
+        "INSERT INTO snap.leases SELECT id, secret, resource, units, exclusive, detached, token, uid, gid, pid," \
+        "  comm, unit, description, created, ttl, deadline FROM main.leases;"                  \
+        "INSERT OR REPLACE INTO snap.meta (key, value) VALUES ('folded_seq',"                   \
+        "  coalesce((SELECT value FROM main.meta WHERE key = 'folded_seq'), '0'));"             \
+        "COMMIT;"
+
 static int migrate(StoreSqlite *s, char **ret_error) {
         sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
@@ -1341,7 +1348,8 @@ static int migrate(StoreSqlite *s, char **ret_error) {
                             s->path, version, STORE_SCHEMA_VERSION);
         for (int v = version; v < STORE_SCHEMA_VERSION; v++) {
                 _cleanup_free_ char *sql = NULL;
-                if (asprintf(&sql, "BEGIN; %s PRAGMA user_version = %d; COMMIT;", migrations[v], v + 1) < 0)
+                if (asprintf(&sql, "%sBEGIN; %s PRAGMA user_version = %d; COMMIT;", v == 7 ? SNAPSHOT_FILL : "",
+                             migrations[v], v + 1) < 0)
                         return -ENOMEM;
                 char *msg = NULL;
                 rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
@@ -1375,20 +1383,20 @@ static int fail_read_only(char **ret_error, const char *path) {
  * creates -wal and -shm with the mode of the database file, so creating that one 0600
  * before sqlite opens it is enough for new files; files an older agend left readable by
  * others are narrowed, with a warning. */
-static int prepare_files(StoreSqlite *s, const char *dir, char **ret_error) {
-        _cleanup_close_ int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+static int prepare_files(const char *path, const char *dir, char **ret_error) {
+        _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
         if (fd < 0) {
                 int k = -errno;
                 if (k == -EROFS || dir_read_only(dir))
-                        return fail_read_only(ret_error, s->path);
+                        return fail_read_only(ret_error, path);
                 errno = -k;
-                return fail(ret_error, k, "cannot open %s: %m", s->path);
+                return fail(ret_error, k, "cannot open %s: %m", path);
         }
         static const char *const suffixes[] = { "", "-wal", "-shm" };
         for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
                 _cleanup_free_ char *p = NULL;
                 struct stat st;
-                if (asprintf(&p, "%s%s", s->path, suffixes[i]) < 0)
+                if (asprintf(&p, "%s%s", path, suffixes[i]) < 0)
                         return -ENOMEM;
                 if (lstat(p, &st) < 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0077) == 0)
                         continue;
@@ -1402,8 +1410,8 @@ static int prepare_files(StoreSqlite *s, const char *dir, char **ret_error) {
 }
 
 /* Lays events out as a ring of size slots unless it is one already: after the migration
- * to schema 7, or when HistorySize= changed. In one transaction: every change is folded
- * (rows that no longer fit go), then the newest rows move to their slots. */
+ * to schema 7, or when HistorySize= changed. Every change is folded first (rows that no
+ * longer fit go), then, in one transaction, the newest rows move to their slots. */
 static int ring_fit(StoreSqlite *s, int64_t size, char **ret_error) {
         if (s->ring_size == size)
                 return 0;
@@ -1417,11 +1425,13 @@ static int ring_fit(StoreSqlite *s, int64_t size, char **ret_error) {
                      "INSERT OR REPLACE INTO meta (key, value) VALUES ('ring_size', '%" PRIi64 "');",
                      s->last_event_seq - size, size, size) < 0)
                 return -ENOMEM;
-        int64_t folded = s->folded;
         char *msg = NULL;
-        int k = exec_simple(s, STMT_BEGIN);
-        if (k == 0)
-                k = fold(s, s->last_event_seq, SIZE_MAX, &folded);
+        fold_hand_over(s, s->last_event_seq);
+        int k = fold_thread_wait(s->fold, s->last_event_seq);
+        if (k < 0)
+                return fail(ret_error, k, "cannot fold the lease changes into %s: %s", s->snap_path,
+                            strerror(-k));
+        k = exec_simple(s, STMT_BEGIN);
         if (k == 0) {
                 int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
                 k = rc == SQLITE_OK ? 0 : db_errno(s, rc) ?: -EIO;
@@ -1437,8 +1447,6 @@ static int ring_fit(StoreSqlite *s, int64_t size, char **ret_error) {
                 sqlite3_free(msg);
                 return k;
         }
-        s->folded = folded;
-        fold_map_prune(s);
         s->ring_size = size;
         return 0;
 }
@@ -1452,12 +1460,15 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         hashmap_init(&s->fold_map);
         s->history_size = history_size;
         s->wal_room_checked_at = -1;
-        if (asprintf(&s->path, "%s/agend.db", dir) < 0) {
+        if (asprintf(&s->path, "%s/agend.db", dir) < 0 || asprintf(&s->snap_path, "%s/agend-leases.db", dir) < 0) {
+                free(s->path);
                 free(s);
                 return -ENOMEM;
         }
 
-        int k = prepare_files(s, dir, ret_error);
+        int k = prepare_files(s->path, dir, ret_error);
+        if (k == 0)
+                k = prepare_files(s->snap_path, dir, ret_error);
         if (k < 0)
                 goto fail;
         int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -1481,7 +1492,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
          * sqlite3 CLI reads it once agend has stopped (agend.lock already keeps a second
          * agend out). */
         char *msg = NULL;
-        rc = sqlite3_exec(s->db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL", NULL, NULL, &msg);
+        rc = sqlite3_exec(s->db, "PRAGMA main.locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
                 k = db_errno(s, rc) ?: -EIO;
                 if (dir_read_only(dir))
@@ -1509,14 +1520,49 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                          sqlite3_errmsg(s->db));
                 goto fail;
         }
+        /* The snapshot, attached for reading it at open (and for its migration): not held
+         * exclusively, since the fold thread writes it on a connection of its own. */
+        {
+                char *q = sqlite3_mprintf("ATTACH %Q AS snap; PRAGMA snap.journal_mode=WAL;",
+                                          s->snap_path);
+                rc = q ? sqlite3_exec(s->db, q, NULL, NULL, &msg) : SQLITE_NOMEM;
+                sqlite3_free(q);
+                if (rc != SQLITE_OK) {
+                        k = fail(ret_error, db_errno(s, rc) ?: -EIO, "cannot open %s: %s", s->snap_path, strna(msg));
+                        sqlite3_free(msg);
+                        goto fail;
+                }
+        }
         k = migrate(s, ret_error);
         if (k < 0)
                 goto fail;
 
         /* A quick check that the schema is what we expect and readable. */
-        rc = sqlite3_exec(s->db, "SELECT count(*) FROM leases; SELECT slot, seq, change FROM events LIMIT 1;", NULL, NULL, &msg);
+        rc = sqlite3_exec(s->db, "SELECT slot, seq, change FROM events LIMIT 1;", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
                 k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO, "cannot read %s: %s", s->path, strna(msg));
+                sqlite3_free(msg);
+                goto fail;
+        }
+        rc = sqlite3_exec(s->db, "SELECT count(*) FROM snap.leases; " CURRENT_LEASES_VIEW, NULL, NULL, &msg);
+        if (rc == SQLITE_OK) {
+                _cleanup_free_ char *t = NULL;
+                sqlite3_stmt *st = NULL;
+                if (sqlite3_prepare_v2(s->db, "SELECT value FROM snap.meta WHERE key = 'folded_seq'", -1, &st, NULL) ==
+                    SQLITE_OK) {
+                        rc = sqlite3_step(st);
+                        if (rc == SQLITE_ROW)
+                                s->folded = sqlite3_column_int64(st, 0);
+                        rc = rc == SQLITE_ROW ? SQLITE_OK : rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+                } else
+                        rc = sqlite3_errcode(s->db);
+                sqlite3_finalize(st);
+        }
+        if (rc != SQLITE_OK) {
+                k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO,
+                         "cannot read the leases snapshot %s that %s needs: %s; refusing to start without "
+                         "the leases (restore the file, or move both away to start with an empty database)",
+                         s->snap_path, s->path, msg ? msg : sqlite3_errmsg(s->db));
                 sqlite3_free(msg);
                 goto fail;
         }
@@ -1536,9 +1582,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                         s->last_token = strtoull(t, NULL, 10);
         }
         {
-                _cleanup_free_ char *t = NULL, *r = NULL;
-                if (s_meta_get(&s->store, "folded_seq", &t) >= 0 && t)
-                        s->folded = strtoll(t, NULL, 10);
+                _cleanup_free_ char *r = NULL;
                 if (s_meta_get(&s->store, "ring_size", &r) >= 0 && r)
                         s->ring_size = MAX(strtoll(r, NULL, 10), 0);
         }
@@ -1550,7 +1594,8 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                     sqlite3_step(st) == SQLITE_ROW)
                         s->last_event_seq = sqlite3_column_int64(st, 0);
                 sqlite3_finalize(st);
-                /* An empty table (schema 6 trimmed it): new rows still go after the fold. */
+                /* An empty table (schema 6 trimmed it), or a snapshot ahead of a batch that
+                 * never made it (ring_guard()): new rows still go after the fold. */
                 s->last_event_seq = MAX(s->last_event_seq, s->folded);
         }
         /* Every change in the log may be about a lease in the table: none is dropped. */
@@ -1561,6 +1606,9 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                 k = fail(ret_error, k, "cannot read %s: %s", s->path, sqlite3_errmsg(s->db));
                 goto fail;
         }
+        k = fold_thread_start(s->snap_path, sync, s->folded, &s->fold, ret_error);
+        if (k < 0)
+                goto fail;
         k = ring_fit(s, MAX((int64_t) history_size, (int64_t) RING_MIN), ret_error);
         if (k < 0)
                 goto fail;
@@ -1577,11 +1625,6 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         return 0;
 
 fail:
-        fold_map_free(s);
-        for (int i = 0; i < _STMT_MAX; i++)
-                sqlite3_finalize(s->stmt[i]);
-        sqlite3_close(s->db);
-        free(s->path);
-        free(s);
+        store_sqlite_free(s);
         return k;
 }

@@ -131,13 +131,19 @@ typedef enum StoreSync {
 const char *store_sync_to_string(StoreSync s);
 StoreSync store_sync_from_string(const char *s);
 
-/* Opens (creating if needed) dir/agend.db. A database it cannot read, or of a newer
- * schema, fails with a message in *ret_error (malloc'ed) and is left as it is. */
+/* Opens (creating if needed) dir/agend.db and its leases snapshot dir/agend-leases.db. A
+ * database it cannot read, or of a newer schema, fails with a message in *ret_error
+ * (malloc'ed) and is left as it is. */
 int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, Store **ret,
                       char **ret_error);
 /* The store's own sqlite connection (a struct sqlite3 *), for tests that read the tables:
- * the database is held exclusively while the store is open, so a second connection cannot. */
+ * the database is held exclusively while the store is open, so a second connection cannot.
+ * The snapshot is attached to it as snap, and what was handed to the fold thread is in it
+ * (or the thread's last attempt failed) when this returns. */
 void *store_sqlite_handle(Store *s);
+/* The SQL that makes, on a connection to agend.db with agend-leases.db attached as snap,
+ * the temporary view current_leases: what a restart restores. */
+const char *store_sqlite_inspect_sql(void);
 
 /* The in-memory store, for tests. Faults: fail_commit (if > 0) makes the fail_commit-th
  * commit that has something to commit fail with fail_errno (default -EIO), the batch rolled

@@ -168,8 +168,10 @@ static void test_modes(void **state) {
         assert_mode(a->state_dir, 0700);
         assert_true(log_has(a, "was open to others"));
         char p[256];
-        /* No agend.db-shm: agend holds the database exclusively, its WAL index in memory. */
-        static const char *const files[] = { "agend.db", "agend.db-wal", "agend.lock" };
+        /* No agend.db-shm: agend holds the database exclusively, its WAL index in memory.
+         * The leases snapshot has one: its fold thread writes it on a connection of its own. */
+        static const char *const files[] = { "agend.db", "agend.db-wal", "agend.lock", "agend-leases.db",
+                                             "agend-leases.db-wal", "agend-leases.db-shm" };
         for (size_t i = 0; i < ELEMENTSOF(files); i++) {
                 snprintf(p, sizeof(p), "%s/%s", a->state_dir, files[i]);
                 assert_mode(p, 0600);
