@@ -49,6 +49,7 @@ struct FoldThread {
         unsigned attempts;      /* made so far */
         bool busy;              /* writing a batch taken off the list */
         bool stop;
+        bool abandon;           /* stop without writing what is left */
         /* The thread's own: */
         sqlite3 *db;
         sqlite3_stmt *stmt[_FOLD_STMT_MAX];
@@ -117,8 +118,8 @@ static void *thread_main(void *userdata) {
         for (;;) {
                 while (!t->stop && t->upto <= t->folded)
                         pthread_cond_wait(&t->work, &t->lock);
-                if (t->upto <= t->folded)
-                        break;  /* stopped, with nothing left */
+                if (t->upto <= t->folded || t->abandon)
+                        break;  /* stopped, with nothing left (or to be left) */
                 FoldEntry *head = t->head;
                 int64_t upto = t->upto;
                 t->head = t->tail = NULL;
@@ -222,16 +223,25 @@ static void fold_thread_free(FoldThread *t) {
         free(t);
 }
 
-FoldThread *fold_thread_stop(FoldThread *t) {
+static FoldThread *stop_thread(FoldThread *t, bool abandon) {
         if (!t)
                 return NULL;
         pthread_mutex_lock(&t->lock);
         t->stop = true;
+        t->abandon = abandon;
         pthread_cond_signal(&t->work);
         pthread_mutex_unlock(&t->lock);
         pthread_join(t->thread, NULL);
         fold_thread_free(t);
         return NULL;
+}
+
+FoldThread *fold_thread_stop(FoldThread *t) {
+        return stop_thread(t, false);
+}
+
+FoldThread *fold_thread_abandon(FoldThread *t) {
+        return stop_thread(t, true);
 }
 
 int fold_thread_start(const char *path, StoreSync sync, int64_t folded, FoldThread **ret, char **ret_error) {

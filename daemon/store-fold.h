@@ -81,6 +81,9 @@ int sqlite_db_errno(sqlite3 *db, int rc);
 int fold_thread_start(const char *path, StoreSync sync, int64_t folded, FoldThread **ret, char **ret_error);
 /* Writes what was handed over (if it can), stops the thread and closes the snapshot. */
 FoldThread *fold_thread_stop(FoldThread *t);
+/* Stops the thread and closes the snapshot without writing what is still handed over, as
+ * if the process had died (for tests). */
+FoldThread *fold_thread_abandon(FoldThread *t);
 
 /* Takes the list head..tail (entries in seq order, all <= upto, malloc'ed; the thread
  * frees them) and, with it, every change up to upto. */

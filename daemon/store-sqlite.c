@@ -1261,8 +1261,8 @@ static int64_t s_size(Store *store) {
         return file_and_wal_size(s->path) + file_and_wal_size(s->snap_path);
 }
 
-static void store_sqlite_free(StoreSqlite *s) {
-        s->fold = fold_thread_stop(s->fold);
+static void store_sqlite_free(StoreSqlite *s, bool abandon) {
+        s->fold = abandon ? fold_thread_abandon(s->fold) : fold_thread_stop(s->fold);
         for (int i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(s->stmt[i]);
         sqlite3_close(s->db);
@@ -1283,7 +1283,12 @@ static void s_free(Store *store) {
          * is not in agend.db, and the next start reads back what is). */
         if (s->redo_len == 0 && !s->replay && s->error == 0)
                 fold_hand_over(s, s->last_event_seq);
-        store_sqlite_free(s);
+        store_sqlite_free(s, false);
+}
+
+void store_sqlite_crash(Store *store) {
+        /* sqlite3_close() rolls back what was not committed, as the next open would. */
+        store_sqlite_free(container_of(store, StoreSqlite, store), true);
 }
 
 static const StoreOps sqlite_ops = {
@@ -1625,6 +1630,6 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         return 0;
 
 fail:
-        store_sqlite_free(s);
+        store_sqlite_free(s, false);
         return k;
 }

@@ -144,6 +144,9 @@ void *store_sqlite_handle(Store *s);
 /* The SQL that makes, on a connection to agend.db with agend-leases.db attached as snap,
  * the temporary view current_leases: what a restart restores. */
 const char *store_sqlite_inspect_sql(void);
+/* Frees the store as if the process had died at this point (for tests): nothing more is
+ * committed, and changes handed to the fold thread but not written stay unwritten. */
+void store_sqlite_crash(Store *s);
 
 /* The in-memory store, for tests. Faults: fail_commit (if > 0) makes the fail_commit-th
  * commit that has something to commit fail with fail_errno (default -EIO), the batch rolled
