@@ -983,8 +983,11 @@ static int s_commit(Store *store) {
         }
         /* A batch rolled back before, with nothing new since: write it again now. */
         (void) begin(s);
-        if (s->error == 0 && s->in_transaction)
-                (void) tx_fail(s, ring_guard(s));
+        if (s->error == 0 && s->in_transaction) {
+                int g = ring_guard(s);
+                if (g < 0)
+                        (void) tx_fail(s, g);
+        }
         int k = s->error;
         if (k == 0 && s->in_transaction)
                 k = exec_simple(s, STMT_COMMIT);
