@@ -1252,6 +1252,63 @@ static void test_migration_from_v5_file(void **state) {
 
 /* The in-memory store keeps waiters as sqlite does, for the life of the Store object: an
  * engine restored from it finds them in their order, as unclaimed places. */
+/* What the fixtures written by the agend of schemas 6 and 7 (the same scenario) hold, read
+ * before they are opened: the newest seq, the token of the oldest of the newest 40
+ * events, the boot id, gpu's lease id and its first waiter's ticket. */
+typedef struct FixtureFacts {
+        int64_t last_seq, oldest_token;
+        char *boot, *gpu, *first;
+} FixtureFacts;
+
+static FixtureFacts fixture_facts(Fixture *f) {
+        return (FixtureFacts) {
+                .last_seq = count(f->db, "SELECT max(seq) FROM events"),
+                .oldest_token = count(
+                        f->db, "SELECT token FROM events WHERE type IS NOT NULL ORDER BY seq DESC LIMIT 1 OFFSET 39"),
+                .boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'"),
+                .gpu = text(f->db, "SELECT id FROM main.current_leases WHERE resource = 'gpu'"),
+                .first = text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1"),
+        };
+}
+
+static void fixture_facts_free(FixtureFacts *x) {
+        free(x->boot);
+        free(x->gpu);
+        free(x->first);
+}
+
+/* What an engine restores from those fixtures: three leases, gpu's "holder" with its two
+ * waiters in their order, and History as the old agend wrote it, the newest 40 events
+ * with their tokens; then a new lease on "new", committed. */
+static void assert_fixture_restored(Store *s, const FixtureFacts *x) {
+        const char *gpu = x->gpu, *first = x->first;
+        int64_t oldest_token = x->oldest_token;
+        Engine *e;
+        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
+        assert_int_equal(engine_restore(e, x->boot, 10 * USEC_PER_SEC), 3);
+        assert_int_equal(engine_n_leases(e), 3);
+        assert_int_equal(engine_n_waiters(e), 2);
+        Lease *l = engine_lease_get(e, gpu);
+        assert_non_null(l);
+        assert_string_equal(l->description, "holder");
+        Resource *r = engine_resource_get(e, "gpu");
+        assert_non_null(r);
+        assert_string_equal(r->wait_head->ticket, first);
+        assert_string_equal(r->wait_head->description, "first waiter");
+        assert_non_null(engine_resource_get(e, "db-migrate"));
+        Hist hist = {};
+        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
+        assert_int_equal(hist.n, 40);
+        assert_true(oldest_token > 0);
+        assert_int_equal(hist.first_token, oldest_token);
+        Holder h = {};
+        Waiter *w;
+        AcquireParams pn = { .resource = "new", .owner = &owner };
+        assert_int_equal(engine_acquire(e, &pn, &h, NULL, &l, &w), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        engine_free(e);
+}
+
 /* A database file written by the agend of schema 6 (tests/data/agend-v6.db: HistorySize=40;
  * gpu and ttl-res folded into leases, db-migrate only in events after folded_seq, two
  * waiters on gpu, 2 060 cycles on churn), opened by this one: events becomes a ring, every
@@ -1266,13 +1323,9 @@ static void test_migration_from_v6_file(void **state) {
         assert_int_equal(
                 count(f->db, "SELECT count(*) FROM events WHERE resource = 'db-migrate' AND seq > " FOLDED_IN_MAIN), 1);
         int64_t events = count(f->db, "SELECT count(*) FROM events");
-        int64_t last_seq = count(f->db, "SELECT max(seq) FROM events");
         int64_t released = count(f->db, "SELECT count(*) FROM events WHERE type = 'released'");
-        int64_t oldest_token =
-                count(f->db, "SELECT token FROM events WHERE type IS NOT NULL ORDER BY seq DESC LIMIT 1 OFFSET 39");
-        char *boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'");
-        char *gpu = text(f->db, "SELECT id FROM current_leases WHERE resource = 'gpu'");
-        char *first = text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1");
+        FixtureFacts x = fixture_facts(f);
+        int64_t last_seq = x.last_seq;
 
         Store *s;
         char *err = NULL;
@@ -1291,43 +1344,17 @@ static void test_migration_from_v6_file(void **state) {
         assert_int_equal(count(f->db, "SELECT ttl FROM leases WHERE resource = 'ttl-res'"), 7200 * USEC_PER_SEC);
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
 
-        Engine *e;
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, boot, 10 * USEC_PER_SEC), 3);
-        assert_int_equal(engine_n_leases(e), 3);
-        assert_int_equal(engine_n_waiters(e), 2);
-        Lease *l = engine_lease_get(e, gpu);
-        assert_non_null(l);
-        assert_string_equal(l->description, "holder");
-        Resource *r = engine_resource_get(e, "gpu");
-        assert_non_null(r);
-        assert_string_equal(r->wait_head->ticket, first);
-        assert_string_equal(r->wait_head->description, "first waiter");
-        assert_non_null(engine_resource_get(e, "db-migrate"));
-        /* History as the old agend wrote it: the newest 40 events, with their tokens. */
-        Hist hist = {};
-        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
-        assert_int_equal(hist.n, 40);
-        assert_true(oldest_token > 0);
-        assert_int_equal(hist.first_token, oldest_token);
-        /* A new lease: one row, in its slot. */
-        Holder h = {};
-        Waiter *w;
-        AcquireParams pn = { .resource = "new", .owner = &owner };
-        assert_int_equal(engine_acquire(e, &pn, &h, NULL, &l, &w), 0);
-        assert_int_equal(s->ops->commit(s), 1);
+        assert_fixture_restored(s, &x);
+        /* The new lease: one row, in its slot. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM events WHERE resource = 'new' AND change = 'save'"
                                       " AND type = 'granted' AND slot = seq % 16384 AND seq > " FOLDED),
                          1);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 4);
-        engine_free(e);
         store_free(s);
 
         /* And after a restart. */
         assert_restart_restores(f->dir, 40, 4);
-        free(boot);
-        free(gpu);
-        free(first);
+        fixture_facts_free(&x);
 }
 
 /* A database file written by the agend of schema 7 (tests/data/agend-v7.db: HistorySize=40,
@@ -1344,12 +1371,8 @@ static void test_migration_from_v7_file(void **state) {
         assert_int_equal(
                 count(f->db, "SELECT count(*) FROM events WHERE resource = 'db-migrate' AND seq > " FOLDED_IN_MAIN), 1);
         int64_t folded = count(f->db, "SELECT " FOLDED_IN_MAIN);
-        int64_t last_seq = count(f->db, "SELECT max(seq) FROM events");
-        int64_t oldest_token =
-                count(f->db, "SELECT token FROM events WHERE type IS NOT NULL ORDER BY seq DESC LIMIT 1 OFFSET 39");
-        char *boot = text(f->db, "SELECT value FROM meta WHERE key = 'boot_id'");
-        char *gpu = text(f->db, "SELECT id FROM main.current_leases WHERE resource = 'gpu'");
-        char *first = text(f->db, "SELECT ticket FROM waiters ORDER BY seq LIMIT 1");
+        FixtureFacts x = fixture_facts(f);
+        int64_t last_seq = x.last_seq;
 
         Store *s;
         char *err = NULL;
@@ -1365,40 +1388,15 @@ static void test_migration_from_v7_file(void **state) {
         assert_int_equal(count(f->db, "SELECT max(seq) FROM events"), last_seq);
         assert_int_equal(count(f->db, "SELECT count(*) FROM waiters"), 2);
 
-        Engine *e;
-        assert_int_equal(engine_new(NULL, s, &callbacks, NULL, &e), 0);
-        assert_int_equal(engine_restore(e, boot, 10 * USEC_PER_SEC), 3);
-        assert_int_equal(engine_n_leases(e), 3);
-        assert_int_equal(engine_n_waiters(e), 2);
-        Lease *l = engine_lease_get(e, gpu);
-        assert_non_null(l);
-        assert_string_equal(l->description, "holder");
-        Resource *r = engine_resource_get(e, "gpu");
-        assert_non_null(r);
-        assert_string_equal(r->wait_head->ticket, first);
-        assert_string_equal(r->wait_head->description, "first waiter");
-        assert_non_null(engine_resource_get(e, "db-migrate"));
-        Hist hist = {};
-        assert_int_equal(engine_history(e, NULL, 0, 1000, hist_cb, &hist), 0);
-        assert_int_equal(hist.n, 40);
-        assert_true(oldest_token > 0);
-        assert_int_equal(hist.first_token, oldest_token);
-        Holder h = {};
-        Waiter *w;
-        AcquireParams pn = { .resource = "new", .owner = &owner };
-        assert_int_equal(engine_acquire(e, &pn, &h, NULL, &l, &w), 0);
-        assert_int_equal(s->ops->commit(s), 1);
+        assert_fixture_restored(s, &x);
         assert_int_equal(count(f->db, "SELECT count(*) FROM current_leases"), 4);
-        engine_free(e);
         store_free(s);
 
         /* Stopped cleanly: all in the snapshot, nothing to read back from events. */
         assert_int_equal(count(f->db, "SELECT count(*) FROM snap.leases"), 4);
         assert_int_equal(count(f->db, "SELECT " FOLDED), count(f->db, "SELECT max(seq) FROM events"));
         assert_restart_restores(f->dir, 40, 4);
-        free(boot);
-        free(gpu);
-        free(first);
+        fixture_facts_free(&x);
 }
 
 static void test_memory_store_waiters(void **state) {
