@@ -1336,7 +1336,9 @@ static int fail(char **ret_error, int k, const char *fmt, ...) {
         "  coalesce((SELECT value FROM main.meta WHERE key = 'folded_seq'), '0'));"             \
         "COMMIT;"
 
-static int migrate(StoreSqlite *s, char **ret_error) {
+/* agend.db's schema version, refused if newer than this agend's: before the snapshot is
+ * attached (and so created), so that a refused database is left quite as it was. */
+static int schema_version(StoreSqlite *s, int *ret, char **ret_error) {
         sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
         if (rc == SQLITE_OK)
@@ -1354,13 +1356,18 @@ static int migrate(StoreSqlite *s, char **ret_error) {
                             "%s has schema version %d, newer than the %d this agend knows: "
                             "run the agend that wrote it, or move the file away",
                             s->path, version, STORE_SCHEMA_VERSION);
+        *ret = version;
+        return 0;
+}
+
+static int migrate(StoreSqlite *s, int version, char **ret_error) {
         for (int v = version; v < STORE_SCHEMA_VERSION; v++) {
                 _cleanup_free_ char *sql = NULL;
                 if (asprintf(&sql, "%sBEGIN; %s PRAGMA user_version = %d; COMMIT;", v == 7 ? SNAPSHOT_FILL : "",
                              migrations[v], v + 1) < 0)
                         return -ENOMEM;
                 char *msg = NULL;
-                rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+                int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
                 if (rc != SQLITE_OK) {
                         (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
                         int k = fail(ret_error, sqlite_to_errno(rc) ?: -EIO,
@@ -1475,8 +1482,6 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         }
 
         int k = prepare_files(s->path, dir, ret_error);
-        if (k == 0)
-                k = prepare_files(s->snap_path, dir, ret_error);
         if (k < 0)
                 goto fail;
         int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -1528,6 +1533,12 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                          sqlite3_errmsg(s->db));
                 goto fail;
         }
+        int version;
+        k = schema_version(s, &version, ret_error);
+        if (k == 0)
+                k = prepare_files(s->snap_path, dir, ret_error);
+        if (k < 0)
+                goto fail;
         /* The snapshot, attached for reading it at open (and for its migration): not held
          * exclusively, since the fold thread writes it on a connection of its own. */
         {
@@ -1541,7 +1552,7 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                         goto fail;
                 }
         }
-        k = migrate(s, ret_error);
+        k = migrate(s, version, ret_error);
         if (k < 0)
                 goto fail;
 
