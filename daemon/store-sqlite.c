@@ -1533,10 +1533,20 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
                          sqlite3_errmsg(s->db));
                 goto fail;
         }
-        int version;
+        int version = 0;
         k = schema_version(s, &version, ret_error);
-        if (k == 0)
-                k = prepare_files(s->snap_path, dir, ret_error);
+        if (k < 0)
+                goto fail;
+        /* From schema 8 on the leases are in the snapshot: without it, refuse (and do not
+         * make an empty one) rather than come up without them. */
+        if (version >= 8 && access(s->snap_path, F_OK) < 0 && errno == ENOENT) {
+                k = fail(ret_error, -ENOENT,
+                         "%s is missing, and %s needs it: it holds the leases; refusing to start without "
+                         "them (restore the file, or move %s away too to start with an empty database)",
+                         s->snap_path, s->path, s->path);
+                goto fail;
+        }
+        k = prepare_files(s->snap_path, dir, ret_error);
         if (k < 0)
                 goto fail;
         /* The snapshot, attached for reading it at open (and for its migration): not held

@@ -680,6 +680,37 @@ static void test_log_fold_last_row_wins(void **state) {
         store_free(s);
 }
 
+/* agend.db of schema 8 keeps its leases in agend-leases.db: without that file the store
+ * refuses to open, says which file is missing, and makes no empty one in its place; with
+ * it back, the leases are there. */
+static void test_refuses_missing_snapshot(void **state) {
+        Fixture *f = *state;
+        Store *s;
+        char *err = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), 0);
+        LeaseRecord a = fold_record("a", 5);
+        a.token = 1;
+        assert_int_equal(s->ops->token_save(s, 1), 0);
+        assert_int_equal(s->ops->lease_save(s, &a), 0);
+        assert_int_equal(s->ops->commit(s), 1);
+        store_free(s);
+
+        char snap[160], moved[176];
+        snprintf(snap, sizeof(snap), "%s/agend-leases.db", f->dir);
+        snprintf(moved, sizeof(moved), "%s.moved", snap);
+        assert_int_equal(rename(snap, moved), 0);
+        s = NULL;
+        assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), -ENOENT);
+        assert_null(s);
+        assert_non_null(err);
+        assert_non_null(strstr(err, "agend-leases.db is missing"));
+        free(err);
+        assert_int_equal(access(snap, F_OK), -1);
+
+        assert_int_equal(rename(moved, snap), 0);
+        assert_restart_restores(f->dir, 100, 1);
+}
+
 /* A fold after a restart folds the changes the last run logged and did not fold (it
  * crashed): the fold works from changes noted in memory as rows are written, and open
  * notes the rows after the fold point again. A lease saved before the restart and one of the last run's
@@ -1662,6 +1693,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_migration_from_v1, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_corrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_newer_schema, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_refuses_missing_snapshot, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_history_capped, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_full_disk_batch_replayed, setup, teardown),
