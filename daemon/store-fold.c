@@ -12,8 +12,10 @@
 #include "macro.h"
 #include "store-fold.h"
 
-/* After a failed fold, the next try waits this long, unless more is handed over. */
+/* After a failed fold, the next try waits this long, unless more is handed over or a
+ * commit waits for the fold. */
 #define FOLD_RETRY_NSEC (100 * 1000 * 1000)
+#define FOLD_BUSY_MSEC 100
 
 typedef enum FoldStmt {
         FOLD_SAVE,
@@ -259,6 +261,10 @@ int fold_thread_start(const char *path, StoreSync sync, int64_t folded, FoldThre
                 goto fail;
         }
         int rc = sqlite3_open_v2(path, &t->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        /* agend's other connection reads the snapshot at start-up (and the sqlite3 CLI may):
+         * a lock held for a moment is waited for, not logged as a failed fold. */
+        if (rc == SQLITE_OK)
+                rc = sqlite3_busy_timeout(t->db, FOLD_BUSY_MSEC);
         if (rc == SQLITE_OK)
                 rc = sqlite3_exec(t->db,
                                   sync == STORE_SYNC_FULL ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL"
