@@ -120,7 +120,7 @@ static bool loop_idle(Manager *m) {
  * - when the loop is idle (the one-client case), in either sync mode;
  * - with sync=normal, also while calls wait, as long as no timer is due soon: such a
  *   commit writes to the page cache and never syncs (the checkpoint, which does, and a
- *   lease-log fold that fell behind are kept for the thread by
+ *   commit that may wait for a fold thread fallen behind are kept for the thread by
  *   store_pipe_may_commit_inline()), and on two
  *   cores the hand-off's wake-ups cost more than the overlap gains (docs/performance.md,
  *   "Round 2: commits on the loop under load"). With sync=full the loop never waits for

@@ -58,8 +58,9 @@ Store *store_pipe_store(StorePipe *p);
 
 /* No commit is in flight, recent commits took less than STORE_PIPE_INLINE_MAX_USEC, the
  * recorded batch is at most STORE_PIPE_INLINE_MAX_BYTES and the real store has no
- * maintenance due (StoreOps.maintenance_due: sqlite's WAL checkpoint or a lease-log fold
- * that fell behind, which an inline commit defers to the next commit on the thread). */
+ * maintenance due (StoreOps.maintenance_due: sqlite's WAL checkpoint, which an inline
+ * commit defers to the next commit on the thread, or a fold thread fallen so far behind
+ * that a commit may have to wait for it). */
 bool store_pipe_may_commit_inline(const StorePipe *p);
 /* Commits the recorded batch now, on the loop thread, and returns the real store's result
  * (as done() would get it; done() is not called). -EBUSY while a commit is in flight: a

@@ -4,9 +4,9 @@
 /* Durable state behind a vtable, like redis's ae backends. The contract is plain data:
  * records of strings and integers, no engine structure, so a second backend (etcd is
  * planned, brief §7) needs nothing of the engine's internals. Backends:
- * - store-sqlite.c, the daemon's store (append-only rows, each an event and the lease
- *   change it reports, folded into a leases table off the reply path; docs/architecture.md
- *   "The database");
+ * - store-sqlite.c, the daemon's store (a ring of rows, each an event and the lease change
+ *   it reports, folded into a leases snapshot in a file of its own by a thread of its own,
+ *   store-fold.h; docs/architecture.md "The database");
  * - store-memory.c, for tests: everything in memory, with fault injection.
  *
  * Writes join the current transaction, which commit() commits. The daemon calls the real
@@ -109,8 +109,9 @@ typedef struct StoreOps {
         int64_t (*log_bytes)(Store *s);
         /* Optional, for the pipelined commit, which commits on the loop thread when it
          * may (store-pipe.c, manager.c): maintenance_due() says whether a commit now would
-         * also do work that can take long (sqlite: checkpoint the WAL, fold a backlog of the log); while
-         * defer_maintenance(true) is in force, commits leave that work to a later commit. */
+         * also do work that can take long (sqlite: checkpoint the WAL, or wait for a fold
+         * thread fallen behind); while defer_maintenance(true) is in force, commits leave
+         * the checkpoint to a later commit. */
         bool (*maintenance_due)(Store *s);
         void (*defer_maintenance)(Store *s, bool defer);
         void (*free)(Store *s);
