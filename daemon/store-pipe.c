@@ -536,13 +536,15 @@ static int p_history(Store *s, const char *resource, uint64_t before, unsigned l
 
 static int64_t p_size(Store *s) {
         StorePipe *p = pipe_of(s);
-        wait_idle(p);
+        if (!p->inner->ops->sizes_any_thread)
+                wait_idle(p);
         return p->inner->ops->size(p->inner);
 }
 
 static int64_t p_log_bytes(Store *s) {
         StorePipe *p = pipe_of(s);
-        wait_idle(p);
+        if (!p->inner->ops->sizes_any_thread)
+                wait_idle(p);
         return p->inner->ops->log_bytes ? p->inner->ops->log_bytes(p->inner) : -EOPNOTSUPP;
 }
 

@@ -323,7 +323,7 @@ typedef struct StoreSqlite {
         int wal_frames;         /* frames in the WAL after the last commit */
         int wal_room_checked_at; /* wal_frames at the last look at free space (-1: none) */
         bool wal_room;          /* then: room for the WAL to grow to WAL_CHECKPOINT_FRAMES */
-        int64_t wal_bytes;      /* appended since open */
+        int64_t wal_bytes;      /* appended since open (atomic: log_bytes() reads it from any thread) */
         bool defer_maintenance; /* a commit on agend's loop thread: checkpoint and catch-up fold later */
         int page_size;
 } StoreSqlite;
@@ -1217,7 +1217,7 @@ static int wal_hook(void *userdata, sqlite3 *db, const char *name, int frames) {
         StoreSqlite *s = userdata;
         /* Fewer frames than after the last commit: the WAL was restarted after a checkpoint. */
         int added = frames >= s->wal_frames ? frames - s->wal_frames : frames;
-        s->wal_bytes += (int64_t) added * (s->page_size + 24);
+        __atomic_store_n(&s->wal_bytes, s->wal_bytes + (int64_t) added * (s->page_size + 24), __ATOMIC_RELAXED);
         s->wal_frames = frames;
         if (checkpoint_due(s, frames) && !s->defer_maintenance)
                 (void) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
@@ -1245,7 +1245,7 @@ void *store_sqlite_handle(Store *store) {
 
 static int64_t s_log_bytes(Store *store) {
         StoreSqlite *s = container_of(store, StoreSqlite, store);
-        return s->wal_bytes;
+        return __atomic_load_n(&s->wal_bytes, __ATOMIC_RELAXED);
 }
 
 static int64_t file_and_wal_size(const char *path) {
@@ -1311,6 +1311,8 @@ static const StoreOps sqlite_ops = {
         .log_bytes = s_log_bytes,
         .maintenance_due = s_maintenance_due,
         .defer_maintenance = s_defer_maintenance,
+        /* size() stats the files, log_bytes() reads an atomic counter. */
+        .sizes_any_thread = true,
         .free = s_free,
 };
 

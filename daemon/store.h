@@ -107,6 +107,10 @@ typedef struct StoreOps {
         /* Bytes appended to the durable log since the store opened (sqlite: WAL frames,
          * headers included), for Status and the benchmark; NULL if the backend cannot say. */
         int64_t (*log_bytes)(Store *s);
+        /* size() and log_bytes() may be called from another thread while a commit runs, so
+         * that a Status need not wait for the commit in flight (which can take a checkpoint's
+         * time) and hold up agend's loop meanwhile. */
+        bool sizes_any_thread;
         /* Optional, for the pipelined commit, which commits on the loop thread when it
          * may (store-pipe.c, manager.c): maintenance_due() says whether a commit now would
          * also do work that can take long (sqlite: checkpoint the WAL, or wait for a fold

@@ -9,8 +9,10 @@
  * Which path a commit takes: the first test's commits are fast and the loop is idle, so
  * they are committed inline on the loop (store_pipe_commit_inline()); the tests with
  * delay-commit make every commit slow (the start-up commit already is), so theirs go
- * through the commit thread, with the loop deciding the next batch meanwhile; the last
- * test's failing commit is made on the loop while calls wait (sync=normal). */
+ * through the commit thread, with the loop deciding the next batch meanwhile; the fourth
+ * test's failing commit is made on the loop while calls wait (sync=normal). The last test
+ * runs on sqlite with every commit held (AGEND_TEST_COMMIT_DELAY): a Status beside a
+ * commit in flight must not hold up the loop. */
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -200,6 +202,52 @@ static void test_failed_commit_with_calls_waiting(void **state) {
         expect_failed_exit(a);
 }
 
+/* A Status while a commit is in flight does not hold up agend's loop: its figures (the
+ * database's size, the WAL bytes) are read beside the commit, not after it. On the sqlite
+ * store with every commit held 800 ms (AGEND_TEST_COMMIT_DELAY; after one slow commit
+ * the next go to the commit thread): a lease with a TTL of 0.3 s is decided and its
+ * commit goes in flight, then a Status arrives; the lease's
+ * expiry must still be decided on time (the event's time within 250 ms of the deadline
+ * the grant reported), where a Status waiting for the commit would have kept the loop
+ * from it for the rest of the 800 ms. */
+static void test_status_beside_commit_in_flight(void **state) {
+        Agend *a = NULL;
+        assert_int_equal(setenv("AGEND_TEST_COMMIT_DELAY", "800000", 1), 0);
+        assert_int_equal(agend_new(&a), 0);
+        int r = agend_start(a);
+        unsetenv("AGEND_TEST_COMMIT_DELAY");
+        assert_int_equal(r, 0);
+        VConn *holder = OPEN(a), *status = OPEN(a);
+        /* A first commit, slow: the next ones go to the commit thread, not the loop. */
+        GRANT(status, "{\"resource\":\"warm-up\"}");
+        assert_int_equal(vconn_send(holder, 0, LEASE_IF "Acquire",
+                                    "{\"resource\":\"short\",\"detached\":true,\"ttl\":0.3}"),
+                         0);
+        helper_sleep(0.1);      /* decided, its commit in flight */
+        assert_int_equal(vconn_send(status, 0, LEASE_IF "Status", "{}"), 0);
+
+        json_object *grant = RECV(holder, HELPER_REPLY_TIMEOUT);
+        assert_null(reply_error(grant));
+        int64_t deadline = jint(grant, "parameters.lease.deadline");
+        assert_true(deadline > 0);
+        assert_null(reply_error(RECV(status, HELPER_REPLY_TIMEOUT)));
+
+        int64_t expired = 0;
+        for (double until = helper_now() + 5; !expired && helper_now() < until; helper_sleep(0.05)) {
+                json_object *evs = jget(CALL_OK(status, LEASE_IF "History", "{\"resource\":\"short\"}"), "events");
+                for (size_t i = 0; i < json_object_array_length(evs); i++) {
+                        json_object *ev = json_object_array_get_idx(evs, i);
+                        const char *type = jstr(ev, "type");
+                        if (type && strcmp(type, "expired") == 0)
+                                expired = jint(ev, "time");
+                }
+        }
+        assert_true(expired > 0);
+        if (expired - deadline > 250 * 1000)
+                fail_msg("the expiry was decided %.0f ms after its deadline: the loop waited for the commit",
+                         (double) (expired - deadline) / 1000.0);
+}
+
 static int teardown(void **state) {
         helper_cleanup();
         return 0;
@@ -215,6 +263,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_delayed_and_failed_commit_holds_later_batches, teardown),
                 cmocka_unit_test_teardown(test_batch_decided_in_flight_waits_for_its_own_commit, teardown),
                 cmocka_unit_test_teardown(test_failed_commit_with_calls_waiting, teardown),
+                cmocka_unit_test_teardown(test_status_beside_commit_in_flight, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
