@@ -76,6 +76,7 @@ typedef struct Manager {
         uint64_t commits;
         uint64_t status_sent;           /* last counts sent with STATUS= */
         usec_t status_time;
+        unsigned leases_high;           /* the most leases since the last heap merge */
         bool store_failed;
         int exit_code;
 } Manager;
