@@ -1505,7 +1505,8 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
          * the WAL are unchanged; after a crash the next open rebuilds the index from the
          * WAL). The price: while agend runs, no other process can open the database; the
          * sqlite3 CLI reads it once agend has stopped (agend.lock already keeps a second
-         * agend out). */
+         * agend out). main. only: unqualified, the mode would also hold the snapshot
+         * attached later, which the fold thread's own connection must write. */
         char *msg = NULL;
         rc = sqlite3_exec(s->db, "PRAGMA main.locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL", NULL, NULL, &msg);
         if (rc != SQLITE_OK) {
