@@ -134,7 +134,7 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  (SELECT max(seq) FROM events WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'folded_seq')"
         "   AND change IS NOT NULL GROUP BY lease) AND change = 'save';",
         /* 7 → 8: the leases snapshot moves to a file of its own, agend-leases.db, written by
-         * a thread of its own (store-fold.h). snapshot_fill() has copied leases and
+         * a thread of its own (store-fold.h). SNAPSHOT_FILL has copied leases and
          * folded_seq there (committed first: if this step fails, the next open copies them
          * again). The view goes with the table; open makes it again as a temporary view
          * over both files. */
@@ -324,7 +324,7 @@ typedef struct StoreSqlite {
         int wal_room_checked_at; /* wal_frames at the last look at free space (-1: none) */
         bool wal_room;          /* then: room for the WAL to grow to WAL_CHECKPOINT_FRAMES */
         int64_t wal_bytes;      /* appended since open (atomic: log_bytes() reads it from any thread) */
-        bool defer_maintenance; /* a commit on agend's loop thread: checkpoint and catch-up fold later */
+        bool defer_maintenance; /* a commit on agend's loop thread: checkpoint later */
         int page_size;
 } StoreSqlite;
 
@@ -1578,7 +1578,6 @@ int store_sqlite_open(const char *dir, StoreSync sync, unsigned history_size, St
         }
         rc = sqlite3_exec(s->db, "SELECT count(*) FROM snap.leases; " CURRENT_LEASES_VIEW, NULL, NULL, &msg);
         if (rc == SQLITE_OK) {
-                _cleanup_free_ char *t = NULL;
                 sqlite3_stmt *st = NULL;
                 if (sqlite3_prepare_v2(s->db, "SELECT value FROM snap.meta WHERE key = 'folded_seq'", -1, &st, NULL) ==
                     SQLITE_OK) {

@@ -31,15 +31,20 @@
 /* Commits of one run: 1 = the start (the boot id), 2 = the grant, 3 = the release. */
 #define STORE_SPEC "memory,fail-commit=3"
 
-/* Starts agend on the in-memory store with the faults of spec (AGEND_TEST_STORE). */
-static Agend *start_with_store(const char *spec) {
+/* Starts agend with the test hook name set to value in its environment only. */
+static Agend *start_with_hook(const char *name, const char *value) {
         Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_STORE", spec, 1), 0);
+        assert_int_equal(setenv(name, value, 1), 0);
         assert_int_equal(agend_new(&a), 0);
         int r = agend_start(a);
-        unsetenv("AGEND_TEST_STORE");
+        unsetenv(name);
         assert_int_equal(r, 0);
         return a;
+}
+
+/* Starts agend on the in-memory store with the faults of spec (AGEND_TEST_STORE). */
+static Agend *start_with_store(const char *spec) {
+        return start_with_hook("AGEND_TEST_STORE", spec);
 }
 
 /* A watcher of resource r (its Watch in effect) and a holder granted a lease on r: the
@@ -211,12 +216,7 @@ static void test_failed_commit_with_calls_waiting(void **state) {
  * the grant reported), where a Status waiting for the commit would have kept the loop
  * from it for the rest of the 800 ms. */
 static void test_status_beside_commit_in_flight(void **state) {
-        Agend *a = NULL;
-        assert_int_equal(setenv("AGEND_TEST_COMMIT_DELAY", "800000", 1), 0);
-        assert_int_equal(agend_new(&a), 0);
-        int r = agend_start(a);
-        unsetenv("AGEND_TEST_COMMIT_DELAY");
-        assert_int_equal(r, 0);
+        Agend *a = start_with_hook("AGEND_TEST_COMMIT_DELAY", "800000");
         VConn *holder = OPEN(a), *status = OPEN(a);
         /* A first commit, slow: the next ones go to the commit thread, not the loop. */
         GRANT(status, "{\"resource\":\"warm-up\"}");

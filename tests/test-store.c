@@ -25,6 +25,7 @@
 typedef struct Fixture {
         char dir[64];
         char db[96];
+        char snap[96];          /* the leases snapshot beside db */
 } Fixture;
 
 static int setup(void **state) {
@@ -32,6 +33,7 @@ static int setup(void **state) {
         snprintf(f->dir, sizeof(f->dir), "/tmp/agend-test-store-XXXXXX");
         assert_non_null(mkdtemp(f->dir));
         snprintf(f->db, sizeof(f->db), "%s/agend.db", f->dir);
+        snprintf(f->snap, sizeof(f->snap), "%s/agend-leases.db", f->dir);
         *state = f;
         return 0;
 }
@@ -353,9 +355,7 @@ static void test_refuses_newer_schema(void **state) {
         free(err);
         assert_int_equal(count(f->db, "PRAGMA user_version"), 99);
         /* Left as it was: not even the snapshot file is made beside it. */
-        char snap[160];
-        snprintf(snap, sizeof(snap), "%s/agend-leases.db", f->dir);
-        assert_int_equal(access(snap, F_OK), -1);
+        assert_int_equal(access(f->snap, F_OK), -1);
 }
 
 typedef struct Hist {
@@ -695,19 +695,18 @@ static void test_refuses_missing_snapshot(void **state) {
         assert_int_equal(s->ops->commit(s), 1);
         store_free(s);
 
-        char snap[160], moved[176];
-        snprintf(snap, sizeof(snap), "%s/agend-leases.db", f->dir);
-        snprintf(moved, sizeof(moved), "%s.moved", snap);
-        assert_int_equal(rename(snap, moved), 0);
+        char moved[112];
+        snprintf(moved, sizeof(moved), "%s.moved", f->snap);
+        assert_int_equal(rename(f->snap, moved), 0);
         s = NULL;
         assert_int_equal(store_sqlite_open(f->dir, STORE_SYNC_NORMAL, 100, &s, &err), -ENOENT);
         assert_null(s);
         assert_non_null(err);
         assert_non_null(strstr(err, "agend-leases.db is missing"));
         free(err);
-        assert_int_equal(access(snap, F_OK), -1);
+        assert_int_equal(access(f->snap, F_OK), -1);
 
-        assert_int_equal(rename(moved, snap), 0);
+        assert_int_equal(rename(moved, f->snap), 0);
         assert_restart_restores(f->dir, 100, 1);
 }
 
@@ -1594,10 +1593,8 @@ static void test_commit_does_not_wait_for_fold(void **state) {
         Engine *e;
         Holder h = {};
         open_with_engine(f, STORE_SYNC_NORMAL, &s, &e);
-        char path[160];
-        snprintf(path, sizeof(path), "%s/agend-leases.db", f->dir);
         sqlite3 *lock;
-        assert_int_equal(sqlite3_open_v2(path, &lock, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_open_v2(f->snap, &lock, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_exec(lock, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
 
         acquire_detached(e, &h, "stay", 2000);
