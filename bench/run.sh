@@ -11,7 +11,9 @@
 # --agend BINARY (instead of the one built), --duration S (measured seconds per point, 5),
 # --rounds N (1), --no-scale, --no-perf, --no-install, --no-cluster (skip the cluster-scope block:
 # agend's Scope=cluster cycles and the etcd lock recipe on a 3-member cluster, and local cycles
-# with and without a [Cluster] section), --cluster-only (only that block).
+# with and without a [Cluster] section), --cluster-only (only that block), --ceiling (also
+# builds agend with test hooks in BUILD-hooks and runs 64 × 1 three times over with agend on
+# a store that keeps nothing beside agend and Redis: what agend costs without its store).
 #
 # Installs redis-server, etcd-server and gnuplot from Debian if missing. Every process it
 # starts listens on a Unix socket in a temp dir or on 127.0.0.1, and is stopped by its pid
@@ -20,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0 quick=0 scale=1 perf=1 install=1 out= build=build-bench duration=5 warmup=1 rounds=1 agend=
-cluster=1 cluster_only=0
+cluster=1 cluster_only=0 ceiling=0
 while (($#)); do
         case $1 in
         --smoke) smoke=1 ;;
@@ -30,12 +32,13 @@ while (($#)); do
         --no-install) install=0 ;;
         --no-cluster) cluster=0 ;;
         --cluster-only) cluster_only=1 ;;
+        --ceiling) ceiling=1 ;;
         --out) out=$2; shift ;;
         --build) build=$2; shift ;;
         --agend) agend=$2; shift ;;
         --duration) duration=$2; shift ;;
         --rounds) rounds=$2; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
         esac
         shift
@@ -52,6 +55,14 @@ bench=$build/bench/agen-bench
 [[ -n $agend ]] || agend=$(find "$build/daemon" -maxdepth 1 -name agend -type f -perm -u+x 2>/dev/null | head -1)
 [[ -x $bench ]] || { echo "run.sh: $bench was not built" >&2; exit 1; }
 [[ -n $agend ]] || { echo "run.sh: agend was not built (daemon/ not ready?)" >&2; exit 1; }
+agend_hooks=
+if ((ceiling)); then
+        # The same code with AGEND_TEST_STORE, which a build without test hooks refuses.
+        [[ -f $build-hooks/build.ninja ]] ||
+                meson setup "$build-hooks" -Dbuildtype=debugoptimized -Dtest_hooks=enabled >/dev/null
+        ninja -C "$build-hooks" daemon/agend >/dev/null
+        agend_hooks=$build-hooks/daemon/agend
+fi
 
 if ((smoke)); then
         exec "$bench" smoke --agend "$agend"
@@ -101,12 +112,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 declare -A sock pid addr
-start_agend() {         # start_agend NAME ARGS...
+start_agend() {         # start_agend NAME ARGS... (binary: $agend_bin or $agend; env: $agend_env)
         local name=$1; shift
         mkdir -p "$tmp/$name"
         sock[$name]=$tmp/$name/io.agend.Lease
         (ulimit -n 65536 2>/dev/null || true
-         exec "$agend" --socket "${sock[$name]}" --state-dir "$tmp/$name" "$@") >"$tmp/$name/log" 2>&1 &
+         exec env ${agend_env:-} "${agend_bin:-$agend}" --socket "${sock[$name]}" --state-dir "$tmp/$name" "$@") \
+                >"$tmp/$name/log" 2>&1 &
         pid[$name]=$!; pids+=("$!")
         "$bench" ready --socket "${sock[$name]}" --server-pid "${pid[$name]}" --duration 60 ||
                 { cat "$tmp/$name/log" >&2; exit 1; }
@@ -271,6 +283,27 @@ for ((round = 1; round <= rounds; round++)); do
                 done
         done
 done
+
+# ---- the ceiling: agend on a store that keeps nothing, beside agend and Redis, 64 × 1 ----
+# Three rounds, every configuration in each, so that ratios come from the same rounds.
+if ((ceiling)); then
+        log "ceiling: agend without its store, 64 x 1"
+        agend_bin=$agend_hooks agend_env=AGEND_TEST_STORE=memory start_agend nostore-normal --sync=normal
+        agend_bin=$agend_hooks agend_env=AGEND_TEST_STORE=memory start_agend nostore-full --sync=full
+        ceil=(nostore-normal nostore-full agend-normal agend-full)
+        ((have_redis)) && ceil+=(redis-everysec redis-always)
+        for round in 1 2 3; do
+                for cfg in "${ceil[@]}"; do
+                        case $cfg in
+                        redis-*) tgt=(--target redis --socket "${sock[$cfg]}") ;;
+                        *) tgt=(--target agend --socket "${sock[$cfg]}") ;;
+                        esac
+                        "$bench" cycle "${tgt[@]}" --clients 64 --inflight 1 --duration "$duration" \
+                                --warmup "$warmup" --server-pid "${pid[$cfg]}" --label "ceiling-$cfg" \
+                                --prefix "c$round" >>"$results" || log "ceiling $cfg had errors"
+                done
+        done
+fi
 
 # ---- where agend's time goes at 64 clients: a perf profile of each durability ----
 if ((perf)) && command -v perf >/dev/null; then
