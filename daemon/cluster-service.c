@@ -34,7 +34,9 @@ struct ClusterLease {
         ClusterWaiter *waiter;          /* the etcd key; NULL once ended */
         Conn *conn;                     /* the holder's connection, NULL once it went */
         bool granted;
-        bool pending;                   /* the Acquire call waits for it */
+        bool pending;                   /* the Acquire (or Reclaim) call waits for it */
+        bool reclaim;                   /* that call is a Reclaim: its reply is the lease */
+        bool restored;                  /* claimed at start for no client (a detached lease) */
         bool try_once;
         ev_timer timeout;
         ev_timer expiry;                /* the TTL, from the grant or the last Renew */
@@ -48,6 +50,16 @@ struct PendingCheck {
         LIST_FIELDS(PendingCheck, checks);
 };
 
+/* A Reclaim that came before the prefix was read after a restart (its key may be there). */
+typedef struct ParkedReclaim ParkedReclaim;
+struct ParkedReclaim {
+        Conn *conn;                     /* NULL once the connection went */
+        uint64_t token;
+        char id[LEASE_ID_LEN + 1];
+        char secret[LEASE_SECRET_LEN + 1];
+        LIST_FIELDS(ParkedReclaim, parked);
+};
+
 struct ClusterService {
         Manager *manager;
         Cluster *cluster;
@@ -57,6 +69,9 @@ struct ClusterService {
         Hashmap granted;                /* lease id → granted ClusterLease: Release, Renew,
                                          * Watch and Revoke look every id up here first */
         PendingCheck *checks;
+        ParkedReclaim *parked;
+        ev_timer parked_timeout;        /* the reclaim grace: then NoSuchLease */
+        bool adopting;                  /* an earlier process left its etcd lease; not read yet */
         EtcdLeaseState keeper_state;
         char *settings;                 /* the [Cluster] section it started with, as text */
 };
@@ -156,6 +171,10 @@ static void on_remote(Cluster *cluster, const ClusterEntry *e, ClusterRemoteEven
         methods_engine_callbacks.event(NULL, &ev, NULL, s->manager);
 }
 
+static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void expiry_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void holder_link(ClusterLease *cl, Conn *c);
+
 static void lease_free(ClusterLease *cl) {
         if (!cl)
                 return;
@@ -170,6 +189,48 @@ static void lease_free(ClusterLease *cl) {
         free(cl->res.res.name);
         free(cl->res.node);
         free(cl);
+}
+
+static ClusterLease *lease_free_null(ClusterLease *cl) {
+        lease_free(cl);
+        return NULL;
+}
+
+/* A cluster lease's id and secret are its key's ticket (the key's random part and the
+ * secret its value keeps), so that the next process of this agend knows the lease by them. */
+static void lease_name_from_ticket(ClusterLease *cl, const char *ticket) {
+        char id[LEASE_ID_LEN + 1];
+        snprintf(id, sizeof(id), "%.*s", LEASE_ID_LEN, ticket);
+        /* cluster.c makes and checks tickets: 48 hex digits, which both parse. */
+        (void) lease_id_from_string(id, &cl->lease.id);
+        (void) lease_secret_from_string(ticket + LEASE_ID_LEN, cl->lease.secret);
+        lease_id_to_string(cl->lease.id, cl->id);
+}
+
+/* A lease record for resource, not granted yet, on the list (c may be NULL). */
+static ClusterLease *lease_new(ClusterService *s, Conn *c, const char *resource, const char *description,
+                               const Owner *owner) {
+        ClusterLease *cl = calloc(1, sizeof(*cl));
+        if (!cl)
+                return NULL;
+        cl->service = s;
+        cl->conn = c;
+        ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
+        ev_timer_init(&cl->expiry, expiry_cb, 0., 0.);
+        LIST_PREPEND(all, s->leases, cl);
+        cl->lease.owner = &cl->owner;
+        cl->res.res.name = strdup(resource);
+        cl->res.res.cluster = true;
+        cl->res.node = strdup(cluster_node(s->cluster));
+        cl->lease.description = strdup(strempty(description));
+        cl->lease.resource = &cl->res.res;
+        cl->lease.expiry.pq.when = USEC_INFINITY;
+        cl->lease.state = LEASE_HELD;
+        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->owner, owner) < 0) {
+                lease_free(cl);
+                return NULL;
+        }
+        return cl;
 }
 
 /* The Acquire call of cl ends (granted, timed out, failed): the connection may call again. */
@@ -237,6 +298,13 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
         }
         cl->lease.token = token;
         cl->lease.created = usec_now(CLOCK_REALTIME);
+        if (cl->restored) {
+                /* A detached lease of the process before this one, back as it was (its TTL,
+                 * if any, starts again now). */
+                if (cl->lease.ttl > 0)
+                        expiry_start(cl);
+                return;
+        }
         if (!cl->conn) {
                 /* Its connection went while the key was on its way. */
                 cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
@@ -244,16 +312,24 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
                 return;
         }
         Conn *c = cl->conn;
-        LIST_PREPEND(holder, c->holder.leases, &cl->lease);
-        c->holder.n_leases++;
-        cl->lease.holder = &c->holder;
+        holder_link(cl, c);
         if (cl->lease.ttl > 0)
                 expiry_start(cl);
-        emit(cl->service, EVENT_GRANTED, cl, NULL, NULL);
-        if (cl->pending) {
+        emit(cl->service, cl->reclaim ? EVENT_RECLAIMED : EVENT_GRANTED, cl, NULL, NULL);
+        if (cl->pending && cl->reclaim) {
+                cl->pending = false;
+                conn_reply_lease(c, &cl->lease);
+        } else if (cl->pending) {
                 acquire_done(cl);
                 conn_reply_granted(c, &cl->lease, false);
         }
+}
+
+static void holder_link(ClusterLease *cl, Conn *c) {
+        cl->conn = c;
+        LIST_PREPEND(holder, c->holder.leases, &cl->lease);
+        c->holder.n_leases++;
+        cl->lease.holder = &c->holder;
 }
 
 static void holder_unlink(ClusterLease *cl) {
@@ -270,7 +346,10 @@ static void on_ended(Cluster *cluster, ClusterWaiter *w, int error, const char *
         ClusterLease *cl = cluster_waiter_get_userdata(w);
         ClusterService *s = cl->service;
         cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
-        if (cl->pending && cl->conn) {
+        if (cl->pending && cl->reclaim && cl->conn)
+                conn_error_reason(cl->conn, "io.agend.Lease.NoSuchLease", "the lease's key is gone from etcd",
+                                  "id", cl->id);
+        else if (cl->pending && cl->conn) {
                 Conn *c = cl->conn;
                 acquire_done(cl);
                 char buf[256];
@@ -308,6 +387,42 @@ static void on_keeper(Cluster *cluster, EtcdLeaseState st, int error, void *user
                             error < 0 ? strerror(-error) : "");
 }
 
+/* A key the process before this one left: a detached lease is claimed now, as the engine
+ * restores local ones; a bound one waits for its holder's Reclaim, a waiter's for its
+ * ticket (cluster.c deletes what nobody claims within the grace period). */
+static void on_orphan(Cluster *cluster, const ClusterEntry *e, const char *ticket, void *userdata) {
+        ClusterService *s = userdata;
+        if (!e->holds || !e->detached || !cluster_service_serves(s, e->resource))
+                return;
+        Owner o = { .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = (char *) e->comm };
+        ClusterLease *cl = lease_new(s, NULL, e->resource, e->description, &o);
+        if (!cl)
+                return (void) log_error("cluster: out of memory keeping a detached lease across the restart");
+        cl->restored = true;
+        cl->lease.exclusive = e->exclusive;
+        cl->lease.units = e->units;
+        cl->lease.ttl = e->ttl;
+        cl->lease.detached = true;
+        ClusterAcquire a = { .resource = e->resource, .units = e->units, .exclusive = e->exclusive,
+                             .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = e->comm,
+                             .description = e->description, .ttl = e->ttl, .detached = true, .userdata = cl };
+        if (cluster_adopt(cluster, &a, ticket, &cl->waiter) < 0) {
+                lease_free(cl);
+                return;
+        }
+        lease_name_from_ticket(cl, ticket);
+        log_info("cluster: detached lease %s on %s kept across the restart", cl->id, e->resource);
+}
+
+static void reclaim_parked(ClusterService *s, bool give_up);
+static void parked_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+static void on_synced(Cluster *cluster, void *userdata) {
+        ClusterService *s = userdata;
+        s->adopting = false;
+        reclaim_parked(s, false);
+}
+
 static const ClusterCallbacks callbacks = {
         .queued = on_queued,
         .granted = on_granted,
@@ -315,6 +430,8 @@ static const ClusterCallbacks callbacks = {
         .disconnected = on_disconnected,
         .remote = on_remote,
         .keeper = on_keeper,
+        .orphan = on_orphan,
+        .synced = on_synced,
 };
 
 /* The etcd lease a stopped agend left for its next start (cluster_stop_keep()). */
@@ -387,6 +504,8 @@ int cluster_service_new(Manager *m, ClusterService **ret) {
                  * as local leases wait for Reclaim. */
                 .orphan_grace = m->config.reclaim_grace,
         };
+        s->adopting = o.adopt_lease != 0;
+        ev_timer_init(&s->parked_timeout, parked_timeout_cb, (double) m->config.reclaim_grace / USEC_PER_SEC, 0.);
         k = cluster_new(m->loop, &o, &callbacks, s, &s->cluster);
         if (k < 0) {
                 free(s);
@@ -419,14 +538,22 @@ static void stop_check(struct ev_loop *loop, ev_prepare *p, int revents) {
 ClusterService *cluster_service_free(ClusterService *s) {
         if (!s)
                 return NULL;
-        /* A waiter still queued keeps its place for a restart: its key stays in etcd with
-         * this agend's etcd lease, which the next start adopts; the waiter's client presents
-         * its ticket again (as for a local resource). Holders' keys go now. Without queued
-         * waiters the etcd lease is revoked, so other hosts go on at once. */
+        /* Holders and queued waiters keep their keys for a restart: they stay in etcd with
+         * this agend's etcd lease, which the next start adopts; a holder's client reclaims
+         * its lease, a waiter's presents its ticket again (as for a local resource), a
+         * detached lease is claimed at the start. With no such key the etcd lease is
+         * revoked, so nothing is left waiting for the TTL. */
         bool keep = false;
         LIST_FOREACH(all, cl, s->leases)
-                if (!cl->granted && cl->waiter && cluster_waiter_state(cl->waiter) == CLUSTER_WAITER_QUEUED)
+                if (cl->waiter && (cluster_waiter_state(cl->waiter) == CLUSTER_WAITER_QUEUED ||
+                                   cluster_waiter_state(cl->waiter) == CLUSTER_WAITER_HOLDS))
                         keep = true;
+        ev_timer_stop(s->manager->loop, &s->parked_timeout);
+        while (s->parked) {
+                ParkedReclaim *pr = s->parked;
+                LIST_REMOVE(parked, s->parked, pr);
+                free(pr);
+        }
         while (s->leases) {
                 ClusterLease *cl = s->leases;
                 if (cl->conn)
@@ -439,8 +566,8 @@ ClusterService *cluster_service_free(ClusterService *s) {
                 LIST_REMOVE(checks, s->checks, pc);
                 pc->service = NULL;     /* its answer is dropped (cluster_free cancels it) */
         }
-        /* Revoke, so other hosts go on now rather than after the TTL; the loop no longer
-         * serves anything here, so waiting on it for etcd's answer is all it does. */
+        /* The loop no longer serves anything here, so waiting on it for etcd's answer is
+         * all it does. */
         int done = 0;
         struct ev_loop *loop = s->manager->loop;
         int k;
@@ -449,8 +576,8 @@ ClusterService *cluster_service_free(ClusterService *s) {
                 k = cluster_stop_keep(s->cluster, stopped, &done, &id);
                 if (k >= 0) {
                         kept_lease_save(s, id);
-                        log_info("cluster: etcd lease %llx kept for the next start (queued waiters keep "
-                                 "their place)", (long long) id);
+                        log_info("cluster: etcd lease %llx kept for the next start (holders and queued "
+                                 "waiters keep their keys)", (long long) id);
                 }
         } else
                 k = cluster_stop(s->cluster, stopped, &done);
@@ -506,11 +633,6 @@ static unsigned capacity_of(ClusterService *s, const char *resource) {
         return d ? d->capacity : 0;
 }
 
-static void random_bytes(void *b, size_t n) {
-        if (getrandom(b, n, 0) != (ssize_t) n)
-                memset(b, 0, n);        /* getrandom() does not fail for <= 256 bytes */
-}
-
 static void acquire_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
         ClusterLease *cl = container_of(t, ClusterLease, timeout);
         if (!cl->pending || cl->granted)
@@ -529,33 +651,13 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                 return conn_error_reason(c, "io.agend.Lease.Timeout",
                                          "cluster resource: etcd is not reachable (no etcd lease for this agend)",
                                          "resource", ap->resource);
-        ClusterLease *cl = calloc(1, sizeof(*cl));
+        ClusterLease *cl = lease_new(s, c, ap->resource, ap->description, ap->owner);
         if (!cl)
                 return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
-        cl->service = s;
-        cl->conn = c;
-        ev_timer_init(&cl->timeout, acquire_timeout_cb, 0., 0.);
-        ev_timer_init(&cl->expiry, expiry_cb, 0., 0.);
-        LIST_PREPEND(all, s->leases, cl);
-        random_bytes(&cl->lease.id, sizeof(cl->lease.id));
-        random_bytes(cl->lease.secret, sizeof(cl->lease.secret));
-        lease_id_to_string(cl->lease.id, cl->id);
-        cl->lease.owner = &cl->owner;
-        cl->res.res.name = strdup(ap->resource);
-        cl->res.res.cluster = true;
-        cl->res.node = strdup(cluster_node(s->cluster));
-        cl->lease.description = strdup(strempty(ap->description));
-        cl->lease.resource = &cl->res.res;
         cl->lease.exclusive = ap->exclusive;
-        cl->lease.expiry.pq.when = USEC_INFINITY;
-        cl->lease.state = LEASE_HELD;
         cl->lease.ttl = ap->ttl;
         cl->lease.detached = ap->detached;
         cl->try_once = ap->try_once;
-        if (!cl->res.res.name || !cl->res.node || !cl->lease.description || owner_copy(&cl->owner, ap->owner) < 0) {
-                lease_free(cl);
-                return conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
-        }
         ClusterAcquire a = {
                 .resource = ap->resource,
                 .units = ap->units,
@@ -565,6 +667,8 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                 .pid = ap->owner->pid,
                 .comm = ap->owner->comm,
                 .description = ap->description,
+                .ttl = ap->ttl,
+                .detached = ap->detached,
                 .userdata = cl,
         };
         int k = -ENOENT;
@@ -582,6 +686,7 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                                                       : "cluster resource: cannot ask etcd",
                                          "resource", ap->resource);
         }
+        lease_name_from_ticket(cl, cluster_waiter_ticket(cl->waiter));
         cl->lease.units = ap->exclusive ? 0 : (ap->units ? ap->units : 1);
         if (ap->exclusive)
                 cl->lease.units = capacity_of(s, ap->resource);
@@ -593,6 +698,112 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
                 ev_timer_set(&cl->timeout, (double) ap->timeout / USEC_PER_SEC, 0.);
                 ev_timer_start(s->manager->loop, &cl->timeout);
         }
+}
+
+/* Reclaim of a lease this process holds: a detached one without a connection binds to the
+ * caller's; the caller's own is answered as it is. */
+static int reclaim_live(ClusterService *s, Conn *c, ClusterLease *cl, uint64_t token, const char *secret) {
+        if (token != cl->lease.token || !lease_secret_eq(&cl->lease, secret))
+                conn_error_reason(c, "io.agend.Lease.PermissionDenied", "token or secret does not match", "id",
+                                  cl->id);
+        else if (cl->conn != c && (!cl->lease.detached || cl->lease.holder))
+                conn_error_reason(c, "io.agend.Lease.PermissionDenied", "the lease is held by another live connection",
+                                  "id", cl->id);
+        else {
+                if (cl->conn != c) {
+                        holder_link(cl, c);
+                        emit(s, EVENT_RECLAIMED, cl, NULL, NULL);
+                }
+                conn_reply_lease(c, &cl->lease);
+        }
+        return 0;
+}
+
+int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t token, const char *secret) {
+        if (!s)
+                return -ENOENT;
+        ClusterLease *live = hashmap_get(&s->granted, id);
+        if (live)
+                return reclaim_live(s, c, live, token, secret);
+        if (strlen(id) != LEASE_ID_LEN || strlen(secret) != LEASE_SECRET_LEN)
+                return -ENOENT;
+        if (s->adopting) {
+                /* After a restart, before the prefix was read: the key may be there. */
+                ParkedReclaim *pr = calloc(1, sizeof(*pr));
+                if (!pr) {
+                        conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+                        return 0;
+                }
+                pr->conn = c;
+                pr->token = token;
+                snprintf(pr->id, sizeof(pr->id), "%s", id);
+                snprintf(pr->secret, sizeof(pr->secret), "%s", secret);
+                LIST_PREPEND(parked, s->parked, pr);
+                if (!ev_is_active(&s->parked_timeout))
+                        ev_timer_start(s->manager->loop, &s->parked_timeout);
+                return 0;
+        }
+        char ticket[CLUSTER_TICKET_LEN + 1];
+        snprintf(ticket, sizeof(ticket), "%s%s", id, secret);
+        ClusterEntry e;
+        int k = cluster_orphan_get(s->cluster, ticket, &e);
+        if (k == -EPERM || (k == 0 && (!e.holds || (uint64_t) e.create_revision != token))) {
+                explicit_bzero(ticket, sizeof(ticket));
+                conn_error_reason(c, "io.agend.Lease.PermissionDenied", "token or secret does not match", "id", id);
+                return 0;
+        }
+        if (k < 0 || !cluster_service_serves(s, e.resource)) {
+                explicit_bzero(ticket, sizeof(ticket));
+                return -ENOENT;
+        }
+        Owner o = { .uid = e.uid, .gid = e.gid, .pid = e.pid, .comm = (char *) e.comm };
+        ClusterLease *cl = lease_new(s, c, e.resource, e.description, &o);
+        if (cl) {
+                cl->lease.exclusive = e.exclusive;
+                cl->lease.units = e.units;
+                cl->lease.ttl = e.ttl;
+                cl->lease.detached = e.detached;
+                ClusterAcquire a = { .resource = e.resource, .units = e.units, .exclusive = e.exclusive,
+                                     .uid = e.uid, .gid = e.gid, .pid = e.pid, .comm = e.comm,
+                                     .description = e.description, .ttl = e.ttl, .detached = e.detached,
+                                     .userdata = cl };
+                k = cluster_adopt(s->cluster, &a, ticket, &cl->waiter);
+                if (k >= 0)
+                        lease_name_from_ticket(cl, ticket);
+                else
+                        cl = lease_free_null(cl);
+        }
+        explicit_bzero(ticket, sizeof(ticket));
+        if (!cl) {
+                conn_error_reason(c, "io.agend.Lease.Timeout", "cluster resource: cannot ask etcd", "id", id);
+                return 0;
+        }
+        /* Granted from the loop (its key holds): on_granted() answers with the lease. */
+        cl->pending = true;
+        cl->reclaim = true;
+        return 0;
+}
+
+/* The Reclaims that waited for the prefix to be read: answered now (give_up: the grace
+ * period passed without it, NoSuchLease). */
+static void reclaim_parked(ClusterService *s, bool give_up) {
+        ev_timer_stop(s->manager->loop, &s->parked_timeout);
+        while (s->parked) {
+                ParkedReclaim *pr = s->parked;
+                LIST_REMOVE(parked, s->parked, pr);
+                if (pr->conn && (give_up || cluster_service_reclaim(s, pr->conn, pr->id, pr->token, pr->secret) < 0))
+                        conn_error_reason(pr->conn, "io.agend.Lease.NoSuchLease",
+                                          "no lease with this id (not restored, or not reclaimed in time)", "id",
+                                          pr->id);
+                explicit_bzero(pr->secret, sizeof(pr->secret));
+                free(pr);
+        }
+}
+
+static void parked_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+        ClusterService *s = container_of(t, ClusterService, parked_timeout);
+        s->adopting = false;
+        reclaim_parked(s, true);
 }
 
 ClusterLease *cluster_service_lease(ClusterService *s, const char *id) {
@@ -780,16 +991,20 @@ void cluster_service_conn_gone(ClusterService *s, Conn *c, bool release) {
         LIST_FOREACH(checks, pc, s->checks)
                 if (pc->conn == c)
                         pc->conn = NULL;
+        LIST_FOREACH(parked, pr, s->parked)
+                if (pr->conn == c)
+                        pr->conn = NULL;
         for (ClusterLease *cl = s->leases, *next; cl; cl = next) {
                 next = cl->all_next;
                 if (cl->conn != c)
                         continue;
-                if (cl->pending)
+                if (cl->pending && !cl->reclaim)
                         acquire_done(cl);
+                cl->pending = false;
                 cl->conn = NULL;
                 if (!release) {
                         /* Shutdown: cluster_service_free() decides what goes (a restart
-                         * keeps queued keys for their tickets, deletes the rest). */
+                         * keeps the keys of holders and queued waiters, deletes the rest). */
                         holder_unlink(cl);
                         continue;
                 }

@@ -9,9 +9,14 @@
  * A cluster lease has an id and a secret like a local one (for Release/Watch by id), its
  * token is its etcd key's create revision, and it is bound to its connection unless
  * detached. A TTL runs on this agend's monotonic clock (from the grant or the last Renew)
- * and deletes the key when it passes ("expired"). Neither outlives this agend: a stop
- * revokes its etcd lease, with every key. Its events go through the same event callback
- * as the engine's (Watch, per-uid counts) and into the journal (History). */
+ * and deletes the key when it passes ("expired"). Its id and secret are its key's ticket
+ * (the key's random part and the secret in the key's value), so that a restart of agend
+ * keeps it, as it keeps a local lease: a stop keeps the keys of holders and waiters on the
+ * etcd lease, the next start adopts that lease, a bound lease comes back with Reclaim and a
+ * detached one by itself; what is not claimed within the reclaim grace period goes, and if
+ * agend does not come back, etcd drops every key at the etcd lease's TTL. Its events go
+ * through the same event callback as the engine's (Watch, per-uid counts) and into the
+ * journal (History). */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -28,14 +33,21 @@ typedef struct ClusterLease ClusterLease;
  * *ret = NULL). Does not wait for etcd: until the lease is granted and the prefix read,
  * Acquire on a cluster resource fails with a clear error. */
 int cluster_service_new(Manager *m, ClusterService **ret);
-/* Revokes the etcd lease (waits for etcd on m->loop, at most the request timeout) and
- * frees. NULL-safe. */
+/* Stops: with keys of holders or queued waiters, keeps them and the etcd lease for the next
+ * start; otherwise revokes the etcd lease (waits for etcd on m->loop, at most the request
+ * timeout). Then frees. NULL-safe. */
 ClusterService *cluster_service_free(ClusterService *s);
 /* The declared Scope=cluster resources and their capacity (start and reload). */
 int cluster_service_configure(ClusterService *s, const Config *c);
 
 bool cluster_service_serves(ClusterService *s, const char *resource);
 void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap);
+
+/* Reclaim(id, token, secret) of a cluster lease: of a key an earlier process of this agend
+ * left (answered once the key is claimed, or once the prefix was read after a restart), or
+ * of a detached lease of this one. Replies on c (0), or -ENOENT when the id is not such a
+ * lease (the caller says NoSuchLease). */
+int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t token, const char *secret);
 
 /* By lease id: NULL if no cluster lease of this agend has it. */
 ClusterLease *cluster_service_lease(ClusterService *s, const char *id);

@@ -26,6 +26,8 @@ struct CKey {
         int32_t pid;
         unsigned units;
         bool exclusive;
+        bool detached;
+        usec_t ttl;
         bool holds;
         int64_t lease;                  /* the etcd lease the key is attached to */
         char *ticket;                   /* the ticket's secret half, from the value ("" if none) */
@@ -223,6 +225,9 @@ static int ckey_parse_value(CKey *k, const char *value, size_t len) {
         k->units = u >= 1 && u <= 1000000 ? (unsigned) u : 1;
         struct json_object *v;
         k->exclusive = json_object_object_get_ex(o, "exclusive", &v) && json_object_get_boolean(v);
+        k->detached = json_object_object_get_ex(o, "detached", &v) && json_object_get_boolean(v);
+        int64_t ttl = json_int(o, "ttl", 0);
+        k->ttl = ttl > 0 ? (usec_t) ttl : 0;
         json_object_put(o);
         return k->node && k->comm && k->description && k->ticket ? 0 : -ENOMEM;
 }
@@ -305,6 +310,8 @@ static ClusterEntry entry_of(CKey *k) {
                 .description = k->description,
                 .units = k->units,
                 .exclusive = k->exclusive,
+                .ttl = k->ttl,
+                .detached = k->detached,
                 .create_revision = k->create_rev,
                 .holds = k->holds,
                 .position = k->position,
@@ -514,12 +521,27 @@ static void on_sync(EtcdClient *ec, int error, const EtcdResult *res, void *user
         decide_all(c);
         c->quiet = false;
         /* Keys on this etcd lease that no waiter here has: an earlier process of this agend
-         * left them for a restart (cluster_stop_keep()). Their tickets may claim them for a
-         * grace period; then they go. */
+         * left them for a restart (cluster_stop_keep()). The caller may claim some now; the
+         * others' tickets may claim them for a grace period; then they go. */
+        if (c->cb.orphan)
+                LIST_FOREACH(res, r, c->resources)
+                        LIST_FOREACH(keys, k, r->keys)
+                                if (is_orphan(c, k)) {
+                                        char ticket[CLUSTER_TICKET_LEN + 1];
+                                        const char *rnd = strrchr(k->key, ':');
+                                        if (!rnd || strlen(rnd + 1) != 16 || strlen(k->ticket) != 32)
+                                                continue;
+                                        snprintf(ticket, sizeof(ticket), "%s%s", rnd + 1, k->ticket);
+                                        ClusterEntry e = entry_of(k);
+                                        c->cb.orphan(c, &e, ticket, c->userdata);
+                                        explicit_bzero(ticket, sizeof(ticket));
+                                }
         if (!ev_is_active(&c->orphans) && any_orphan(c)) {
                 ev_timer_set(&c->orphans, (double) c->orphan_grace / USEC_PER_SEC, 0.);
                 ev_timer_start(c->loop, &c->orphans);
         }
+        if (c->cb.synced)
+                c->cb.synced(c, c->userdata);
 }
 
 static void start_sync(Cluster *c) {
@@ -792,6 +814,11 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret) {
         jw_string(&jw, "description", strempty(a->description));
         jw_int(&jw, "units", units);
         jw_bool(&jw, "exclusive", a->exclusive);
+        /* For the next process of this agend, if a restart keeps the key (cluster_stop_keep()). */
+        if (a->ttl > 0)
+                jw_int(&jw, "ttl", (int64_t) a->ttl);
+        if (a->detached)
+                jw_bool(&jw, "detached", true);
         jw_string(&jw, "ticket", ticket + 16);
         jw_object_end(&jw);
         if (rp && jw_finish(&jw) >= 0)
@@ -856,16 +883,14 @@ const char *cluster_waiter_ticket(const ClusterWaiter *w) {
         return w->ticket;
 }
 
-int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, ClusterWaiter **ret) {
-        assert_return(c && a && a->resource && ticket && ret, -EINVAL);
-        if (strlen(ticket) != CLUSTER_TICKET_LEN || strspn(ticket, "0123456789abcdef") != CLUSTER_TICKET_LEN)
-                return -ENOENT;
-        if (!cluster_ready(c))
-                return -EAGAIN;
-        CResource *r = resource_get(c, a->resource, false);
-        if (!r || r->capacity == 0)
-                return -ENXIO;
-        _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, a->resource), *key = NULL;
+static bool ticket_valid(const char *ticket) {
+        return strlen(ticket) == CLUSTER_TICKET_LEN && strspn(ticket, "0123456789abcdef") == CLUSTER_TICKET_LEN;
+}
+
+/* The unclaimed key of this agend's etcd lease in r with the ticket's random part: -ENOENT
+ * if none, -EPERM if its secret is not the ticket's. */
+static int orphan_find(Cluster *c, CResource *r, const char *ticket, CKey **ret) {
+        _cleanup_free_ char *rp = cluster_resource_prefix(c->prefix, r->name), *key = NULL;
         if (!rp || asprintf(&key, "%s%s:%.16s", rp, c->node, ticket) < 0)
                 return -ENOMEM;
         CKey *k = ckey_find(c, key);
@@ -874,12 +899,49 @@ int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, Clust
         /* The secret, compared in constant time. */
         const char *want = k->ticket, *got = ticket + 16;
         if (strlen(want) != strlen(got))
-                return -ENOENT;
+                return -EPERM;
         unsigned char d = 0;
         for (size_t i = 0; want[i]; i++)
                 d |= (unsigned char) want[i] ^ (unsigned char) got[i];
         if (d != 0)
+                return -EPERM;
+        *ret = k;
+        return 0;
+}
+
+int cluster_orphan_get(Cluster *c, const char *ticket, ClusterEntry *ret) {
+        assert_return(c && ticket && ret, -EINVAL);
+        if (!ticket_valid(ticket) || !c->synced)
                 return -ENOENT;
+        LIST_FOREACH(res, r, c->resources) {
+                CKey *k;
+                int q = orphan_find(c, r, ticket, &k);
+                if (q == -ENOENT)
+                        continue;
+                if (q < 0)
+                        return q;
+                *ret = entry_of(k);
+                return 0;
+        }
+        return -ENOENT;
+}
+
+int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, ClusterWaiter **ret) {
+        assert_return(c && a && a->resource && ticket && ret, -EINVAL);
+        if (!ticket_valid(ticket))
+                return -ENOENT;
+        if (!cluster_ready(c))
+                return -EAGAIN;
+        CResource *r = resource_get(c, a->resource, false);
+        if (!r || r->capacity == 0)
+                return -ENXIO;
+        CKey *k;
+        int q = orphan_find(c, r, ticket, &k);
+        if (q < 0)
+                return q == -EPERM ? -ENOENT : q;
+        _cleanup_free_ char *key = strdup(k->key);
+        if (!key)
+                return -ENOMEM;
         ClusterWaiter *w = calloc(1, sizeof(*w));
         if (!w || !(w->resource = strdup(a->resource))) {
                 free(w);
@@ -922,8 +984,10 @@ int cluster_stop_keep(Cluster *c, ClusterStopFn done, void *userdata, int64_t *r
         c->stop_pending = 0;
         while (c->waiters) {
                 ClusterWaiter *w = c->waiters;
-                /* Queued keys keep their place; every other key of this agend goes now. */
-                if (id != 0 && !(w->state == CLUSTER_WAITER_QUEUED && w->entry)) {
+                /* Queued and holding keys stay, with their place; every other key of this
+                 * agend (a put still on its way) goes now. */
+                if (id != 0 &&
+                    !((w->state == CLUSTER_WAITER_QUEUED || w->state == CLUSTER_WAITER_HOLDS) && w->entry)) {
                         EtcdOp op = { .type = ETCD_OP_DELETE, .key = w->key };
                         EtcdTxn t = { .success = &op, .n_success = 1 };
                         if (etcd_txn(c->client, &t, on_kept_delete, c, NULL) >= 0)

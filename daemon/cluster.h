@@ -61,6 +61,8 @@ typedef struct ClusterEntry {
         unsigned units;
         bool exclusive;
         int64_t create_revision;        /* the token, when it holds */
+        usec_t ttl;                     /* the lease's TTL as acquired (0: none) */
+        bool detached;                  /* acquired detached */
         bool holds;
         unsigned position;              /* 1-based among the waiters; 0 when it holds */
         ClusterWaiter *local;           /* this agend's waiter for the key, or NULL */
@@ -98,6 +100,14 @@ typedef struct ClusterCallbacks {
         void (*remote)(Cluster *c, const ClusterEntry *e, ClusterRemoteEvent ev, void *userdata);
         /* The keeper changed state (for logs and status). */
         void (*keeper)(Cluster *c, EtcdLeaseState s, int error, void *userdata);
+        /* After the prefix was read with an adopted etcd lease: each key an earlier process
+         * of this agend left on it (cluster_stop_keep()), with its ticket, so that the
+         * caller may claim it at once (cluster_adopt()), e.g. a detached lease that no
+         * client will claim. Keys not claimed go after the grace period. Optional. */
+        void (*orphan)(Cluster *c, const ClusterEntry *e, const char *ticket, void *userdata);
+        /* The prefix was read (start, and again after a compaction or a new etcd lease):
+         * cluster_orphan_get() can answer now. Optional. */
+        void (*synced)(Cluster *c, void *userdata);
 } ClusterCallbacks;
 
 int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCallbacks *cb, void *userdata,
@@ -108,10 +118,10 @@ int cluster_new(struct ev_loop *loop, const ClusterOptions *o, const ClusterCall
  * timed out); then free. -EALREADY if there is no lease to revoke (done does not fire). */
 typedef void (*ClusterStopFn)(Cluster *c, int error, void *userdata);
 int cluster_stop(Cluster *c, ClusterStopFn done, void *userdata);
-/* A stop for a restart: the keys of queued waiters stay in etcd with the etcd lease, which
- * is not revoked (the next process adopts it with ClusterOptions.adopt_lease, and each
- * waiter claims its key by ticket with cluster_adopt()); every other key of this agend is
- * deleted. *ret_lease: the etcd lease id to hand on. Returns 1 when nothing is to be
+/* A stop for a restart: the keys of queued waiters and of holders stay in etcd with the
+ * etcd lease, which is not revoked (the next process adopts it with
+ * ClusterOptions.adopt_lease, and each key is claimed by its ticket with cluster_adopt());
+ * every other key of this agend (puts still on their way) is deleted. *ret_lease: the etcd lease id to hand on. Returns 1 when nothing is to be
  * waited for, 0 when done fires once the deletes were answered, -EALREADY without a
  * lease. Then free. */
 int cluster_stop_keep(Cluster *c, ClusterStopFn done, void *userdata, int64_t *ret_lease);
@@ -136,6 +146,8 @@ typedef struct ClusterAcquire {
         int32_t pid;
         const char *comm;
         const char *description;
+        usec_t ttl;                     /* kept in the key's value for a restart */
+        bool detached;                  /* likewise */
         void *userdata;                 /* the caller's, for the callbacks */
 } ClusterAcquire;
 
@@ -147,6 +159,10 @@ int cluster_acquire(Cluster *c, const ClusterAcquire *a, ClusterWaiter **ret);
  * after cluster_acquire(). -ENOENT if no such key of this agend's etcd lease waits
  * unclaimed (the caller acquires anew), -EAGAIN when not ready. */
 int cluster_adopt(Cluster *c, const ClusterAcquire *a, const char *ticket, ClusterWaiter **ret);
+/* The key an earlier process of this agend left, by ticket, whatever its resource: *ret
+ * (borrowed until the loop runs again). -ENOENT if no unclaimed key of this agend's etcd
+ * lease has the ticket's random part, -EPERM if one has but the secret differs. */
+int cluster_orphan_get(Cluster *c, const char *ticket, ClusterEntry *ret);
 const char *cluster_waiter_ticket(const ClusterWaiter *w);
 /* Deletes the key (release, give up, disconnect) and frees the waiter; no callback fires
  * for it any more. NULL-safe. */

@@ -73,5 +73,7 @@ int methods_bind(VarlinkServer *s);
 void conn_reply_granted(Conn *c, const Lease *l, bool continues);
 void conn_reply_queued(Conn *c, int64_t position, const char *ticket);
 void conn_reply_bool(Conn *c, const char *key, bool value);
+/* Reclaim's reply: {lease}. */
+void conn_reply_lease(Conn *c, const Lease *l);
 /* Engine callbacks. */
 extern const EngineCallbacks methods_engine_callbacks;

@@ -142,13 +142,15 @@ int fdstore_save(Manager *m) {
                 else
                         len = (size_t) snprintf(name, sizeof(name), "b");
                 for (Lease *l = c->holder.leases; l && fits; l = l->holder_next) {
-                        if (len + 1 + LEASE_ID_LEN > FDNAME_MAX)
+                        /* A cluster lease is not in the database to be rebound from: its
+                         * holder sees the disconnect and reclaims it from etcd. */
+                        if (l->resource->cluster || len + 1 + LEASE_ID_LEN > FDNAME_MAX)
                                 fits = false;
                         else
                                 len += (size_t) snprintf(name + len, sizeof(name) - len, "-%s", LEASE_ID_STR(l));
                 }
                 if (!fits)
-                        continue;       /* too many leases to name: the holder reclaims */
+                        continue;       /* too many leases to name, or a cluster one: the holder reclaims */
                 char msg[FDNAME_MAX + 32];
                 snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
                 if (sd_pid_notify_with_fds(0, false, msg, &(int) { varlink_conn_fd(link) }, 1) > 0)

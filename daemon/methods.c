@@ -414,6 +414,8 @@ static void method_reclaim(Conn *c, const VlParams *p) {
         if (get_string(p, "secret", true, 64, &secret) < 0)
                 return invalid(c, "secret", "the lease's secret");
         Lease *l = engine_lease_get(c->manager->engine, id);
+        if (!l && cluster_service_reclaim(c->manager->cluster, c, id, (uint64_t) token, secret) == 0)
+                return;         /* a lease of a cluster resource: answered there */
         if (!l)
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease",
                                          "no lease with this id (not restored, or not reclaimed in time)", "id", id);
@@ -424,6 +426,10 @@ static void method_reclaim(Conn *c, const VlParams *p) {
         if (k < 0)
                 return conn_error_reason(c, "io.agend.Lease.PermissionDenied",
                                          "the lease is held by another live connection", "id", id);
+        conn_reply_lease(c, l);
+}
+
+void conn_reply_lease(Conn *c, const Lease *l) {
         REPLY_WRITER(w);
         lease_write(&w, "lease", l);
         reply_end(c, &w, false);

@@ -3,8 +3,8 @@
  * 3-member etcd (tests/helper-etcd.c): the same calls as for a local resource are granted,
  * and when agend loses etcd's quorum the holder steps DISCONNECTED and then LOST (the
  * daemon's "disconnected" and "voided" events); a waiter keeps its place in the cluster
- * queue across a restart of its agend (the generator re-sends its ticket). Skips (77)
- * without an etcd binary. */
+ * queue across a restart of its agend (the generator re-sends its ticket), and a holder its
+ * lease (the generator reclaims it). Skips (77) without an etcd binary. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -149,9 +149,67 @@ static void test_waiter_keeps_place_across_restart(void **state) {
                 if (!streq_ptr(reply_state(m), "queued"))
                         break;
         }
-        assert_true((uint64_t) jint(jget(assert_granted(m), "lease"), "token") > s.ev.token);
+        json_object *l2 = jget(assert_granted(m), "lease");
+        assert_true((uint64_t) jint(l2, "token") > s.ev.token);
+        /* Released before b stops: a stop keeps a holder's key until b's etcd lease ends. */
+        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\", \"secret\": \"%s\"}", jstr(l2, "id"),
+                jstr(reply_params(m), "secret"));
         vconn_close(b1);
         vconn_close(b2);
+        assert_int_equal(agend_stop(b, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* A holder keeps its cluster lease across a restart of its agend (SIGTERM, start): the key
+ * stays in etcd, the generator says DISCONNECTED at once and RECLAIMED with the same id and
+ * token once the restarted agend has it back; a waiter on another host is not granted
+ * meanwhile, and is granted when the generator ends. */
+static void test_holder_reclaims_across_restart(void **state) {
+        Fixture *f = *state;
+        Agend *b;
+        assert_int_equal(agend_new(&b), 0);
+        ttl = 10;
+        write_cluster_config(b, "n2", "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=probe-b\nScope=cluster\n");
+        ttl = TTL;
+        assert_int_equal(agend_start(b), 0);
+        wait_cluster_ready(b, "probe-b");
+
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "held across" });
+        assert_non_null(g);
+        Step s = next_event(f, g, AGEN_LEASE_GRANTED);
+        VConn *b1 = OPEN(b);
+        assert_int_equal(vconn_send(b1, VL_MORE, LEASE_IF "Acquire", "{\"resource\": \"gpu\"}"), 0);
+        assert_string_equal(reply_state(RECV(b1, HELPER_REPLY_TIMEOUT)), "queued");
+
+        int st;
+        assert_int_equal(agend_stop(f->a, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        Step d = next_event(f, g, AGEN_LEASE_DISCONNECTED);
+        assert_string_equal(d.id, s.id);
+        snprintf(f->a->grace, sizeof(f->a->grace), "%s", GRACE);
+        assert_int_equal(agend_start(f->a), 0);
+        Step r = next_event(f, g, AGEN_LEASE_RECLAIMED);
+        assert_string_equal(r.id, s.id);
+        assert_int_equal(r.ev.token, s.ev.token);
+        /* b's waiter waited all along. */
+        json_object *m = NULL;
+        assert_true(vconn_recv(b1, 0.2, &m) < 0 || streq_ptr(reply_state(m), "queued"));
+
+        Closed c = {};
+        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
+        run_until(f, &c.done);
+        assert_int_equal(c.status, 0);
+        agen_gen_unref(g);
+        for (;;) {
+                m = RECV(b1, 10.0);
+                if (!streq_ptr(reply_state(m), "queued"))
+                        break;
+        }
+        json_object *l2 = jget(assert_granted(m), "lease");
+        assert_true((uint64_t) jint(l2, "token") > s.ev.token);
+        /* Released before b stops: a stop keeps a holder's key until b's etcd lease ends. */
+        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l2, "id"));
+        vconn_close(b1);
         assert_int_equal(agend_stop(b, &st), 0);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
@@ -177,6 +235,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_granted_and_released, cluster_setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup_ttl10, teardown),
+                cmocka_unit_test_setup_teardown(test_holder_reclaims_across_restart, setup_ttl10, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, cluster_setup, teardown),
         };
         int k = etcd_cluster_for_tests(&etcd);
