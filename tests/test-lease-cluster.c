@@ -90,12 +90,8 @@ static int setup_ttl10(void **state) {
         return r;
 }
 
-/* A waiter queued behind a holder on another host keeps its place when its agend stops
- * (SIGTERM) and starts again on the same state directory: the generator reconnects, sends
- * its ticket, is queued first again and granted before a waiter on the other host that
- * queued after it. */
-static void test_waiter_keeps_place_across_restart(void **state) {
-        Fixture *f = *state;
+/* A second host, "n2", on the same etcd, with gpu, once it grants cluster resources. */
+static Agend *other_host(void) {
         Agend *b;
         assert_int_equal(agend_new(&b), 0);
         ttl = 10;
@@ -103,6 +99,41 @@ static void test_waiter_keeps_place_across_restart(void **state) {
         ttl = TTL;
         assert_int_equal(agend_start(b), 0);
         wait_cluster_ready(b, "probe-b");
+        return b;
+}
+
+/* Ends g; then w, a waiter on the other host, is granted a token above after. Its lease is
+ * released before that host stops: a stop keeps a holder's key until its etcd lease ends. */
+static void end_then_granted(Fixture *f, agen_gen *g, VConn *w, uint64_t after) {
+        Closed c = {};
+        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
+        run_until(f, &c.done);
+        assert_int_equal(c.status, 0);
+        agen_gen_unref(g);
+        json_object *m;
+        for (;;) {
+                m = RECV(w, 10.0);
+                if (!streq_ptr(reply_state(m), "queued"))
+                        break;
+        }
+        json_object *l = jget(assert_granted(m), "lease");
+        assert_true((uint64_t) jint(l, "token") > after);
+        CALL_OK(w, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l, "id"));
+}
+
+static void stop_host(Agend *b) {
+        int st;
+        assert_int_equal(agend_stop(b, &st), 0);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* A waiter queued behind a holder on another host keeps its place when its agend stops
+ * (SIGTERM) and starts again on the same state directory: the generator reconnects, sends
+ * its ticket, is queued first again and granted before a waiter on the other host that
+ * queued after it. */
+static void test_waiter_keeps_place_across_restart(void **state) {
+        Fixture *f = *state;
+        Agend *b = other_host();
 
         VConn *b1 = OPEN(b), *b2 = OPEN(b);
         json_object *held = GRANT_LEASE(b1, "{\"resource\": \"gpu\"}");
@@ -139,25 +170,10 @@ static void test_waiter_keeps_place_across_restart(void **state) {
         /* b2 still waits behind us. */
         json_object *m = NULL;
         assert_true(vconn_recv(b2, 0.2, &m) < 0 || streq_ptr(reply_state(m), "queued"));
-        Closed c = {};
-        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
-        run_until(f, &c.done);
-        assert_int_equal(c.status, 0);
-        agen_gen_unref(g);
-        for (;;) {
-                m = RECV(b2, 10.0);
-                if (!streq_ptr(reply_state(m), "queued"))
-                        break;
-        }
-        json_object *l2 = jget(assert_granted(m), "lease");
-        assert_true((uint64_t) jint(l2, "token") > s.ev.token);
-        /* Released before b stops: a stop keeps a holder's key until b's etcd lease ends. */
-        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\", \"secret\": \"%s\"}", jstr(l2, "id"),
-                jstr(reply_params(m), "secret"));
+        end_then_granted(f, g, b2, s.ev.token);
         vconn_close(b1);
         vconn_close(b2);
-        assert_int_equal(agend_stop(b, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        stop_host(b);
 }
 
 /* A holder keeps its cluster lease across a restart of its agend (SIGTERM, start): the key
@@ -166,13 +182,7 @@ static void test_waiter_keeps_place_across_restart(void **state) {
  * meanwhile, and is granted when the generator ends. */
 static void test_holder_reclaims_across_restart(void **state) {
         Fixture *f = *state;
-        Agend *b;
-        assert_int_equal(agend_new(&b), 0);
-        ttl = 10;
-        write_cluster_config(b, "n2", "[Resource]\nName=gpu\nScope=cluster\n\n[Resource]\nName=probe-b\nScope=cluster\n");
-        ttl = TTL;
-        assert_int_equal(agend_start(b), 0);
-        wait_cluster_ready(b, "probe-b");
+        Agend *b = other_host();
 
         agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "held across" });
         assert_non_null(g);
@@ -195,23 +205,9 @@ static void test_holder_reclaims_across_restart(void **state) {
         json_object *m = NULL;
         assert_true(vconn_recv(b1, 0.2, &m) < 0 || streq_ptr(reply_state(m), "queued"));
 
-        Closed c = {};
-        assert_int_equal(agen_gen_aclose(g, closed_cb, &c), 0);
-        run_until(f, &c.done);
-        assert_int_equal(c.status, 0);
-        agen_gen_unref(g);
-        for (;;) {
-                m = RECV(b1, 10.0);
-                if (!streq_ptr(reply_state(m), "queued"))
-                        break;
-        }
-        json_object *l2 = jget(assert_granted(m), "lease");
-        assert_true((uint64_t) jint(l2, "token") > s.ev.token);
-        /* Released before b stops: a stop keeps a holder's key until b's etcd lease ends. */
-        CALL_OK(b1, LEASE_IF "Release", "{\"id\": \"%s\"}", jstr(l2, "id"));
+        end_then_granted(f, g, b1, s.ev.token);
         vconn_close(b1);
-        assert_int_equal(agend_stop(b, &st), 0);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        stop_host(b);
 }
 
 /* Last: it breaks the etcd cluster. */
