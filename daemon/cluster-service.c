@@ -50,10 +50,12 @@ struct PendingCheck {
         LIST_FIELDS(PendingCheck, checks);
 };
 
-/* A Reclaim that came before the prefix was read after a restart (its key may be there). */
+/* A Reclaim, or a Watch of one lease, that came before the prefix was read after a restart:
+ * the lease may be one the restart kept. */
 typedef struct ParkedReclaim ParkedReclaim;
 struct ParkedReclaim {
         Conn *conn;                     /* NULL once the connection went */
+        bool watch;                     /* Watch(lease: id); else Reclaim(id, token, secret) */
         uint64_t token;
         char id[LEASE_ID_LEN + 1];
         char secret[LEASE_SECRET_LEN + 1];
@@ -284,6 +286,8 @@ static void expiry_start(ClusterLease *cl) {
 
 static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void *userdata) {
         ClusterLease *cl = cluster_waiter_get_userdata(w);
+        if (cl->restored)
+                return;         /* live since on_orphan() */
         cl->granted = hashmap_put(&cl->service->granted, cl->id, cl) == 0;
         if (!cl->granted) {
                 /* Out of memory (ids are random: -EEXIST does not happen): not held. */
@@ -298,13 +302,6 @@ static void on_granted(Cluster *cluster, ClusterWaiter *w, uint64_t token, void 
         }
         cl->lease.token = token;
         cl->lease.created = usec_now(CLOCK_REALTIME);
-        if (cl->restored) {
-                /* A detached lease of the process before this one, back as it was (its TTL,
-                 * if any, starts again now). */
-                if (cl->lease.ttl > 0)
-                        expiry_start(cl);
-                return;
-        }
         if (!cl->conn) {
                 /* Its connection went while the key was on its way. */
                 cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
@@ -411,6 +408,18 @@ static void on_orphan(Cluster *cluster, const ClusterEntry *e, const char *ticke
                 return;
         }
         lease_name_from_ticket(cl, ticket);
+        /* Its key holds (a key that holds keeps holding): the lease is live now, before the
+         * grant decision comes from the loop, for the Reclaims and Watches that waited. */
+        cl->granted = hashmap_put(&s->granted, cl->id, cl) == 0;
+        if (!cl->granted) {
+                cluster_waiter_release(cluster, TAKE_PTR(cl->waiter));
+                lease_free(cl);
+                return;
+        }
+        cl->lease.token = (uint64_t) e->create_revision;
+        cl->lease.created = usec_now(CLOCK_REALTIME);
+        if (cl->lease.ttl > 0)
+                expiry_start(cl);
         log_info("cluster: detached lease %s on %s kept across the restart", cl->id, e->resource);
 }
 
@@ -719,6 +728,30 @@ static int reclaim_live(ClusterService *s, Conn *c, ClusterLease *cl, uint64_t t
         return 0;
 }
 
+/* After a restart, before the prefix was read: the call waits for the read. */
+static int park(ClusterService *s, Conn *c, bool watch, const char *id, uint64_t token, const char *secret) {
+        ParkedReclaim *pr = calloc(1, sizeof(*pr));
+        if (!pr) {
+                conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
+                return 0;
+        }
+        pr->conn = c;
+        pr->watch = watch;
+        pr->token = token;
+        snprintf(pr->id, sizeof(pr->id), "%s", id);
+        snprintf(pr->secret, sizeof(pr->secret), "%s", strempty(secret));
+        LIST_PREPEND(parked, s->parked, pr);
+        if (!ev_is_active(&s->parked_timeout))
+                ev_timer_start(s->manager->loop, &s->parked_timeout);
+        return 0;
+}
+
+int cluster_service_park_watch(ClusterService *s, Conn *c, const char *id) {
+        if (!s || !s->adopting || strlen(id) != LEASE_ID_LEN)
+                return -ENOENT;
+        return park(s, c, true, id, 0, NULL);
+}
+
 int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t token, const char *secret) {
         if (!s)
                 return -ENOENT;
@@ -727,22 +760,8 @@ int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t
                 return reclaim_live(s, c, live, token, secret);
         if (strlen(id) != LEASE_ID_LEN || strlen(secret) != LEASE_SECRET_LEN)
                 return -ENOENT;
-        if (s->adopting) {
-                /* After a restart, before the prefix was read: the key may be there. */
-                ParkedReclaim *pr = calloc(1, sizeof(*pr));
-                if (!pr) {
-                        conn_error_reason(c, "io.agend.Lease.ProtocolError", "out of memory", NULL, NULL);
-                        return 0;
-                }
-                pr->conn = c;
-                pr->token = token;
-                snprintf(pr->id, sizeof(pr->id), "%s", id);
-                snprintf(pr->secret, sizeof(pr->secret), "%s", secret);
-                LIST_PREPEND(parked, s->parked, pr);
-                if (!ev_is_active(&s->parked_timeout))
-                        ev_timer_start(s->manager->loop, &s->parked_timeout);
-                return 0;
-        }
+        if (s->adopting)
+                return park(s, c, false, id, token, secret);
         char ticket[CLUSTER_TICKET_LEN + 1];
         snprintf(ticket, sizeof(ticket), "%s%s", id, secret);
         ClusterEntry e;
@@ -791,7 +810,14 @@ static void reclaim_parked(ClusterService *s, bool give_up) {
         while (s->parked) {
                 ParkedReclaim *pr = s->parked;
                 LIST_REMOVE(parked, s->parked, pr);
-                if (pr->conn && (give_up || cluster_service_reclaim(s, pr->conn, pr->id, pr->token, pr->secret) < 0))
+                if (pr->conn && pr->watch) {
+                        if (!give_up && cluster_service_lease(s, pr->id))
+                                conn_watch_begin(pr->conn, NULL, pr->id);
+                        else
+                                conn_error_reason(pr->conn, "io.agend.Lease.NoSuchLease", "no lease with this id",
+                                                  "id", pr->id);
+                } else if (pr->conn &&
+                           (give_up || cluster_service_reclaim(s, pr->conn, pr->id, pr->token, pr->secret) < 0))
                         conn_error_reason(pr->conn, "io.agend.Lease.NoSuchLease",
                                           "no lease with this id (not restored, or not reclaimed in time)", "id",
                                           pr->id);

@@ -49,6 +49,11 @@ void cluster_service_acquire(ClusterService *s, Conn *c, const AcquireParams *ap
  * lease (the caller says NoSuchLease). */
 int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t token, const char *secret);
 
+/* Watch(lease: id) of an id no lease has yet, after a restart that kept cluster leases and
+ * before etcd was read: the stream begins (conn_watch_begin()) once the lease is back, or
+ * ends with NoSuchLease (0). -ENOENT when there is nothing to wait for. */
+int cluster_service_park_watch(ClusterService *s, Conn *c, const char *id);
+
 /* By lease id: NULL if no cluster lease of this agend has it. */
 ClusterLease *cluster_service_lease(ClusterService *s, const char *id);
 const Lease *cluster_lease_get_lease(const ClusterLease *l);

@@ -75,5 +75,7 @@ void conn_reply_queued(Conn *c, int64_t position, const char *ticket);
 void conn_reply_bool(Conn *c, const char *key, bool value);
 /* Reclaim's reply: {lease}. */
 void conn_reply_lease(Conn *c, const Lease *l);
+/* A Watch whose arguments were checked begins: its filters, and its first reply. */
+void conn_watch_begin(Conn *c, const char *resource, const char *lease);
 /* Engine callbacks. */
 extern const EngineCallbacks methods_engine_callbacks;

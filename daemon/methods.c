@@ -663,11 +663,19 @@ static void method_watch(Conn *c, const VlParams *p) {
                 return invalid(c, "resource", "a resource name");
         if (get_string(p, "lease", false, 64, &lease) < 0)
                 return invalid(c, "lease", "a lease id");
-        if (lease && !engine_lease_get(c->manager->engine, lease) && !cluster_service_lease(c->manager->cluster, lease))
+        if (lease && !engine_lease_get(c->manager->engine, lease) && !cluster_service_lease(c->manager->cluster, lease)) {
+                /* Right after a restart it may be a cluster lease coming back from etcd. */
+                if (conn_more(c) && !resource && cluster_service_park_watch(c->manager->cluster, c, lease) == 0)
+                        return;
                 return conn_error_reason(c, "io.agend.Lease.NoSuchLease", "no lease with this id", "id", lease);
+        }
         if (!conn_more(c))
                 return conn_error_reason(c, "org.varlink.service.ExpectedMore", "Watch streams: call it with \"more\"",
                                          NULL, NULL);
+        conn_watch_begin(c, resource, lease);
+}
+
+void conn_watch_begin(Conn *c, const char *resource, const char *lease) {
         c->watch_resource = resource ? strdup(resource) : NULL;
         c->watch_lease = lease ? strdup(lease) : NULL;
         if ((resource && !c->watch_resource) || (lease && !c->watch_lease))

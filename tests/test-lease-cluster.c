@@ -178,13 +178,15 @@ static void test_waiter_keeps_place_across_restart(void **state) {
 
 /* A holder keeps its cluster lease across a restart of its agend (SIGTERM, start): the key
  * stays in etcd, the generator says DISCONNECTED at once and RECLAIMED with the same id and
- * token once the restarted agend has it back; a waiter on another host is not granted
- * meanwhile, and is granted when the generator ends. */
-static void test_holder_reclaims_across_restart(void **state) {
+ * token once the restarted agend has it back (a bound lease by Reclaim, a detached one by
+ * watching it again, both sent before the restarted agend has read etcd); a waiter on
+ * another host is not granted meanwhile, and is granted when the generator ends. */
+static void holder_across_restart(void **state, bool detached) {
         Fixture *f = *state;
         Agend *b = other_host();
 
-        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "held across" });
+        agen_gen *g = agen_lease(f->client, "gpu", &(agen_lease_opts) { .description = "held across",
+                                                                         .detached = detached });
         assert_non_null(g);
         Step s = next_event(f, g, AGEN_LEASE_GRANTED);
         VConn *b1 = OPEN(b);
@@ -197,7 +199,14 @@ static void test_holder_reclaims_across_restart(void **state) {
         Step d = next_event(f, g, AGEN_LEASE_DISCONNECTED);
         assert_string_equal(d.id, s.id);
         snprintf(f->a->grace, sizeof(f->a->grace), "%s", GRACE);
+        /* etcd paused while agend starts: the generator's Reclaim (or Watch) reaches agend
+         * before agend could read etcd, and must wait for the read rather than fail. */
+        for (size_t i = 0; i < etcd->n; i++)
+                assert_int_equal(etcd_cluster_signal(etcd, i, SIGSTOP), 0);
         assert_int_equal(agend_start(f->a), 0);
+        run_for(f, 0.5);
+        for (size_t i = 0; i < etcd->n; i++)
+                assert_int_equal(etcd_cluster_signal(etcd, i, SIGCONT), 0);
         Step r = next_event(f, g, AGEN_LEASE_RECLAIMED);
         assert_string_equal(r.id, s.id);
         assert_int_equal(r.ev.token, s.ev.token);
@@ -208,6 +217,14 @@ static void test_holder_reclaims_across_restart(void **state) {
         end_then_granted(f, g, b1, s.ev.token);
         vconn_close(b1);
         stop_host(b);
+}
+
+static void test_holder_reclaims_across_restart(void **state) {
+        holder_across_restart(state, false);
+}
+
+static void test_detached_back_across_restart(void **state) {
+        holder_across_restart(state, true);
 }
 
 /* Last: it breaks the etcd cluster. */
@@ -232,6 +249,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_granted_and_released, cluster_setup, teardown),
                 cmocka_unit_test_setup_teardown(test_waiter_keeps_place_across_restart, setup_ttl10, teardown),
                 cmocka_unit_test_setup_teardown(test_holder_reclaims_across_restart, setup_ttl10, teardown),
+                cmocka_unit_test_setup_teardown(test_detached_back_across_restart, setup_ttl10, teardown),
                 cmocka_unit_test_setup_teardown(test_quorum_lost, cluster_setup, teardown),
         };
         int k = etcd_cluster_for_tests(&etcd);
