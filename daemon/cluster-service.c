@@ -193,11 +193,6 @@ static void lease_free(ClusterLease *cl) {
         free(cl);
 }
 
-static ClusterLease *lease_free_null(ClusterLease *cl) {
-        lease_free(cl);
-        return NULL;
-}
-
 /* A cluster lease's id and secret are its key's ticket (the key's random part and the
  * secret its value keeps), so that the next process of this agend knows the lease by them. */
 static void lease_name_from_ticket(ClusterLease *cl, const char *ticket) {
@@ -384,6 +379,30 @@ static void on_keeper(Cluster *cluster, EtcdLeaseState st, int error, void *user
                             error < 0 ? strerror(-error) : "");
 }
 
+/* The lease of a key the process before this one left (e, from cluster.c's mirror), claimed
+ * by its ticket for c (NULL: for nobody); granted from the loop like after an Acquire. NULL
+ * when it cannot be claimed (out of memory, etcd not ready). */
+static ClusterLease *lease_adopt(ClusterService *s, Conn *c, const ClusterEntry *e, const char *ticket) {
+        Owner o = { .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = (char *) e->comm };
+        ClusterLease *cl = lease_new(s, c, e->resource, e->description, &o);
+        if (!cl)
+                return NULL;
+        cl->lease.exclusive = e->exclusive;
+        cl->lease.units = e->units;
+        cl->lease.ttl = e->ttl;
+        cl->lease.detached = e->detached;
+        ClusterAcquire a = { .resource = e->resource, .units = e->units, .exclusive = e->exclusive,
+                             .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = e->comm,
+                             .description = e->description, .ttl = e->ttl, .detached = e->detached,
+                             .userdata = cl };
+        if (cluster_adopt(s->cluster, &a, ticket, &cl->waiter) < 0) {
+                lease_free(cl);
+                return NULL;
+        }
+        lease_name_from_ticket(cl, ticket);
+        return cl;
+}
+
 /* A key the process before this one left: a detached lease is claimed now, as the engine
  * restores local ones; a bound one waits for its holder's Reclaim, a waiter's for its
  * ticket (cluster.c deletes what nobody claims within the grace period). */
@@ -391,23 +410,10 @@ static void on_orphan(Cluster *cluster, const ClusterEntry *e, const char *ticke
         ClusterService *s = userdata;
         if (!e->holds || !e->detached || !cluster_service_serves(s, e->resource))
                 return;
-        Owner o = { .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = (char *) e->comm };
-        ClusterLease *cl = lease_new(s, NULL, e->resource, e->description, &o);
+        ClusterLease *cl = lease_adopt(s, NULL, e, ticket);
         if (!cl)
-                return (void) log_error("cluster: out of memory keeping a detached lease across the restart");
+                return (void) log_error("cluster: cannot keep detached lease on %s across the restart", e->resource);
         cl->restored = true;
-        cl->lease.exclusive = e->exclusive;
-        cl->lease.units = e->units;
-        cl->lease.ttl = e->ttl;
-        cl->lease.detached = true;
-        ClusterAcquire a = { .resource = e->resource, .units = e->units, .exclusive = e->exclusive,
-                             .uid = e->uid, .gid = e->gid, .pid = e->pid, .comm = e->comm,
-                             .description = e->description, .ttl = e->ttl, .detached = true, .userdata = cl };
-        if (cluster_adopt(cluster, &a, ticket, &cl->waiter) < 0) {
-                lease_free(cl);
-                return;
-        }
-        lease_name_from_ticket(cl, ticket);
         /* Its key holds (a key that holds keeps holding): the lease is live now, before the
          * grant decision comes from the loop, for the Reclaims and Watches that waited. */
         cl->granted = hashmap_put(&s->granted, cl->id, cl) == 0;
@@ -765,34 +771,19 @@ int cluster_service_reclaim(ClusterService *s, Conn *c, const char *id, uint64_t
         char ticket[CLUSTER_TICKET_LEN + 1];
         snprintf(ticket, sizeof(ticket), "%s%s", id, secret);
         ClusterEntry e;
+        ClusterLease *cl = NULL;
         int k = cluster_orphan_get(s->cluster, ticket, &e);
-        if (k == -EPERM || (k == 0 && (!e.holds || (uint64_t) e.create_revision != token))) {
-                explicit_bzero(ticket, sizeof(ticket));
+        bool mismatch = k == -EPERM || (k == 0 && (!e.holds || (uint64_t) e.create_revision != token));
+        bool ours = k == 0 && !mismatch && cluster_service_serves(s, e.resource);
+        if (ours)
+                cl = lease_adopt(s, c, &e, ticket);
+        explicit_bzero(ticket, sizeof(ticket));
+        if (mismatch) {
                 conn_error_reason(c, "io.agend.Lease.PermissionDenied", "token or secret does not match", "id", id);
                 return 0;
         }
-        if (k < 0 || !cluster_service_serves(s, e.resource)) {
-                explicit_bzero(ticket, sizeof(ticket));
+        if (!ours)
                 return -ENOENT;
-        }
-        Owner o = { .uid = e.uid, .gid = e.gid, .pid = e.pid, .comm = (char *) e.comm };
-        ClusterLease *cl = lease_new(s, c, e.resource, e.description, &o);
-        if (cl) {
-                cl->lease.exclusive = e.exclusive;
-                cl->lease.units = e.units;
-                cl->lease.ttl = e.ttl;
-                cl->lease.detached = e.detached;
-                ClusterAcquire a = { .resource = e.resource, .units = e.units, .exclusive = e.exclusive,
-                                     .uid = e.uid, .gid = e.gid, .pid = e.pid, .comm = e.comm,
-                                     .description = e.description, .ttl = e.ttl, .detached = e.detached,
-                                     .userdata = cl };
-                k = cluster_adopt(s->cluster, &a, ticket, &cl->waiter);
-                if (k >= 0)
-                        lease_name_from_ticket(cl, ticket);
-                else
-                        cl = lease_free_null(cl);
-        }
-        explicit_bzero(ticket, sizeof(ticket));
         if (!cl) {
                 conn_error_reason(c, "io.agend.Lease.Timeout", "cluster resource: cannot ask etcd", "id", id);
                 return 0;

@@ -1284,8 +1284,6 @@ static void test_migration_from_v5_file(void **state) {
         free(tickets[1]);
 }
 
-/* The in-memory store keeps waiters as sqlite does, for the life of the Store object: an
- * engine restored from it finds them in their order, as unclaimed places. */
 /* What the fixtures written by the agend of schemas 6 and 7 (the same scenario) hold, read
  * before they are opened: the newest seq, the token of the oldest of the newest 40
  * events, the boot id, gpu's lease id and its first waiter's ticket. */
@@ -1433,6 +1431,8 @@ static void test_migration_from_v7_file(void **state) {
         fixture_facts_free(&x);
 }
 
+/* The in-memory store keeps waiters as sqlite does, for the life of the Store object: an
+ * engine restored from it finds them in their order, as unclaimed places. */
 static void test_memory_store_waiters(void **state) {
         Store *s;
         Engine *e;
